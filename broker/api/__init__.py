@@ -1,0 +1,1 @@
+"""The gRPC edge: servicers that translate between messages and the domain."""

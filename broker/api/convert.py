@@ -1,0 +1,160 @@
+"""Messages <-> domain values. Pure functions, round-tripped in the tests."""
+
+from __future__ import annotations
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from broker.api.field_values import from_field_value, to_field_value
+from broker.domain import values
+from broker.v1 import inventory_service_pb2, lease_pb2, lease_service_pb2, resource_pb2
+
+
+def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(round(seconds * 1e9))
+    return stamp
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    span = duration_pb2.Duration()
+    span.FromNanoseconds(round(seconds * 1e9))
+    return span
+
+
+def seconds_of(span: duration_pb2.Duration) -> float:
+    return span.ToNanoseconds() / 1e9
+
+
+# ------------------------------------------------------------------ kinds
+
+
+def kind_to_proto(kind: values.KindSpec) -> resource_pb2.Kind:
+    return resource_pb2.Kind(
+        name=kind.name,
+        ownable=kind.ownable,
+        doc=kind.doc,
+        fields=[
+            resource_pb2.FieldSpec(
+                name=field.name,
+                type=int(field.type),
+                required=field.required,
+                default_value=None if field.default is None else to_field_value(field.default),
+                doc=field.doc,
+                max_length=field.max_length,
+            )
+            for field in kind.fields
+        ],
+    )
+
+
+# -------------------------------------------------------------- resources
+
+
+def resource_to_proto(view: values.ResourceView) -> resource_pb2.Resource:
+    return resource_pb2.Resource(
+        name=view.name,
+        kind=view.kind,
+        fields={
+            name: to_field_value(value) for name, value in view.fields.items() if value is not None
+        },
+        is_usable=view.is_usable,
+        comment=view.comment,
+        group=view.group,
+        reserved_for=view.reserved_for,
+        owner=view.owner,
+        lease_ids=view.lease_ids,
+        fencing_token=view.fencing_token,
+        etag=view.etag,
+        create_time=timestamp(view.create_time),
+        update_time=timestamp(view.update_time),
+    )
+
+
+def _fields(message: resource_pb2.Resource) -> dict:
+    return {name: from_field_value(value) for name, value in message.fields.items()}
+
+
+def new_resource(message: resource_pb2.Resource) -> values.NewResource:
+    return values.NewResource(
+        name=message.name,
+        kind=message.kind,
+        fields=_fields(message),
+        is_usable=message.is_usable if message.HasField("is_usable") else True,
+        comment=message.comment,
+        group=message.group,
+        reserved_for=message.reserved_for,
+    )
+
+
+def resource_patch(request: inventory_service_pb2.UpdateResourceRequest) -> values.ResourcePatch:
+    resource = request.resource
+    return values.ResourcePatch(
+        name=resource.name,
+        paths=tuple(request.update_mask.paths),
+        fields=_fields(resource),
+        is_usable=resource.is_usable,
+        comment=resource.comment,
+        group=resource.group,
+        reserved_for=resource.reserved_for,
+        etag=request.etag,
+    )
+
+
+# ---------------------------------------------------------------- leasing
+
+
+def constraint(message: lease_pb2.Constraint) -> values.Constraint:
+    test = message.WhichOneof("test")
+    if test == "equals":
+        found = (from_field_value(message.equals),)
+    elif test == "any_of":
+        found = tuple(from_field_value(value) for value in message.any_of.values)
+    else:
+        found = ()
+    return values.Constraint(message.field, found)
+
+
+def requirement(message: lease_pb2.Requirement) -> values.Requirement:
+    return values.Requirement(
+        kind=message.kind,
+        constraints=tuple(constraint(c) for c in message.constraints),
+        count=message.count,
+        label=message.label,
+    )
+
+
+def acquire_request(
+    request: lease_service_pb2.AcquireLeaseRequest, holder: str
+) -> values.AcquireRequest:
+    return values.AcquireRequest(
+        requirements=tuple(requirement(r) for r in request.requirements),
+        ttl=seconds_of(request.ttl) if request.HasField("ttl") else None,
+        holder=holder,
+    )
+
+
+def lease_to_proto(view: values.LeaseView) -> lease_pb2.Lease:
+    return lease_pb2.Lease(
+        lease_id=view.lease_id,
+        holder=view.holder,
+        state=int(view.state),
+        grants=[
+            lease_pb2.Grant(
+                requirement_index=grant.requirement_index,
+                label=grant.label,
+                resource=resource_to_proto(grant.resource),
+                fencing_token=grant.fencing_token,
+            )
+            for grant in view.grants
+        ],
+        ttl=duration(view.ttl),
+        create_time=timestamp(view.create_time),
+        expire_time=timestamp(view.expire_time),
+        end_time=None if view.end_time is None else timestamp(view.end_time),
+        end_reason=view.end_reason,
+    )
+
+
+def lease_state(number: int) -> values.LeaseState | None:
+    """UNSPECIFIED (0) means any state."""
+    return None if number == 0 else values.LeaseState(number)

@@ -1,0 +1,192 @@
+"""THE table from domain errors to gRPC status codes and `google.rpc` details,
+and the interceptor that applies it (with request validation and the database
+connection) around every RPC.
+
+Anything not in the table is INTERNAL: logged with an id that the caller also
+gets, never a traceback on the wire, never a dead server.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+
+import grpc
+import peewee
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from broker.api import validation
+from broker.api.convert import timestamp
+from broker.domain import errors
+from broker.models.database import database_proxy
+from broker.v1 import lease_pb2
+
+log = logging.getLogger(__name__)
+
+ERROR_DOMAIN = "broker.rotest.dev"
+
+
+def _bad_request(error: errors.InvalidArgumentError):
+    return [
+        error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
+                for v in error.violations
+            ]
+        )
+    ]
+
+
+def _resource_info(error: errors.NotFoundError | errors.AlreadyExistsError):
+    return [
+        error_details_pb2.ResourceInfo(
+            resource_type=error.resource_type,
+            resource_name=error.resource_name,
+            description=error.message,
+        )
+    ]
+
+
+def _error_info(reason: str):
+    def build(error: errors.BrokerError):
+        return [
+            error_details_pb2.ErrorInfo(
+                reason=getattr(error, "reason", reason), domain=ERROR_DOMAIN
+            )
+        ]
+
+    return build
+
+
+def _precondition_failure(error: errors.FailedPreconditionError):
+    return [
+        error_details_pb2.PreconditionFailure(
+            violations=[
+                error_details_pb2.PreconditionFailure.Violation(
+                    type=v.type, subject=v.subject, description=v.description
+                )
+                for v in error.violations
+            ]
+        ),
+        error_details_pb2.ErrorInfo(reason=error.violations[0].type, domain=ERROR_DOMAIN),
+    ]
+
+
+def _acquire_blocked(error: errors.ResourceBusyError):
+    return [
+        lease_pb2.AcquireBlocked(
+            requirement_index=error.requirement_index,
+            label=error.label,
+            kind=error.kind,
+            holders=[
+                lease_pb2.Holder(
+                    resource=h.resource,
+                    lease_id=h.lease_id,
+                    holder=h.holder,
+                    expire_time=timestamp(h.expire_time),
+                )
+                for h in error.holders
+            ],
+        ),
+        error_details_pb2.ErrorInfo(reason="RESOURCES_BUSY", domain=ERROR_DOMAIN),
+    ]
+
+
+def _none(error: Exception):
+    return []
+
+
+# Most specific class first: the first row whose class matches wins.
+STATUS_TABLE: tuple[tuple[type[Exception], int, Callable[[Exception], list]], ...] = (
+    (errors.InvalidArgumentError, code_pb2.INVALID_ARGUMENT, _bad_request),
+    (errors.NotFoundError, code_pb2.NOT_FOUND, _resource_info),
+    (errors.AlreadyExistsError, code_pb2.ALREADY_EXISTS, _resource_info),
+    (errors.PermissionDeniedError, code_pb2.PERMISSION_DENIED, _error_info("NOT_HOLDER")),
+    (errors.FailedPreconditionError, code_pb2.FAILED_PRECONDITION, _precondition_failure),
+    (errors.ResourceBusyError, code_pb2.RESOURCE_EXHAUSTED, _acquire_blocked),
+    (errors.ConflictError, code_pb2.ABORTED, _error_info("CONFLICT")),
+    (errors.UnavailableError, code_pb2.UNAVAILABLE, _none),
+    # The database refusing work (unreachable, locked past the busy timeout) is
+    # transient: the caller may retry.
+    (peewee.OperationalError, code_pb2.UNAVAILABLE, _none),
+    (peewee.InterfaceError, code_pb2.UNAVAILABLE, _none),
+)
+
+
+def status_of(error: Exception) -> status_pb2.Status | None:
+    """The status for a known error, None for anything unexpected."""
+    for cls, code, details in STATUS_TABLE:
+        if isinstance(error, cls):
+            message = (
+                error.message
+                if isinstance(error, errors.BrokerError)
+                else (f"the database is unavailable: {error}")
+            )
+            packed = []
+            for detail in details(error):
+                holder = any_pb2.Any()
+                holder.Pack(detail)
+                packed.append(holder)
+            return status_pb2.Status(code=code, message=message, details=packed)
+    return None
+
+
+def guarded(behavior: Callable, request_type) -> Callable:
+    """Wraps one RPC: validate the request, make sure this thread has a
+    database connection, run it, and turn errors into statuses."""
+
+    def handle(request, context: grpc.ServicerContext):
+        try:
+            validation.check(request)
+            database_proxy.obj.connect(reuse_if_open=True)
+            return behavior(request, context)
+        except Exception as error:
+            status = status_of(error)
+            if status is None:
+                incident = uuid.uuid4().hex[:12]
+                log.exception("internal error %s in %s", incident, request_type.__name__)
+                status = status_pb2.Status(
+                    code=code_pb2.INTERNAL, message=f"internal error (incident {incident})"
+                )
+            elif status.code == code_pb2.UNAVAILABLE:
+                log.warning("unavailable: %s", status.message)
+                _reset_connection()
+            context.abort_with_status(rpc_status.to_status(status))
+
+    return handle
+
+
+def _reset_connection() -> None:
+    """A failed connection is closed so the next call opens a fresh one."""
+    try:
+        database = database_proxy.obj
+        if not database.is_closed():
+            database.close()
+    except Exception:
+        log.debug("closing a failed database connection failed", exc_info=True)
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    """Applies `guarded` to every unary-unary method of the broker's services
+    (health and reflection pass through untouched)."""
+
+    def __init__(self, prefixes: tuple[str, ...] = ("/broker.v1.",)):
+        self.prefixes = prefixes
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or not handler_call_details.method.startswith(self.prefixes):
+            return handler
+        if handler.unary_unary is None:
+            return handler
+        request_type = getattr(handler.request_deserializer, "__self__", object)
+        return grpc.unary_unary_rpc_method_handler(
+            guarded(handler.unary_unary, request_type),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

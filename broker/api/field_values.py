@@ -1,0 +1,26 @@
+"""Python values <-> `broker.v1.FieldValue`, shared by the servicers and the SDK."""
+
+from __future__ import annotations
+
+from broker.v1 import resource_pb2
+
+Scalar = str | int | float | bool
+
+
+def to_field_value(value: Scalar) -> resource_pb2.FieldValue:
+    """Wraps a Python scalar; `bool` is tested before `int` since it is one."""
+    if isinstance(value, bool):
+        return resource_pb2.FieldValue(bool_value=value)
+    if isinstance(value, int):
+        return resource_pb2.FieldValue(int_value=value)
+    if isinstance(value, float):
+        return resource_pb2.FieldValue(float_value=value)
+    if isinstance(value, str):
+        return resource_pb2.FieldValue(string_value=value)
+    raise TypeError(f"a field value is a str, int, float or bool, not {type(value).__name__}")
+
+
+def from_field_value(message: resource_pb2.FieldValue) -> Scalar | None:
+    """Unwraps a `FieldValue`; None when no member is set."""
+    which = message.WhichOneof("kind")
+    return None if which is None else getattr(message, which)

@@ -1,0 +1,168 @@
+"""The broker's configuration: `rotest.yml` read into one frozen `Config`.
+
+Every key is optional and has a working default; an unknown key, a wrong type
+or an out-of-range value stops start-up with a `ConfigError` that names the
+key. Two environment variables override the file, for containers and tests:
+`BROKER_ADDRESS` (server.address) and `BROKER_DATABASE_URL` (database.url).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from broker.models.resource import ResourceData
+
+DEFAULT_CONFIG_PATH = "rotest.yml"
+
+
+class ConfigError(ValueError):
+    """The configuration is unusable; the message starts with the key."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """Where and how the gRPC server listens."""
+
+    address: str = "127.0.0.1:50051"
+    workers: int = 16
+    grace_seconds: float = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DatabaseConfig:
+    """Which database holds the inventory and the leases."""
+
+    url: str = "sqlite:///broker.sqlite3"
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaseConfig:
+    """Lease lifetimes, in seconds."""
+
+    default_ttl: float = 60.0
+    max_ttl: float = 3600.0
+    expiry_interval: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The whole configuration. `base_dir` is where relative paths (the SQLite
+    file) are taken from: the configuration file's directory."""
+
+    server: ServerConfig = ServerConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    leases: LeaseConfig = LeaseConfig()
+    kinds: tuple[str, ...] = ("resources.calculator.data.CalculatorData",)
+    base_dir: str = "."
+
+    def kind_models(self) -> tuple[type[ResourceData], ...]:
+        """Imports the `ResourceData` models named by `kinds`."""
+        return tuple(import_kind(f"kinds[{i}]", path) for i, path in enumerate(self.kinds))
+
+
+def import_kind(key: str, path: str) -> type[ResourceData]:
+    """Imports `package.module.ClassName` and checks that it declares a kind."""
+    module_name, _, class_name = path.rpartition(".")
+    if not module_name:
+        raise ConfigError(key, f"{path!r} is not a dotted path like package.module.ClassName")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ConfigError(key, f"cannot import module {module_name!r}: {error}") from error
+    model = getattr(module, class_name, None)
+    if not (isinstance(model, type) and issubclass(model, ResourceData)):
+        raise ConfigError(key, f"{path!r} is not a ResourceData subclass")
+    return model
+
+
+def load_config(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Reads and checks the configuration file (defaults only when `path` is
+    None), then applies the environment overrides and imports the kinds."""
+    environ = os.environ if environ is None else environ
+    raw: Any = {}
+    base_dir = os.getcwd()
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as stream:
+                raw = yaml.safe_load(stream) or {}
+        except OSError as error:
+            raise ConfigError(path, f"cannot read: {error.strerror}") from error
+        except yaml.YAMLError as error:
+            raise ConfigError(path, f"not valid YAML: {error}") from error
+        base_dir = os.path.dirname(os.path.abspath(path))
+    config = parse_config(raw, base_dir)
+    if environ.get("BROKER_ADDRESS"):
+        config = dataclasses.replace(
+            config, server=dataclasses.replace(config.server, address=environ["BROKER_ADDRESS"])
+        )
+    if environ.get("BROKER_DATABASE_URL"):
+        config = dataclasses.replace(
+            config, database=DatabaseConfig(environ["BROKER_DATABASE_URL"])
+        )
+    config.kind_models()
+    return config
+
+
+def parse_config(raw: Any, base_dir: str = ".") -> Config:
+    """Builds a `Config` from the parsed YAML document."""
+    top = _mapping("(top level)", raw, {"server", "database", "leases", "kinds"})
+    server = _section("server", top.get("server"), ServerConfig)
+    database = _section("database", top.get("database"), DatabaseConfig)
+    leases = _section("leases", top.get("leases"), LeaseConfig)
+    _check_positive("server.workers", server.workers)
+    _check_positive("server.grace_seconds", server.grace_seconds, allow_zero=True)
+    if ":" not in server.address:
+        raise ConfigError("server.address", f"{server.address!r} is not HOST:PORT")
+    for key in ("default_ttl", "max_ttl", "expiry_interval"):
+        _check_positive(f"leases.{key}", getattr(leases, key))
+    if leases.default_ttl > leases.max_ttl:
+        raise ConfigError("leases.default_ttl", "must not exceed leases.max_ttl")
+    kinds = top.get("kinds", Config.kinds)
+    if not isinstance(kinds, list | tuple) or not all(isinstance(k, str) for k in kinds):
+        raise ConfigError("kinds", "must be a list of dotted paths to ResourceData models")
+    return Config(server, database, leases, tuple(kinds), base_dir)
+
+
+def _mapping(key: str, value: Any, allowed: set[str]) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, f"must be a mapping, not {type(value).__name__}")
+    for name in value:
+        if name not in allowed:
+            prefix = "" if key == "(top level)" else f"{key}."
+            raise ConfigError(
+                f"{prefix}{name}", f"unknown key (known: {', '.join(sorted(allowed))})"
+            )
+    return value
+
+
+def _section(key: str, raw: Any, cls: type) -> Any:
+    fields = {field.name: field for field in dataclasses.fields(cls)}
+    values = _mapping(key, raw, set(fields))
+    converted = {}
+    for name, value in values.items():
+        expected = type(getattr(cls(), name))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not expected:
+            raise ConfigError(f"{key}.{name}", f"must be {expected.__name__}, not {value!r}")
+        converted[name] = value
+    return cls(**converted)
+
+
+def _check_positive(key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(
+            key, f"must be {'at least 0' if allow_zero else 'positive'}, not {value!r}"
+        )

@@ -1,0 +1,103 @@
+"""What can go wrong, in the domain's words. `broker.api.errors` maps each class
+to a status code and its details; nothing else decides codes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from broker.domain.values import HolderView
+
+
+class BrokerError(Exception):
+    """Base of every error the broker reports to a caller."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldViolation:
+    """One bad field of a request, named by its path (`requirements[0].count`)."""
+
+    field: str
+    description: str
+
+
+class InvalidArgumentError(BrokerError):
+    """The request is malformed; nothing was changed."""
+
+    def __init__(self, violations: list[FieldViolation] | FieldViolation):
+        self.violations = violations if isinstance(violations, list) else [violations]
+        super().__init__("; ".join(f"{v.field}: {v.description}" for v in self.violations))
+
+    @classmethod
+    def of(cls, field: str, description: str) -> InvalidArgumentError:
+        return cls(FieldViolation(field, description))
+
+
+class NotFoundError(BrokerError):
+    """The named kind, resource or lease does not exist."""
+
+    def __init__(self, resource_type: str, resource_name: str):
+        super().__init__(f"{resource_type} {resource_name!r} not found")
+        self.resource_type = resource_type
+        self.resource_name = resource_name
+
+
+class AlreadyExistsError(BrokerError):
+    """A resource with that name exists already."""
+
+    def __init__(self, resource_type: str, resource_name: str):
+        super().__init__(f"{resource_type} {resource_name!r} already exists")
+        self.resource_type = resource_type
+        self.resource_name = resource_name
+
+
+class PermissionDeniedError(BrokerError):
+    """The caller is not the holder (missing or wrong lease secret)."""
+
+    def __init__(self, message: str, reason: str = "NOT_HOLDER"):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class PreconditionViolation:
+    """Why the system's state refuses the request: `type` is a short code
+    (`UNKNOWN_KIND`, `LEASE_EXPIRED`, …), `subject` what it is about."""
+
+    type: str
+    subject: str
+    description: str
+
+
+class FailedPreconditionError(BrokerError):
+    """The request can never succeed in the present state; waiting won't help."""
+
+    def __init__(self, violation: PreconditionViolation):
+        super().__init__(violation.description)
+        self.violations = [violation]
+
+
+class ResourceBusyError(BrokerError):
+    """The resources exist but are held now."""
+
+    def __init__(self, requirement_index: int, label: str, kind: str, holders: list[HolderView]):
+        who = ", ".join(f"{h.resource} by {h.holder or h.lease_id}" for h in holders[:3])
+        super().__init__(
+            f"requirements[{requirement_index}] ({label or kind}) cannot be satisfied now"
+            + (f": held ({who})" if who else "")
+        )
+        self.requirement_index = requirement_index
+        self.label = label
+        self.kind = kind
+        self.holders = holders
+
+
+class ConflictError(BrokerError):
+    """An optimistic check failed (stale etag, lost race); re-read and retry."""
+
+
+class UnavailableError(BrokerError):
+    """The broker cannot serve now (shutting down, database unreachable)."""

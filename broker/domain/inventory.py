@@ -1,0 +1,259 @@
+"""The inventory: creating, reading, listing, changing and deleting resources."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+
+import peewee
+
+from broker.domain import events, filters, paging
+from broker.domain.errors import (
+    AlreadyExistsError,
+    ConflictError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PreconditionViolation,
+)
+from broker.domain.kinds import Kind, KindRegistry, check_value
+from broker.domain.values import (
+    Constraint,
+    EventType,
+    KindSpec,
+    LeaseState,
+    NewResource,
+    Page,
+    ResourcePatch,
+    ResourceView,
+)
+from broker.domain.views import etag_of, resource_view
+from broker.models import lease as lease_model
+from broker.models import resource as resource_model
+from broker.models.database import write_transaction
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
+COMMON_LIMITS = {"comment": 4096, "group": 128, "reserved_for": 128}
+UPDATABLE = ("is_usable", "comment", "group", "reserved_for", "fields")
+
+
+def check_name(name: str, path: str) -> None:
+    if not name:
+        raise InvalidArgumentError.of(path, "is required")
+    if not NAME_PATTERN.fullmatch(name):
+        raise InvalidArgumentError.of(path, "must be 1 to 128 letters, digits, '.', '_' or '-'")
+
+
+def check_text(value: str, path: str, limit: int) -> None:
+    if len(value) > limit:
+        raise InvalidArgumentError.of(path, f"is longer than {limit} characters")
+
+
+class Inventory:
+    """The resources of every kind, and the rules for changing them."""
+
+    def __init__(self, kinds: KindRegistry, clock: Callable[[], float] = time.time):
+        self.kinds = kinds
+        self.clock = clock
+
+    def list_kinds(self) -> list[KindSpec]:
+        return [kind.spec for kind in self.kinds]
+
+    def create(self, new: NewResource) -> ResourceView:
+        check_name(new.name, "resource.name")
+        if not new.kind:
+            raise InvalidArgumentError.of("resource.kind", "is required")
+        for key, limit in COMMON_LIMITS.items():
+            check_text(getattr(new, key), f"resource.{key}", limit)
+        kind = self.kinds.get(new.kind)
+        fields = self._typed_fields(kind, new.fields, complete=True)
+        now = self.clock()
+        values = {
+            "name": new.name,
+            "kind": kind.name,
+            "is_usable": new.is_usable,
+            "comment": new.comment,
+            "group": new.group,
+            "reserved_for": new.reserved_for,
+            "create_time": now,
+            "update_time": now,
+        }
+        try:
+            with write_transaction():
+                if resource_model.get_resource(new.name) is not None:
+                    raise AlreadyExistsError("resource", new.name)
+                row = resource_model.insert_resource(values, kind.model, fields)
+                events.record(events.event(EventType.RESOURCE_CREATED, now, resource=new.name))
+        except peewee.IntegrityError:
+            raise AlreadyExistsError("resource", new.name) from None
+        return self.get(row.name)
+
+    def get(self, name: str) -> ResourceView:
+        check_name(name, "name")
+        row = resource_model.get_resource(name)
+        if row is None:
+            raise NotFoundError("resource", name)
+        return self._views([row])[0]
+
+    def list(
+        self,
+        kind_name: str,
+        constraints: Sequence[Constraint],
+        page_size: int,
+        page_token: str,
+    ) -> Page[ResourceView]:
+        size = paging.page_size(page_size)
+        position = paging.decode_token(page_token, ("after",))
+        kind = self.kinds.get(kind_name) if kind_name else None
+        resolved = filters.resolve(kind, constraints, "constraints", InvalidArgumentError.of)
+        rows = resource_model.list_resources(
+            kind.name if kind else None,
+            kind.model if kind else None,
+            resolved,
+            position["after"] if position else "",
+            size + 1,
+        )
+        more = len(rows) > size
+        rows = rows[:size]
+        token = paging.encode_token({"after": rows[-1].name}) if more else ""
+        return Page(tuple(self._views(rows)), token)
+
+    def update(self, patch: ResourcePatch) -> ResourceView:
+        check_name(patch.name, "resource.name")
+        if not patch.paths:
+            raise InvalidArgumentError.of("update_mask", "names no field to change")
+        for path in patch.paths:
+            top = path.split(".", 1)[0]
+            if top not in UPDATABLE or (top != "fields" and "." in path):
+                raise InvalidArgumentError.of(
+                    "update_mask",
+                    f"{path!r} cannot be changed (changeable: {', '.join(UPDATABLE)})",
+                )
+        for key, limit in COMMON_LIMITS.items():
+            check_text(getattr(patch, key), f"resource.{key}", limit)
+        now = self.clock()
+        with write_transaction():
+            row = resource_model.get_resource(patch.name)
+            if row is None:
+                raise NotFoundError("resource", patch.name)
+            if patch.etag and patch.etag != etag_of(row):
+                raise ConflictError(
+                    f"resource {patch.name!r} changed since it was read "
+                    f"(etag {patch.etag}, now {etag_of(row)})"
+                )
+            kind = self.kinds.get(row.kind)
+            values = {
+                key: getattr(patch, key)
+                for key in ("is_usable", "comment", "group", "reserved_for")
+                if key in patch.paths
+            }
+            values["update_time"] = now
+            fields = self._patched_fields(kind, patch)
+            if not resource_model.update_resource(row.id, row.version, values):
+                raise ConflictError(f"resource {patch.name!r} changed while it was updated")
+            resource_model.update_kind_data(kind.model, row.id, fields)
+            rows = [
+                events.event(
+                    EventType.RESOURCE_UPDATED,
+                    now,
+                    resource=row.name,
+                    detail={"paths": list(patch.paths)},
+                )
+            ]
+            if row.is_usable and values.get("is_usable") is False:
+                rows.append(
+                    events.event(
+                        EventType.RESOURCE_MARKED_UNUSABLE,
+                        now,
+                        resource=row.name,
+                        detail={"comment": patch.comment},
+                    )
+                )
+            events.record(*rows)
+        return self.get(patch.name)
+
+    def delete(self, name: str, etag: str) -> None:
+        check_name(name, "name")
+        now = self.clock()
+        with write_transaction():
+            row = resource_model.get_resource(name)
+            if row is None:
+                raise NotFoundError("resource", name)
+            if etag and etag != etag_of(row):
+                raise ConflictError(f"resource {name!r} changed since it was read")
+            holders = lease_model.active_holders([row.id], LeaseState.ACTIVE)[row.id]
+            if row.lease_id or holders:
+                lease_ids = sorted({row.lease_id, *(lease.id for lease in holders)} - {None})
+                raise FailedPreconditionError(
+                    PreconditionViolation(
+                        "RESOURCE_LEASED",
+                        f"resources/{name}",
+                        f"resource {name!r} is held by lease {', '.join(lease_ids)}; "
+                        "release or revoke it first",
+                    )
+                )
+            if not resource_model.delete_free_resource(row.id, row.version):
+                raise ConflictError(f"resource {name!r} changed while it was deleted")
+            events.record(events.event(EventType.RESOURCE_DELETED, now, resource=name))
+
+    def _typed_fields(self, kind: Kind, given: dict, complete: bool) -> dict:
+        """Checks typed field values; with `complete`, fills defaults and
+        requires the required ones."""
+        for name in given:
+            if kind.spec.field(name) is None:
+                known = ", ".join(f.name for f in kind.spec.fields) or "none"
+                raise InvalidArgumentError.of(
+                    f"resource.fields.{name}",
+                    f"kind {kind.name!r} has no field {name!r} (fields: {known})",
+                )
+        result = {}
+        for spec in kind.spec.fields:
+            path = f"resource.fields.{spec.name}"
+            if spec.name in given:
+                result[spec.name] = check_value(spec, given[spec.name], path)
+            elif complete:
+                if spec.required:
+                    raise InvalidArgumentError.of(path, f"{spec.name} is required")
+                result[spec.name] = spec.default
+        return result
+
+    def _patched_fields(self, kind: Kind, patch: ResourcePatch) -> dict:
+        if "fields" in patch.paths:
+            return self._typed_fields(kind, patch.fields, complete=False)
+        named = {path.split(".", 1)[1] for path in patch.paths if path.startswith("fields.")}
+        for name in named:
+            if kind.spec.field(name) is None:
+                raise InvalidArgumentError.of(
+                    "update_mask", f"kind {kind.name!r} has no field {name!r}"
+                )
+        given = {name: patch.fields.get(name) for name in named}
+        return self._typed_fields(kind, given, complete=False)
+
+    def _views(self, rows: list[resource_model.Resource]) -> list[ResourceView]:
+        """Views of rows of any kinds: typed fields fetched per kind, holders
+        of shared kinds from their active grants."""
+        by_kind: dict[str, list[resource_model.Resource]] = {}
+        for row in rows:
+            by_kind.setdefault(row.kind, []).append(row)
+        data = {}
+        shared_ids = []
+        for kind_name, kind_rows in by_kind.items():
+            kind = self.kinds.find(kind_name)
+            if kind is None:
+                continue
+            missing = [row.id for row in kind_rows if not hasattr(row, "data")]
+            data.update(resource_model.kind_data(kind.model, missing))
+            data.update({row.id: row.data for row in kind_rows if hasattr(row, "data")})
+            if not kind.ownable:
+                shared_ids.extend(row.id for row in kind_rows)
+        holders = lease_model.active_holders(shared_ids, LeaseState.ACTIVE)
+        return [
+            resource_view(
+                row,
+                data.get(row.id),
+                self.kinds.find(row.kind),
+                tuple(lease.id for lease in holders[row.id]) if row.id in holders else None,
+            )
+            for row in rows
+        ]

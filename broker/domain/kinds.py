@@ -1,0 +1,163 @@
+"""The registry of kinds: each `ResourceData` model described as a `KindSpec`,
+and the checking of values against a kind's typed fields."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import math
+from collections.abc import Iterable
+
+import peewee
+
+from broker.domain.errors import FieldViolation, InvalidArgumentError, NotFoundError
+from broker.domain.values import FieldSpec, FieldType, KindSpec, Scalar
+from broker.models.fields import IPAddressField
+from broker.models.resource import ResourceData
+
+TEXT_FIELD_MAX_LENGTH = 4096
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+# Most specific first: IPAddressField is a CharField, BooleanField is not an IntegerField.
+_FIELD_TYPES: tuple[tuple[type[peewee.Field], FieldType], ...] = (
+    (IPAddressField, FieldType.IP_ADDRESS),
+    (peewee.BooleanField, FieldType.BOOLEAN),
+    (peewee.CharField, FieldType.STRING),
+    (peewee.TextField, FieldType.STRING),
+    (peewee.IntegerField, FieldType.INTEGER),
+    (peewee.FloatField, FieldType.FLOAT),
+)
+
+
+class KindDeclarationError(TypeError):
+    """A `ResourceData` model declares something the broker cannot serve."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """A served kind: its public description and the model storing its fields."""
+
+    spec: KindSpec
+    model: type[ResourceData]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def ownable(self) -> bool:
+        return self.spec.ownable
+
+
+def describe(model: type[ResourceData]) -> KindSpec:
+    """Reads a kind's public description off its model."""
+    fields = []
+    for field in model._meta.sorted_fields:
+        if field.name == "resource":
+            continue
+        field_type = next((t for cls, t in _FIELD_TYPES if isinstance(field, cls)), None)
+        if field_type is None:
+            raise KindDeclarationError(
+                f"{model.__name__}.{field.name}: {type(field).__name__} is not a supported "
+                "field type (use CharField, TextField, IntegerField, FloatField, "
+                "BooleanField or IPAddressField)"
+            )
+        default = field.default() if callable(field.default) else field.default
+        if field_type == FieldType.STRING:
+            max_length = getattr(field, "max_length", None) or TEXT_FIELD_MAX_LENGTH
+        else:
+            max_length = 0
+        fields.append(
+            FieldSpec(
+                name=field.name,
+                type=field_type,
+                required=not field.null and default is None,
+                default=default,
+                doc=field.help_text or "",
+                max_length=max_length,
+            )
+        )
+    doc = " ".join((model.__doc__ or "").split())
+    return KindSpec(model.kind_name(), bool(model.OWNABLE), tuple(fields), doc)
+
+
+class KindRegistry:
+    """The kinds this broker serves, by name; duplicates are refused."""
+
+    def __init__(self, models: Iterable[type[ResourceData]]):
+        self._kinds: dict[str, Kind] = {}
+        for model in models:
+            kind = Kind(describe(model), model)
+            if kind.name in self._kinds:
+                raise KindDeclarationError(
+                    f"kind {kind.name!r} is declared twice "
+                    f"({self._kinds[kind.name].model.__module__} and {model.__module__})"
+                )
+            self._kinds[kind.name] = kind
+
+    def __iter__(self):
+        return iter(sorted(self._kinds.values(), key=lambda k: k.name))
+
+    def find(self, name: str) -> Kind | None:
+        return self._kinds.get(name)
+
+    def get(self, name: str) -> Kind:
+        kind = self._kinds.get(name)
+        if kind is None:
+            raise NotFoundError("kind", name)
+        return kind
+
+    @property
+    def models(self) -> tuple[type[ResourceData], ...]:
+        return tuple(kind.model for kind in self)
+
+
+def check_value(spec: FieldSpec, value: Scalar | None, path: str) -> Scalar | None:
+    """Returns `value` in its stored form, or raises INVALID_ARGUMENT naming
+    `path`. None clears an optional field."""
+    if value is None:
+        if spec.required:
+            raise InvalidArgumentError.of(path, f"{spec.name} is required")
+        return None
+    expected = {
+        FieldType.STRING: "a string",
+        FieldType.IP_ADDRESS: "a string holding an IP address",
+        FieldType.INTEGER: "an integer",
+        FieldType.FLOAT: "a number",
+        FieldType.BOOLEAN: "a boolean",
+    }[spec.type]
+    wrong_type = InvalidArgumentError(
+        FieldViolation(path, f"{spec.name} must be {expected}, not {type(value).__name__}")
+    )
+    if spec.type in (FieldType.STRING, FieldType.IP_ADDRESS):
+        if not isinstance(value, str):
+            raise wrong_type
+        if spec.max_length and len(value) > spec.max_length:
+            raise InvalidArgumentError.of(
+                path, f"{spec.name} is longer than {spec.max_length} characters"
+            )
+        if spec.type == FieldType.IP_ADDRESS:
+            try:
+                return str(ipaddress.ip_address(value))
+            except ValueError:
+                raise InvalidArgumentError.of(
+                    path, f"{value!r} is not an IPv4 or IPv6 address"
+                ) from None
+        return value
+    if spec.type == FieldType.BOOLEAN:
+        if not isinstance(value, bool):
+            raise wrong_type
+        return value
+    if isinstance(value, bool):
+        raise wrong_type
+    if spec.type == FieldType.INTEGER:
+        if not isinstance(value, int):
+            raise wrong_type
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise InvalidArgumentError.of(path, f"{spec.name} is outside the 64-bit range")
+        return value
+    if not isinstance(value, int | float):
+        raise wrong_type
+    if not math.isfinite(value):
+        raise InvalidArgumentError.of(path, f"{spec.name} must be a finite number")
+    return float(value)

@@ -1,0 +1,197 @@
+"""The domain's values: typed, frozen, validated where they are built."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Generic, TypeVar
+
+Scalar = str | int | float | bool
+
+
+class FieldType(enum.IntEnum):
+    """Storage types of a kind's fields (numbers match `broker.v1.FieldType`)."""
+
+    STRING = 1
+    INTEGER = 2
+    FLOAT = 3
+    BOOLEAN = 4
+    IP_ADDRESS = 5
+
+
+class LeaseState(enum.IntEnum):
+    """The life of a lease (numbers match `broker.v1.LeaseState`)."""
+
+    ACTIVE = 1
+    RELEASED = 2
+    EXPIRED = 3
+    REVOKED = 4
+
+
+class EventType(enum.StrEnum):
+    """Kinds of recorded change."""
+
+    RESOURCE_CREATED = "resource_created"
+    RESOURCE_UPDATED = "resource_updated"
+    RESOURCE_MARKED_UNUSABLE = "resource_marked_unusable"
+    RESOURCE_DELETED = "resource_deleted"
+    LEASE_GRANTED = "lease_granted"
+    LEASE_RELEASED = "lease_released"
+    LEASE_EXPIRED = "lease_expired"
+    LEASE_REVOKED = "lease_revoked"
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldSpec:
+    """One typed field of a kind."""
+
+    name: str
+    type: FieldType
+    required: bool
+    default: Scalar | None
+    doc: str
+    max_length: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class KindSpec:
+    """A kind as clients see it."""
+
+    name: str
+    ownable: bool
+    fields: tuple[FieldSpec, ...]
+    doc: str
+
+    def field(self, name: str) -> FieldSpec | None:
+        return next((f for f in self.fields if f.name == name), None)
+
+
+COMMON_FILTER_FIELDS = ("name", "group", "comment")
+
+
+@dataclasses.dataclass(frozen=True)
+class Constraint:
+    """`field` equals one of `values` (one value is plain equality)."""
+
+    field: str
+    values: tuple[Scalar, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Requirement:
+    """`count` distinct resources of `kind` satisfying every constraint."""
+
+    kind: str
+    constraints: tuple[Constraint, ...] = ()
+    count: int = 1
+    label: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class AcquireRequest:
+    """What a client asks for; `ttl` None means the configured default."""
+
+    requirements: tuple[Requirement, ...]
+    ttl: float | None = None
+    holder: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ResourceView:
+    """A resource as reported to callers."""
+
+    name: str
+    kind: str
+    fields: dict[str, Scalar | None]
+    is_usable: bool
+    comment: str
+    group: str
+    reserved_for: str
+    owner: str
+    lease_ids: tuple[str, ...]
+    fencing_token: int
+    etag: str
+    create_time: float
+    update_time: float
+
+
+@dataclasses.dataclass(frozen=True)
+class NewResource:
+    """A resource to create; `fields` not given take their defaults."""
+
+    name: str
+    kind: str
+    fields: dict[str, Scalar]
+    is_usable: bool = True
+    comment: str = ""
+    group: str = ""
+    reserved_for: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ResourcePatch:
+    """The changes of an update: only the attributes named in `paths` apply
+    (`comment`, `is_usable`, `fields.ip_address`, …)."""
+
+    name: str
+    paths: tuple[str, ...]
+    fields: dict[str, Scalar | None]
+    is_usable: bool = True
+    comment: str = ""
+    group: str = ""
+    reserved_for: str = ""
+    etag: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class GrantView:
+    """One granted resource of a lease."""
+
+    requirement_index: int
+    label: str
+    resource: ResourceView
+    fencing_token: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaseView:
+    """A lease as reported to callers (never with its secret)."""
+
+    lease_id: str
+    holder: str
+    state: LeaseState
+    grants: tuple[GrantView, ...]
+    ttl: float
+    create_time: float
+    expire_time: float
+    end_time: float | None
+    end_reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Granted:
+    """A new lease and its secret, which only the acquirer ever sees."""
+
+    lease: LeaseView
+    secret: str
+
+
+@dataclasses.dataclass(frozen=True)
+class HolderView:
+    """Who holds a resource that a request is waiting for."""
+
+    resource: str
+    lease_id: str
+    holder: str
+    expire_time: float
+
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a listing."""
+
+    items: tuple[T, ...]
+    next_page_token: str

@@ -1,0 +1,70 @@
+"""Building `ResourceView`s from stored rows, and the JSON snapshot of a
+resource kept with each grant."""
+
+from __future__ import annotations
+
+import json
+
+from broker.domain.kinds import Kind
+from broker.domain.values import ResourceView
+from broker.models.resource import Resource, ResourceData
+
+
+def etag_of(resource: Resource) -> str:
+    return f"v{resource.version}"
+
+
+def resource_view(
+    resource: Resource,
+    data: ResourceData | None,
+    kind: Kind | None,
+    lease_ids: tuple[str, ...] | None = None,
+) -> ResourceView:
+    """The view of a stored resource. `lease_ids` defaults to the one lease
+    of an ownable resource; shared kinds pass theirs."""
+    fields = {}
+    if data is not None and kind is not None:
+        fields = {spec.name: getattr(data, spec.name) for spec in kind.spec.fields}
+    if lease_ids is None:
+        lease_ids = (resource.lease_id,) if resource.lease_id else ()
+    return ResourceView(
+        name=resource.name,
+        kind=resource.kind,
+        fields=fields,
+        is_usable=resource.is_usable,
+        comment=resource.comment,
+        group=resource.group,
+        reserved_for=resource.reserved_for,
+        owner=resource.owner,
+        lease_ids=tuple(lease_ids),
+        fencing_token=resource.fencing_token,
+        etag=etag_of(resource),
+        create_time=resource.create_time,
+        update_time=resource.update_time,
+    )
+
+
+def snapshot(view: ResourceView) -> str:
+    """The JSON kept with a grant: the resource as it was granted."""
+    return json.dumps(
+        {
+            "kind": view.kind,
+            "fields": view.fields,
+            "is_usable": view.is_usable,
+            "comment": view.comment,
+            "group": view.group,
+            "reserved_for": view.reserved_for,
+            "create_time": view.create_time,
+            "update_time": view.update_time,
+            "etag": view.etag,
+        },
+        separators=(",", ":"),
+    )
+
+
+def from_snapshot(name: str, text: str, fencing_token: int) -> ResourceView:
+    """The resource of a grant, as it was granted (with no holder: the
+    caller knows whether the lease still holds it)."""
+    return ResourceView(
+        name=name, owner="", lease_ids=(), fencing_token=fencing_token, **json.loads(text)
+    )

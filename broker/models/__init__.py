@@ -1,0 +1,1 @@
+"""Storage: Peewee models and the named queries that read and change them."""

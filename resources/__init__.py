@@ -1,0 +1,1 @@
+"""Example resource kinds, and the devices they talk to."""

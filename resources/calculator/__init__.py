@@ -1,0 +1,1 @@
+"""The calculator of the Rotest tutorial: a kind, its SDK resource, and its RPyC device."""
