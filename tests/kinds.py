@@ -1,0 +1,32 @@
+"""Kinds used by the tests beside the calculator: one with every field type,
+and a shared (non-ownable) one."""
+
+from __future__ import annotations
+
+import peewee
+
+from broker.models.resource import ResourceData
+
+
+class PhoneData(ResourceData):
+    """A phone on a test bench."""
+
+    os = peewee.CharField(max_length=32, help_text="The operating system, e.g. android.")
+    version = peewee.IntegerField(default=0, help_text="The OS major version.")
+    rooted = peewee.BooleanField(default=False, help_text="Whether it is rooted.")
+    battery = peewee.FloatField(null=True, help_text="Battery capacity in mAh.")
+
+
+class LicenceData(ResourceData):
+    """A floating licence that many runs may hold at once."""
+
+    OWNABLE = False
+
+    product = peewee.CharField(max_length=64, help_text="The licensed product.")
+
+
+TEST_KINDS = (
+    "resources.calculator.data.CalculatorData",
+    "tests.kinds.PhoneData",
+    "tests.kinds.LicenceData",
+)
