@@ -69,6 +69,7 @@ class BrokerServer:
     health: health.HealthServicer
     reaper: Reaper
     database: peewee.Database
+    executor: futures.ThreadPoolExecutor
 
     @property
     def address(self) -> str:
@@ -86,6 +87,8 @@ class BrokerServer:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
         self.reaper.stop()
+        # Worker threads hold their own connections; ending them closes those.
+        self.executor.shutdown(wait=True)
         self.database.close()
 
 
@@ -97,8 +100,11 @@ def build_server(config: Config, address: str | None = None) -> BrokerServer:
     bind(database)
     create_tables(kinds.models)
     leases = Leases(kinds, default_ttl=config.leases.default_ttl, max_ttl=config.leases.max_ttl)
+    executor = futures.ThreadPoolExecutor(
+        max_workers=config.server.workers, thread_name_prefix="rpc"
+    )
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.server.workers, thread_name_prefix="rpc"),
+        executor,
         interceptors=[ErrorInterceptor()],
         options=SERVER_OPTIONS,
     )
@@ -119,9 +125,8 @@ def build_server(config: Config, address: str | None = None) -> BrokerServer:
         raise OSError(f"cannot listen on {address}: {error}") from error
     if port == 0:
         raise OSError(f"cannot listen on {address}")
-    return BrokerServer(
-        server, host, port, health_servicer, Reaper(leases, config.leases.expiry_interval), database
-    )
+    reaper = Reaper(leases, config.leases.expiry_interval)
+    return BrokerServer(server, host, port, health_servicer, reaper, database, executor)
 
 
 def serve_forever(

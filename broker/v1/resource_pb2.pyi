@@ -230,8 +230,8 @@ class Resource(_message.Message):
     characters of letters, digits, `.`, `_` and `-`. Immutable.
     """
     kind: _builtins.str
-    """Required. The name of the resource's kind, as listed by `ListKinds`.
-    Immutable.
+    """The name of the resource's kind, as listed by `ListKinds`: required on
+    create, ignored on update (a resource never changes kind).
     """
     is_usable: _builtins.bool
     """Optional. False takes the resource out of service: it is never granted.

@@ -1,0 +1,353 @@
+"""The `broker` command: run a broker, check its configuration, and administer
+one over gRPC (kinds, resources, leases) like any other client.
+
+Every remote command goes through `sdk.BrokerClient`, so the command line
+sees exactly what programs see. `--set` and `--where` values are typed from
+the kind's fields as `ListKinds` describes them. Exit status: 0 done,
+1 the broker refused, 2 bad usage or configuration, 3 the broker is
+unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from broker import cli_output as output
+from broker.cli_values import UsageError, kind_field_types, parse_set, parse_where
+from broker.v1 import lease_pb2
+from sdk.client import BrokerClient
+from sdk.errors import BrokerError, UnavailableError
+from sdk.requirements import to_constraints
+
+EXIT_OK, EXIT_BROKER, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+LEASE_STATES = {
+    "active": lease_pb2.LEASE_STATE_ACTIVE,
+    "released": lease_pb2.LEASE_STATE_RELEASED,
+    "expired": lease_pb2.LEASE_STATE_EXPIRED,
+    "revoked": lease_pb2.LEASE_STATE_REVOKED,
+}
+
+# --------------------------------------------------------------- commands
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from broker.api.server import serve_forever
+
+    return serve_forever(args.config, address=args.address, database_url=args.database)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from broker.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{args.config}: OK")
+    print(output.details(_flatten(config)))
+    return EXIT_OK
+
+
+def _flatten(config: Any, prefix: str = "") -> list[tuple[str, str]]:
+    pairs: list[tuple[str, str]] = []
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            pairs += _flatten(value, f"{prefix}{field.name}.")
+        elif isinstance(value, tuple):
+            pairs.append((f"{prefix}{field.name}", ", ".join(map(str, value))))
+        else:
+            pairs.append((f"{prefix}{field.name}", str(value)))
+    return pairs
+
+
+def cmd_kinds(client: BrokerClient, args: argparse.Namespace) -> int:
+    print(output.kinds_table(client.list_kinds()))
+    return EXIT_OK
+
+
+def cmd_resources_list(client: BrokerClient, args: argparse.Namespace) -> int:
+    types = kind_field_types(client, args.kind) if args.kind else {}
+    where = parse_where(args.where, types)
+    print(output.resources_table(client.list_resources(args.kind or "", where)))
+    return EXIT_OK
+
+
+def cmd_resources_add(client: BrokerClient, args: argparse.Namespace) -> int:
+    fields = parse_set(args.set, kind_field_types(client, args.kind))
+    resource = client.create_resource(
+        args.kind,
+        args.name,
+        fields,
+        comment=args.comment,
+        group=args.group,
+        is_usable=args.usable,
+        reserved_for=args.reserved_for,
+    )
+    print(output.resource_details(resource))
+    return EXIT_OK
+
+
+def cmd_resources_show(client: BrokerClient, args: argparse.Namespace) -> int:
+    print(output.resource_details(client.get_resource(args.name)))
+    return EXIT_OK
+
+
+def cmd_resources_update(client: BrokerClient, args: argparse.Namespace) -> int:
+    fields = None
+    if args.set:
+        kind = client.get_resource(args.name).kind
+        fields = parse_set(args.set, kind_field_types(client, kind))
+    resource = client.update_resource(
+        args.name,
+        fields=fields,
+        is_usable=args.usable,
+        comment=args.comment,
+        group=args.group,
+        reserved_for=args.reserved_for,
+        etag=args.etag,
+    )
+    print(output.resource_details(resource))
+    return EXIT_OK
+
+
+def cmd_resources_delete(client: BrokerClient, args: argparse.Namespace) -> int:
+    client.delete_resource(args.name, etag=args.etag)
+    print(f"deleted {args.name}")
+    return EXIT_OK
+
+
+def cmd_leases_list(client: BrokerClient, args: argparse.Namespace) -> int:
+    state = LEASE_STATES[args.state] if args.state else None
+    print(output.leases_table(client.list_leases(state, args.holder, args.resource)))
+    return EXIT_OK
+
+
+def cmd_leases_show(client: BrokerClient, args: argparse.Namespace) -> int:
+    print(output.lease_details(client.get_lease(args.lease_id)))
+    return EXIT_OK
+
+
+def cmd_leases_revoke(client: BrokerClient, args: argparse.Namespace) -> int:
+    print(output.lease_details(client.revoke_lease(args.lease_id, args.reason)))
+    return EXIT_OK
+
+
+def cmd_leases_acquire(client: BrokerClient, args: argparse.Namespace) -> int:
+    where = parse_where(args.where, kind_field_types(client, args.kind))
+    requirement = lease_pb2.Requirement(
+        kind=args.kind, constraints=to_constraints(where), count=args.count, label=args.kind
+    )
+    lease, secret = client.acquire([requirement], ttl=args.ttl)
+    print(output.lease_details(lease, secret))
+    print(
+        f"\nkeep it with: broker leases renew {lease.lease_id} --secret {secret}"
+        f"\nend it with:  broker leases release {lease.lease_id} --secret {secret}"
+    )
+    return EXIT_OK
+
+
+def cmd_leases_renew(client: BrokerClient, args: argparse.Namespace) -> int:
+    lease = client.renew(args.lease_id, args.secret)
+    print(f"lease {lease.lease_id} expires {output.local_time(lease.expire_time)}")
+    return EXIT_OK
+
+
+def cmd_leases_release(client: BrokerClient, args: argparse.Namespace) -> int:
+    lease = client.release(args.lease_id, args.secret)
+    print(f"lease {lease.lease_id} released")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------- parser
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value:g} is not positive")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="broker", description=__doc__.split("\n\n")[0].replace("\n", " ")
+    )
+    parser.add_argument(
+        "--target",
+        default=os.environ.get("BROKER_TARGET", "127.0.0.1:50051"),
+        help="the broker's HOST:PORT (env BROKER_TARGET; default %(default)s)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=10.0,
+        help="seconds each call may take (default %(default)s)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = _command(commands, "serve", cmd_serve, "run a broker until SIGTERM or SIGINT")
+    serve.add_argument("--config", default="rotest.yml", help="default %(default)s")
+    serve.add_argument("--address", help="HOST:PORT to listen on, overriding the config")
+    serve.add_argument("--database", help="database URL, overriding the config")
+
+    check = _command(commands, "check-config", cmd_check_config, "validate a configuration file")
+    check.add_argument("--config", default="rotest.yml", help="default %(default)s")
+
+    _remote(commands, "kinds", cmd_kinds, "list the kinds and their fields")
+    _add_resource_commands(commands)
+    _add_lease_commands(commands)
+    return parser
+
+
+def _add_resource_commands(commands: argparse._SubParsersAction) -> None:
+    group = commands.add_parser("resources", help="list and administer resources")
+    resources = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    listing = _remote(resources, "list", cmd_resources_list, "list resources")
+    listing.add_argument("--kind", help="only this kind; needed to filter on its own fields")
+    _where_option(listing)
+
+    add = _remote(resources, "add", cmd_resources_add, "add a resource")
+    add.add_argument("kind")
+    add.add_argument("name")
+    _set_option(add)
+    add.add_argument("--comment", default="")
+    add.add_argument("--group", default="")
+    add.add_argument("--unusable", dest="usable", action="store_false", help="out of service")
+    add.add_argument("--reserved-for", default="", metavar="HOLDER")
+
+    show = _remote(resources, "show", cmd_resources_show, "show one resource")
+    show.add_argument("name")
+
+    update = _remote(resources, "update", cmd_resources_update, "change a resource")
+    update.add_argument("name")
+    _set_option(update)
+    usable = update.add_mutually_exclusive_group()
+    usable.add_argument("--usable", dest="usable", action="store_const", const=True)
+    usable.add_argument("--unusable", dest="usable", action="store_const", const=False)
+    update.add_argument("--comment")
+    update.add_argument("--group")
+    update.add_argument("--reserved-for", metavar="HOLDER")
+    _etag_option(update)
+
+    delete = _remote(resources, "delete", cmd_resources_delete, "delete a resource")
+    delete.add_argument("name")
+    _etag_option(delete)
+
+
+def _add_lease_commands(commands: argparse._SubParsersAction) -> None:
+    group = commands.add_parser("leases", help="list, hold and end leases")
+    leases = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    listing = _remote(leases, "list", cmd_leases_list, "list leases, newest first")
+    listing.add_argument("--state", choices=list(LEASE_STATES))
+    listing.add_argument("--holder", default="")
+    listing.add_argument("--resource", default="", help="only leases granted this resource")
+
+    show = _remote(leases, "show", cmd_leases_show, "show one lease")
+    show.add_argument("lease_id", metavar="ID")
+
+    revoke = _remote(leases, "revoke", cmd_leases_revoke, "end someone else's lease")
+    revoke.add_argument("lease_id", metavar="ID")
+    revoke.add_argument("--reason", required=True, help="recorded with the lease")
+
+    acquire = _remote(leases, "acquire", cmd_leases_acquire, "hold resources from the shell")
+    acquire.add_argument("kind")
+    _where_option(acquire)
+    acquire.add_argument("--count", type=positive_int, default=1)
+    acquire.add_argument("--ttl", type=positive_float, metavar="SECONDS")
+
+    for name, handler, help_text in (
+        ("renew", cmd_leases_renew, "extend a lease you hold"),
+        ("release", cmd_leases_release, "end a lease you hold"),
+    ):
+        command = _remote(leases, name, handler, help_text)
+        command.add_argument("lease_id", metavar="ID")
+        command.add_argument("--secret", required=True, help="as printed by acquire")
+
+
+def _command(
+    commands: argparse._SubParsersAction,
+    name: str,
+    handler: Callable[[argparse.Namespace], int],
+    help_text: str,
+) -> argparse.ArgumentParser:
+    command = commands.add_parser(name, help=help_text, description=help_text)
+    command.set_defaults(local=handler)
+    return command
+
+
+def _remote(
+    commands: argparse._SubParsersAction,
+    name: str,
+    handler: Callable[[BrokerClient, argparse.Namespace], int],
+    help_text: str,
+) -> argparse.ArgumentParser:
+    command = commands.add_parser(name, help=help_text, description=help_text)
+    command.set_defaults(remote=handler)
+    return command
+
+
+def _where_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="only resources whose field has this value; repeat a field for any of several",
+    )
+
+
+def _set_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE", help="a typed field's value"
+    )
+
+
+def _etag_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--etag", default="", help="fail with ABORTED if the resource changed")
+
+
+# ------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs one command; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    try:
+        if hasattr(args, "local"):
+            return args.local(args)
+        with BrokerClient(args.target, timeout=args.timeout) as client:
+            return args.remote(client, args)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except UnavailableError as error:
+        print(output.error_text(error), file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except BrokerError as error:
+        print(output.error_text(error), file=sys.stderr)
+        return EXIT_BROKER
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,204 @@
+"""How the `broker` command shows the contract's messages to people: aligned
+tables, `key: value` blocks, local ISO times, and errors with their details.
+
+Every function returns text and prints nothing, so `broker.cli` decides where
+it goes.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Sequence
+
+from google.protobuf import timestamp_pb2
+
+from broker.api.field_values import from_field_value
+from broker.v1 import lease_pb2, resource_pb2
+from sdk.errors import BrokerError, FailedPreconditionError, InvalidArgumentError, ResourceBusyError
+
+NONE = "-"
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """Columns padded to their widest cell, two spaces apart."""
+    lines = [list(headers), *(list(row) for row in rows)]
+    widths = [max(len(line[column]) for line in lines) for column in range(len(headers))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def details(pairs: Iterable[tuple[str, str]]) -> str:
+    """`key: value` lines with the values aligned."""
+    pairs = list(pairs)
+    width = max(len(key) for key, _ in pairs) + 1
+    return "\n".join(f"{key + ':':<{width}} {value}".rstrip() for key, value in pairs)
+
+
+def local_time(timestamp: timestamp_pb2.Timestamp) -> str:
+    """The time in the local zone, ISO 8601 to the second; `-` when unset."""
+    if not timestamp.seconds and not timestamp.nanos:
+        return NONE
+    moment = timestamp.ToDatetime(tzinfo=datetime.UTC).astimezone()
+    return moment.isoformat(timespec="seconds")
+
+
+def value_text(value: resource_pb2.FieldValue) -> str:
+    scalar = from_field_value(value)
+    if scalar is None:
+        return NONE
+    if isinstance(scalar, bool):
+        return "true" if scalar else "false"
+    return str(scalar)
+
+
+def enum_text(name: str, prefix: str) -> str:
+    """`LEASE_STATE_ACTIVE` -> `active`."""
+    return name.removeprefix(prefix).lower()
+
+
+def kinds_table(kinds: Iterable[resource_pb2.Kind]) -> str:
+    return table(
+        ("KIND", "OWNABLE", "FIELDS"),
+        (
+            (
+                kind.name,
+                _yes_no(kind.ownable),
+                " ".join(f"{spec.name}:{_field_type(spec.type)}" for spec in kind.fields),
+            )
+            for kind in kinds
+        ),
+    )
+
+
+def resources_table(resources: Iterable[resource_pb2.Resource]) -> str:
+    return table(
+        ("NAME", "KIND", "USABLE", "OWNER", "GROUP", "FIELDS"),
+        (
+            (
+                resource.name,
+                resource.kind,
+                _yes_no(_usable(resource)),
+                resource.owner or NONE,
+                resource.group or NONE,
+                _fields_text(resource),
+            )
+            for resource in resources
+        ),
+    )
+
+
+def resource_details(resource: resource_pb2.Resource) -> str:
+    return details(
+        [
+            ("name", resource.name),
+            ("kind", resource.kind),
+            ("usable", _yes_no(_usable(resource))),
+            ("owner", resource.owner or NONE),
+            ("leases", ", ".join(resource.lease_ids) or NONE),
+            ("group", resource.group or NONE),
+            ("comment", resource.comment or NONE),
+            ("reserved for", resource.reserved_for or NONE),
+            ("fencing token", str(resource.fencing_token)),
+            ("etag", resource.etag or NONE),
+            ("created", local_time(resource.create_time)),
+            ("updated", local_time(resource.update_time)),
+            *((f"fields.{name}", value_text(value)) for name, value in _fields(resource)),
+        ]
+    )
+
+
+def leases_table(leases: Iterable[lease_pb2.Lease]) -> str:
+    return table(
+        ("LEASE", "HOLDER", "STATE", "RESOURCES", "CREATED", "EXPIRES/ENDED"),
+        (
+            (
+                lease.lease_id,
+                lease.holder,
+                _state(lease),
+                ",".join(grant.resource.name for grant in lease.grants),
+                local_time(lease.create_time),
+                local_time(
+                    lease.expire_time
+                    if lease.state == lease_pb2.LEASE_STATE_ACTIVE
+                    else lease.end_time
+                ),
+            )
+            for lease in leases
+        ),
+    )
+
+
+def lease_details(lease: lease_pb2.Lease, secret: str = "") -> str:
+    pairs = [("lease", lease.lease_id)]
+    if secret:
+        pairs.append(("secret", secret))
+    pairs += [
+        ("holder", lease.holder),
+        ("state", _state(lease)),
+        ("ttl", f"{lease.ttl.ToTimedelta().total_seconds():g}s"),
+        ("created", local_time(lease.create_time)),
+        ("expires", local_time(lease.expire_time)),
+        ("ended", local_time(lease.end_time)),
+    ]
+    if lease.end_reason:
+        pairs.append(("reason", lease.end_reason))
+    grants = table(
+        ("RESOURCE", "KIND", "LABEL", "FENCING TOKEN"),
+        (
+            (
+                grant.resource.name,
+                grant.resource.kind,
+                grant.label or NONE,
+                str(grant.fencing_token),
+            )
+            for grant in lease.grants
+        ),
+    )
+    return f"{details(pairs)}\n\n{grants}"
+
+
+def error_text(error: BrokerError) -> str:
+    """`error: CODE: message`, then one line per detail worth reading."""
+    lines = [f"error: {error.code.name}: {error.message}"]
+    if isinstance(error, InvalidArgumentError):
+        lines += [f"  {field}: {description}" for field, description in error.field_violations]
+    if isinstance(error, FailedPreconditionError):
+        lines += [
+            f"  {kind} {subject}: {description}" for kind, subject, description in error.violations
+        ]
+    if isinstance(error, ResourceBusyError) and error.blocked is not None:
+        blocked = error.blocked
+        label = f" ({blocked.label})" if blocked.label else ""
+        lines.append(f"  requirement {blocked.requirement_index}{label}, kind {blocked.kind}:")
+        lines += [
+            f"  {holder.resource} held by {holder.holder} (lease {holder.lease_id}, "
+            f"expires {local_time(holder.expire_time)})"
+            for holder in blocked.holders
+        ]
+    return "\n".join(lines)
+
+
+def _yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _usable(resource: resource_pb2.Resource) -> bool:
+    return resource.is_usable if resource.HasField("is_usable") else True
+
+
+def _field_type(field_type: int) -> str:
+    return enum_text(resource_pb2.FieldType.Name(field_type), "FIELD_TYPE_")
+
+
+def _state(lease: lease_pb2.Lease) -> str:
+    return enum_text(lease_pb2.LeaseState.Name(lease.state), "LEASE_STATE_")
+
+
+def _fields(resource: resource_pb2.Resource) -> list[tuple[str, resource_pb2.FieldValue]]:
+    return sorted(resource.fields.items())
+
+
+def _fields_text(resource: resource_pb2.Resource) -> str:
+    return " ".join(f"{name}={value_text(value)}" for name, value in _fields(resource)) or NONE

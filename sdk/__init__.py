@@ -1,0 +1,50 @@
+"""The Python SDK of the resource broker: lease lab resources and drive them.
+
+from sdk import BrokerClient
+from resources.calculator.resource import Calculator
+
+with BrokerClient("127.0.0.1:50051") as client:
+    with client.lease(Calculator, name="calc") as calc:
+        print(calc.calculate("6 * 7"))
+"""
+
+from sdk.base_resource import BaseResource, StateError, check_active
+from sdk.client import BrokerClient
+from sdk.errors import (
+    AbortedError,
+    AlreadyExistsError,
+    BrokerError,
+    DeadlineExceededError,
+    FailedPreconditionError,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceBusyError,
+    UnauthenticatedError,
+    UnavailableError,
+)
+from sdk.lease import Lease
+from sdk.requirements import ResourceRequest, request
+
+__all__ = [
+    "AbortedError",
+    "AlreadyExistsError",
+    "BaseResource",
+    "BrokerClient",
+    "BrokerError",
+    "DeadlineExceededError",
+    "FailedPreconditionError",
+    "InternalError",
+    "InvalidArgumentError",
+    "Lease",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "ResourceBusyError",
+    "ResourceRequest",
+    "StateError",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "check_active",
+    "request",
+]

@@ -1,0 +1,152 @@
+"""The broker's status codes as Python exceptions, with their details unpacked.
+
+The broker reports every failure as a gRPC status code plus `google.rpc`
+details. `from_rpc_error` turns a `grpc.RpcError` into one `BrokerError`
+subclass, chosen by one table (`ERRORS_BY_CODE`), so callers catch
+`ResourceBusyError` instead of comparing codes, and read the details
+(`field_violations`, `violations`, `blocked`) as plain Python values.
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from broker.v1 import lease_pb2
+
+# The detail messages the broker sends; any other detail stays a packed `Any`.
+DETAIL_TYPES: tuple[type[Message], ...] = (
+    error_details_pb2.BadRequest,
+    error_details_pb2.PreconditionFailure,
+    error_details_pb2.ResourceInfo,
+    error_details_pb2.ErrorInfo,
+    lease_pb2.AcquireBlocked,
+)
+
+
+class BrokerError(Exception):
+    """A call to the broker failed: `code` says how, `message` says why, and
+    `details` holds the unpacked `google.rpc` detail messages."""
+
+    def __init__(
+        self, code: grpc.StatusCode, message: str, details: list[Message] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details: list[Message] = details or []
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message}"
+
+
+class InvalidArgumentError(BrokerError):
+    """The request was malformed; nothing changed."""
+
+    @property
+    def field_violations(self) -> list[tuple[str, str]]:
+        """Each offending field with what is wrong with it."""
+        return [
+            (violation.field, violation.description)
+            for detail in self.details
+            if isinstance(detail, error_details_pb2.BadRequest)
+            for violation in detail.field_violations
+        ]
+
+
+class NotFoundError(BrokerError):
+    """No such kind, resource or lease."""
+
+
+class AlreadyExistsError(BrokerError):
+    """The name is taken."""
+
+
+class PermissionDeniedError(BrokerError):
+    """The caller does not hold the lease it acted on (wrong or missing secret)."""
+
+
+class UnauthenticatedError(BrokerError):
+    """The call carried no credential."""
+
+
+class FailedPreconditionError(BrokerError):
+    """The request can never succeed as things stand: an unsatisfiable
+    requirement, a lease that already ended, a resource still held."""
+
+    @property
+    def violations(self) -> list[tuple[str, str, str]]:
+        """Each failed precondition as (type, subject, description)."""
+        return [
+            (violation.type, violation.subject, violation.description)
+            for detail in self.details
+            if isinstance(detail, error_details_pb2.PreconditionFailure)
+            for violation in detail.violations
+        ]
+
+
+class ResourceBusyError(BrokerError):
+    """The resources exist but others hold them now; retrying later may work."""
+
+    @property
+    def blocked(self) -> lease_pb2.AcquireBlocked | None:
+        """Which requirement is blocked and who holds what it could use."""
+        return next((d for d in self.details if isinstance(d, lease_pb2.AcquireBlocked)), None)
+
+
+class AbortedError(BrokerError):
+    """A concurrent change won (a stale etag); read again and retry."""
+
+
+class UnavailableError(BrokerError):
+    """The broker cannot be reached or is shutting down; transient."""
+
+
+class DeadlineExceededError(BrokerError):
+    """The call's deadline passed before the broker answered."""
+
+
+class InternalError(BrokerError):
+    """The broker failed; its log has the request id."""
+
+
+ERRORS_BY_CODE: dict[grpc.StatusCode, type[BrokerError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceBusyError,
+    grpc.StatusCode.ABORTED: AbortedError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.INTERNAL: InternalError,
+}
+
+
+def from_rpc_error(error: grpc.RpcError) -> BrokerError:
+    """The `BrokerError` for a failed call (a `grpc.RpcError` that is also a
+    `grpc.Call`, as the stubs raise); codes missing from the table (UNKNOWN,
+    CANCELLED, ...) give a plain `BrokerError`."""
+    code = error.code()
+    try:
+        status = rpc_status.from_call(error)
+    except ValueError:
+        # The status proto disagrees with the call's code or message: a broken
+        # peer; the call's own code and message are what we trust.
+        status = None
+    details = [] if status is None else [_unpack(detail) for detail in status.details]
+    return ERRORS_BY_CODE.get(code, BrokerError)(code, error.details() or "", details)
+
+
+def _unpack(detail: any_pb2.Any) -> Message:
+    for detail_type in DETAIL_TYPES:
+        if detail.Is(detail_type.DESCRIPTOR):
+            unpacked = detail_type()
+            detail.Unpack(unpacked)
+            return unpacked
+    return detail

@@ -1,0 +1,192 @@
+"""A held lease as a context manager: acquire, set up, keep alive, tear down,
+release.
+
+Entering acquires every request at once, builds one `BaseResource` per grant
+and runs its lifecycle (`BaseResource.setup`), then renews the lease in the
+background. Leaving, whatever ended the block (an exception, Ctrl-C), stores
+the resources' state if the block failed and `save_state` is on, finalizes
+them, stops renewing and releases the lease. A failure during setup tears down
+what was set up and releases before it propagates. Errors while tearing down
+are logged and never hide the block's own exception.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from broker.v1 import lease_pb2
+from sdk.base_resource import OPEN, BaseResource
+from sdk.keepalive import KeepAlive
+from sdk.requirements import ResourceRequest
+
+if TYPE_CHECKING:
+    from sdk.client import BrokerClient
+
+logger = logging.getLogger(__name__)
+
+Granted = BaseResource | list[BaseResource]
+
+
+class Lease:
+    """A lease on several requests, each under a label; entering it gives
+    label -> resource (a list of resources for a request of `count` > 1).
+
+    Args:
+        client: the broker to lease from.
+        requests: label -> what to lease under it.
+        ttl: seconds the lease lives without renewal; None takes the broker's default.
+        skip_init: run only `connect()`, neither `validate()` nor `initialize()`.
+        force_initialize: run `initialize()` without asking `validate()`.
+        save_state: call `store_state()` on each resource when the block raises.
+        state_dir: where those states go, one subdirectory per resource;
+            None makes a temporary directory, logged.
+    """
+
+    def __init__(
+        self,
+        client: BrokerClient,
+        requests: Mapping[str, ResourceRequest],
+        *,
+        ttl: float | None = None,
+        skip_init: bool = False,
+        force_initialize: bool = False,
+        save_state: bool = False,
+        state_dir: str | None = None,
+    ) -> None:
+        if not requests:
+            raise ValueError("a lease needs at least one request")
+        self._client = client
+        self._requests = dict(requests)
+        self._ttl = ttl
+        self._skip_init = skip_init
+        self._force_initialize = force_initialize
+        self._save_state = save_state
+        self._state_dir = state_dir
+        self._lease: lease_pb2.Lease | None = None
+        self._secret = ""
+        self._instances: list[BaseResource] = []
+        self._keepalive: KeepAlive | None = None
+        self.resources: dict[str, Granted] = {}
+        self.lost = threading.Event()
+
+    @property
+    def lease_id(self) -> str:
+        return self._held().lease_id
+
+    @property
+    def expire_time(self) -> datetime.datetime:
+        """When the lease expires unless renewed; moves on with each renewal."""
+        return self._held().expire_time.ToDatetime(tzinfo=datetime.UTC)
+
+    @property
+    def fencing_tokens(self) -> dict[str, int]:
+        """Resource name -> the fencing number of its grant."""
+        return {grant.resource.name: grant.fencing_token for grant in self._held().grants}
+
+    def __enter__(self) -> dict[str, Granted]:
+        if self._lease is not None:
+            raise RuntimeError("a Lease is entered once")
+        requirements = [request.to_requirement(label) for label, request in self._requests.items()]
+        self._lease, self._secret = self._client.acquire(requirements, ttl=self._ttl)
+        try:
+            self._build()
+            for resource in self._instances:
+                resource.setup(skip_init=self._skip_init, force_initialize=self._force_initialize)
+            self._keepalive = KeepAlive(
+                self._client,
+                self._lease.lease_id,
+                self._secret,
+                interval=self._lease.ttl.ToTimedelta().total_seconds() / 3,
+                lost=self.lost,
+                on_renew=self._renewed,
+            )
+            self._keepalive.start()
+        except BaseException as error:
+            self._close(error)
+            raise
+        return self.resources
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc is not None and self._save_state:
+            self._store_states()
+        self._close(exc)
+
+    def _held(self) -> lease_pb2.Lease:
+        if self._lease is None:
+            raise RuntimeError("the lease is not acquired yet")
+        return self._lease
+
+    def _renewed(self, lease: lease_pb2.Lease) -> None:
+        self._lease = lease
+
+    def _build(self) -> None:
+        lease = self._held()
+        labels = list(self._requests)
+        granted: dict[str, list[BaseResource]] = {label: [] for label in labels}
+        for grant in lease.grants:
+            label = labels[grant.requirement_index]
+            resource_class = self._requests[label].resource_class
+            instance = resource_class(grant.resource, grant.fencing_token)
+            granted[label].append(instance)
+            self._instances.append(instance)
+        self.resources = {
+            label: instances if self._requests[label].count > 1 else instances[0]
+            for label, instances in granted.items()
+        }
+
+    def _close(self, pending: BaseException | None) -> None:
+        """Tears everything down. The first teardown error is raised when
+        nothing else is propagating; every other one is logged."""
+        errors: list[tuple[str, Exception]] = []
+        for resource in self._instances:
+            try:
+                resource.teardown()
+            except Exception as error:
+                errors.append((f"finalizing {resource.name}", error))
+        if self._keepalive is not None:
+            self._keepalive.stop()
+        try:
+            self._client.release(self.lease_id, self._secret)
+        except Exception as error:
+            errors.append((f"releasing lease {self.lease_id}", error))
+        raised = errors[0][1] if pending is None and errors else None
+        for what, error in errors:
+            if error is not raised:
+                logger.error("%s failed", what, exc_info=error)
+        if raised is not None:
+            raise raised
+
+    def _store_states(self) -> None:
+        """Runs only while the block's exception propagates, so its own
+        failures are logged, never raised."""
+        state_dir = self._state_dir or tempfile.mkdtemp(prefix="broker-state-")
+        logger.warning("saving the state of the leased resources under %s", state_dir)
+        for resource in self._instances:
+            if resource.state not in OPEN:
+                continue
+            directory = os.path.join(state_dir, resource.name)
+            try:
+                os.makedirs(directory, exist_ok=True)
+                resource.store_state(directory)
+            except Exception:
+                logger.exception("storing the state of %s failed", resource.name)
+
+
+class SingleLease(Lease):
+    """A lease on one request, whose `with` gives that request's resource."""
+
+    def __enter__(self) -> Granted:  # type: ignore[override]
+        (label,) = self._requests
+        return super().__enter__()[label]
