@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from broker import cli_output as output
-from broker.api.field_values import Scalar
+from broker.api.field_values import INT64_MAX, INT64_MIN, Scalar
 from broker.v1 import resource_pb2
 from sdk.client import BrokerClient
 
@@ -37,7 +37,10 @@ def parse_value(field: str, text: str, field_type: int) -> Scalar:
     """`text` as the type of `field`; a bad value names the field."""
     try:
         if field_type == resource_pb2.FIELD_TYPE_INTEGER:
-            return int(text)
+            number = int(text)
+            if not INT64_MIN <= number <= INT64_MAX:
+                raise UsageError(f"{field}: {text!r} is out of range for a 64-bit integer")
+            return number
         if field_type == resource_pb2.FIELD_TYPE_FLOAT:
             return float(text)
     except ValueError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -100,17 +101,30 @@ def load_config(path: str | None = None, environ: Mapping[str, str] | None = Non
         except yaml.YAMLError as error:
             raise ConfigError(path, f"not valid YAML: {error}") from error
         base_dir = os.path.dirname(os.path.abspath(path))
-    config = parse_config(raw, base_dir)
-    if environ.get("BROKER_ADDRESS"):
-        config = dataclasses.replace(
-            config, server=dataclasses.replace(config.server, address=environ["BROKER_ADDRESS"])
-        )
-    if environ.get("BROKER_DATABASE_URL"):
-        config = dataclasses.replace(
-            config, database=DatabaseConfig(environ["BROKER_DATABASE_URL"])
-        )
+    config = parse_config(_with_overrides(raw, environ), base_dir)
     config.kind_models()
     return config
+
+
+ENVIRONMENT_OVERRIDES = {
+    "BROKER_ADDRESS": ("server", "address"),
+    "BROKER_DATABASE_URL": ("database", "url"),
+}
+
+
+def _with_overrides(raw: Any, environ: Mapping[str, str]) -> Any:
+    """The document with the environment's overrides in place, so that they
+    are checked exactly as the file's values are."""
+    if not isinstance(raw, Mapping):
+        return raw
+    result = dict(raw)
+    for variable, (section, key) in ENVIRONMENT_OVERRIDES.items():
+        if environ.get(variable):
+            current = result.get(section)
+            merged = dict(current) if isinstance(current, Mapping) else {}
+            merged[key] = environ[variable]
+            result[section] = merged
+    return result
 
 
 def parse_config(raw: Any, base_dir: str = ".") -> Config:
@@ -162,7 +176,7 @@ def _section(key: str, raw: Any, cls: type) -> Any:
 
 
 def _check_positive(key: str, value: float, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(
             key, f"must be {'at least 0' if allow_zero else 'positive'}, not {value!r}"
         )

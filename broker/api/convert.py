@@ -105,13 +105,12 @@ def resource_patch(request: inventory_service_pb2.UpdateResourceRequest) -> valu
 
 def constraint(message: lease_pb2.Constraint) -> values.Constraint:
     test = message.WhichOneof("test")
-    if test == "equals":
-        found = (from_field_value(message.equals),)
-    elif test == "any_of":
+    if test == "any_of":
         found = tuple(from_field_value(value) for value in message.any_of.values)
-    else:
-        found = ()
-    return values.Constraint(message.field, found)
+        return values.Constraint(message.field, found, any_of=True)
+    if test == "equals":
+        return values.Constraint(message.field, (from_field_value(message.equals),))
+    return values.Constraint(message.field, ())
 
 
 def requirement(message: lease_pb2.Requirement) -> values.Requirement:

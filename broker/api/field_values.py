@@ -6,6 +6,9 @@ from broker.v1 import resource_pb2
 
 Scalar = str | int | float | bool
 
+# The range of `FieldValue.int_value`.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
 
 def to_field_value(value: Scalar) -> resource_pb2.FieldValue:
     """Wraps a Python scalar; `bool` is tested before `int` since it is one."""

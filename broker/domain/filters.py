@@ -44,14 +44,16 @@ def resolve(
                 + (f" (fields: {', '.join(known)})" if known else " (name a kind)"),
             )
         if not 1 <= len(constraint.values) <= MAX_VALUES:
-            raise InvalidArgumentError.of(where, f"needs 1 to {MAX_VALUES} values")
-        values = tuple(
-            check_value(spec, value, f"{where}.value") if value is not None else _missing(where)
-            for value in constraint.values
-        )
-        filters.append((constraint.field, values))
+            raise InvalidArgumentError.of(
+                where, f"needs a value to equal, or 1 to {MAX_VALUES} values in any_of"
+            )
+        values = []
+        for position, value in enumerate(constraint.values):
+            value_path = (
+                f"{where}.any_of.values[{position}]" if constraint.any_of else (f"{where}.equals")
+            )
+            if value is None:
+                raise InvalidArgumentError.of(value_path, "a value is required")
+            values.append(check_value(spec, value, value_path))
+        filters.append((constraint.field, tuple(values)))
     return filters
-
-
-def _missing(where: str):
-    raise InvalidArgumentError.of(f"{where}.value", "a value is required")

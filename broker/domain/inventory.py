@@ -83,6 +83,7 @@ class Inventory:
             with write_transaction():
                 if resource_model.get_resource(new.name) is not None:
                     raise AlreadyExistsError("resource", new.name)
+                values["fencing_token"] = lease_model.highest_fencing_token(new.name)
                 row = resource_model.insert_resource(values, kind.model, fields)
                 events.record(events.event(EventType.RESOURCE_CREATED, now, resource=new.name))
         except peewee.IntegrityError:
@@ -105,6 +106,8 @@ class Inventory:
     ) -> Page[ResourceView]:
         size = paging.page_size(page_size)
         position = paging.decode_token(page_token, ("after",))
+        if position is not None and not isinstance(position["after"], str):
+            raise InvalidArgumentError.of("page_token", "not a token returned by this listing")
         kind = self.kinds.get(kind_name) if kind_name else None
         resolved = filters.resolve(kind, constraints, "constraints", InvalidArgumentError.of)
         rows = resource_model.list_resources(

@@ -63,7 +63,7 @@ def describe(model: type[ResourceData]) -> KindSpec:
                 "BooleanField or IPAddressField)"
             )
         default = field.default() if callable(field.default) else field.default
-        if field_type == FieldType.STRING:
+        if field_type in (FieldType.STRING, FieldType.IP_ADDRESS):
             max_length = getattr(field, "max_length", None) or TEXT_FIELD_MAX_LENGTH
         else:
             max_length = 0
@@ -158,6 +158,10 @@ def check_value(spec: FieldSpec, value: Scalar | None, path: str) -> Scalar | No
         return value
     if not isinstance(value, int | float):
         raise wrong_type
-    if not math.isfinite(value):
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
         raise InvalidArgumentError.of(path, f"{spec.name} must be a finite number")
-    return float(value)
+    return number

@@ -54,6 +54,7 @@ MAX_LABEL = 64
 MAX_HOLDER = 128
 MAX_REASON = 1024
 MAX_HOLDERS_REPORTED = 16
+EXPIRY_BATCH = 500
 
 _ENDED = {
     LeaseState.RELEASED: ("LEASE_RELEASED", "was released"),
@@ -190,7 +191,7 @@ class Leases:
         if not matching.complete:
             return self._refusal(needs, holder, needs[slot_needs[matching.first_unmatched]].index)
         lease_id = str(uuid.uuid4())
-        secret = secrets.token_urlsafe(32)
+        secret = secrets.token_hex(24)
         lease = lease_model.Lease.create(
             id=lease_id,
             secret_hash=_hash(secret),
@@ -347,10 +348,15 @@ class Leases:
             return self._expire_due(now)
 
     def _expire_due(self, now: float) -> int:
-        due = lease_model.due_lease_ids(LeaseState.ACTIVE, now)
-        for lease in lease_model.leases_by_id(due).values():
-            self._end(lease, LeaseState.EXPIRED, now, "its TTL ran out", "")
-        return len(due)
+        """Ends every lease past its TTL, in batches."""
+        expired = 0
+        while True:
+            due = lease_model.due_lease_ids(LeaseState.ACTIVE, now, EXPIRY_BATCH)
+            for lease in lease_model.leases_by_id(due).values():
+                self._end(lease, LeaseState.EXPIRED, now, "its TTL ran out", "")
+            expired += len(due)
+            if len(due) < EXPIRY_BATCH:
+                return expired
 
     def _end(
         self, lease: lease_model.Lease, state: LeaseState, now: float, reason: str, actor: str

@@ -71,10 +71,12 @@ COMMON_FILTER_FIELDS = ("name", "group", "comment")
 
 @dataclasses.dataclass(frozen=True)
 class Constraint:
-    """`field` equals one of `values` (one value is plain equality)."""
+    """`field` equals one of `values`: `any_of` says the request gave a set
+    (even of one value) rather than a single value to equal."""
 
     field: str
-    values: tuple[Scalar, ...]
+    values: tuple[Scalar | None, ...]
+    any_of: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -177,3 +177,14 @@ def leases_by_id(lease_ids: Sequence[str]) -> dict[str, Lease]:
     if not lease_ids:
         return {}
     return {row.id: row for row in Lease.select().where(Lease.id.in_(list(lease_ids)))}
+
+
+def highest_fencing_token(resource_name: str) -> int:
+    """The highest number ever granted for a resource of this name, so that a
+    resource deleted and created again keeps numbering upwards."""
+    highest = (
+        LeaseGrant.select(peewee.fn.MAX(LeaseGrant.fencing_token))
+        .where(LeaseGrant.resource_name == resource_name)
+        .scalar()
+    )
+    return highest or 0

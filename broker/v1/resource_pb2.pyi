@@ -119,7 +119,9 @@ class FieldSpec(_message.Message):
     doc: _builtins.str
     """Output only. What the field means, from the model's declaration."""
     max_length: _builtins.int
-    """Output only. For STRING fields, the longest value accepted; 0 otherwise."""
+    """Output only. For STRING and IP_ADDRESS fields, the longest value
+    accepted; 0 otherwise.
+    """
     @_builtins.property
     def default_value(self) -> Global___FieldValue:
         """Output only. The value used when a resource is created without one;

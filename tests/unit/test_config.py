@@ -1,0 +1,204 @@
+"""The configuration: defaults, the repository's `rotest.yml`, every kind of
+bad value named by its key, and the environment overrides."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from broker.config import Config, ConfigError, load_config, parse_config
+from resources.calculator.data import CalculatorData
+from tests.kinds import PhoneData
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def write_config(tmp_path: Path, document) -> str:
+    path = tmp_path / "rotest.yml"
+    path.write_text(document if isinstance(document, str) else yaml.safe_dump(document))
+    return str(path)
+
+
+def refused_key(raw) -> str:
+    """Parses `raw`, expecting a ConfigError; returns its key after checking
+    that the message starts with it."""
+    with pytest.raises(ConfigError) as error:
+        parse_config(raw)
+    assert str(error.value).startswith(f"{error.value.key}: ")
+    return error.value.key
+
+
+def test_defaults_without_a_file(tmp_path):
+    config = load_config(None, environ={})
+    assert config.server.address == "127.0.0.1:50051"
+    assert (config.server.workers, config.server.grace_seconds) == (16, 5.0)
+    assert config.database.url == "sqlite:///broker.sqlite3"
+    assert (config.leases.default_ttl, config.leases.max_ttl) == (60.0, 3600.0)
+    assert config.leases.expiry_interval == 1.0
+    assert config.kinds == ("resources.calculator.data.CalculatorData",)
+    assert config.kind_models() == (CalculatorData,)
+    assert config.base_dir == os.getcwd()
+
+
+def test_an_empty_document_means_the_defaults():
+    assert parse_config(None, "/somewhere") == Config(base_dir="/somewhere")
+    assert parse_config({}) == Config()
+    assert parse_config({"server": None, "leases": None}) == Config()
+
+
+def test_the_repository_configuration_loads_with_the_documented_defaults():
+    path = REPOSITORY / "rotest.yml"
+    config = load_config(str(path), environ={})
+    assert config == Config(base_dir=str(REPOSITORY))
+
+
+def test_given_values_are_kept(tmp_path):
+    path = write_config(
+        tmp_path,
+        {
+            "server": {"address": "0.0.0.0:7000", "workers": 4, "grace_seconds": 0},
+            "database": {"url": "sqlite:///lab.db"},
+            "leases": {"default_ttl": 10, "max_ttl": 10.0, "expiry_interval": 0.25},
+            "kinds": ["tests.kinds.PhoneData", "resources.calculator.data.CalculatorData"],
+        },
+    )
+    config = load_config(path, environ={})
+    assert (config.server.address, config.server.workers) == ("0.0.0.0:7000", 4)
+    assert config.server.grace_seconds == 0.0
+    assert config.database.url == "sqlite:///lab.db"
+    assert config.leases.default_ttl == 10.0
+    assert isinstance(config.leases.default_ttl, float)
+    assert config.leases.expiry_interval == 0.25
+    assert config.kind_models() == (PhoneData, CalculatorData)
+    assert config.base_dir == str(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"servr": {}}, "servr"),
+        ({"server": {"adress": "h:1"}}, "server.adress"),
+        ({"database": {"path": "x"}}, "database.path"),
+        ({"leases": {"ttl": 5}}, "leases.ttl"),
+    ],
+)
+def test_unknown_keys_are_refused(raw, key):
+    assert refused_key(raw) == key
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        (["server"], "(top level)"),
+        ({"server": 5}, "server"),
+        ({"leases": ["default_ttl"]}, "leases"),
+        ({"server": {"workers": "16"}}, "server.workers"),
+        ({"server": {"workers": 16.0}}, "server.workers"),
+        ({"server": {"workers": True}}, "server.workers"),
+        ({"server": {"address": 50051}}, "server.address"),
+        ({"server": {"grace_seconds": "5s"}}, "server.grace_seconds"),
+        ({"database": {"url": None}}, "database.url"),
+        ({"leases": {"max_ttl": "1h"}}, "leases.max_ttl"),
+        ({"leases": {"default_ttl": True}}, "leases.default_ttl"),
+        ({"kinds": "resources.calculator.data.CalculatorData"}, "kinds"),
+        ({"kinds": [1, 2]}, "kinds"),
+    ],
+)
+def test_wrong_types_are_refused(raw, key):
+    assert refused_key(raw) == key
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"server": {"workers": 0}}, "server.workers"),
+        ({"server": {"workers": -1}}, "server.workers"),
+        ({"server": {"grace_seconds": -0.5}}, "server.grace_seconds"),
+        ({"server": {"address": "localhost"}}, "server.address"),
+        ({"leases": {"default_ttl": 0}}, "leases.default_ttl"),
+        ({"leases": {"max_ttl": -1}}, "leases.max_ttl"),
+        ({"leases": {"expiry_interval": 0.0}}, "leases.expiry_interval"),
+        ({"leases": {"default_ttl": 120, "max_ttl": 60}}, "leases.default_ttl"),
+        ({"leases": {"default_ttl": 7200}}, "leases.default_ttl"),
+    ],
+)
+def test_out_of_range_values_are_refused(raw, key):
+    assert refused_key(raw) == key
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["leases.default_ttl", "leases.max_ttl", "leases.expiry_interval", "server.grace_seconds"],
+)
+def test_nan_is_out_of_range(key):
+    section, name = key.split(".")
+    assert refused_key({section: {name: math.nan}}) == key
+
+
+@pytest.mark.parametrize(
+    ("kinds", "key"),
+    [
+        (["CalculatorData"], "kinds[0]"),
+        (["no_such_module.ThingData"], "kinds[0]"),
+        (["resources.calculator.data.NoSuchData"], "kinds[0]"),
+        (["tests.kinds.PhoneData", "broker.config.Config"], "kinds[1]"),
+    ],
+)
+def test_bad_kind_paths_are_refused(tmp_path, kinds, key):
+    path = write_config(tmp_path, {"kinds": kinds})
+    with pytest.raises(ConfigError) as error:
+        load_config(path, environ={})
+    assert error.value.key == key
+    assert str(error.value).startswith(f"{key}: ")
+
+
+def test_unreadable_or_invalid_files_are_refused(tmp_path):
+    missing = str(tmp_path / "missing.yml")
+    with pytest.raises(ConfigError) as error:
+        load_config(missing, environ={})
+    assert str(error.value).startswith(missing)
+    broken = write_config(tmp_path, "server: [unclosed\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(broken, environ={})
+    assert str(error.value).startswith(broken)
+
+
+def test_a_bad_key_in_a_file_names_the_key(tmp_path):
+    path = write_config(tmp_path, "leases:\n  max_ttl: -5\n")
+    with pytest.raises(ConfigError, match=r"^leases\.max_ttl: "):
+        load_config(path, environ={})
+
+
+def test_environment_overrides_address_and_database(tmp_path):
+    path = write_config(tmp_path, {"server": {"address": "127.0.0.1:1"}})
+    environ = {
+        "BROKER_ADDRESS": "0.0.0.0:9999",
+        "BROKER_DATABASE_URL": "sqlite:////var/lib/broker.db",
+        "UNRELATED": "x",
+    }
+    config = load_config(path, environ=environ)
+    assert config.server.address == "0.0.0.0:9999"
+    assert config.database.url == "sqlite:////var/lib/broker.db"
+    assert config.leases == Config().leases
+
+
+def test_an_overriding_address_is_checked_like_the_file():
+    with pytest.raises(ConfigError) as error:
+        load_config(None, environ={"BROKER_ADDRESS": "localhost"})
+    assert error.value.key == "server.address"
+
+
+def test_empty_environment_values_do_not_override(tmp_path):
+    path = write_config(tmp_path, {"database": {"url": "sqlite:///mine.db"}})
+    config = load_config(path, environ={"BROKER_ADDRESS": "", "BROKER_DATABASE_URL": ""})
+    assert config.server.address == "127.0.0.1:50051"
+    assert config.database.url == "sqlite:///mine.db"
+
+
+def test_config_is_frozen():
+    with pytest.raises(AttributeError):
+        Config().server.workers = 3  # type: ignore[misc]
