@@ -85,7 +85,6 @@ def leases(database, kinds, clock, config) -> Leases:
 def wait_serving(address: str, timeout: float = RPC_TIMEOUT) -> None:
     """Blocks until the broker at `address` answers health SERVING."""
     with grpc.insecure_channel(address) as channel:
-        grpc.channel_ready_future(channel).result(timeout=timeout)
         response = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=""), timeout=timeout, wait_for_ready=True
         )
