@@ -192,23 +192,27 @@ class Leases:
             return self._refusal(needs, holder, needs[slot_needs[matching.first_unmatched]].index)
         lease_id = str(uuid.uuid4())
         secret = secrets.token_hex(24)
-        lease = lease_model.Lease.create(
-            id=lease_id,
-            secret_hash=_hash(secret),
-            holder=holder,
-            state=LeaseState.ACTIVE,
-            ttl=ttl,
-            create_time=now,
-            expire_time=now + ttl,
+        lease = lease_model.insert_lease(
+            {
+                "id": lease_id,
+                "secret_hash": _hash(secret),
+                "holder": holder,
+                "state": int(LeaseState.ACTIVE),
+                "ttl": ttl,
+                "create_time": now,
+                "expire_time": now + ttl,
+                "end_time": None,
+                "end_reason": "",
+            }
         )
         chosen = [by_id[rid] for rid in matching.assignment]
         slot_kinds = [needs[n].kind for n in slot_needs]
         ownable = [row.id for row, kind in zip(chosen, slot_kinds, strict=True) if kind.ownable]
         shared = [row.id for row, kind in zip(chosen, slot_kinds, strict=True) if not kind.ownable]
-        if lease_model.claim_ownable(ownable, lease_id, holder, now) != len(ownable):
+        tokens = lease_model.claim_ownable(ownable, lease_id, holder)
+        if len(tokens) != len(ownable):
             raise ConflictError("another lease took a resource first; retry")
-        lease_model.bump_fencing(shared)
-        tokens = lease_model.fencing_tokens([row.id for row in chosen])
+        tokens.update(lease_model.bump_fencing(shared))
         grants, grant_rows, event_rows = [], [], []
         for n, row, kind in zip(slot_needs, chosen, slot_kinds, strict=True):
             need = needs[n]
@@ -238,7 +242,7 @@ class Leases:
                     actor=holder,
                 )
             )
-        lease_model.LeaseGrant.insert_many(grant_rows).execute()
+        lease_model.insert_grants(grant_rows)
         events.record(*event_rows)
         return Granted(self._view(lease, grants), secret)
 
@@ -276,19 +280,19 @@ class Leases:
     def renew(self, lease_id: str, secret: str) -> LeaseView:
         """Extends an active lease by its TTL from now."""
 
-        def extend(lease: lease_model.Lease, now: float) -> None:
+        def extend(lease: lease_model.Lease, grants: list, now: float) -> None:
             lease.expire_time = now + lease.ttl
-            lease_model.Lease.update(expire_time=lease.expire_time).where(
-                lease_model.Lease.id == lease.id
-            ).execute()
+            lease_model.extend_lease(lease.id, lease.expire_time)
 
         return self._change(lease_id, secret, extend)
 
     def release(self, lease_id: str, secret: str) -> LeaseView:
         """Ends a lease at its holder's request and frees its resources."""
 
-        def end(lease: lease_model.Lease, now: float) -> None:
-            self._end(lease, LeaseState.RELEASED, now, "released by its holder", lease.holder)
+        def end(lease: lease_model.Lease, grants: list, now: float) -> None:
+            self._end(
+                lease, grants, LeaseState.RELEASED, now, "released by its holder", lease.holder
+            )
 
         return self._change(lease_id, secret, end)
 
@@ -299,8 +303,8 @@ class Leases:
         if len(reason) > MAX_REASON:
             raise InvalidArgumentError.of("reason", f"is longer than {MAX_REASON} characters")
 
-        def end(lease: lease_model.Lease, now: float) -> None:
-            self._end(lease, LeaseState.REVOKED, now, reason, actor)
+        def end(lease: lease_model.Lease, grants: list, now: float) -> None:
+            self._end(lease, grants, LeaseState.REVOKED, now, reason, actor)
 
         return self._change(lease_id, None, end)
 
@@ -324,17 +328,18 @@ class Leases:
                     raise PermissionDeniedError(
                         f"the secret given is not lease {lease_id}'s: only its holder may act on it"
                     )
+            grants = lease_model.grants_of([lease.id])
             if lease.state == LeaseState.ACTIVE and lease.expire_time <= now:
-                self._end(lease, LeaseState.EXPIRED, now, "its TTL ran out", "")
+                self._end(lease, grants[lease.id], LeaseState.EXPIRED, now, "its TTL ran out", "")
             if lease.state != LeaseState.ACTIVE:
                 code, text = _ENDED[LeaseState(lease.state)]
                 outcome: BrokerError | None = FailedPreconditionError(
                     PreconditionViolation(code, f"leases/{lease_id}", f"lease {lease_id} {text}")
                 )
             else:
-                change(lease, now)
+                change(lease, grants[lease.id], now)
                 outcome = None
-            view = self._views([lease])[0]
+            view = self._views([lease], grants)[0]
         if outcome is not None:
             raise outcome
         return view
@@ -352,15 +357,22 @@ class Leases:
         expired = 0
         while True:
             due = lease_model.due_lease_ids(LeaseState.ACTIVE, now, EXPIRY_BATCH)
+            grants = lease_model.grants_of(due)
             for lease in lease_model.leases_by_id(due).values():
-                self._end(lease, LeaseState.EXPIRED, now, "its TTL ran out", "")
+                self._end(lease, grants[lease.id], LeaseState.EXPIRED, now, "its TTL ran out", "")
             expired += len(due)
             if len(due) < EXPIRY_BATCH:
                 return expired
 
     def _end(
-        self, lease: lease_model.Lease, state: LeaseState, now: float, reason: str, actor: str
-    ):
+        self,
+        lease: lease_model.Lease,
+        grants: list[lease_model.LeaseGrant],
+        state: LeaseState,
+        now: float,
+        reason: str,
+        actor: str,
+    ) -> None:
         """Ends one lease: frees its resources and records an event for each."""
         event_type = {
             LeaseState.RELEASED: EventType.LEASE_RELEASED,
@@ -381,7 +393,7 @@ class Leases:
                     actor=actor,
                     detail={"reason": reason} if state == LeaseState.REVOKED else None,
                 )
-                for grant in lease_model.grants_of([lease.id])[lease.id]
+                for grant in grants
             )
         )
 
@@ -420,8 +432,14 @@ class Leases:
         )
         return Page(tuple(self._views(rows)), token)
 
-    def _views(self, leases: list[lease_model.Lease]) -> list[LeaseView]:
-        grants = lease_model.grants_of([lease.id for lease in leases])
+    def _views(
+        self,
+        leases: list[lease_model.Lease],
+        grants: dict[str, list[lease_model.LeaseGrant]] | None = None,
+    ) -> list[LeaseView]:
+        """Views of leases; `grants` may bring their grants, already read."""
+        if grants is None:
+            grants = lease_model.grants_of([lease.id for lease in leases])
         views = []
         for lease in leases:
             grant_views = []

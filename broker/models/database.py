@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from urllib.parse import unquote, urlparse
 
@@ -52,23 +53,21 @@ def bind(database: peewee.Database) -> None:
     database_proxy.initialize(database)
 
 
+# SQLite runs one write transaction at a time anyway; queueing this process's
+# writers on a lock, rather than on SQLite's busy handler (which sleeps and
+# retries with growing pauses), keeps the wait as short as the write itself.
+_sqlite_writer = threading.RLock()
+
+
 @contextlib.contextmanager
 def write_transaction() -> Iterator[None]:
     """One atomic write. On SQLite it takes the write lock up front
-    (`BEGIN IMMEDIATE`) so that two writers never deadlock on a lock upgrade."""
+    (`BEGIN IMMEDIATE`) so that two writers never deadlock on a lock upgrade,
+    and writers of this process take turns on a lock first."""
     database = database_proxy.obj
     if isinstance(database, peewee.SqliteDatabase):
-        with database.atomic("IMMEDIATE"):
+        with _sqlite_writer, database.atomic("IMMEDIATE"):
             yield
     else:
         with database.atomic():
             yield
-
-
-@contextlib.contextmanager
-def connection() -> Iterator[None]:
-    """Makes sure the calling thread has an open connection. Connections stay
-    open per thread: the server's worker threads are long-lived and reusing a
-    connection avoids re-running pragmas on every call."""
-    database_proxy.obj.connect(reuse_if_open=True)
-    yield

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 
 import peewee
 
+from broker.models import statements
 from broker.models.base import BaseModel
 
 
@@ -27,7 +28,5 @@ class Event(BaseModel):
 
 
 def record(rows: Iterable[dict]) -> None:
-    """Stores events given as column dicts."""
-    rows = list(rows)
-    if rows:
-        Event.insert_many(rows).execute()
+    """Stores events given as field dicts (every field but `id`)."""
+    statements.insert_rows(Event, list(rows))

@@ -9,11 +9,13 @@ raced, so the domain never relies on reading before writing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import peewee
 
+from broker.models import statements
 from broker.models.base import BaseModel
+from broker.models.database import database_proxy
 from broker.models.resource import Resource
 
 
@@ -49,85 +51,103 @@ class LeaseGrant(BaseModel):
     snapshot = peewee.TextField()
 
 
-def claim_ownable(resource_ids: Sequence[int], lease_id: str, owner: str, now: float) -> int:
+def insert_lease(values: dict) -> Lease:
+    """Stores a new lease."""
+    statements.insert_rows(Lease, [values])
+    return Lease(**values)
+
+
+def insert_grants(rows: Sequence[dict]) -> None:
+    """Stores the grants of a new lease."""
+    statements.insert_rows(LeaseGrant, rows)
+
+
+def claim_ownable(resource_ids: Sequence[int], lease_id: str, owner: str) -> dict[int, int]:
     """Gives free ownable resources to a lease and bumps their fencing numbers;
-    returns how many it took (fewer than asked means another lease got there
-    first, and the caller must roll back)."""
+    returns the new number of each resource taken. Fewer than asked means
+    another lease got there first, and the caller must roll back."""
     if not resource_ids:
-        return 0
-    return (
-        Resource.update(
-            lease_id=lease_id,
-            owner=owner,
-            fencing_token=Resource.fencing_token + 1,
-        )
-        .where(Resource.id.in_(list(resource_ids)) & Resource.lease_id.is_null())
-        .execute()
+        return {}
+    cursor = statements.run(
+        'UPDATE "resource" SET "lease_id" = ?, "owner" = ?, "fencing_token" = "fencing_token" + 1'
+        f' WHERE "id" IN ({statements.marks(len(resource_ids))}) AND "lease_id" IS NULL'
+        ' RETURNING "id", "fencing_token"',
+        [lease_id, owner, *resource_ids],
     )
+    return dict(cursor.fetchall())
 
 
-def bump_fencing(resource_ids: Sequence[int]) -> None:
-    """Grants of shared (non-ownable) resources still number their grants."""
-    if resource_ids:
-        Resource.update(fencing_token=Resource.fencing_token + 1).where(
-            Resource.id.in_(list(resource_ids))
-        ).execute()
-
-
-def fencing_tokens(resource_ids: Sequence[int]) -> dict[int, int]:
-    """The current fencing number of each resource."""
-    query = Resource.select(Resource.id, Resource.fencing_token).where(
-        Resource.id.in_(list(resource_ids))
+def bump_fencing(resource_ids: Sequence[int]) -> dict[int, int]:
+    """Grants of shared (non-ownable) resources still number their grants;
+    returns the new number of each."""
+    if not resource_ids:
+        return {}
+    cursor = statements.run(
+        'UPDATE "resource" SET "fencing_token" = "fencing_token" + 1'
+        f' WHERE "id" IN ({statements.marks(len(resource_ids))}) RETURNING "id", "fencing_token"',
+        list(resource_ids),
     )
-    return {row.id: row.fencing_token for row in query}
+    return dict(cursor.fetchall())
 
 
-def free_resources_of(lease_ids: Iterable[str]) -> None:
+def free_resources_of(lease_ids: Sequence[str]) -> None:
     """Frees the ownable resources held by these leases."""
-    ids = list(lease_ids)
-    if ids:
-        Resource.update(lease_id=None, owner="").where(Resource.lease_id.in_(ids)).execute()
+    if lease_ids:
+        statements.run(
+            'UPDATE "resource" SET "lease_id" = NULL, "owner" = \'\''
+            f' WHERE "lease_id" IN ({statements.marks(len(lease_ids))})',
+            list(lease_ids),
+        )
 
 
-def end_leases(lease_ids: Iterable[str], state: int, now: float, reason: str) -> None:
+def end_leases(lease_ids: Sequence[str], state: int, now: float, reason: str) -> None:
     """Marks leases ended."""
-    ids = list(lease_ids)
-    if ids:
-        Lease.update(state=state, end_time=now, end_reason=reason).where(
-            Lease.id.in_(ids)
-        ).execute()
+    if lease_ids:
+        statements.run(
+            'UPDATE "lease" SET "state" = ?, "end_time" = ?, "end_reason" = ?'
+            f' WHERE "id" IN ({statements.marks(len(lease_ids))})',
+            [state, now, reason, *lease_ids],
+        )
 
 
-def due_lease_ids(active_state: int, now: float, limit: int = 500) -> list[str]:
+def extend_lease(lease_id: str, expire_time: float) -> None:
+    """Moves an active lease's expiry."""
+    statements.run('UPDATE "lease" SET "expire_time" = ? WHERE "id" = ?', [expire_time, lease_id])
+
+
+def due_lease_ids(active_state: int, now: float, limit: int) -> list[str]:
     """Active leases whose TTL has run out, oldest first."""
-    query = (
-        Lease.select(Lease.id)
-        .where((Lease.state == active_state) & (Lease.expire_time <= now))
-        .order_by(Lease.expire_time)
-        .limit(limit)
+    cursor = statements.run(
+        'SELECT "id" FROM "lease" WHERE "state" = ? AND "expire_time" <= ?'
+        ' ORDER BY "expire_time" LIMIT ?',
+        [active_state, now, limit],
     )
-    return [row.id for row in query]
+    return [row[0] for row in cursor.fetchall()]
 
 
 def lock_lease(lease_id: str) -> Lease | None:
     """Reads a lease for change: on PostgreSQL the row stays locked until the
     transaction ends (SQLite's write transaction already excludes others)."""
-    query = Lease.select().where(Lease.id == lease_id)
-    if not isinstance(Lease._meta.database.obj, peewee.SqliteDatabase):
-        query = query.for_update()
-    return query.first()
+    lock = "" if isinstance(database_proxy.obj, peewee.SqliteDatabase) else " FOR UPDATE"
+    cursor = statements.run(
+        f'SELECT {statements.column_list(Lease)} FROM "lease" WHERE "id" = ?{lock}', [lease_id]
+    )
+    row = cursor.fetchone()
+    return None if row is None else statements.instance(Lease, row)
 
 
 def grants_of(lease_ids: Sequence[str]) -> dict[str, list[LeaseGrant]]:
     """The grants of each lease, in requirement order."""
     result: dict[str, list[LeaseGrant]] = {lease_id: [] for lease_id in lease_ids}
     if lease_ids:
-        query = (
-            LeaseGrant.select()
-            .where(LeaseGrant.lease.in_(list(lease_ids)))
-            .order_by(LeaseGrant.requirement_index, LeaseGrant.id)
+        cursor = statements.run(
+            f'SELECT {statements.column_list(LeaseGrant)} FROM "lease_grant"'
+            f' WHERE "lease_id" IN ({statements.marks(len(lease_ids))})'
+            ' ORDER BY "requirement_index", "id"',
+            list(lease_ids),
         )
-        for grant in query:
+        for row in cursor.fetchall():
+            grant = statements.instance(LeaseGrant, row)
             result[grant.lease_id].append(grant)
     return result
 

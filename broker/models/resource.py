@@ -8,10 +8,12 @@ whatever the kind.
 
 from __future__ import annotations
 
+import functools
 from typing import ClassVar
 
 import peewee
 
+from broker.models import statements
 from broker.models.base import BaseModel
 
 
@@ -98,15 +100,50 @@ def select_candidates(
     """Usable resources of a kind that satisfy the filters and may go to
     `holder`, in id order, at most `limit`; `free_only` leaves out those an
     active lease holds. Each row carries its kind's fields as `.data`."""
-    query = _with_data(Resource.select(Resource, kind_model), kind_model).where(
-        (Resource.kind == kind)
-        & (Resource.is_usable == True)  # noqa: E712 (SQL, not Python)
-        & ((Resource.reserved_for == "") | (Resource.reserved_for == holder))
+    shape = tuple((field, len(values)) for field, values in filters)
+    sql = _candidates_sql(kind_model, shape, free_only)
+    params: list = [kind, True, holder]
+    for field, values in filters:
+        column = _COMMON_COLUMNS.get(field) or getattr(kind_model, field)
+        params.extend(column.db_value(value) for value in values)
+    params.append(limit)
+    width = len(statements.columns_of(Resource))
+    rows = []
+    for row in statements.run(sql, params).fetchall():
+        resource = statements.instance(Resource, row[:width])
+        resource.data = statements.instance(kind_model, (resource.id, *row[width:]))
+        rows.append(resource)
+    return rows
+
+
+@functools.cache
+def _candidates_sql(
+    kind_model: type[ResourceData], shape: tuple[tuple[str, int], ...], free_only: bool
+) -> str:
+    kind_columns = [f for f in statements.columns_of(kind_model) if f.name != "resource"]
+    selected = ", ".join(
+        [statements.column_list(Resource, "r"), *(f'k."{f.column_name}"' for f in kind_columns)]
     )
+    where = [
+        'r."kind" = ?',
+        'r."is_usable" = ?',
+        '(r."reserved_for" = \'\' OR r."reserved_for" = ?)',
+    ]
     if free_only:
-        query = query.where(Resource.lease_id.is_null())
-    query = _where_filters(query, kind_model, filters)
-    return list(query.order_by(Resource.id).limit(limit))
+        where.append('r."lease_id" IS NULL')
+    for field, count in shape:
+        common = _COMMON_COLUMNS.get(field)
+        column = (
+            f'r."{common.column_name}"'
+            if common
+            else f'k."{getattr(kind_model, field).column_name}"'
+        )
+        where.append(f"{column} = ?" if count == 1 else f"{column} IN ({statements.marks(count)})")
+    return (
+        f'SELECT {selected} FROM "resource" AS r'
+        f' JOIN "{kind_model._meta.table_name}" AS k ON k."resource_id" = r."id"'
+        f' WHERE {" AND ".join(where)} ORDER BY r."id" LIMIT ?'
+    )
 
 
 def get_resource(name: str) -> Resource | None:
