@@ -61,7 +61,7 @@ CHANNEL_OPTIONS = (("grpc.use_local_subchannel_pool", 1),)
 
 CONFIG_YAML = """\
 server:
-  workers: 16
+  max_concurrent_rpcs: 4096
   grace_seconds: 1.0
 database:
   url: sqlite:///broker.sqlite3

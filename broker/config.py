@@ -35,7 +35,7 @@ class ServerConfig:
     """Where and how the gRPC server listens."""
 
     address: str = "127.0.0.1:50051"
-    workers: int = 16
+    max_concurrent_rpcs: int = 4096
     grace_seconds: float = 5.0
 
 
@@ -133,7 +133,7 @@ def parse_config(raw: Any, base_dir: str = ".") -> Config:
     server = _section("server", top.get("server"), ServerConfig)
     database = _section("database", top.get("database"), DatabaseConfig)
     leases = _section("leases", top.get("leases"), LeaseConfig)
-    _check_positive("server.workers", server.workers)
+    _check_positive("server.max_concurrent_rpcs", server.max_concurrent_rpcs)
     _check_positive("server.grace_seconds", server.grace_seconds, allow_zero=True)
     if ":" not in server.address:
         raise ConfigError("server.address", f"{server.address!r} is not HOST:PORT")

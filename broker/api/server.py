@@ -1,19 +1,24 @@
 """Building and running the broker's gRPC server.
 
-`build_server` wires configuration, database, domain and servicers into a
-`BrokerServer` that is not started yet (tests start it on 127.0.0.1:0);
-`serve_forever` is the `broker serve` command: start, announce the bound
-address, stop gracefully on SIGTERM or SIGINT.
+The server is `grpc.aio`: one event loop serves every call, so a waiting
+acquire or an open session stream costs no thread. The loop runs in a thread
+of its own behind `BrokerServer`, whose `start()` / `stop()` are plain calls,
+for `serve_forever` (the `broker serve` command) and for tests alike.
+`build_server` wires configuration, database, domain and servicers; the
+server binds at once (port 0 picks a free port) and serves after `start()`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
 import signal
 import sys
 import threading
-from concurrent import futures
+from collections.abc import Coroutine
+from typing import Any
 
 import grpc
 import peewee
@@ -24,7 +29,6 @@ from broker.api.errors import ErrorInterceptor
 from broker.api.inventory_servicer import InventoryServicer
 from broker.api.lease_servicer import LeaseServicer
 from broker.config import Config, ConfigError, DatabaseConfig, load_config
-from broker.domain.expiry import Reaper
 from broker.domain.inventory import Inventory
 from broker.domain.kinds import KindDeclarationError, KindRegistry
 from broker.domain.leasing import Leases
@@ -59,74 +63,116 @@ SERVER_OPTIONS = (
 )
 
 
-@dataclasses.dataclass
 class BrokerServer:
-    """A wired broker: call `start()`, then `stop()`."""
+    """A wired broker on its own event loop thread: `start()`, then `stop()`."""
 
-    server: grpc.Server
-    host: str
-    port: int
-    health: health.HealthServicer
-    reaper: Reaper
-    database: peewee.Database
-    executor: futures.ThreadPoolExecutor
+    def __init__(self, config: Config, address: str):
+        self.config = config
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="broker-loop", daemon=True
+        )
+        self._thread.start()
+        self._sweeper: asyncio.Task | None = None
+        try:
+            self.port = self._call(self._build(address))
+        except BaseException:
+            self._close_loop()
+            raise
+        self.host = address.rsplit(":", 1)[0]
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
     def start(self) -> None:
-        self.server.start()
-        self.reaper.start()
-        for name in ("", *SERVICE_NAMES):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._call(self._start())
 
     def stop(self, grace: float | None = None) -> None:
         """Refuses new calls, lets calls in flight finish for `grace` seconds,
-        then stops the expiry sweep and closes the database."""
-        self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
-        self.reaper.stop()
-        # Worker threads hold their own connections; ending them closes those.
-        self.executor.shutdown(wait=True)
+        stops the expiry sweep and closes the database."""
+        try:
+            self._call(self._stop(grace))
+        finally:
+            self._close_loop()
+
+    def _call(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def _close_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    async def _build(self, address: str) -> int:
+        config = self.config
+        kinds = KindRegistry(config.kind_models())
+        self.database: peewee.Database = open_database(
+            config.database.url, base_dir=config.base_dir
+        )
+        bind(self.database)
+        create_tables(kinds.models)
+        self.leases = Leases(
+            kinds, default_ttl=config.leases.default_ttl, max_ttl=config.leases.max_ttl
+        )
+        self.server = grpc.aio.server(
+            interceptors=[ErrorInterceptor()],
+            options=SERVER_OPTIONS,
+            maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
+        )
+        inventory_service_pb2_grpc.add_InventoryServiceServicer_to_server(
+            InventoryServicer(Inventory(kinds)), self.server
+        )
+        lease_service_pb2_grpc.add_LeaseServiceServicer_to_server(
+            LeaseServicer(self.leases), self.server
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        try:
+            port = self.server.add_insecure_port(address)
+        except RuntimeError as error:
+            raise OSError(f"cannot listen on {address}: {error}") from error
+        if port == 0:
+            raise OSError(f"cannot listen on {address}")
+        return port
+
+    async def _start(self) -> None:
+        await self.server.start()
+        self._sweeper = asyncio.create_task(self._sweep_expired())
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def _stop(self, grace: float | None) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         self.database.close()
+
+    async def _sweep_expired(self) -> None:
+        """Ends leases whose TTL ran out, so that listings and events show
+        them promptly even when nobody acquires (acquire ends them anyway)."""
+        interval = self.config.leases.expiry_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.database.connect(reuse_if_open=True)
+                expired = self.leases.expire_due()
+                if expired:
+                    log.info("expired %d lease(s) whose TTL ran out", expired)
+            except Exception:
+                log.exception("lease expiry sweep failed; retrying in %.1f s", interval)
 
 
 def build_server(config: Config, address: str | None = None) -> BrokerServer:
     """Wires a broker for `config`, bound to `address` (default
     `server.address`; port 0 picks a free port)."""
-    kinds = KindRegistry(config.kind_models())
-    database = open_database(config.database.url, base_dir=config.base_dir)
-    bind(database)
-    create_tables(kinds.models)
-    leases = Leases(kinds, default_ttl=config.leases.default_ttl, max_ttl=config.leases.max_ttl)
-    executor = futures.ThreadPoolExecutor(
-        max_workers=config.server.workers, thread_name_prefix="rpc"
-    )
-    server = grpc.server(
-        executor,
-        interceptors=[ErrorInterceptor()],
-        options=SERVER_OPTIONS,
-    )
-    inventory_service_pb2_grpc.add_InventoryServiceServicer_to_server(
-        InventoryServicer(Inventory(kinds)), server
-    )
-    lease_service_pb2_grpc.add_LeaseServiceServicer_to_server(LeaseServicer(leases), server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    address = address or config.server.address
-    host = address.rsplit(":", 1)[0]
-    try:
-        port = server.add_insecure_port(address)
-    except RuntimeError as error:
-        raise OSError(f"cannot listen on {address}: {error}") from error
-    if port == 0:
-        raise OSError(f"cannot listen on {address}")
-    reaper = Reaper(leases, config.leases.expiry_interval)
-    return BrokerServer(server, host, port, health_servicer, reaper, database, executor)
+    return BrokerServer(config, address or config.server.address)
 
 
 def serve_forever(

@@ -449,8 +449,8 @@ def test_check_config_accepts_the_repository_configuration(capsys, monkeypatch):
     ("text", "key"),
     [
         ("leases:\n  default_ttl: -1\n", "leases.default_ttl"),
-        ("server:\n  workers: many\n", "server.workers"),
-        ("servr:\n  workers: 4\n", "servr"),
+        ("server:\n  max_concurrent_rpcs: many\n", "server.max_concurrent_rpcs"),
+        ("servr:\n  max_concurrent_rpcs: 4\n", "servr"),
         ("kinds:\n  - nowhere.Thing\n", "kinds[0]"),
     ],
 )

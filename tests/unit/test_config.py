@@ -35,7 +35,7 @@ def refused_key(raw) -> str:
 def test_defaults_without_a_file(tmp_path):
     config = load_config(None, environ={})
     assert config.server.address == "127.0.0.1:50051"
-    assert (config.server.workers, config.server.grace_seconds) == (16, 5.0)
+    assert (config.server.max_concurrent_rpcs, config.server.grace_seconds) == (4096, 5.0)
     assert config.database.url == "sqlite:///broker.sqlite3"
     assert (config.leases.default_ttl, config.leases.max_ttl) == (60.0, 3600.0)
     assert config.leases.expiry_interval == 1.0
@@ -60,14 +60,14 @@ def test_given_values_are_kept(tmp_path):
     path = write_config(
         tmp_path,
         {
-            "server": {"address": "0.0.0.0:7000", "workers": 4, "grace_seconds": 0},
+            "server": {"address": "0.0.0.0:7000", "max_concurrent_rpcs": 4, "grace_seconds": 0},
             "database": {"url": "sqlite:///lab.db"},
             "leases": {"default_ttl": 10, "max_ttl": 10.0, "expiry_interval": 0.25},
             "kinds": ["tests.kinds.PhoneData", "resources.calculator.data.CalculatorData"],
         },
     )
     config = load_config(path, environ={})
-    assert (config.server.address, config.server.workers) == ("0.0.0.0:7000", 4)
+    assert (config.server.address, config.server.max_concurrent_rpcs) == ("0.0.0.0:7000", 4)
     assert config.server.grace_seconds == 0.0
     assert config.database.url == "sqlite:///lab.db"
     assert config.leases.default_ttl == 10.0
@@ -96,9 +96,9 @@ def test_unknown_keys_are_refused(raw, key):
         (["server"], "(top level)"),
         ({"server": 5}, "server"),
         ({"leases": ["default_ttl"]}, "leases"),
-        ({"server": {"workers": "16"}}, "server.workers"),
-        ({"server": {"workers": 16.0}}, "server.workers"),
-        ({"server": {"workers": True}}, "server.workers"),
+        ({"server": {"max_concurrent_rpcs": "16"}}, "server.max_concurrent_rpcs"),
+        ({"server": {"max_concurrent_rpcs": 16.0}}, "server.max_concurrent_rpcs"),
+        ({"server": {"max_concurrent_rpcs": True}}, "server.max_concurrent_rpcs"),
         ({"server": {"address": 50051}}, "server.address"),
         ({"server": {"grace_seconds": "5s"}}, "server.grace_seconds"),
         ({"database": {"url": None}}, "database.url"),
@@ -115,8 +115,8 @@ def test_wrong_types_are_refused(raw, key):
 @pytest.mark.parametrize(
     ("raw", "key"),
     [
-        ({"server": {"workers": 0}}, "server.workers"),
-        ({"server": {"workers": -1}}, "server.workers"),
+        ({"server": {"max_concurrent_rpcs": 0}}, "server.max_concurrent_rpcs"),
+        ({"server": {"max_concurrent_rpcs": -1}}, "server.max_concurrent_rpcs"),
         ({"server": {"grace_seconds": -0.5}}, "server.grace_seconds"),
         ({"server": {"address": "localhost"}}, "server.address"),
         ({"leases": {"default_ttl": 0}}, "leases.default_ttl"),
@@ -201,4 +201,4 @@ def test_empty_environment_values_do_not_override(tmp_path):
 
 def test_config_is_frozen():
     with pytest.raises(AttributeError):
-        Config().server.workers = 3  # type: ignore[misc]
+        Config().server.max_concurrent_rpcs = 3  # type: ignore[misc]

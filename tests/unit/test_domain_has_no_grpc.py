@@ -15,7 +15,6 @@ sys.modules["grpc"] = None
 sys.modules["broker.v1"] = None
 import broker.domain.leasing
 import broker.domain.inventory
-import broker.domain.expiry
 banned = ("grpc", "broker.v1", "google.rpc")
 loaded = sorted(name for name, module in sys.modules.items() if module is not None)
 print("loaded:", [name for name in loaded if name.startswith(banned)])
