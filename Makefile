@@ -44,7 +44,7 @@ PROTO_INCLUDE = $(shell $(BIN)/python -c 'import google.api, os; print(os.path.d
 # found on PATH) write broker/v1/*_pb2.py, *_pb2_grpc.py and their .pyi stubs.
 protoc = mkdir -p $(1)/broker/v1 && touch $(1)/broker/v1/__init__.py && \
 	$(BIN)/python -m grpc_tools.protoc -I $(PROTO_INCLUDE) -I protos \
-	--python_out=$(1) --grpc_python_out=$(1) --mypy_out=$(1) --mypy_grpc_out=$(1) $(PROTOS)
+	--python_out=$(1) --grpc_python_out=$(1) --mypy_out=quiet:$(1) --mypy_grpc_out=quiet:$(1) $(PROTOS)
 
 proto: venv
 	rm -rf broker/v1

@@ -56,6 +56,21 @@ class LeaseConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class QueueConfig:
+    """Waiting for held resources, in seconds."""
+
+    max_wait: float = 3600.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionConfig:
+    """Session keep-alives, in seconds."""
+
+    keepalive_timeout: float = 10.0
+    max_keepalive_timeout: float = 300.0
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """The whole configuration. `base_dir` is where relative paths (the SQLite
     file) are taken from: the configuration file's directory."""
@@ -63,6 +78,8 @@ class Config:
     server: ServerConfig = ServerConfig()
     database: DatabaseConfig = DatabaseConfig()
     leases: LeaseConfig = LeaseConfig()
+    queue: QueueConfig = QueueConfig()
+    sessions: SessionConfig = SessionConfig()
     kinds: tuple[str, ...] = ("resources.calculator.data.CalculatorData",)
     base_dir: str = "."
 
@@ -129,10 +146,14 @@ def _with_overrides(raw: Any, environ: Mapping[str, str]) -> Any:
 
 def parse_config(raw: Any, base_dir: str = ".") -> Config:
     """Builds a `Config` from the parsed YAML document."""
-    top = _mapping("(top level)", raw, {"server", "database", "leases", "kinds"})
+    top = _mapping(
+        "(top level)", raw, {"server", "database", "leases", "queue", "sessions", "kinds"}
+    )
     server = _section("server", top.get("server"), ServerConfig)
     database = _section("database", top.get("database"), DatabaseConfig)
     leases = _section("leases", top.get("leases"), LeaseConfig)
+    queue = _section("queue", top.get("queue"), QueueConfig)
+    sessions = _section("sessions", top.get("sessions"), SessionConfig)
     _check_positive("server.max_concurrent_rpcs", server.max_concurrent_rpcs)
     _check_positive("server.grace_seconds", server.grace_seconds, allow_zero=True)
     if ":" not in server.address:
@@ -141,10 +162,17 @@ def parse_config(raw: Any, base_dir: str = ".") -> Config:
         _check_positive(f"leases.{key}", getattr(leases, key))
     if leases.default_ttl > leases.max_ttl:
         raise ConfigError("leases.default_ttl", "must not exceed leases.max_ttl")
+    _check_positive("queue.max_wait", queue.max_wait)
+    for key in ("keepalive_timeout", "max_keepalive_timeout"):
+        _check_positive(f"sessions.{key}", getattr(sessions, key))
+    if sessions.keepalive_timeout > sessions.max_keepalive_timeout:
+        raise ConfigError(
+            "sessions.keepalive_timeout", "must not exceed sessions.max_keepalive_timeout"
+        )
     kinds = top.get("kinds", Config.kinds)
     if not isinstance(kinds, list | tuple) or not all(isinstance(k, str) for k in kinds):
         raise ConfigError("kinds", "must be a list of dotted paths to ResourceData models")
-    return Config(server, database, leases, tuple(kinds), base_dir)
+    return Config(server, database, leases, queue, sessions, tuple(kinds), base_dir)
 
 
 def _mapping(key: str, value: Any, allowed: set[str]) -> Mapping[str, Any]:

@@ -33,6 +33,7 @@ def kind_to_proto(kind: values.KindSpec) -> resource_pb2.Kind:
         name=kind.name,
         ownable=kind.ownable,
         doc=kind.doc,
+        lock_delay=duration(kind.lock_delay),
         fields=[
             resource_pb2.FieldSpec(
                 name=field.name,
@@ -129,6 +130,82 @@ def acquire_request(
         requirements=tuple(requirement(r) for r in request.requirements),
         ttl=seconds_of(request.ttl) if request.HasField("ttl") else None,
         holder=holder,
+        max_wait=seconds_of(request.max_wait) if request.HasField("max_wait") else 0.0,
+        priority=request.priority,
+        request_id=request.request_id,
+        session_id=request.session_id,
+    )
+
+
+def granted_to_proto(granted: values.Granted) -> lease_service_pb2.AcquireLeaseResponse:
+    return lease_service_pb2.AcquireLeaseResponse(
+        lease=lease_to_proto(granted.lease), secret=granted.secret
+    )
+
+
+def blocked_to_proto(blocked: values.Blocked) -> lease_pb2.AcquireBlocked:
+    return lease_pb2.AcquireBlocked(
+        requirement_index=blocked.requirement_index,
+        label=blocked.label,
+        kind=blocked.kind,
+        holders=[
+            lease_pb2.Holder(
+                resource=h.resource,
+                lease_id=h.lease_id,
+                holder=h.holder,
+                expire_time=timestamp(h.expire_time),
+            )
+            for h in blocked.holders
+        ],
+    )
+
+
+def queue_status_to_proto(waiting: values.Waiting) -> lease_pb2.QueueStatus:
+    return lease_pb2.QueueStatus(
+        waiter_id=waiting.waiter_id,
+        position=waiting.position,
+        blocked=None if waiting.blocked is None else blocked_to_proto(waiting.blocked),
+        deadline=timestamp(waiting.deadline),
+    )
+
+
+def requirement_to_proto(requirement: values.Requirement) -> lease_pb2.Requirement:
+    constraints = []
+    for c in requirement.constraints:
+        if c.any_of:
+            test = {
+                "any_of": lease_pb2.FieldValueList(values=[to_field_value(v) for v in c.values])
+            }
+        else:
+            test = {"equals": to_field_value(c.values[0])}
+        constraints.append(lease_pb2.Constraint(field=c.field, **test))
+    return lease_pb2.Requirement(
+        kind=requirement.kind,
+        constraints=constraints,
+        count=requirement.count,
+        label=requirement.label,
+    )
+
+
+def waiter_to_proto(view: values.WaiterView) -> lease_pb2.Waiter:
+    return lease_pb2.Waiter(
+        waiter_id=view.waiter_id,
+        holder=view.holder,
+        priority=view.priority,
+        requirements=[requirement_to_proto(r) for r in view.requirements],
+        position=view.position,
+        blocked_requirement_index=view.blocked_requirement_index,
+        enqueue_time=timestamp(view.enqueue_time),
+        deadline=timestamp(view.deadline),
+        request_id=view.request_id,
+    )
+
+
+def session_to_proto(view: values.SessionView) -> lease_service_pb2.OpenSessionResponse:
+    return lease_service_pb2.OpenSessionResponse(
+        session_id=view.session_id,
+        expire_time=timestamp(view.expire_time),
+        keepalive_timeout=duration(view.keepalive_timeout),
     )
 
 
@@ -151,6 +228,8 @@ def lease_to_proto(view: values.LeaseView) -> lease_pb2.Lease:
         expire_time=timestamp(view.expire_time),
         end_time=None if view.end_time is None else timestamp(view.end_time),
         end_reason=view.end_reason,
+        session_id=view.session_id,
+        request_id=view.request_id,
     )
 
 

@@ -8,6 +8,7 @@ gets, never a traceback on the wire, never a dead server.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -15,14 +16,15 @@ from collections.abc import Awaitable, Callable
 import grpc
 import peewee
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from broker.api import validation
-from broker.api.convert import timestamp
+from broker.api.convert import blocked_to_proto
 from broker.domain import errors
+from broker.domain.values import Blocked
 from broker.models.database import database_proxy
-from broker.v1 import lease_pb2
 
 log = logging.getLogger(__name__)
 
@@ -78,21 +80,9 @@ def _precondition_failure(error: errors.FailedPreconditionError):
 
 
 def _acquire_blocked(error: errors.ResourceBusyError):
+    blocked = Blocked(error.requirement_index, error.label, error.kind, tuple(error.holders))
     return [
-        lease_pb2.AcquireBlocked(
-            requirement_index=error.requirement_index,
-            label=error.label,
-            kind=error.kind,
-            holders=[
-                lease_pb2.Holder(
-                    resource=h.resource,
-                    lease_id=h.lease_id,
-                    holder=h.holder,
-                    expire_time=timestamp(h.expire_time),
-                )
-                for h in error.holders
-            ],
-        ),
+        blocked_to_proto(blocked),
         error_details_pb2.ErrorInfo(reason="RESOURCES_BUSY", domain=ERROR_DOMAIN),
     ]
 
@@ -109,6 +99,7 @@ STATUS_TABLE: tuple[tuple[type[Exception], int, Callable[[Exception], list]], ..
     (errors.PermissionDeniedError, code_pb2.PERMISSION_DENIED, _error_info("NOT_HOLDER")),
     (errors.FailedPreconditionError, code_pb2.FAILED_PRECONDITION, _precondition_failure),
     (errors.ResourceBusyError, code_pb2.RESOURCE_EXHAUSTED, _acquire_blocked),
+    (errors.DeadlineExceededError, code_pb2.DEADLINE_EXCEEDED, _none),
     (errors.ConflictError, code_pb2.ABORTED, _error_info("CONFLICT")),
     (errors.UnavailableError, code_pb2.UNAVAILABLE, _none),
     # The database refusing work (unreachable, locked past the busy timeout) is
@@ -142,11 +133,27 @@ whose calls take well under a millisecond and are serialised anyway."""
 
 
 async def run_inline(behavior: Callable, request, context):
-    return behavior(request, context)
+    """Runs a servicer method on the loop; an async one is awaited."""
+    result = behavior(request, context)
+    return await result if inspect.isawaitable(result) else result
 
 
-def guarded(behavior: Callable, request_type, runner: Runner) -> Callable:
-    """Wraps one RPC: validate the request, make sure this thread has a
+def _status_for(error: Exception, rpc: str) -> status_pb2.Status:
+    status = status_of(error)
+    if status is None:
+        incident = uuid.uuid4().hex[:12]
+        log.exception("internal error %s in %s", incident, rpc)
+        return status_pb2.Status(
+            code=code_pb2.INTERNAL, message=f"internal error (incident {incident})"
+        )
+    if status.code == code_pb2.UNAVAILABLE:
+        log.warning("unavailable: %s", status.message)
+        _reset_connection()
+    return status
+
+
+def guarded(behavior: Callable, rpc: str, runner: Runner) -> Callable:
+    """Wraps one unary RPC: validate the request, make sure there is a
     database connection, run it, and turn errors into statuses."""
 
     async def handle(request, context: grpc.aio.ServicerContext):
@@ -155,16 +162,26 @@ def guarded(behavior: Callable, request_type, runner: Runner) -> Callable:
             database_proxy.obj.connect(reuse_if_open=True)
             return await runner(behavior, request, context)
         except Exception as error:
-            status = status_of(error)
-            if status is None:
-                incident = uuid.uuid4().hex[:12]
-                log.exception("internal error %s in %s", incident, request_type.__name__)
-                status = status_pb2.Status(
-                    code=code_pb2.INTERNAL, message=f"internal error (incident {incident})"
-                )
-            elif status.code == code_pb2.UNAVAILABLE:
-                log.warning("unavailable: %s", status.message)
-                _reset_connection()
+            status = _status_for(error, rpc)
+        await context.abort_with_status(rpc_status.to_status(status))
+
+    return handle
+
+
+def guarded_stream(behavior: Callable, rpc: str) -> Callable:
+    """Wraps one streaming RPC (an async generator) the same way; a request
+    stream's messages are the servicer's to validate."""
+
+    async def handle(request, context: grpc.aio.ServicerContext):
+        try:
+            if isinstance(request, Message):
+                validation.check(request)
+            database_proxy.obj.connect(reuse_if_open=True)
+            async for response in behavior(request, context):
+                yield response
+            return
+        except Exception as error:
+            status = _status_for(error, rpc)
         await context.abort_with_status(rpc_status.to_status(status))
 
     return handle
@@ -181,8 +198,8 @@ def _reset_connection() -> None:
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Applies `guarded` to every unary-unary method of the broker's services
-    (health and reflection pass through untouched)."""
+    """Applies `guarded` to every method of the broker's services (health and
+    reflection pass through untouched)."""
 
     def __init__(self, runner: Runner = run_inline, prefixes: tuple[str, ...] = ("/broker.v1.",)):
         self.runner = runner
@@ -192,11 +209,21 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or not handler_call_details.method.startswith(self.prefixes):
             return handler
-        if handler.unary_unary is None:
-            return handler
-        request_type = getattr(handler.request_deserializer, "__self__", object)
-        return grpc.unary_unary_rpc_method_handler(
-            guarded(handler.unary_unary, request_type, self.runner),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        rpc = handler_call_details.method
+        codecs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                guarded(handler.unary_unary, rpc, self.runner), **codecs
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                guarded_stream(handler.unary_stream, rpc), **codecs
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                guarded_stream(handler.stream_stream, rpc), **codecs
+            )
+        return handler

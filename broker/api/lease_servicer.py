@@ -1,24 +1,74 @@
 """`broker.v1.LeaseService`: each method converts in, makes one domain call,
-converts out. Validation and errors are the interceptor's."""
+converts out. Validation and errors are the interceptor's; waiting for a
+grant is the `WaitBoard`'s."""
 
 from __future__ import annotations
 
 from broker.api import convert, identity
+from broker.api.waits import WaitBoard
 from broker.domain.leasing import Leases
+from broker.domain.sessions import Sessions
+from broker.domain.values import Granted
 from broker.v1 import lease_service_pb2 as pb
 from broker.v1 import lease_service_pb2_grpc
 
 
 class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
-    def __init__(self, leases: Leases):
+    def __init__(self, leases: Leases, sessions: Sessions, board: WaitBoard):
         self.leases = leases
+        self.sessions = sessions
+        self.board = board
 
-    def AcquireLease(self, request, context):
+    async def AcquireLease(self, request, context):
+        async for outcome in self._acquire(request, context):
+            if isinstance(outcome, Granted):
+                return convert.granted_to_proto(outcome)
+        raise AssertionError("the wait ends with a grant or an error")
+
+    async def WatchAcquireLease(self, request, context):
+        async for outcome in self._acquire(request.request, context):
+            if isinstance(outcome, Granted):
+                yield pb.WatchAcquireLeaseResponse(granted=convert.granted_to_proto(outcome))
+            else:
+                yield pb.WatchAcquireLeaseResponse(waiting=convert.queue_status_to_proto(outcome))
+
+    async def _acquire(self, request, context):
+        """The outcome of an acquire: the grant, or the wait's statuses then
+        the grant."""
         holder = identity.holder(request.holder, context)
-        granted = self.leases.acquire(convert.acquire_request(request, holder))
-        return pb.AcquireLeaseResponse(
-            lease=convert.lease_to_proto(granted.lease), secret=granted.secret
+        outcome = self.leases.acquire(convert.acquire_request(request, holder))
+        yield outcome
+        if not isinstance(outcome, Granted):
+            async for status in self.board.follow(self.leases, outcome):
+                yield status
+
+    def ListWaiters(self, request, context):
+        page = self.leases.list_waiters(request.page_size, request.page_token)
+        return pb.ListWaitersResponse(
+            waiters=[convert.waiter_to_proto(view) for view in page.items],
+            next_page_token=page.next_page_token,
         )
+
+    async def OpenSession(self, request_iterator, context):
+        first = await anext(aiter(request_iterator), None)
+        if first is None:
+            return
+        timeout = (
+            convert.seconds_of(first.keepalive_timeout)
+            if first.HasField("keepalive_timeout")
+            else None
+        )
+        session = self.sessions.open(identity.holder(first.holder, context), timeout)
+        yield convert.session_to_proto(session)
+        clean = False
+        try:
+            async for message in request_iterator:
+                if message.close:
+                    clean = True
+                    break
+                yield convert.session_to_proto(self.sessions.keep_alive(session.session_id))
+        finally:
+            self.sessions.close(session.session_id, clean=clean)
 
     def RenewLease(self, request, context):
         view = self.leases.renew(request.lease_id, request.secret)

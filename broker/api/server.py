@@ -28,10 +28,12 @@ from grpc_reflection.v1alpha import reflection
 from broker.api.errors import ErrorInterceptor
 from broker.api.inventory_servicer import InventoryServicer
 from broker.api.lease_servicer import LeaseServicer
+from broker.api.waits import WaitBoard
 from broker.config import Config, ConfigError, DatabaseConfig, load_config
 from broker.domain.inventory import Inventory
 from broker.domain.kinds import KindDeclarationError, KindRegistry
 from broker.domain.leasing import Leases
+from broker.domain.sessions import Sessions
 from broker.models.database import DatabaseURLError, bind, open_database
 from broker.models.schema import create_tables
 from broker.v1 import (
@@ -112,8 +114,18 @@ class BrokerServer:
         )
         bind(self.database)
         create_tables(kinds.models)
+        self.board = WaitBoard()
         self.leases = Leases(
-            kinds, default_ttl=config.leases.default_ttl, max_ttl=config.leases.max_ttl
+            kinds,
+            default_ttl=config.leases.default_ttl,
+            max_ttl=config.leases.max_ttl,
+            max_wait=config.queue.max_wait,
+            on_granted=self.board.notify,
+        )
+        sessions = Sessions(
+            self.leases,
+            keepalive_timeout=config.sessions.keepalive_timeout,
+            max_keepalive_timeout=config.sessions.max_keepalive_timeout,
         )
         self.server = grpc.aio.server(
             interceptors=[ErrorInterceptor()],
@@ -121,10 +133,10 @@ class BrokerServer:
             maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
         )
         inventory_service_pb2_grpc.add_InventoryServiceServicer_to_server(
-            InventoryServicer(Inventory(kinds)), self.server
+            InventoryServicer(Inventory(kinds, on_change=self.leases.dispatch)), self.server
         )
         lease_service_pb2_grpc.add_LeaseServiceServicer_to_server(
-            LeaseServicer(self.leases), self.server
+            LeaseServicer(self.leases, sessions, self.board), self.server
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -155,8 +167,9 @@ class BrokerServer:
         self.database.close()
 
     async def _sweep_expired(self) -> None:
-        """Ends leases whose TTL ran out, so that listings and events show
-        them promptly even when nobody acquires (acquire ends them anyway)."""
+        """Ends leases whose TTL ran out and sessions whose keep-alives
+        stopped, and makes a queue pass (waits that ended, lock-delays that
+        passed), so that nothing waits for the next acquire."""
         interval = self.config.leases.expiry_interval
         while True:
             await asyncio.sleep(interval)

@@ -95,6 +95,10 @@ class ResourceBusyError(BrokerError):
         self.holders = holders
 
 
+class DeadlineExceededError(BrokerError):
+    """The caller's wait ended before its request could be granted."""
+
+
 class ConflictError(BrokerError):
     """An optimistic check failed (stale etag, lost race); re-read and retry."""
 

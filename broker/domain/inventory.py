@@ -53,9 +53,17 @@ def check_text(value: str, path: str, limit: int) -> None:
 class Inventory:
     """The resources of every kind, and the rules for changing them."""
 
-    def __init__(self, kinds: KindRegistry, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        kinds: KindRegistry,
+        clock: Callable[[], float] = time.time,
+        on_change: Callable[[], None] = lambda: None,
+    ):
+        """`on_change` runs after a resource was created or changed, which
+        may serve waiting requests."""
         self.kinds = kinds
         self.clock = clock
+        self.on_change = on_change
 
     def list_kinds(self) -> list[KindSpec]:
         return [kind.spec for kind in self.kinds]
@@ -88,6 +96,7 @@ class Inventory:
                 events.record(events.event(EventType.RESOURCE_CREATED, now, resource=new.name))
         except peewee.IntegrityError:
             raise AlreadyExistsError("resource", new.name) from None
+        self.on_change()
         return self.get(row.name)
 
     def get(self, name: str) -> ResourceView:
@@ -174,6 +183,7 @@ class Inventory:
                     )
                 )
             events.record(*rows)
+        self.on_change()
         return self.get(patch.name)
 
     def delete(self, name: str, etag: str) -> None:

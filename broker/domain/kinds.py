@@ -78,7 +78,9 @@ def describe(model: type[ResourceData]) -> KindSpec:
             )
         )
     doc = " ".join((model.__doc__ or "").split())
-    return KindSpec(model.kind_name(), bool(model.OWNABLE), tuple(fields), doc)
+    return KindSpec(
+        model.kind_name(), bool(model.OWNABLE), tuple(fields), doc, float(model.LOCK_DELAY)
+    )
 
 
 class KindRegistry:

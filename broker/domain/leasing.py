@@ -1,27 +1,30 @@
-"""Leasing: granting requirements all at once, renewing, releasing, revoking
-and expiring leases.
+"""Leasing: acquiring (at once or after waiting in the queue), renewing,
+releasing, revoking and expiring leases.
 
 Each operation is one write transaction. Expired leases are freed at the start
 of every acquire, so a lease whose TTL ran out never blocks anyone, however
-late the periodic sweep (`expiry.Reaper`) comes. Outcomes that must keep what
-the transaction did (an expiry found on the way) are returned from the
-transaction and raised after it commits.
+late the periodic sweep comes. Whatever frees resources runs a queue pass in
+the same transaction, so a waiting request is granted in the commit that
+freed what it needs; the ids of requests so granted are announced through
+`on_granted` after the commit. Outcomes that must keep what the transaction
+did (an expiry found on the way) are returned from the transaction and raised
+after it commits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import hashlib
 import hmac
-import secrets
+import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-from broker.domain import events, filters, paging
+from broker.domain import events, paging
 from broker.domain.errors import (
     BrokerError,
-    ConflictError,
+    DeadlineExceededError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
@@ -29,31 +32,32 @@ from broker.domain.errors import (
     PreconditionViolation,
     ResourceBusyError,
 )
-from broker.domain.kinds import Kind, KindRegistry
-from broker.domain.matching import expand_slots, match
+from broker.domain.granting import Granter, decode_requirements, hash_secret, lease_view, secret_for
+from broker.domain.kinds import KindRegistry
+from broker.domain.queue import WaitQueue
 from broker.domain.values import (
     AcquireRequest,
     EventType,
     Granted,
     GrantView,
-    HolderView,
     LeaseState,
     LeaseView,
     Page,
+    SessionState,
+    WaiterState,
+    WaiterView,
+    Waiting,
 )
-from broker.domain.views import from_snapshot, resource_view, snapshot
+from broker.domain.views import from_snapshot
 from broker.models import lease as lease_model
+from broker.models import queue as queue_model
 from broker.models import resource as resource_model
+from broker.models import session as session_model
 from broker.models.database import write_transaction
-from broker.models.resource import Filter, Resource
 
-MAX_REQUIREMENTS = 16
-MAX_RESOURCES = 64
-MIN_TTL = 1.0
-MAX_LABEL = 64
-MAX_HOLDER = 128
 MAX_REASON = 1024
-MAX_HOLDERS_REPORTED = 16
+MAX_REQUEST_ID = 128
+MIN_PRIORITY, MAX_PRIORITY = -100, 100
 EXPIRY_BATCH = 500
 
 _ENDED = {
@@ -61,25 +65,15 @@ _ENDED = {
     LeaseState.EXPIRED: ("LEASE_EXPIRED", "expired: its TTL ran out before it was renewed"),
     LeaseState.REVOKED: ("LEASE_REVOKED", "was revoked"),
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class _Need:
-    """One checked requirement, ready for the candidate query."""
-
-    index: int
-    kind: Kind
-    filters: list[Filter]
-    count: int
-    label: str
-
-
-def _hash(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
+_END_EVENTS = {
+    LeaseState.RELEASED: EventType.LEASE_RELEASED,
+    LeaseState.EXPIRED: EventType.LEASE_EXPIRED,
+    LeaseState.REVOKED: EventType.LEASE_REVOKED,
+}
 
 
 class Leases:
-    """Who holds what: the rules of semantics 1 to 4 and 6 of the design."""
+    """Who holds what: semantics 1 to 6 of the design."""
 
     def __init__(
         self,
@@ -87,193 +81,200 @@ class Leases:
         *,
         default_ttl: float,
         max_ttl: float,
+        max_wait: float = 3600.0,
         clock: Callable[[], float] = time.time,
+        on_granted: Callable[[list[int]], None] = lambda waiter_ids: None,
     ):
         self.kinds = kinds
-        self.default_ttl = default_ttl
-        self.max_ttl = max_ttl
+        self.granter = Granter(kinds, default_ttl, max_ttl)
+        self.queue = WaitQueue(self.granter)
+        self.max_wait = max_wait
         self.clock = clock
+        self.on_granted = on_granted
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """A write transaction that announces, once committed, the waiting
+        requests it granted."""
+        self.queue.granted.clear()
+        with write_transaction():
+            yield
+        granted, self.queue.granted = self.queue.granted, []
+        if granted:
+            self.on_granted(granted)
 
     # ------------------------------------------------------------- acquire
 
-    def acquire(self, request: AcquireRequest) -> Granted:
-        """Grants every requirement at once with distinct resources, or
-        raises: FAILED_PRECONDITION if no state of the inventory could ever
-        serve it, RESOURCE_EXHAUSTED if it is held now."""
-        needs, ttl = self._check(request)
+    def acquire(self, request: AcquireRequest) -> Granted | Waiting:
+        """Grants every requirement at once with distinct resources; or, if
+        they are held now and the request may wait, queues it (`Waiting`);
+        or raises: FAILED_PRECONDITION if no state of the inventory could
+        ever serve it, RESOURCE_EXHAUSTED if it is held now and may not wait.
+        A request id seen before returns that request's lease or wait."""
+        needs, ttl = self.granter.check(request)
+        self._check_waiting(request)
         now = self.clock()
-        with write_transaction():
-            self._expire_due(now)
-            outcome = self._grant(needs, ttl, request.holder, now)
+        with self.transaction():
+            if self._expire_due(now):
+                self.queue.dispatch(now)
+            outcome = self._acquire(request, needs, ttl, now)
         if isinstance(outcome, BrokerError):
             raise outcome
         return outcome
 
-    def _check(self, request: AcquireRequest) -> tuple[list[_Need], float]:
-        if not request.requirements:
-            raise InvalidArgumentError.of("requirements", "at least one requirement is required")
-        if len(request.requirements) > MAX_REQUIREMENTS:
+    def _check_waiting(self, request: AcquireRequest) -> None:
+        if request.max_wait < 0:
+            raise InvalidArgumentError.of("max_wait", "must not be negative")
+        if not MIN_PRIORITY <= request.priority <= MAX_PRIORITY:
             raise InvalidArgumentError.of(
-                "requirements",
-                f"at most {MAX_REQUIREMENTS} requirements, not {len(request.requirements)}",
+                "priority", f"must be {MIN_PRIORITY} to {MAX_PRIORITY}, not {request.priority}"
             )
-        if len(request.holder) > MAX_HOLDER:
-            raise InvalidArgumentError.of("holder", f"is longer than {MAX_HOLDER} characters")
-        ttl = self.default_ttl if request.ttl is None else request.ttl
-        if not MIN_TTL <= ttl <= self.max_ttl:
+        if len(request.request_id) > MAX_REQUEST_ID:
             raise InvalidArgumentError.of(
-                "ttl", f"must be {MIN_TTL:g} s to {self.max_ttl:g} s, not {ttl:g} s"
+                "request_id", f"is longer than {MAX_REQUEST_ID} characters"
             )
-        needs = []
-        for index, requirement in enumerate(request.requirements):
-            path = f"requirements[{index}]"
-            if not requirement.kind:
-                raise InvalidArgumentError.of(f"{path}.kind", "is required")
-            if not 0 <= requirement.count <= MAX_RESOURCES:
-                raise InvalidArgumentError.of(
-                    f"{path}.count", f"must be 0 to {MAX_RESOURCES}, not {requirement.count}"
-                )
-            if len(requirement.label) > MAX_LABEL:
-                raise InvalidArgumentError.of(
-                    f"{path}.label", f"is longer than {MAX_LABEL} characters"
-                )
-            kind = self.kinds.find(requirement.kind)
-            if kind is None:
-                known = ", ".join(k.name for k in self.kinds) or "none"
-                raise FailedPreconditionError(
+
+    def _acquire(self, request: AcquireRequest, needs, ttl: float, now: float):
+        if request.request_id:
+            earlier = self._earlier(request.request_id, now)
+            if earlier is not None:
+                return earlier
+        if request.session_id:
+            session = session_model.Session.get_or_none(
+                session_model.Session.id == request.session_id
+            )
+            if session is None or session.state != SessionState.OPEN:
+                return FailedPreconditionError(
                     PreconditionViolation(
-                        "UNKNOWN_KIND",
-                        path,
-                        f"{path}: no kind {requirement.kind!r} (kinds: {known})",
+                        "SESSION_ENDED",
+                        f"sessions/{request.session_id}",
+                        f"session {request.session_id} is not open",
                     )
                 )
-            resolved = filters.resolve(
-                kind,
-                requirement.constraints,
-                f"{path}.constraints",
-                lambda where, text: FailedPreconditionError(
-                    PreconditionViolation("UNKNOWN_FIELD", where, f"{where}: {text}")
-                ),
-            )
-            needs.append(_Need(index, kind, resolved, requirement.count or 1, requirement.label))
-        total = sum(need.count for need in needs)
-        if total > MAX_RESOURCES:
-            raise InvalidArgumentError.of(
-                "requirements", f"at most {MAX_RESOURCES} resources in all, not {total}"
-            )
-        return needs, float(ttl)
-
-    def _candidates(self, needs: list[_Need], holder: str, free_only: bool) -> list[list[Resource]]:
-        """Per requirement, at most as many candidates as the request has
-        slots (enough for any assignment: see `matching`)."""
-        total = sum(need.count for need in needs)
-        return [
-            resource_model.select_candidates(
-                need.kind.model,
-                need.kind.name,
-                need.filters,
-                holder=holder,
-                free_only=free_only and need.kind.ownable,
-                limit=total,
-            )
-            for need in needs
-        ]
-
-    def _assign(self, needs: list[_Need], candidates: list[list[Resource]]):
-        slot_needs = expand_slots([need.count for need in needs])
-        by_id = {row.id: row for rows in candidates for row in rows}
-        matching = match([[row.id for row in candidates[n]] for n in slot_needs])
-        return slot_needs, matching, by_id
-
-    def _grant(self, needs: list[_Need], ttl: float, holder: str, now: float):
-        candidates = self._candidates(needs, holder, free_only=True)
-        slot_needs, matching, by_id = self._assign(needs, candidates)
-        if not matching.complete:
-            return self._refusal(needs, holder, needs[slot_needs[matching.first_unmatched]].index)
+        plan = self.granter.plan(needs, request.holder, now, behind_priority=request.priority)
         lease_id = str(uuid.uuid4())
-        secret = secrets.token_hex(24)
-        lease = lease_model.insert_lease(
-            {
-                "id": lease_id,
-                "secret_hash": _hash(secret),
-                "holder": holder,
-                "state": int(LeaseState.ACTIVE),
-                "ttl": ttl,
-                "create_time": now,
-                "expire_time": now + ttl,
-                "end_time": None,
-                "end_reason": "",
-            }
-        )
-        chosen = [by_id[rid] for rid in matching.assignment]
-        slot_kinds = [needs[n].kind for n in slot_needs]
-        ownable = [row.id for row, kind in zip(chosen, slot_kinds, strict=True) if kind.ownable]
-        shared = [row.id for row, kind in zip(chosen, slot_kinds, strict=True) if not kind.ownable]
-        tokens = lease_model.claim_ownable(ownable, lease_id, holder)
-        if len(tokens) != len(ownable):
-            raise ConflictError("another lease took a resource first; retry")
-        tokens.update(lease_model.bump_fencing(shared))
-        grants, grant_rows, event_rows = [], [], []
-        for n, row, kind in zip(slot_needs, chosen, slot_kinds, strict=True):
-            need = needs[n]
-            row.fencing_token = tokens[row.id]
-            if kind.ownable:
-                row.lease_id, row.owner = lease_id, holder
-            view = resource_view(row, row.data, kind, (lease_id,))
-            grants.append(GrantView(need.index, need.label, view, row.fencing_token))
-            grant_rows.append(
-                {
-                    "lease": lease_id,
-                    "resource": row.id,
-                    "resource_name": row.name,
-                    "requirement_index": need.index,
-                    "label": need.label,
-                    "fencing_token": row.fencing_token,
-                    "snapshot": snapshot(view),
-                }
+        if plan.matching.complete:
+            return self.granter.commit(
+                plan,
+                lease_id=lease_id,
+                ttl=ttl,
+                holder=request.holder,
+                now=now,
+                request_id=request.request_id,
+                session_id=request.session_id,
             )
-            event_rows.append(
-                events.event(
-                    EventType.LEASE_GRANTED,
-                    now,
-                    resource=row.name,
-                    lease_id=lease_id,
-                    fencing_token=row.fencing_token,
-                    actor=holder,
-                )
-            )
-        lease_model.insert_grants(grant_rows)
-        events.record(*event_rows)
-        return Granted(self._view(lease, grants), secret)
+        refusal = self.granter.refusal(needs, request.holder, plan, now)
+        if not isinstance(refusal, ResourceBusyError) or request.max_wait <= 0:
+            return refusal
+        deadline = now + min(request.max_wait, self.max_wait)
+        waiter_id = self.queue.enqueue(request, ttl, lease_id, now, deadline)
+        return self._waiting(queue_model.get_waiter(waiter_id), now)
 
-    def _refusal(self, needs: list[_Need], holder: str, busy_index: int) -> BrokerError:
-        """Why a request cannot be granted now: never (FAILED_PRECONDITION)
-        or not yet (RESOURCE_EXHAUSTED, naming who holds what it needs)."""
-        candidates = self._candidates(needs, holder, free_only=False)
-        slot_needs, matching, _ = self._assign(needs, candidates)
-        if not matching.complete:
-            need = needs[slot_needs[matching.first_unmatched]]
-            path = f"requirements[{need.index}]"
-            usable = len(candidates[needs.index(need)])
-            return FailedPreconditionError(
-                PreconditionViolation(
-                    "UNSATISFIABLE",
-                    path,
-                    f"{path} ({need.label or need.kind.name}) can never be satisfied: "
-                    f"it needs {need.count} usable {need.kind.name} resource(s) matching its "
-                    f"constraints, distinct from the other requirements', and "
-                    f"{usable} match",
+    def _earlier(self, request_id: str, now: float) -> Granted | Waiting | None:
+        """The outcome of an earlier request with this id, if there was one."""
+        lease = lease_model.Lease.get_or_none(lease_model.Lease.request_id == request_id)
+        if lease is not None:
+            return Granted(self._views([lease])[0], secret_for(lease.id))
+        waiter = queue_model.waiter_by_request_id(request_id)
+        if waiter is not None and waiter.state == WaiterState.WAITING:
+            return self._waiting(waiter, now)
+        return None
+
+    # ------------------------------------------------------------- waiting
+
+    def wait_status(self, waiter_id: int) -> Granted | Waiting:
+        """Where a waiting request stands: granted (with its secret), or
+        still waiting; DEADLINE_EXCEEDED once its wait ended ungranted."""
+        now = self.clock()
+        waiter = queue_model.get_waiter(waiter_id)
+        if waiter is None:
+            raise NotFoundError("waiter", str(waiter_id))
+        if waiter.state == WaiterState.GRANTED:
+            return Granted(self.get(waiter.lease_id), secret_for(waiter.lease_id))
+        if waiter.state == WaiterState.WAITING and waiter.deadline > now:
+            return self._waiting(waiter, now)
+        raise DeadlineExceededError(
+            f"the request waited until its deadline and holds nothing (waiter {waiter_id})"
+        )
+
+    def _waiting(self, waiter: queue_model.Waiter, now: float) -> Waiting:
+        request = AcquireRequest(decode_requirements(waiter.requirements), holder=waiter.holder)
+        needs, _ = self.granter.check(request)
+        blocked = self.granter.blocked(needs, waiter.holder, waiter.blocked_index, now)
+        return Waiting(
+            waiter.id,
+            queue_model.position(waiter, WaiterState.WAITING),
+            blocked,
+            waiter.deadline,
+        )
+
+    def abandon(self, waiter_id: int, timed_out: bool) -> Granted | None:
+        """The waiting caller is gone (`timed_out` False) or its wait ended:
+        the request leaves the queue. If it was granted meanwhile, a timed
+        out caller still gets the grant; a vanished one's lease is released."""
+        now = self.clock()
+        with self.transaction():
+            waiter = queue_model.get_waiter(waiter_id)
+            if waiter is None:
+                raise NotFoundError("waiter", str(waiter_id))
+            if waiter.state == WaiterState.WAITING:
+                state = WaiterState.TIMED_OUT if timed_out else WaiterState.CANCELLED
+                queue_model.end_waiter(waiter_id, state, now)
+                self.queue.dispatch(now)
+                return None
+            if waiter.state != WaiterState.GRANTED:
+                return None
+            if timed_out:
+                return Granted(self.get(waiter.lease_id), secret_for(waiter.lease_id))
+            lease = lease_model.lock_lease(waiter.lease_id)
+            if lease is not None and lease.state == LeaseState.ACTIVE:
+                grants = lease_model.grants_of([lease.id])[lease.id]
+                self.end(
+                    lease, grants, LeaseState.RELEASED, now, "its caller left before the grant", ""
                 )
+                self.queue.dispatch(now)
+            return None
+
+    def list_waiters(self, page_size: int, page_token: str) -> Page[WaiterView]:
+        size = paging.page_size(page_size)
+        position = paging.decode_token(page_token, ("priority", "id", "position"))
+        after = None
+        first = 0
+        if position is not None:
+            if not all(isinstance(position[k], int) for k in ("priority", "id", "position")):
+                raise InvalidArgumentError.of("page_token", "not a token returned by this listing")
+            after, first = (position["priority"], position["id"]), position["position"]
+        rows = queue_model.list_waiters(WaiterState.WAITING, after, size + 1)
+        more = len(rows) > size
+        rows = rows[:size]
+        views = tuple(
+            WaiterView(
+                waiter_id=row.id,
+                holder=row.holder,
+                priority=row.priority,
+                requirements=decode_requirements(row.requirements),
+                position=first + offset,
+                blocked_requirement_index=row.blocked_index,
+                enqueue_time=row.enqueue_time,
+                deadline=row.deadline,
+                request_id=row.request_id or "",
             )
-        need = next(n for n in needs if n.index == busy_index)
-        held = [row for row in candidates[needs.index(need)] if row.lease_id]
-        leases = lease_model.leases_by_id(sorted({row.lease_id for row in held}))
-        holders = [
-            HolderView(row.name, row.lease_id, row.owner, leases[row.lease_id].expire_time)
-            for row in held[:MAX_HOLDERS_REPORTED]
-            if row.lease_id in leases
-        ]
-        return ResourceBusyError(need.index, need.label, need.kind.name, holders)
+            for offset, row in enumerate(rows)
+        )
+        token = ""
+        if more:
+            last = rows[-1]
+            token = paging.encode_token(
+                {"priority": last.priority, "id": last.id, "position": first + len(rows)}
+            )
+        return Page(views, token)
+
+    def dispatch(self) -> None:
+        """A queue pass on its own, after resources came free outside a
+        lease change (created, made usable, a lock-delay ended)."""
+        now = self.clock()
+        with self.transaction():
+            self.queue.dispatch(now)
 
     # ------------------------------------------------ renew, release, revoke
 
@@ -290,7 +291,7 @@ class Leases:
         """Ends a lease at its holder's request and frees its resources."""
 
         def end(lease: lease_model.Lease, grants: list, now: float) -> None:
-            self._end(
+            self.end(
                 lease, grants, LeaseState.RELEASED, now, "released by its holder", lease.holder
             )
 
@@ -304,7 +305,7 @@ class Leases:
             raise InvalidArgumentError.of("reason", f"is longer than {MAX_REASON} characters")
 
         def end(lease: lease_model.Lease, grants: list, now: float) -> None:
-            self._end(lease, grants, LeaseState.REVOKED, now, reason, actor)
+            self.end(lease, grants, LeaseState.REVOKED, now, reason, actor)
 
         return self._change(lease_id, None, end)
 
@@ -315,7 +316,7 @@ class Leases:
         if not lease_id:
             raise InvalidArgumentError.of("lease_id", "is required")
         now = self.clock()
-        with write_transaction():
+        with self.transaction():
             lease = lease_model.lock_lease(lease_id)
             if lease is None:
                 raise NotFoundError("lease", lease_id)
@@ -324,13 +325,13 @@ class Leases:
                     raise PermissionDeniedError(
                         f"lease {lease_id} needs its secret for this call", "NO_SECRET"
                     )
-                if not hmac.compare_digest(_hash(secret), lease.secret_hash):
+                if not hmac.compare_digest(hash_secret(secret), lease.secret_hash):
                     raise PermissionDeniedError(
                         f"the secret given is not lease {lease_id}'s: only its holder may act on it"
                     )
             grants = lease_model.grants_of([lease.id])
             if lease.state == LeaseState.ACTIVE and lease.expire_time <= now:
-                self._end(lease, grants[lease.id], LeaseState.EXPIRED, now, "its TTL ran out", "")
+                self.end(lease, grants[lease.id], LeaseState.EXPIRED, now, "its TTL ran out", "")
             if lease.state != LeaseState.ACTIVE:
                 code, text = _ENDED[LeaseState(lease.state)]
                 outcome: BrokerError | None = FailedPreconditionError(
@@ -339,6 +340,8 @@ class Leases:
             else:
                 change(lease, grants[lease.id], now)
                 outcome = None
+            if lease.state != LeaseState.ACTIVE:
+                self.queue.dispatch(now)
             view = self._views([lease], grants)[0]
         if outcome is not None:
             raise outcome
@@ -347,10 +350,34 @@ class Leases:
     # ----------------------------------------------------------------- expiry
 
     def expire_due(self) -> int:
-        """Frees every lease whose TTL has run out; returns how many."""
+        """Frees every lease whose TTL has run out and every session whose
+        keep-alives stopped, then makes a queue pass (waits end, lock-delays
+        pass); returns how many leases ended."""
         now = self.clock()
-        with write_transaction():
-            return self._expire_due(now)
+        with self.transaction():
+            expired = self._expire_due(now)
+            for session_id in session_model.due_session_ids(SessionState.OPEN, now):
+                expired += self.end_session(
+                    session_id, SessionState.EXPIRED, now, "its keep-alives stopped"
+                )
+            self.queue.dispatch(now)
+        return expired
+
+    def end_session(self, session_id: str, state: SessionState, now: float, reason: str) -> int:
+        """Ends a session inside the caller's transaction: its leases end
+        (released if it closed cleanly, else expired) and its waiting
+        requests leave the queue; returns how many leases ended."""
+        session_model.end_session(session_id, state, now, reason)
+        lease_ids = session_model.lease_ids_of(session_id, LeaseState.ACTIVE)
+        leases = lease_model.leases_by_id(lease_ids)
+        grants = lease_model.grants_of(lease_ids)
+        lease_state = LeaseState.RELEASED if state == SessionState.CLOSED else LeaseState.EXPIRED
+        for lease in leases.values():
+            self.end(lease, grants[lease.id], lease_state, now, f"its session ended: {reason}", "")
+        queue_model.cancel_session_waiters(
+            session_id, WaiterState.WAITING, WaiterState.CANCELLED, now
+        )
+        return len(leases)
 
     def _expire_due(self, now: float) -> int:
         """Ends every lease past its TTL, in batches."""
@@ -359,12 +386,12 @@ class Leases:
             due = lease_model.due_lease_ids(LeaseState.ACTIVE, now, EXPIRY_BATCH)
             grants = lease_model.grants_of(due)
             for lease in lease_model.leases_by_id(due).values():
-                self._end(lease, grants[lease.id], LeaseState.EXPIRED, now, "its TTL ran out", "")
+                self.end(lease, grants[lease.id], LeaseState.EXPIRED, now, "its TTL ran out", "")
             expired += len(due)
             if len(due) < EXPIRY_BATCH:
                 return expired
 
-    def _end(
+    def end(
         self,
         lease: lease_model.Lease,
         grants: list[lease_model.LeaseGrant],
@@ -373,13 +400,14 @@ class Leases:
         reason: str,
         actor: str,
     ) -> None:
-        """Ends one lease: frees its resources and records an event for each."""
-        event_type = {
-            LeaseState.RELEASED: EventType.LEASE_RELEASED,
-            LeaseState.EXPIRED: EventType.LEASE_EXPIRED,
-            LeaseState.REVOKED: EventType.LEASE_REVOKED,
-        }[state]
+        """Ends one lease inside the caller's transaction: frees its
+        resources (keeping them out of reach for their kind's lock-delay if
+        the holder vanished rather than released them) and records an event
+        for each. The caller makes the queue pass."""
+        event_type = _END_EVENTS[state]
         lease_model.free_resources_of([lease.id])
+        if state == LeaseState.EXPIRED:
+            self._lock_delay(grants, now)
         lease_model.end_leases([lease.id], state, now, reason)
         lease.state, lease.end_time, lease.end_reason = state, now, reason
         events.record(
@@ -432,6 +460,12 @@ class Leases:
         )
         return Page(tuple(self._views(rows)), token)
 
+    def _lock_delay(self, grants: list[lease_model.LeaseGrant], now: float) -> None:
+        for grant in grants:
+            kind = self.kinds.find(json.loads(grant.snapshot)["kind"])
+            if kind is not None and kind.spec.lock_delay > 0 and grant.resource_id is not None:
+                resource_model.delay_until([grant.resource_id], now + kind.spec.lock_delay)
+
     def _views(
         self,
         leases: list[lease_model.Lease],
@@ -452,19 +486,5 @@ class Leases:
                 grant_views.append(
                     GrantView(grant.requirement_index, grant.label, view, grant.fencing_token)
                 )
-            views.append(self._view(lease, grant_views))
+            views.append(lease_view(lease, grant_views))
         return views
-
-    @staticmethod
-    def _view(lease: lease_model.Lease, grants: list[GrantView]) -> LeaseView:
-        return LeaseView(
-            lease_id=lease.id,
-            holder=lease.holder,
-            state=LeaseState(lease.state),
-            grants=tuple(grants),
-            ttl=lease.ttl,
-            create_time=lease.create_time,
-            expire_time=lease.expire_time,
-            end_time=lease.end_time,
-            end_reason=lease.end_reason,
-        )

@@ -19,6 +19,23 @@ class FieldType(enum.IntEnum):
     IP_ADDRESS = 5
 
 
+class WaiterState(enum.IntEnum):
+    """The life of a waiting request."""
+
+    WAITING = 1
+    GRANTED = 2
+    CANCELLED = 3
+    TIMED_OUT = 4
+
+
+class SessionState(enum.IntEnum):
+    """The life of a session."""
+
+    OPEN = 1
+    CLOSED = 2
+    EXPIRED = 3
+
+
 class LeaseState(enum.IntEnum):
     """The life of a lease (numbers match `broker.v1.LeaseState`)."""
 
@@ -61,6 +78,7 @@ class KindSpec:
     ownable: bool
     fields: tuple[FieldSpec, ...]
     doc: str
+    lock_delay: float = 0.0
 
     def field(self, name: str) -> FieldSpec | None:
         return next((f for f in self.fields if f.name == name), None)
@@ -91,11 +109,16 @@ class Requirement:
 
 @dataclasses.dataclass(frozen=True)
 class AcquireRequest:
-    """What a client asks for; `ttl` None means the configured default."""
+    """What a client asks for; `ttl` None means the configured default,
+    `max_wait` 0 answers at once when the resources are held."""
 
     requirements: tuple[Requirement, ...]
     ttl: float | None = None
     holder: str = ""
+    max_wait: float = 0.0
+    priority: int = 0
+    request_id: str = ""
+    session_id: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +191,8 @@ class LeaseView:
     expire_time: float
     end_time: float | None
     end_reason: str
+    session_id: str = ""
+    request_id: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +210,52 @@ class HolderView:
     resource: str
     lease_id: str
     holder: str
+    expire_time: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Blocked:
+    """The first requirement a request cannot get now, and who holds what it
+    could use."""
+
+    requirement_index: int
+    label: str
+    kind: str
+    holders: tuple[HolderView, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Waiting:
+    """A request waiting in the queue."""
+
+    waiter_id: int
+    position: int
+    blocked: Blocked | None
+    deadline: float
+
+
+@dataclasses.dataclass(frozen=True)
+class WaiterView:
+    """A waiting request, as administrators see the queue."""
+
+    waiter_id: int
+    holder: str
+    priority: int
+    requirements: tuple[Requirement, ...]
+    position: int
+    blocked_requirement_index: int
+    enqueue_time: float
+    deadline: float
+    request_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionView:
+    """An open session."""
+
+    session_id: str
+    holder: str
+    keepalive_timeout: float
     expire_time: float
 
 

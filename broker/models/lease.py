@@ -32,6 +32,8 @@ class Lease(BaseModel):
     expire_time = peewee.DoubleField()
     end_time = peewee.DoubleField(null=True)
     end_reason = peewee.TextField(default="")
+    request_id = peewee.CharField(max_length=128, null=True, unique=True)
+    session_id = peewee.CharField(max_length=36, null=True, index=True)
 
     class Meta:
         indexes = ((("state", "expire_time"), False), (("create_time", "id"), False))

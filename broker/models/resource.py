@@ -34,6 +34,12 @@ class Resource(BaseModel):
     version = peewee.IntegerField(default=1)
     create_time = peewee.DoubleField()
     update_time = peewee.DoubleField()
+    # The waiting request whose best partial assignment uses this free
+    # resource, and its priority: requests behind it may not take it.
+    reserved_by = peewee.BigIntegerField(null=True, index=True)
+    reserved_priority = peewee.IntegerField(null=True)
+    # Not granted before this time: the lock-delay after its holder vanished.
+    available_time = peewee.DoubleField(null=True)
 
     class Meta:
         # The candidate query: usable resources of a kind, free ones first.
@@ -49,13 +55,16 @@ class ResourceData(BaseModel):
 
     The kind's name is the class name without its `Data` suffix (`Calculator`)
     unless `KIND` says otherwise. `OWNABLE = False` makes a kind whose
-    resources any number of leases may hold at once. Fields are peewee fields
+    resources any number of leases may hold at once. `LOCK_DELAY` (seconds)
+    keeps a resource out of reach that long after its holder vanished
+    instead of releasing it, for devices that cannot check fencing numbers. Fields are peewee fields
     of the types `broker.domain.kinds` knows; `help_text` documents them over
     the API, `null=True` or a `default` makes them optional.
     """
 
     OWNABLE: ClassVar[bool] = True
     KIND: ClassVar[str | None] = None
+    LOCK_DELAY: ClassVar[float] = 0.0
 
     resource = peewee.ForeignKeyField(Resource, primary_key=True, on_delete="CASCADE", backref="+")
 
@@ -96,13 +105,21 @@ def select_candidates(
     holder: str,
     free_only: bool,
     limit: int,
+    now: float = 0.0,
+    behind_priority: int | None = None,
 ) -> list[Resource]:
     """Usable resources of a kind that satisfy the filters and may go to
-    `holder`, in id order, at most `limit`; `free_only` leaves out those an
-    active lease holds. Each row carries its kind's fields as `.data`."""
+    `holder`, in id order, at most `limit`. `free_only` leaves out those an
+    active lease holds or a lock-delay keeps until after `now`, and, given
+    `behind_priority`, those reserved by a waiting request of that priority
+    or higher. Each row carries its kind's fields as `.data`."""
     shape = tuple((field, len(values)) for field, values in filters)
-    sql = _candidates_sql(kind_model, shape, free_only)
+    sql = _candidates_sql(kind_model, shape, free_only, behind_priority is not None)
     params: list = [kind, True, holder]
+    if free_only:
+        params.append(now)
+        if behind_priority is not None:
+            params.append(behind_priority)
     for field, values in filters:
         column = _COMMON_COLUMNS.get(field) or getattr(kind_model, field)
         params.extend(column.db_value(value) for value in values)
@@ -118,7 +135,10 @@ def select_candidates(
 
 @functools.cache
 def _candidates_sql(
-    kind_model: type[ResourceData], shape: tuple[tuple[str, int], ...], free_only: bool
+    kind_model: type[ResourceData],
+    shape: tuple[tuple[str, int], ...],
+    free_only: bool,
+    respect_reservations: bool,
 ) -> str:
     kind_columns = [f for f in statements.columns_of(kind_model) if f.name != "resource"]
     selected = ", ".join(
@@ -131,6 +151,9 @@ def _candidates_sql(
     ]
     if free_only:
         where.append('r."lease_id" IS NULL')
+        where.append('(r."available_time" IS NULL OR r."available_time" <= ?)')
+        if respect_reservations:
+            where.append('(r."reserved_by" IS NULL OR r."reserved_priority" < ?)')
     for field, count in shape:
         common = _COMMON_COLUMNS.get(field)
         column = (
@@ -209,3 +232,8 @@ def delete_free_resource(resource_id: int, version: int | None) -> bool:
     if version is not None:
         query = query.where(Resource.version == version)
     return query.execute() == 1
+
+
+def delay_until(resource_ids: list[int], until: float) -> None:
+    """Keeps resources from being granted before `until` (lock-delay)."""
+    Resource.update(available_time=until).where(Resource.id.in_(resource_ids)).execute()

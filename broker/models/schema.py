@@ -1,19 +1,52 @@
-"""Creating the tables: the broker's own and each configured kind's."""
+"""Creating and evolving the tables: the broker's own and each configured
+kind's. Missing tables are created; columns a model gained since the
+database was made are added, keeping every row."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import peewee
+from playhouse.migrate import SchemaMigrator, migrate
+
 from broker.models.base import BaseModel
 from broker.models.database import database_proxy
 from broker.models.event import Event
 from broker.models.lease import Lease, LeaseGrant
+from broker.models.queue import Waiter
 from broker.models.resource import Resource
+from broker.models.session import Session
+from broker.models.setting import Setting
 
-CORE_MODELS: tuple[type[BaseModel], ...] = (Resource, Lease, LeaseGrant, Event)
+CORE_MODELS: tuple[type[BaseModel], ...] = (
+    Setting,
+    Resource,
+    Lease,
+    LeaseGrant,
+    Event,
+    Waiter,
+    Session,
+)
 
 
 def create_tables(kind_models: Sequence[type[BaseModel]]) -> None:
-    """Creates missing tables and indexes; existing ones are left as they are."""
-    with database_proxy.obj.connection_context():
-        database_proxy.obj.create_tables([*CORE_MODELS, *kind_models], safe=True)
+    """Creates missing tables and indexes, and adds missing columns."""
+    database = database_proxy.obj
+    models = [*CORE_MODELS, *kind_models]
+    with database.connection_context():
+        database.create_tables(models, safe=True)
+        _add_missing_columns(database, models)
+
+
+def _add_missing_columns(database: peewee.Database, models: Sequence[type[BaseModel]]) -> None:
+    migrator = SchemaMigrator.from_database(database)
+    operations = []
+    for model in models:
+        table = model._meta.table_name
+        present = {column.name for column in database.get_columns(table)}
+        for field in model._meta.sorted_fields:
+            if field.column_name not in present:
+                operations.append(migrator.add_column(table, field.column_name, field))
+    if operations:
+        with database.atomic():
+            migrate(*operations)

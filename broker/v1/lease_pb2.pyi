@@ -218,6 +218,8 @@ class Lease(_message.Message):
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     END_REASON_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     lease_id: _builtins.str
     """Output only. The lease's id."""
     holder: _builtins.str
@@ -226,6 +228,10 @@ class Lease(_message.Message):
     """Output only. Where the lease is in its life."""
     end_reason: _builtins.str
     """Output only. Why the lease ended, e.g. the reason given to a revoke."""
+    session_id: _builtins.str
+    """Output only. The session the lease is bound to, if any."""
+    request_id: _builtins.str
+    """Output only. The idempotency key of the request that made it, if any."""
     @_builtins.property
     def grants(self) -> _containers.RepeatedCompositeFieldContainer[Global___Grant]:
         """Output only. The resources granted, one per required resource."""
@@ -258,10 +264,12 @@ class Lease(_message.Message):
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         end_reason: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "expire_time", b"expire_time", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_reason", b"end_reason", "end_time", b"end_time", "expire_time", b"expire_time", "grants", b"grants", "holder", b"holder", "lease_id", b"lease_id", "state", b"state", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_reason", b"end_reason", "end_time", b"end_time", "expire_time", b"expire_time", "grants", b"grants", "holder", b"holder", "lease_id", b"lease_id", "request_id", b"request_id", "session_id", b"session_id", "state", b"state", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -340,3 +348,103 @@ class AcquireBlocked(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AcquireBlocked: _TypeAlias = AcquireBlocked  # noqa: Y015
+
+@_typing.final
+class QueueStatus(_message.Message):
+    """Where a waiting request stands."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WAITER_ID_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    BLOCKED_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    waiter_id: _builtins.int
+    """The waiting request's id in the queue."""
+    position: _builtins.int
+    """How many waiting requests will be served before it (0: it is next)."""
+    @_builtins.property
+    def blocked(self) -> Global___AcquireBlocked:
+        """What blocks it now: the first requirement it cannot get, and who holds
+        what that requirement could use.
+        """
+
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp:
+        """When its wait ends unless it is granted first."""
+
+    def __init__(
+        self,
+        *,
+        waiter_id: _builtins.int = ...,
+        position: _builtins.int = ...,
+        blocked: Global___AcquireBlocked | None = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["blocked", b"blocked", "deadline", b"deadline"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked", b"blocked", "deadline", b"deadline", "position", b"position", "waiter_id", b"waiter_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueueStatus: _TypeAlias = QueueStatus  # noqa: Y015
+
+@_typing.final
+class Waiter(_message.Message):
+    """A waiting request, as administrators see the queue."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WAITER_ID_FIELD_NUMBER: _builtins.int
+    HOLDER_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    REQUIREMENTS_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    BLOCKED_REQUIREMENT_INDEX_FIELD_NUMBER: _builtins.int
+    ENQUEUE_TIME_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    waiter_id: _builtins.int
+    """The waiting request's id, which also orders arrivals."""
+    holder: _builtins.str
+    """Who waits."""
+    priority: _builtins.int
+    """Its priority: higher is served first."""
+    position: _builtins.int
+    """How many waiting requests will be served before it."""
+    blocked_requirement_index: _builtins.int
+    """The index of the first requirement it cannot get now."""
+    request_id: _builtins.str
+    """Its idempotency key, if it gave one."""
+    @_builtins.property
+    def requirements(self) -> _containers.RepeatedCompositeFieldContainer[Global___Requirement]:
+        """What it asks for."""
+
+    @_builtins.property
+    def enqueue_time(self) -> _timestamp_pb2.Timestamp:
+        """When it started waiting."""
+
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp:
+        """When its wait ends unless it is granted first."""
+
+    def __init__(
+        self,
+        *,
+        waiter_id: _builtins.int = ...,
+        holder: _builtins.str = ...,
+        priority: _builtins.int = ...,
+        requirements: _abc.Iterable[Global___Requirement] | None = ...,
+        position: _builtins.int = ...,
+        blocked_requirement_index: _builtins.int = ...,
+        enqueue_time: _timestamp_pb2.Timestamp | None = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "enqueue_time", b"enqueue_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked_requirement_index", b"blocked_requirement_index", "deadline", b"deadline", "enqueue_time", b"enqueue_time", "holder", b"holder", "position", b"position", "priority", b"priority", "request_id", b"request_id", "requirements", b"requirements", "waiter_id", b"waiter_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Waiter: _TypeAlias = Waiter  # noqa: Y015

@@ -25,9 +25,10 @@ _sym_db = _symbol_database.Default()
 from broker.v1 import lease_pb2 as broker_dot_v1_dot_lease__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x62roker/v1/lease_service.proto\x12\tbroker.v1\x1a\x15\x62roker/v1/lease.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\"\x8d\x01\n\x13\x41\x63quireLeaseRequest\x12\x32\n\x0crequirements\x18\x01 \x03(\x0b\x32\x16.broker.v1.RequirementB\x04\xe2\x41\x01\x02\x12,\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x14\n\x06holder\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"G\n\x14\x41\x63quireLeaseResponse\x12\x1f\n\x05lease\x18\x01 \x01(\x0b\x32\x10.broker.v1.Lease\x12\x0e\n\x06secret\x18\x02 \x01(\t\";\n\x11RenewLeaseRequest\x12\x16\n\x08lease_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06secret\x18\x02 \x01(\t\"5\n\x12RenewLeaseResponse\x12\x1f\n\x05lease\x18\x01 \x01(\x0b\x32\x10.broker.v1.Lease\"=\n\x13ReleaseLeaseRequest\x12\x16\n\x08lease_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06secret\x18\x02 \x01(\t\"7\n\x14ReleaseLeaseResponse\x12\x1f\n\x05lease\x18\x01 \x01(\x0b\x32\x10.broker.v1.Lease\")\n\x0fGetLeaseRequest\x12\x16\n\x08lease_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"3\n\x10GetLeaseResponse\x12\x1f\n\x05lease\x18\x01 \x01(\x0b\x32\x10.broker.v1.Lease\"\xa0\x01\n\x11ListLeasesRequest\x12*\n\x05state\x18\x01 \x01(\x0e\x32\x15.broker.v1.LeaseStateB\x04\xe2\x41\x01\x01\x12\x14\n\x06holder\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08resource\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\"O\n\x12ListLeasesResponse\x12 \n\x06leases\x18\x01 \x03(\x0b\x32\x10.broker.v1.Lease\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"B\n\x12RevokeLeaseRequest\x12\x16\n\x08lease_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"6\n\x13RevokeLeaseResponse\x12\x1f\n\x05lease\x18\x01 \x01(\x0b\x32\x10.broker.v1.Lease2\xd9\x03\n\x0cLeaseService\x12O\n\x0c\x41\x63quireLease\x12\x1e.broker.v1.AcquireLeaseRequest\x1a\x1f.broker.v1.AcquireLeaseResponse\x12I\n\nRenewLease\x12\x1c.broker.v1.RenewLeaseRequest\x1a\x1d.broker.v1.RenewLeaseResponse\x12O\n\x0cReleaseLease\x12\x1e.broker.v1.ReleaseLeaseRequest\x1a\x1f.broker.v1.ReleaseLeaseResponse\x12\x43\n\x08GetLease\x12\x1a.broker.v1.GetLeaseRequest\x1a\x1b.broker.v1.GetLeaseResponse\x12I\n\nListLeases\x12\x1c.broker.v1.ListLeasesRequest\x1a\x1d.broker.v1.ListLeasesResponse\x12L\n\x0bRevokeLease\x12\x1d.broker.v1.RevokeLeaseRequest\x1a\x1e.broker.v1.RevokeLeaseResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x62roker/v1/lease_service.proto\x12\tbroker.v1\x1a\x15\x62roker/v1/lease.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8c\x02\n\x13\x41\x63quireLeaseRequest\x12\x32\n\x0crequirements\x18\x01 \x03(\x0b\x32\x16.broker.v1.RequirementB\x04\xe2\x41\x01\x02\x12,\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x14\n\x06holder\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x31\n\x08max_wait\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x16\n\x08priority\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nsession_id\x18\x07 \x01(\tB\x04\xe2\x41\x01\x01\"Q\n\x18WatchAcquireLeaseRequest\x12\x35\n\x07request\x18\x01 \x01(\x0b\x32\x1e.broker.v1.AcquireLeaseRequestB\x04\xe2\x41\x01\x02\"\x83\x01\n\x19WatchAcquireLeaseResponse\x12)\n\x07waiting\x18\x01 \x01(\x0b\x32\x16.broker.v1.QueueStatusH\x00\x12\x32\n\x07granted\x18\x02 \x01(\x0b\x32\x1f.broker.v1.AcquireLeaseResponseH\x00\x42\x07\n\x05\x65vent\"G\n\x12ListWaitersRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"R\n\x13ListWaitersResponse\x12\"\n\x07waiters\x18\x01 \x03(\x0b\x32\x11.broker.v1.Waiter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"{\n\x12OpenSessionRequest\x12:\n\x11keepalive_timeout\x18\x01 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x14\n\x06holder\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x13\n\x05\x63lose\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x01\"\x90\x01\n\x13OpenSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x11keepalive_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"G\n\x14\x41\x63quireLeaseResponse\x12\x1f\n\x05lease\x18\x01 \x01(\x0b\x32\x10.broker.v1.Lease\x12\x0e\n\x06secret\x18\x02 \x01(\t\";\n\x11RenewLeaseRequest\x12\x16\n\x08lease_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06secret\x18\x02 \x01(\t\"5\n\x12RenewLeaseResponse\x12\x1f\n\x05lease\x18\x01 \x01(\x0b\x32\x10.broker.v1.Lease\"=\n\x13ReleaseLeaseRequest\x12\x16\n\x08lease_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06secret\x18\x02 \x01(\t\"7\n\x14ReleaseLeaseResponse\x12\x1f\n\x05lease\x18\x01 \x01(\x0b\x32\x10.broker.v1.Lease\")\n\x0fGetLeaseRequest\x12\x16\n\x08lease_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"3\n\x10GetLeaseResponse\x12\x1f\n\x05lease\x18\x01 \x01(\x0b\x32\x10.broker.v1.Lease\"\xa0\x01\n\x11ListLeasesRequest\x12*\n\x05state\x18\x01 \x01(\x0e\x32\x15.broker.v1.LeaseStateB\x04\xe2\x41\x01\x01\x12\x14\n\x06holder\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08resource\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\"O\n\x12ListLeasesResponse\x12 \n\x06leases\x18\x01 \x03(\x0b\x32\x10.broker.v1.Lease\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"B\n\x12RevokeLeaseRequest\x12\x16\n\x08lease_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"6\n\x13RevokeLeaseResponse\x12\x1f\n\x05lease\x18\x01 \x01(\x0b\x32\x10.broker.v1.Lease2\xdb\x05\n\x0cLeaseService\x12O\n\x0c\x41\x63quireLease\x12\x1e.broker.v1.AcquireLeaseRequest\x1a\x1f.broker.v1.AcquireLeaseResponse\x12`\n\x11WatchAcquireLease\x12#.broker.v1.WatchAcquireLeaseRequest\x1a$.broker.v1.WatchAcquireLeaseResponse0\x01\x12L\n\x0bListWaiters\x12\x1d.broker.v1.ListWaitersRequest\x1a\x1e.broker.v1.ListWaitersResponse\x12P\n\x0bOpenSession\x12\x1d.broker.v1.OpenSessionRequest\x1a\x1e.broker.v1.OpenSessionResponse(\x01\x30\x01\x12I\n\nRenewLease\x12\x1c.broker.v1.RenewLeaseRequest\x1a\x1d.broker.v1.RenewLeaseResponse\x12O\n\x0cReleaseLease\x12\x1e.broker.v1.ReleaseLeaseRequest\x1a\x1f.broker.v1.ReleaseLeaseResponse\x12\x43\n\x08GetLease\x12\x1a.broker.v1.GetLeaseRequest\x1a\x1b.broker.v1.GetLeaseResponse\x12I\n\nListLeases\x12\x1c.broker.v1.ListLeasesRequest\x1a\x1d.broker.v1.ListLeasesResponse\x12L\n\x0bRevokeLease\x12\x1d.broker.v1.RevokeLeaseRequest\x1a\x1e.broker.v1.RevokeLeaseResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,6 +41,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACQUIRELEASEREQUEST'].fields_by_name['ttl']._serialized_options = b'\342A\001\001'
   _globals['_ACQUIRELEASEREQUEST'].fields_by_name['holder']._loaded_options = None
   _globals['_ACQUIRELEASEREQUEST'].fields_by_name['holder']._serialized_options = b'\342A\001\001'
+  _globals['_ACQUIRELEASEREQUEST'].fields_by_name['max_wait']._loaded_options = None
+  _globals['_ACQUIRELEASEREQUEST'].fields_by_name['max_wait']._serialized_options = b'\342A\001\001'
+  _globals['_ACQUIRELEASEREQUEST'].fields_by_name['priority']._loaded_options = None
+  _globals['_ACQUIRELEASEREQUEST'].fields_by_name['priority']._serialized_options = b'\342A\001\001'
+  _globals['_ACQUIRELEASEREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_ACQUIRELEASEREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
+  _globals['_ACQUIRELEASEREQUEST'].fields_by_name['session_id']._loaded_options = None
+  _globals['_ACQUIRELEASEREQUEST'].fields_by_name['session_id']._serialized_options = b'\342A\001\001'
+  _globals['_WATCHACQUIRELEASEREQUEST'].fields_by_name['request']._loaded_options = None
+  _globals['_WATCHACQUIRELEASEREQUEST'].fields_by_name['request']._serialized_options = b'\342A\001\002'
+  _globals['_LISTWAITERSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTWAITERSREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
+  _globals['_LISTWAITERSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTWAITERSREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
+  _globals['_OPENSESSIONREQUEST'].fields_by_name['keepalive_timeout']._loaded_options = None
+  _globals['_OPENSESSIONREQUEST'].fields_by_name['keepalive_timeout']._serialized_options = b'\342A\001\001'
+  _globals['_OPENSESSIONREQUEST'].fields_by_name['holder']._loaded_options = None
+  _globals['_OPENSESSIONREQUEST'].fields_by_name['holder']._serialized_options = b'\342A\001\001'
+  _globals['_OPENSESSIONREQUEST'].fields_by_name['close']._loaded_options = None
+  _globals['_OPENSESSIONREQUEST'].fields_by_name['close']._serialized_options = b'\342A\001\001'
   _globals['_RENEWLEASEREQUEST'].fields_by_name['lease_id']._loaded_options = None
   _globals['_RENEWLEASEREQUEST'].fields_by_name['lease_id']._serialized_options = b'\342A\001\002'
   _globals['_RELEASELEASEREQUEST'].fields_by_name['lease_id']._loaded_options = None
@@ -60,30 +81,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REVOKELEASEREQUEST'].fields_by_name['lease_id']._serialized_options = b'\342A\001\002'
   _globals['_REVOKELEASEREQUEST'].fields_by_name['reason']._loaded_options = None
   _globals['_REVOKELEASEREQUEST'].fields_by_name['reason']._serialized_options = b'\342A\001\002'
-  _globals['_ACQUIRELEASEREQUEST']._serialized_start=133
-  _globals['_ACQUIRELEASEREQUEST']._serialized_end=274
-  _globals['_ACQUIRELEASERESPONSE']._serialized_start=276
-  _globals['_ACQUIRELEASERESPONSE']._serialized_end=347
-  _globals['_RENEWLEASEREQUEST']._serialized_start=349
-  _globals['_RENEWLEASEREQUEST']._serialized_end=408
-  _globals['_RENEWLEASERESPONSE']._serialized_start=410
-  _globals['_RENEWLEASERESPONSE']._serialized_end=463
-  _globals['_RELEASELEASEREQUEST']._serialized_start=465
-  _globals['_RELEASELEASEREQUEST']._serialized_end=526
-  _globals['_RELEASELEASERESPONSE']._serialized_start=528
-  _globals['_RELEASELEASERESPONSE']._serialized_end=583
-  _globals['_GETLEASEREQUEST']._serialized_start=585
-  _globals['_GETLEASEREQUEST']._serialized_end=626
-  _globals['_GETLEASERESPONSE']._serialized_start=628
-  _globals['_GETLEASERESPONSE']._serialized_end=679
-  _globals['_LISTLEASESREQUEST']._serialized_start=682
-  _globals['_LISTLEASESREQUEST']._serialized_end=842
-  _globals['_LISTLEASESRESPONSE']._serialized_start=844
-  _globals['_LISTLEASESRESPONSE']._serialized_end=923
-  _globals['_REVOKELEASEREQUEST']._serialized_start=925
-  _globals['_REVOKELEASEREQUEST']._serialized_end=991
-  _globals['_REVOKELEASERESPONSE']._serialized_start=993
-  _globals['_REVOKELEASERESPONSE']._serialized_end=1047
-  _globals['_LEASESERVICE']._serialized_start=1050
-  _globals['_LEASESERVICE']._serialized_end=1523
+  _globals['_ACQUIRELEASEREQUEST']._serialized_start=166
+  _globals['_ACQUIRELEASEREQUEST']._serialized_end=434
+  _globals['_WATCHACQUIRELEASEREQUEST']._serialized_start=436
+  _globals['_WATCHACQUIRELEASEREQUEST']._serialized_end=517
+  _globals['_WATCHACQUIRELEASERESPONSE']._serialized_start=520
+  _globals['_WATCHACQUIRELEASERESPONSE']._serialized_end=651
+  _globals['_LISTWAITERSREQUEST']._serialized_start=653
+  _globals['_LISTWAITERSREQUEST']._serialized_end=724
+  _globals['_LISTWAITERSRESPONSE']._serialized_start=726
+  _globals['_LISTWAITERSRESPONSE']._serialized_end=808
+  _globals['_OPENSESSIONREQUEST']._serialized_start=810
+  _globals['_OPENSESSIONREQUEST']._serialized_end=933
+  _globals['_OPENSESSIONRESPONSE']._serialized_start=936
+  _globals['_OPENSESSIONRESPONSE']._serialized_end=1080
+  _globals['_ACQUIRELEASERESPONSE']._serialized_start=1082
+  _globals['_ACQUIRELEASERESPONSE']._serialized_end=1153
+  _globals['_RENEWLEASEREQUEST']._serialized_start=1155
+  _globals['_RENEWLEASEREQUEST']._serialized_end=1214
+  _globals['_RENEWLEASERESPONSE']._serialized_start=1216
+  _globals['_RENEWLEASERESPONSE']._serialized_end=1269
+  _globals['_RELEASELEASEREQUEST']._serialized_start=1271
+  _globals['_RELEASELEASEREQUEST']._serialized_end=1332
+  _globals['_RELEASELEASERESPONSE']._serialized_start=1334
+  _globals['_RELEASELEASERESPONSE']._serialized_end=1389
+  _globals['_GETLEASEREQUEST']._serialized_start=1391
+  _globals['_GETLEASEREQUEST']._serialized_end=1432
+  _globals['_GETLEASERESPONSE']._serialized_start=1434
+  _globals['_GETLEASERESPONSE']._serialized_end=1485
+  _globals['_LISTLEASESREQUEST']._serialized_start=1488
+  _globals['_LISTLEASESREQUEST']._serialized_end=1648
+  _globals['_LISTLEASESRESPONSE']._serialized_start=1650
+  _globals['_LISTLEASESRESPONSE']._serialized_end=1729
+  _globals['_REVOKELEASEREQUEST']._serialized_start=1731
+  _globals['_REVOKELEASEREQUEST']._serialized_end=1797
+  _globals['_REVOKELEASERESPONSE']._serialized_start=1799
+  _globals['_REVOKELEASERESPONSE']._serialized_end=1853
+  _globals['_LEASESERVICE']._serialized_start=1856
+  _globals['_LEASESERVICE']._serialized_end=2587
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
@@ -29,10 +30,26 @@ class AcquireLeaseRequest(_message.Message):
     REQUIREMENTS_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
     HOLDER_FIELD_NUMBER: _builtins.int
+    MAX_WAIT_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
     holder: _builtins.str
     """Optional. Who asks, e.g. `alice@bench-3`, shown in listings and matched
     against resources' `reserved_for`. At most 128 characters.
     """
+    priority: _builtins.int
+    """Optional. Waiting requests are served by priority, higher first, then by
+    arrival: -100 to 100, default 0.
+    """
+    request_id: _builtins.str
+    """Optional. A key that makes retries safe, e.g. a UUID: a request carrying
+    the `request_id` of an earlier one returns that request's lease (and
+    secret), or goes on waiting in its place, and never makes a second
+    grant. At most 128 characters.
+    """
+    session_id: _builtins.str
+    """Optional. An open session (from `OpenSession`) to bind the lease to."""
     @_builtins.property
     def requirements(self) -> _containers.RepeatedCompositeFieldContainer[_lease_pb2.Requirement]:
         """Required. What to grant: 1 to 16 requirements, each for one or more
@@ -46,20 +63,217 @@ class AcquireLeaseRequest(_message.Message):
         broker's `leases.default_ttl`.
         """
 
+    @_builtins.property
+    def max_wait(self) -> _duration_pb2.Duration:
+        """Optional. How long to wait in the queue when the resources exist but are
+        held now. Unset or zero does not wait: RESOURCE_EXHAUSTED at once. The
+        wait also ends at the call's deadline, and at the broker's
+        `queue.max_wait`.
+        """
+
     def __init__(
         self,
         *,
         requirements: _abc.Iterable[_lease_pb2.Requirement] | None = ...,
         ttl: _duration_pb2.Duration | None = ...,
         holder: _builtins.str = ...,
+        max_wait: _duration_pb2.Duration | None = ...,
+        priority: _builtins.int = ...,
+        request_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["max_wait", b"max_wait", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["holder", b"holder", "requirements", b"requirements", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holder", b"holder", "max_wait", b"max_wait", "priority", b"priority", "request_id", b"request_id", "requirements", b"requirements", "session_id", b"session_id", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AcquireLeaseRequest: _TypeAlias = AcquireLeaseRequest  # noqa: Y015
+
+@_typing.final
+class WatchAcquireLeaseRequest(_message.Message):
+    """Request of `WatchAcquireLease`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> Global___AcquireLeaseRequest:
+        """Required. What to acquire, as for `AcquireLease`."""
+
+    def __init__(
+        self,
+        *,
+        request: Global___AcquireLeaseRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchAcquireLeaseRequest: _TypeAlias = WatchAcquireLeaseRequest  # noqa: Y015
+
+@_typing.final
+class WatchAcquireLeaseResponse(_message.Message):
+    """One message of the `WatchAcquireLease` stream: zero or more `waiting`, then
+    one `granted`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WAITING_FIELD_NUMBER: _builtins.int
+    GRANTED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def waiting(self) -> _lease_pb2.QueueStatus:
+        """The request waits: where it stands and what blocks it."""
+
+    @_builtins.property
+    def granted(self) -> Global___AcquireLeaseResponse:
+        """The request was granted; the stream ends."""
+
+    def __init__(
+        self,
+        *,
+        waiting: _lease_pb2.QueueStatus | None = ...,
+        granted: Global___AcquireLeaseResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "granted", b"granted", "waiting", b"waiting"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "granted", b"granted", "waiting", b"waiting"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["waiting", "granted"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___WatchAcquireLeaseResponse: _TypeAlias = WatchAcquireLeaseResponse  # noqa: Y015
+
+@_typing.final
+class ListWaitersRequest(_message.Message):
+    """Request of `ListWaiters`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Optional. The most waiters to return: 0 to 1000; 0 means 100."""
+    page_token: _builtins.str
+    """Optional. The `next_page_token` of the previous page, to continue it."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWaitersRequest: _TypeAlias = ListWaitersRequest  # noqa: Y015
+
+@_typing.final
+class ListWaitersResponse(_message.Message):
+    """Response of `ListWaiters`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WAITERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The token of the next page, or empty after the last page."""
+    @_builtins.property
+    def waiters(self) -> _containers.RepeatedCompositeFieldContainer[_lease_pb2.Waiter]:
+        """The waiting requests of this page, in the order they will be served."""
+
+    def __init__(
+        self,
+        *,
+        waiters: _abc.Iterable[_lease_pb2.Waiter] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "waiters", b"waiters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWaitersResponse: _TypeAlias = ListWaitersResponse  # noqa: Y015
+
+@_typing.final
+class OpenSessionRequest(_message.Message):
+    """Request of `OpenSession`: every message is a keep-alive."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEEPALIVE_TIMEOUT_FIELD_NUMBER: _builtins.int
+    HOLDER_FIELD_NUMBER: _builtins.int
+    CLOSE_FIELD_NUMBER: _builtins.int
+    holder: _builtins.str
+    """Optional, read from the first message only. Who holds the session, as
+    `AcquireLeaseRequest.holder`.
+    """
+    close: _builtins.bool
+    """Optional. Ends the session cleanly: its leases are released. A stream
+    that ends or breaks without it is a vanished client: its leases expire.
+    """
+    @_builtins.property
+    def keepalive_timeout(self) -> _duration_pb2.Duration:
+        """Optional, read from the first message only. How long the session lives
+        without a keep-alive: 1 s to the broker's `sessions.max_keepalive_timeout`;
+        unset means `sessions.keepalive_timeout`.
+        """
+
+    def __init__(
+        self,
+        *,
+        keepalive_timeout: _duration_pb2.Duration | None = ...,
+        holder: _builtins.str = ...,
+        close: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["keepalive_timeout", b"keepalive_timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close", b"close", "holder", b"holder", "keepalive_timeout", b"keepalive_timeout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenSessionRequest: _TypeAlias = OpenSessionRequest  # noqa: Y015
+
+@_typing.final
+class OpenSessionResponse(_message.Message):
+    """Response of `OpenSession`: one per keep-alive."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    KEEPALIVE_TIMEOUT_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The session's id, for `AcquireLeaseRequest.session_id`."""
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the session ends unless another keep-alive comes."""
+
+    @_builtins.property
+    def keepalive_timeout(self) -> _duration_pb2.Duration:
+        """The session's keep-alive timeout."""
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        keepalive_timeout: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "keepalive_timeout", b"keepalive_timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "keepalive_timeout", b"keepalive_timeout", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenSessionResponse: _TypeAlias = OpenSessionResponse  # noqa: Y015
 
 @_typing.final
 class AcquireLeaseResponse(_message.Message):

@@ -35,6 +35,16 @@ class LeaseServiceStub:
     resources come back. Every grant carries, per resource, a fencing number
     that only grows, so a device can refuse a stale holder.
 
+    A request whose resources are held now may wait (`max_wait`) in a queue
+    kept in the database, ordered by priority, then arrival. A waiting request
+    reserves the free resources its best partial assignment uses; later
+    requests are never granted reserved resources, so a request is never
+    overtaken on a resource it needs, and nobody holds anything while waiting.
+
+    A client may open a session (`OpenSession`) and bind leases to it: the
+    session's keep-alives renew them, and when the session's stream breaks or
+    its keep-alives stop, its leases are freed.
+
     Errors carry `google.rpc` details: `BadRequest` for INVALID_ARGUMENT,
     `PreconditionFailure` for FAILED_PRECONDITION, `ResourceInfo` for
     NOT_FOUND, and `AcquireBlocked` for RESOURCE_EXHAUSTED.
@@ -50,6 +60,21 @@ class LeaseServiceStub:
                 '/broker.v1.LeaseService/AcquireLease',
                 request_serializer=broker_dot_v1_dot_lease__service__pb2.AcquireLeaseRequest.SerializeToString,
                 response_deserializer=broker_dot_v1_dot_lease__service__pb2.AcquireLeaseResponse.FromString,
+                _registered_method=True)
+        self.WatchAcquireLease = channel.unary_stream(
+                '/broker.v1.LeaseService/WatchAcquireLease',
+                request_serializer=broker_dot_v1_dot_lease__service__pb2.WatchAcquireLeaseRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_lease__service__pb2.WatchAcquireLeaseResponse.FromString,
+                _registered_method=True)
+        self.ListWaiters = channel.unary_unary(
+                '/broker.v1.LeaseService/ListWaiters',
+                request_serializer=broker_dot_v1_dot_lease__service__pb2.ListWaitersRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_lease__service__pb2.ListWaitersResponse.FromString,
+                _registered_method=True)
+        self.OpenSession = channel.stream_stream(
+                '/broker.v1.LeaseService/OpenSession',
+                request_serializer=broker_dot_v1_dot_lease__service__pb2.OpenSessionRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_lease__service__pb2.OpenSessionResponse.FromString,
                 _registered_method=True)
         self.RenewLease = channel.unary_unary(
                 '/broker.v1.LeaseService/RenewLease',
@@ -88,17 +113,62 @@ class LeaseServiceServicer:
     resources come back. Every grant carries, per resource, a fencing number
     that only grows, so a device can refuse a stale holder.
 
+    A request whose resources are held now may wait (`max_wait`) in a queue
+    kept in the database, ordered by priority, then arrival. A waiting request
+    reserves the free resources its best partial assignment uses; later
+    requests are never granted reserved resources, so a request is never
+    overtaken on a resource it needs, and nobody holds anything while waiting.
+
+    A client may open a session (`OpenSession`) and bind leases to it: the
+    session's keep-alives renew them, and when the session's stream breaks or
+    its keep-alives stop, its leases are freed.
+
     Errors carry `google.rpc` details: `BadRequest` for INVALID_ARGUMENT,
     `PreconditionFailure` for FAILED_PRECONDITION, `ResourceInfo` for
     NOT_FOUND, and `AcquireBlocked` for RESOURCE_EXHAUSTED.
     """
 
     def AcquireLease(self, request, context):
-        """Grants every requirement at once, or nothing. Errors: INVALID_ARGUMENT
-        (malformed requirement or TTL), FAILED_PRECONDITION (a requirement can
-        never be satisfied: unknown kind or field, or too few usable resources
-        match it), RESOURCE_EXHAUSTED (the resources exist but are held now; the
-        `AcquireBlocked` detail names the requirement and the holders).
+        """Grants every requirement at once, or nothing, waiting up to `max_wait`
+        in the queue if the resources are held now. Errors: INVALID_ARGUMENT
+        (malformed requirement, TTL or wait), FAILED_PRECONDITION (a requirement
+        can never be satisfied: unknown kind or field, or too few usable
+        resources match it; or the session named is not open),
+        RESOURCE_EXHAUSTED (held now and not waiting; the `AcquireBlocked`
+        detail names the requirement and the holders), DEADLINE_EXCEEDED (the
+        wait ended first; the request left the queue and holds nothing).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchAcquireLease(self, request, context):
+        """The same as `AcquireLease`, streaming the request's place in the queue
+        while it waits (its position, the blocking requirement and its holders,
+        sent when they change), then the grant. Errors: those of `AcquireLease`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWaiters(self, request, context):
+        """Lists the waiting requests in the order they will be served. Errors:
+        INVALID_ARGUMENT (bad page token).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OpenSession(self, request_iterator, context):
+        """A session: the client sends a keep-alive at least every third of the
+        keep-alive timeout, and the broker answers each with the session's new
+        expiry. The first answer carries the session id to put in
+        `AcquireLeaseRequest.session_id`. A message with `close` set ends the
+        session and releases its leases; when the stream ends without it or
+        breaks, or keep-alives stop for the timeout, its leases end as expired
+        (the client vanished). Errors:
+        INVALID_ARGUMENT (timeout out of range), FAILED_PRECONDITION (the
+        session ended).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -154,6 +224,21 @@ def add_LeaseServiceServicer_to_server(servicer, server):
                     request_deserializer=broker_dot_v1_dot_lease__service__pb2.AcquireLeaseRequest.FromString,
                     response_serializer=broker_dot_v1_dot_lease__service__pb2.AcquireLeaseResponse.SerializeToString,
             ),
+            'WatchAcquireLease': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchAcquireLease,
+                    request_deserializer=broker_dot_v1_dot_lease__service__pb2.WatchAcquireLeaseRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_lease__service__pb2.WatchAcquireLeaseResponse.SerializeToString,
+            ),
+            'ListWaiters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWaiters,
+                    request_deserializer=broker_dot_v1_dot_lease__service__pb2.ListWaitersRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_lease__service__pb2.ListWaitersResponse.SerializeToString,
+            ),
+            'OpenSession': grpc.stream_stream_rpc_method_handler(
+                    servicer.OpenSession,
+                    request_deserializer=broker_dot_v1_dot_lease__service__pb2.OpenSessionRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_lease__service__pb2.OpenSessionResponse.SerializeToString,
+            ),
             'RenewLease': grpc.unary_unary_rpc_method_handler(
                     servicer.RenewLease,
                     request_deserializer=broker_dot_v1_dot_lease__service__pb2.RenewLeaseRequest.FromString,
@@ -197,6 +282,16 @@ class LeaseService:
     resources come back. Every grant carries, per resource, a fencing number
     that only grows, so a device can refuse a stale holder.
 
+    A request whose resources are held now may wait (`max_wait`) in a queue
+    kept in the database, ordered by priority, then arrival. A waiting request
+    reserves the free resources its best partial assignment uses; later
+    requests are never granted reserved resources, so a request is never
+    overtaken on a resource it needs, and nobody holds anything while waiting.
+
+    A client may open a session (`OpenSession`) and bind leases to it: the
+    session's keep-alives renew them, and when the session's stream breaks or
+    its keep-alives stop, its leases are freed.
+
     Errors carry `google.rpc` details: `BadRequest` for INVALID_ARGUMENT,
     `PreconditionFailure` for FAILED_PRECONDITION, `ResourceInfo` for
     NOT_FOUND, and `AcquireBlocked` for RESOURCE_EXHAUSTED.
@@ -219,6 +314,87 @@ class LeaseService:
             '/broker.v1.LeaseService/AcquireLease',
             broker_dot_v1_dot_lease__service__pb2.AcquireLeaseRequest.SerializeToString,
             broker_dot_v1_dot_lease__service__pb2.AcquireLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchAcquireLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/broker.v1.LeaseService/WatchAcquireLease',
+            broker_dot_v1_dot_lease__service__pb2.WatchAcquireLeaseRequest.SerializeToString,
+            broker_dot_v1_dot_lease__service__pb2.WatchAcquireLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWaiters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/broker.v1.LeaseService/ListWaiters',
+            broker_dot_v1_dot_lease__service__pb2.ListWaitersRequest.SerializeToString,
+            broker_dot_v1_dot_lease__service__pb2.ListWaitersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenSession(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/broker.v1.LeaseService/OpenSession',
+            broker_dot_v1_dot_lease__service__pb2.OpenSessionRequest.SerializeToString,
+            broker_dot_v1_dot_lease__service__pb2.OpenSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

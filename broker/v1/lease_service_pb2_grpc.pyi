@@ -36,6 +36,16 @@ class LeaseServiceStub:
     resources come back. Every grant carries, per resource, a fencing number
     that only grows, so a device can refuse a stale holder.
 
+    A request whose resources are held now may wait (`max_wait`) in a queue
+    kept in the database, ordered by priority, then arrival. A waiting request
+    reserves the free resources its best partial assignment uses; later
+    requests are never granted reserved resources, so a request is never
+    overtaken on a resource it needs, and nobody holds anything while waiting.
+
+    A client may open a session (`OpenSession`) and bind leases to it: the
+    session's keep-alives renew them, and when the session's stream breaks or
+    its keep-alives stop, its leases are freed.
+
     Errors carry `google.rpc` details: `BadRequest` for INVALID_ARGUMENT,
     `PreconditionFailure` for FAILED_PRECONDITION, `ResourceInfo` for
     NOT_FOUND, and `AcquireBlocked` for RESOURCE_EXHAUSTED.
@@ -46,11 +56,34 @@ class LeaseServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> LeaseServiceAsyncStub: ...
     AcquireLease: _grpc.UnaryUnaryMultiCallable[_lease_service_pb2.AcquireLeaseRequest, _lease_service_pb2.AcquireLeaseResponse]
-    """Grants every requirement at once, or nothing. Errors: INVALID_ARGUMENT
-    (malformed requirement or TTL), FAILED_PRECONDITION (a requirement can
-    never be satisfied: unknown kind or field, or too few usable resources
-    match it), RESOURCE_EXHAUSTED (the resources exist but are held now; the
-    `AcquireBlocked` detail names the requirement and the holders).
+    """Grants every requirement at once, or nothing, waiting up to `max_wait`
+    in the queue if the resources are held now. Errors: INVALID_ARGUMENT
+    (malformed requirement, TTL or wait), FAILED_PRECONDITION (a requirement
+    can never be satisfied: unknown kind or field, or too few usable
+    resources match it; or the session named is not open),
+    RESOURCE_EXHAUSTED (held now and not waiting; the `AcquireBlocked`
+    detail names the requirement and the holders), DEADLINE_EXCEEDED (the
+    wait ended first; the request left the queue and holds nothing).
+    """
+    WatchAcquireLease: _grpc.UnaryStreamMultiCallable[_lease_service_pb2.WatchAcquireLeaseRequest, _lease_service_pb2.WatchAcquireLeaseResponse]
+    """The same as `AcquireLease`, streaming the request's place in the queue
+    while it waits (its position, the blocking requirement and its holders,
+    sent when they change), then the grant. Errors: those of `AcquireLease`.
+    """
+    ListWaiters: _grpc.UnaryUnaryMultiCallable[_lease_service_pb2.ListWaitersRequest, _lease_service_pb2.ListWaitersResponse]
+    """Lists the waiting requests in the order they will be served. Errors:
+    INVALID_ARGUMENT (bad page token).
+    """
+    OpenSession: _grpc.StreamStreamMultiCallable[_lease_service_pb2.OpenSessionRequest, _lease_service_pb2.OpenSessionResponse]
+    """A session: the client sends a keep-alive at least every third of the
+    keep-alive timeout, and the broker answers each with the session's new
+    expiry. The first answer carries the session id to put in
+    `AcquireLeaseRequest.session_id`. A message with `close` set ends the
+    session and releases its leases; when the stream ends without it or
+    breaks, or keep-alives stop for the timeout, its leases end as expired
+    (the client vanished). Errors:
+    INVALID_ARGUMENT (timeout out of range), FAILED_PRECONDITION (the
+    session ended).
     """
     RenewLease: _grpc.UnaryUnaryMultiCallable[_lease_service_pb2.RenewLeaseRequest, _lease_service_pb2.RenewLeaseResponse]
     """Extends an active lease by its TTL from now. Errors: INVALID_ARGUMENT,
@@ -85,6 +118,16 @@ class LeaseServiceAsyncStub(LeaseServiceStub):
     resources come back. Every grant carries, per resource, a fencing number
     that only grows, so a device can refuse a stale holder.
 
+    A request whose resources are held now may wait (`max_wait`) in a queue
+    kept in the database, ordered by priority, then arrival. A waiting request
+    reserves the free resources its best partial assignment uses; later
+    requests are never granted reserved resources, so a request is never
+    overtaken on a resource it needs, and nobody holds anything while waiting.
+
+    A client may open a session (`OpenSession`) and bind leases to it: the
+    session's keep-alives renew them, and when the session's stream breaks or
+    its keep-alives stop, its leases are freed.
+
     Errors carry `google.rpc` details: `BadRequest` for INVALID_ARGUMENT,
     `PreconditionFailure` for FAILED_PRECONDITION, `ResourceInfo` for
     NOT_FOUND, and `AcquireBlocked` for RESOURCE_EXHAUSTED.
@@ -92,11 +135,34 @@ class LeaseServiceAsyncStub(LeaseServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     AcquireLease: _aio.UnaryUnaryMultiCallable[_lease_service_pb2.AcquireLeaseRequest, _lease_service_pb2.AcquireLeaseResponse]  # type: ignore[assignment]
-    """Grants every requirement at once, or nothing. Errors: INVALID_ARGUMENT
-    (malformed requirement or TTL), FAILED_PRECONDITION (a requirement can
-    never be satisfied: unknown kind or field, or too few usable resources
-    match it), RESOURCE_EXHAUSTED (the resources exist but are held now; the
-    `AcquireBlocked` detail names the requirement and the holders).
+    """Grants every requirement at once, or nothing, waiting up to `max_wait`
+    in the queue if the resources are held now. Errors: INVALID_ARGUMENT
+    (malformed requirement, TTL or wait), FAILED_PRECONDITION (a requirement
+    can never be satisfied: unknown kind or field, or too few usable
+    resources match it; or the session named is not open),
+    RESOURCE_EXHAUSTED (held now and not waiting; the `AcquireBlocked`
+    detail names the requirement and the holders), DEADLINE_EXCEEDED (the
+    wait ended first; the request left the queue and holds nothing).
+    """
+    WatchAcquireLease: _aio.UnaryStreamMultiCallable[_lease_service_pb2.WatchAcquireLeaseRequest, _lease_service_pb2.WatchAcquireLeaseResponse]  # type: ignore[assignment]
+    """The same as `AcquireLease`, streaming the request's place in the queue
+    while it waits (its position, the blocking requirement and its holders,
+    sent when they change), then the grant. Errors: those of `AcquireLease`.
+    """
+    ListWaiters: _aio.UnaryUnaryMultiCallable[_lease_service_pb2.ListWaitersRequest, _lease_service_pb2.ListWaitersResponse]  # type: ignore[assignment]
+    """Lists the waiting requests in the order they will be served. Errors:
+    INVALID_ARGUMENT (bad page token).
+    """
+    OpenSession: _aio.StreamStreamMultiCallable[_lease_service_pb2.OpenSessionRequest, _lease_service_pb2.OpenSessionResponse]  # type: ignore[assignment]
+    """A session: the client sends a keep-alive at least every third of the
+    keep-alive timeout, and the broker answers each with the session's new
+    expiry. The first answer carries the session id to put in
+    `AcquireLeaseRequest.session_id`. A message with `close` set ends the
+    session and releases its leases; when the stream ends without it or
+    breaks, or keep-alives stop for the timeout, its leases end as expired
+    (the client vanished). Errors:
+    INVALID_ARGUMENT (timeout out of range), FAILED_PRECONDITION (the
+    session ended).
     """
     RenewLease: _aio.UnaryUnaryMultiCallable[_lease_service_pb2.RenewLeaseRequest, _lease_service_pb2.RenewLeaseResponse]  # type: ignore[assignment]
     """Extends an active lease by its TTL from now. Errors: INVALID_ARGUMENT,
@@ -130,6 +196,16 @@ class LeaseServiceServicer(metaclass=_abc_1.ABCMeta):
     resources come back. Every grant carries, per resource, a fencing number
     that only grows, so a device can refuse a stale holder.
 
+    A request whose resources are held now may wait (`max_wait`) in a queue
+    kept in the database, ordered by priority, then arrival. A waiting request
+    reserves the free resources its best partial assignment uses; later
+    requests are never granted reserved resources, so a request is never
+    overtaken on a resource it needs, and nobody holds anything while waiting.
+
+    A client may open a session (`OpenSession`) and bind leases to it: the
+    session's keep-alives renew them, and when the session's stream breaks or
+    its keep-alives stop, its leases are freed.
+
     Errors carry `google.rpc` details: `BadRequest` for INVALID_ARGUMENT,
     `PreconditionFailure` for FAILED_PRECONDITION, `ResourceInfo` for
     NOT_FOUND, and `AcquireBlocked` for RESOURCE_EXHAUSTED.
@@ -141,11 +217,52 @@ class LeaseServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _lease_service_pb2.AcquireLeaseRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_lease_service_pb2.AcquireLeaseResponse, _abc.Awaitable[_lease_service_pb2.AcquireLeaseResponse]]:
-        """Grants every requirement at once, or nothing. Errors: INVALID_ARGUMENT
-        (malformed requirement or TTL), FAILED_PRECONDITION (a requirement can
-        never be satisfied: unknown kind or field, or too few usable resources
-        match it), RESOURCE_EXHAUSTED (the resources exist but are held now; the
-        `AcquireBlocked` detail names the requirement and the holders).
+        """Grants every requirement at once, or nothing, waiting up to `max_wait`
+        in the queue if the resources are held now. Errors: INVALID_ARGUMENT
+        (malformed requirement, TTL or wait), FAILED_PRECONDITION (a requirement
+        can never be satisfied: unknown kind or field, or too few usable
+        resources match it; or the session named is not open),
+        RESOURCE_EXHAUSTED (held now and not waiting; the `AcquireBlocked`
+        detail names the requirement and the holders), DEADLINE_EXCEEDED (the
+        wait ended first; the request left the queue and holds nothing).
+        """
+
+    @_abc_1.abstractmethod
+    def WatchAcquireLease(
+        self,
+        request: _lease_service_pb2.WatchAcquireLeaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_lease_service_pb2.WatchAcquireLeaseResponse], _abc.AsyncIterator[_lease_service_pb2.WatchAcquireLeaseResponse]]:
+        """The same as `AcquireLease`, streaming the request's place in the queue
+        while it waits (its position, the blocking requirement and its holders,
+        sent when they change), then the grant. Errors: those of `AcquireLease`.
+        """
+
+    @_abc_1.abstractmethod
+    def ListWaiters(
+        self,
+        request: _lease_service_pb2.ListWaitersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lease_service_pb2.ListWaitersResponse, _abc.Awaitable[_lease_service_pb2.ListWaitersResponse]]:
+        """Lists the waiting requests in the order they will be served. Errors:
+        INVALID_ARGUMENT (bad page token).
+        """
+
+    @_abc_1.abstractmethod
+    def OpenSession(
+        self,
+        request_iterator: _MaybeAsyncIterator[_lease_service_pb2.OpenSessionRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_lease_service_pb2.OpenSessionResponse], _abc.AsyncIterator[_lease_service_pb2.OpenSessionResponse]]:
+        """A session: the client sends a keep-alive at least every third of the
+        keep-alive timeout, and the broker answers each with the session's new
+        expiry. The first answer carries the session id to put in
+        `AcquireLeaseRequest.session_id`. A message with `close` set ends the
+        session and releases its leases; when the stream ends without it or
+        breaks, or keep-alives stop for the timeout, its leases end as expired
+        (the client vanished). Errors:
+        INVALID_ARGUMENT (timeout out of range), FAILED_PRECONDITION (the
+        session ended).
         """
 
     @_abc_1.abstractmethod

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -158,6 +159,7 @@ class Kind(_message.Message):
     OWNABLE_FIELD_NUMBER: _builtins.int
     FIELDS_FIELD_NUMBER: _builtins.int
     DOC_FIELD_NUMBER: _builtins.int
+    LOCK_DELAY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Output only. The kind's name, e.g. `Calculator`."""
     ownable: _builtins.bool
@@ -171,6 +173,13 @@ class Kind(_message.Message):
     def fields(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldSpec]:
         """Output only. The kind's own typed fields, in declaration order."""
 
+    @_builtins.property
+    def lock_delay(self) -> _duration_pb2.Duration:
+        """Output only. How long a resource of this kind stays out of reach after
+        its holder vanished (its lease expired or its session broke) rather than
+        released it, for devices that cannot check fencing numbers. Zero: none.
+        """
+
     def __init__(
         self,
         *,
@@ -178,10 +187,11 @@ class Kind(_message.Message):
         ownable: _builtins.bool = ...,
         fields: _abc.Iterable[Global___FieldSpec] | None = ...,
         doc: _builtins.str = ...,
+        lock_delay: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lock_delay", b"lock_delay"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["doc", b"doc", "fields", b"fields", "name", b"name", "ownable", b"ownable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["doc", b"doc", "fields", b"fields", "lock_delay", b"lock_delay", "name", b"name", "ownable", b"ownable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

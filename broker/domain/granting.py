@@ -1,0 +1,356 @@
+"""Granting: checking a request, finding distinct resources for all of it,
+and recording the grant. Shared by a direct acquire and by the queue, which
+grants waiting requests as resources come free.
+
+All functions run inside the caller's write transaction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import json
+from collections.abc import Set
+
+from broker.domain import events, filters
+from broker.domain.errors import (
+    BrokerError,
+    ConflictError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    PreconditionViolation,
+    ResourceBusyError,
+)
+from broker.domain.kinds import Kind, KindRegistry
+from broker.domain.matching import Matching, expand_slots, match
+from broker.domain.values import (
+    AcquireRequest,
+    Blocked,
+    Constraint,
+    EventType,
+    Granted,
+    GrantView,
+    HolderView,
+    LeaseState,
+    LeaseView,
+    Requirement,
+)
+from broker.domain.views import resource_view, snapshot
+from broker.models import lease as lease_model
+from broker.models import resource as resource_model
+from broker.models.resource import Filter, Resource
+from broker.models.setting import secret_key
+
+MAX_REQUIREMENTS = 16
+MAX_RESOURCES = 64
+MIN_TTL = 1.0
+MAX_LABEL = 64
+MAX_HOLDER = 128
+MAX_HOLDERS_REPORTED = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class Need:
+    """One checked requirement, ready for the candidate query."""
+
+    index: int
+    kind: Kind
+    filters: list[Filter]
+    count: int
+    label: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Candidates found for a request and the best assignment of them."""
+
+    needs: list[Need]
+    slot_needs: list[int]
+    matching: Matching[int]
+    by_id: dict[int, Resource]
+    candidate_counts: list[int]
+
+    @property
+    def blocked_index(self) -> int:
+        """The index of the first requirement left without a resource."""
+        return self.needs[self.slot_needs[self.matching.first_unmatched]].index
+
+    def assigned_ownable(self) -> list[int]:
+        """The free ownable resources the (partial) assignment uses."""
+        return [
+            resource_id
+            for slot, resource_id in enumerate(self.matching.assignment)
+            if resource_id is not None and self.needs[self.slot_needs[slot]].kind.ownable
+        ]
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def secret_for(lease_id: str) -> str:
+    """A lease's secret, derived from the database's key: whichever call
+    makes the grant (a waiting request is granted by the call that frees its
+    resources), and a retry with the same request id, get the same secret,
+    which is never stored."""
+    return hmac.new(secret_key(), lease_id.encode(), hashlib.sha256).hexdigest()[:48]
+
+
+class Granter:
+    """The rules of semantics 1, 2 and 6: distinct resources for all of a
+    request or none, and a fencing number per grant."""
+
+    def __init__(self, kinds: KindRegistry, default_ttl: float, max_ttl: float):
+        self.kinds = kinds
+        self.default_ttl = default_ttl
+        self.max_ttl = max_ttl
+
+    # ------------------------------------------------------------ checking
+
+    def check(self, request: AcquireRequest) -> tuple[list[Need], float]:
+        """INVALID_ARGUMENT for a malformed request, FAILED_PRECONDITION for a
+        kind or field that does not exist; else the needs and the TTL."""
+        if not request.requirements:
+            raise InvalidArgumentError.of("requirements", "at least one requirement is required")
+        if len(request.requirements) > MAX_REQUIREMENTS:
+            raise InvalidArgumentError.of(
+                "requirements",
+                f"at most {MAX_REQUIREMENTS} requirements, not {len(request.requirements)}",
+            )
+        if len(request.holder) > MAX_HOLDER:
+            raise InvalidArgumentError.of("holder", f"is longer than {MAX_HOLDER} characters")
+        ttl = self.default_ttl if request.ttl is None else request.ttl
+        if not MIN_TTL <= ttl <= self.max_ttl:
+            raise InvalidArgumentError.of(
+                "ttl", f"must be {MIN_TTL:g} s to {self.max_ttl:g} s, not {ttl:g} s"
+            )
+        needs = [self._need(index, r) for index, r in enumerate(request.requirements)]
+        total = sum(need.count for need in needs)
+        if total > MAX_RESOURCES:
+            raise InvalidArgumentError.of(
+                "requirements", f"at most {MAX_RESOURCES} resources in all, not {total}"
+            )
+        return needs, float(ttl)
+
+    def _need(self, index: int, requirement: Requirement) -> Need:
+        path = f"requirements[{index}]"
+        if not requirement.kind:
+            raise InvalidArgumentError.of(f"{path}.kind", "is required")
+        if not 0 <= requirement.count <= MAX_RESOURCES:
+            raise InvalidArgumentError.of(
+                f"{path}.count", f"must be 0 to {MAX_RESOURCES}, not {requirement.count}"
+            )
+        if len(requirement.label) > MAX_LABEL:
+            raise InvalidArgumentError.of(f"{path}.label", f"is longer than {MAX_LABEL} characters")
+        kind = self.kinds.find(requirement.kind)
+        if kind is None:
+            known = ", ".join(k.name for k in self.kinds) or "none"
+            raise FailedPreconditionError(
+                PreconditionViolation(
+                    "UNKNOWN_KIND", path, f"{path}: no kind {requirement.kind!r} (kinds: {known})"
+                )
+            )
+        resolved = filters.resolve(
+            kind,
+            requirement.constraints,
+            f"{path}.constraints",
+            lambda where, text: FailedPreconditionError(
+                PreconditionViolation("UNKNOWN_FIELD", where, f"{where}: {text}")
+            ),
+        )
+        return Need(index, kind, resolved, requirement.count or 1, requirement.label)
+
+    # ------------------------------------------------------------- planning
+
+    def plan(
+        self,
+        needs: list[Need],
+        holder: str,
+        now: float,
+        *,
+        free_only: bool = True,
+        behind_priority: int | None = None,
+        excluded: Set[int] = frozenset(),
+    ) -> Plan:
+        """The best assignment of free resources (or, without `free_only`, of
+        any usable ones) to the request's slots. Each requirement needs at most
+        as many candidates as the request has slots (see `matching`), plus
+        those `excluded` (reserved earlier in a queue pass)."""
+        total = sum(need.count for need in needs)
+        candidates = [
+            [
+                row
+                for row in resource_model.select_candidates(
+                    need.kind.model,
+                    need.kind.name,
+                    need.filters,
+                    holder=holder,
+                    free_only=free_only and need.kind.ownable,
+                    limit=total + len(excluded),
+                    now=now,
+                    behind_priority=behind_priority,
+                )
+                if row.id not in excluded
+            ][:total]
+            for need in needs
+        ]
+        slot_needs = expand_slots([need.count for need in needs])
+        by_id = {row.id: row for rows in candidates for row in rows}
+        matching = match([[row.id for row in candidates[n]] for n in slot_needs])
+        return Plan(needs, slot_needs, matching, by_id, [len(rows) for rows in candidates])
+
+    def refusal(self, needs: list[Need], holder: str, busy: Plan, now: float) -> BrokerError:
+        """Why a request cannot be granted now: never (FAILED_PRECONDITION)
+        or not yet (RESOURCE_EXHAUSTED, naming who holds what it needs)."""
+        usable = self.plan(needs, holder, now, free_only=False)
+        if not usable.matching.complete:
+            position = usable.slot_needs[usable.matching.first_unmatched]
+            need = needs[position]
+            path = f"requirements[{need.index}]"
+            return FailedPreconditionError(
+                PreconditionViolation(
+                    "UNSATISFIABLE",
+                    path,
+                    f"{path} ({need.label or need.kind.name}) can never be satisfied: "
+                    f"it needs {need.count} usable {need.kind.name} resource(s) matching its "
+                    f"constraints, distinct from the other requirements', and "
+                    f"{usable.candidate_counts[position]} match",
+                )
+            )
+        blocked = self.blocked(needs, holder, busy.blocked_index, now)
+        return ResourceBusyError(
+            blocked.requirement_index, blocked.label, blocked.kind, list(blocked.holders)
+        )
+
+    def blocked(self, needs: list[Need], holder: str, index: int, now: float) -> Blocked:
+        """Who holds the resources that requirement `index` could use."""
+        need = next(n for n in needs if n.index == index)
+        total = sum(n.count for n in needs)
+        rows = resource_model.select_candidates(
+            need.kind.model,
+            need.kind.name,
+            need.filters,
+            holder=holder,
+            free_only=False,
+            limit=max(total, MAX_HOLDERS_REPORTED),
+            now=now,
+        )
+        held = [row for row in rows if row.lease_id][:MAX_HOLDERS_REPORTED]
+        leases = lease_model.leases_by_id(sorted({row.lease_id for row in held}))
+        holders = tuple(
+            HolderView(row.name, row.lease_id, row.owner, leases[row.lease_id].expire_time)
+            for row in held
+            if row.lease_id in leases
+        )
+        return Blocked(need.index, need.label, need.kind.name, holders)
+
+    # ------------------------------------------------------------ granting
+
+    def commit(
+        self,
+        plan: Plan,
+        *,
+        lease_id: str,
+        ttl: float,
+        holder: str,
+        now: float,
+        request_id: str = "",
+        session_id: str = "",
+    ) -> Granted:
+        """Records the grant of a complete plan: the lease, the claims (a
+        conditional update, so a resource taken meanwhile aborts the grant),
+        the fencing numbers, the grants and their events."""
+        secret = secret_for(lease_id)
+        lease = lease_model.insert_lease(
+            {
+                "id": lease_id,
+                "secret_hash": hash_secret(secret),
+                "holder": holder,
+                "state": int(LeaseState.ACTIVE),
+                "ttl": ttl,
+                "create_time": now,
+                "expire_time": now + ttl,
+                "end_time": None,
+                "end_reason": "",
+                "request_id": request_id or None,
+                "session_id": session_id or None,
+            }
+        )
+        chosen = [plan.by_id[rid] for rid in plan.matching.assignment]
+        slot_kinds = [plan.needs[n].kind for n in plan.slot_needs]
+        ownable = [row.id for row, kind in zip(chosen, slot_kinds, strict=True) if kind.ownable]
+        shared = [row.id for row, kind in zip(chosen, slot_kinds, strict=True) if not kind.ownable]
+        tokens = lease_model.claim_ownable(ownable, lease_id, holder)
+        if len(tokens) != len(ownable):
+            raise ConflictError("another lease took a resource first; retry")
+        tokens.update(lease_model.bump_fencing(shared))
+        grants, grant_rows, event_rows = [], [], []
+        for n, row, kind in zip(plan.slot_needs, chosen, slot_kinds, strict=True):
+            need = plan.needs[n]
+            row.fencing_token = tokens[row.id]
+            if kind.ownable:
+                row.lease_id, row.owner = lease_id, holder
+            view = resource_view(row, row.data, kind, (lease_id,))
+            grants.append(GrantView(need.index, need.label, view, row.fencing_token))
+            grant_rows.append(
+                {
+                    "lease": lease_id,
+                    "resource": row.id,
+                    "resource_name": row.name,
+                    "requirement_index": need.index,
+                    "label": need.label,
+                    "fencing_token": row.fencing_token,
+                    "snapshot": snapshot(view),
+                }
+            )
+            event_rows.append(
+                events.event(
+                    EventType.LEASE_GRANTED,
+                    now,
+                    resource=row.name,
+                    lease_id=lease_id,
+                    fencing_token=row.fencing_token,
+                    actor=holder,
+                )
+            )
+        lease_model.insert_grants(grant_rows)
+        events.record(*event_rows)
+        return Granted(lease_view(lease, grants), secret)
+
+
+def lease_view(lease: lease_model.Lease, grants: list[GrantView]) -> LeaseView:
+    return LeaseView(
+        lease_id=lease.id,
+        holder=lease.holder,
+        state=LeaseState(lease.state),
+        grants=tuple(grants),
+        ttl=lease.ttl,
+        create_time=lease.create_time,
+        expire_time=lease.expire_time,
+        end_time=lease.end_time,
+        end_reason=lease.end_reason,
+        session_id=lease.session_id or "",
+        request_id=lease.request_id or "",
+    )
+
+
+# --------------------------------------------- requirements kept by the queue
+
+
+def encode_requirements(requirements: tuple[Requirement, ...]) -> str:
+    return json.dumps([dataclasses.asdict(r) for r in requirements], separators=(",", ":"))
+
+
+def decode_requirements(text: str) -> tuple[Requirement, ...]:
+    return tuple(
+        Requirement(
+            kind=item["kind"],
+            constraints=tuple(
+                Constraint(c["field"], tuple(c["values"]), c["any_of"]) for c in item["constraints"]
+            ),
+            count=item["count"],
+            label=item["label"],
+        )
+        for item in json.loads(text)
+    )

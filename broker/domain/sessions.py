@@ -1,0 +1,115 @@
+"""Sessions: a client's keep-alive stream, to which it binds leases.
+
+While keep-alives come, the session's leases are renewed with it. When the
+client closes the session, its leases are released; when the stream breaks
+(the client died) or keep-alives stop for the timeout (the client froze),
+its leases end as expired and its waiting requests leave the queue. The
+session's deadline lives in the database, so any broker's sweep can end it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+from broker.domain.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PreconditionViolation,
+)
+from broker.domain.leasing import Leases
+from broker.domain.values import LeaseState, SessionState, SessionView
+from broker.models import session as session_model
+
+MIN_KEEPALIVE_TIMEOUT = 1.0
+MAX_HOLDER = 128
+
+
+class Sessions:
+    """Open, keep alive and end sessions."""
+
+    def __init__(
+        self,
+        leases: Leases,
+        *,
+        keepalive_timeout: float,
+        max_keepalive_timeout: float,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.leases = leases
+        self.keepalive_timeout = keepalive_timeout
+        self.max_keepalive_timeout = max_keepalive_timeout
+        self.clock = clock
+
+    def open(self, holder: str, keepalive_timeout: float | None) -> SessionView:
+        timeout = self.keepalive_timeout if keepalive_timeout is None else keepalive_timeout
+        if not MIN_KEEPALIVE_TIMEOUT <= timeout <= self.max_keepalive_timeout:
+            raise InvalidArgumentError.of(
+                "keepalive_timeout",
+                f"must be {MIN_KEEPALIVE_TIMEOUT:g} s to {self.max_keepalive_timeout:g} s, "
+                f"not {timeout:g} s",
+            )
+        if len(holder) > MAX_HOLDER:
+            raise InvalidArgumentError.of("holder", f"is longer than {MAX_HOLDER} characters")
+        now = self.clock()
+        session_id = str(uuid.uuid4())
+        with self.leases.transaction():
+            session_model.Session.insert(
+                id=session_id,
+                holder=holder,
+                keepalive_timeout=timeout,
+                state=int(SessionState.OPEN),
+                create_time=now,
+                expire_time=now + timeout,
+            ).execute()
+        return SessionView(session_id, holder, timeout, now + timeout)
+
+    def keep_alive(self, session_id: str) -> SessionView:
+        """Pushes the session's deadline and renews its leases; a session that
+        already ended is FAILED_PRECONDITION."""
+        now = self.clock()
+        with self.leases.transaction():
+            session = self._open_session(session_id, now)
+            if session is None:
+                ended = True
+            else:
+                ended = False
+                expire_time = now + session.keepalive_timeout
+                session_model.keep_alive(session_id, expire_time, now, LeaseState.ACTIVE)
+        if ended:
+            raise FailedPreconditionError(
+                PreconditionViolation(
+                    "SESSION_ENDED", f"sessions/{session_id}", f"session {session_id} has ended"
+                )
+            )
+        return SessionView(session_id, session.holder, session.keepalive_timeout, expire_time)
+
+    def close(self, session_id: str, clean: bool) -> None:
+        """Ends a session: `clean` when its client closed it (its leases are
+        released), else because its stream broke (they expire)."""
+        now = self.clock()
+        with self.leases.transaction():
+            session = self._open_session(session_id, now)
+            if session is not None:
+                state = SessionState.CLOSED if clean else SessionState.EXPIRED
+                reason = "closed by its client" if clean else "its client's stream broke"
+                self.leases.end_session(session_id, state, now, reason)
+                self.leases.queue.dispatch(now)
+
+    def _open_session(self, session_id: str, now: float) -> session_model.Session | None:
+        """The session if it is still open; one past its deadline is ended
+        here (in the caller's transaction) and None returned."""
+        session = session_model.lock_session(session_id)
+        if session is None:
+            raise NotFoundError("session", session_id)
+        if session.state != SessionState.OPEN:
+            return None
+        if session.expire_time <= now:
+            self.leases.end_session(
+                session_id, SessionState.EXPIRED, now, "its keep-alives stopped"
+            )
+            self.leases.queue.dispatch(now)
+            return None
+        return session

@@ -1,0 +1,136 @@
+"""Storage of the wait queue: requests waiting for resources, in the order
+they will be served, and the reservations their waits hold on free resources."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import peewee
+
+from broker.models import statements
+from broker.models.base import BaseModel
+from broker.models.resource import Resource
+
+
+class Waiter(BaseModel):
+    """A waiting request: `requirements` as JSON, `state` holds
+    `broker.domain.values.WaiterState` numbers. The id orders arrivals; the
+    lease id is chosen on arrival so that the grant, made by whichever call
+    frees the resources, needs nothing more from the waiting caller."""
+
+    id = peewee.BigAutoField()
+    request_id = peewee.CharField(max_length=128, null=True, unique=True)
+    lease_id = peewee.CharField(max_length=36, unique=True)
+    holder = peewee.CharField(max_length=128, default="")
+    priority = peewee.IntegerField(default=0)
+    requirements = peewee.TextField()
+    ttl = peewee.DoubleField()
+    session_id = peewee.CharField(max_length=36, null=True)
+    state = peewee.SmallIntegerField()
+    enqueue_time = peewee.DoubleField()
+    deadline = peewee.DoubleField()
+    blocked_index = peewee.IntegerField(default=0)
+    end_time = peewee.DoubleField(null=True)
+
+    class Meta:
+        indexes = ((("state", "priority", "id"), False),)
+
+
+def insert_waiter(values: dict) -> int:
+    """Stores a waiting request; returns its id."""
+    return Waiter.insert(**values).execute()
+
+
+def waiting(state: int) -> list[Waiter]:
+    """Every waiting request, in the order they are served."""
+    cursor = statements.run(
+        f'SELECT {statements.column_list(Waiter)} FROM "waiter" WHERE "state" = ?'
+        ' ORDER BY "priority" DESC, "id"',
+        [state],
+    )
+    return [statements.instance(Waiter, row) for row in cursor.fetchall()]
+
+
+def get_waiter(waiter_id: int) -> Waiter | None:
+    cursor = statements.run(
+        f'SELECT {statements.column_list(Waiter)} FROM "waiter" WHERE "id" = ?', [waiter_id]
+    )
+    row = cursor.fetchone()
+    return None if row is None else statements.instance(Waiter, row)
+
+
+def waiter_by_request_id(request_id: str) -> Waiter | None:
+    return Waiter.get_or_none(Waiter.request_id == request_id)
+
+
+def position(waiter: Waiter, state: int) -> int:
+    """How many waiting requests are served before `waiter`."""
+    cursor = statements.run(
+        'SELECT COUNT(*) FROM "waiter" WHERE "state" = ?'
+        ' AND ("priority" > ? OR ("priority" = ? AND "id" < ?))',
+        [state, waiter.priority, waiter.priority, waiter.id],
+    )
+    return cursor.fetchone()[0]
+
+
+def end_waiter(waiter_id: int, state: int, now: float) -> None:
+    statements.run(
+        'UPDATE "waiter" SET "state" = ?, "end_time" = ? WHERE "id" = ?', [state, now, waiter_id]
+    )
+
+
+def set_blocked(waiter_id: int, index: int) -> None:
+    statements.run('UPDATE "waiter" SET "blocked_index" = ? WHERE "id" = ?', [index, waiter_id])
+
+
+def clear_reservations() -> None:
+    """Drops every reservation; a dispatch pass makes them anew in order."""
+    statements.run(
+        'UPDATE "resource" SET "reserved_by" = NULL, "reserved_priority" = NULL'
+        ' WHERE "reserved_by" IS NOT NULL'
+    )
+
+
+def reserve(resource_ids: Sequence[int], waiter_id: int, priority: int) -> None:
+    """Holds free resources for a waiting request: requests behind it may not
+    take them."""
+    if resource_ids:
+        statements.run(
+            'UPDATE "resource" SET "reserved_by" = ?, "reserved_priority" = ?'
+            f' WHERE "id" IN ({statements.marks(len(resource_ids))})',
+            [waiter_id, priority, *resource_ids],
+        )
+
+
+def kinds_with_free_resources(now: float) -> set[str]:
+    """The kinds that have a usable resource no lease holds now."""
+    query = (
+        Resource.select(Resource.kind)
+        .where(
+            (Resource.is_usable == True)  # noqa: E712 (SQL, not Python)
+            & Resource.lease_id.is_null()
+            & (Resource.available_time.is_null() | (Resource.available_time <= now))
+        )
+        .distinct()
+    )
+    return {row.kind for row in query}
+
+
+def list_waiters(state: int, after: tuple[int, int] | None, limit: int) -> list[Waiter]:
+    """Waiting requests in serving order, after (priority, id) of the last one
+    of the previous page."""
+    query = Waiter.select().where(Waiter.state == state)
+    if after is not None:
+        priority, waiter_id = after
+        query = query.where(
+            (Waiter.priority < priority) | ((Waiter.priority == priority) & (Waiter.id > waiter_id))
+        )
+    return list(query.order_by(Waiter.priority.desc(), Waiter.id).limit(limit))
+
+
+def cancel_session_waiters(session_id: str, waiting_state: int, state: int, now: float) -> None:
+    """Ends the waits of a session's requests."""
+    statements.run(
+        'UPDATE "waiter" SET "state" = ?, "end_time" = ? WHERE "session_id" = ? AND "state" = ?',
+        [state, now, session_id, waiting_state],
+    )

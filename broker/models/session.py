@@ -1,0 +1,68 @@
+"""Storage of sessions: a client's keep-alive stream, with the deadline that
+its keep-alives push forward."""
+
+from __future__ import annotations
+
+import peewee
+
+from broker.models import statements
+from broker.models.base import BaseModel
+
+
+class Session(BaseModel):
+    """A session; `state` holds `broker.domain.values.SessionState` numbers."""
+
+    id = peewee.CharField(max_length=36, primary_key=True)
+    holder = peewee.CharField(max_length=128, default="")
+    keepalive_timeout = peewee.DoubleField()
+    state = peewee.SmallIntegerField()
+    create_time = peewee.DoubleField()
+    expire_time = peewee.DoubleField()
+    end_time = peewee.DoubleField(null=True)
+    end_reason = peewee.TextField(default="")
+
+    class Meta:
+        indexes = ((("state", "expire_time"), False),)
+
+
+def due_session_ids(open_state: int, now: float) -> list[str]:
+    """Open sessions whose keep-alives stopped for their timeout."""
+    cursor = statements.run(
+        'SELECT "id" FROM "session" WHERE "state" = ? AND "expire_time" <= ?', [open_state, now]
+    )
+    return [row[0] for row in cursor.fetchall()]
+
+
+def lease_ids_of(session_id: str, active_state: int) -> list[str]:
+    """The active leases bound to a session."""
+    cursor = statements.run(
+        'SELECT "id" FROM "lease" WHERE "session_id" = ? AND "state" = ?',
+        [session_id, active_state],
+    )
+    return [row[0] for row in cursor.fetchall()]
+
+
+def end_session(session_id: str, state: int, now: float, reason: str) -> None:
+    statements.run(
+        'UPDATE "session" SET "state" = ?, "end_time" = ?, "end_reason" = ? WHERE "id" = ?',
+        [state, now, reason, session_id],
+    )
+
+
+def lock_session(session_id: str) -> Session | None:
+    """Reads a session for change (locked on PostgreSQL)."""
+    query = Session.select().where(Session.id == session_id)
+    if not isinstance(Session._meta.database.obj, peewee.SqliteDatabase):
+        query = query.for_update()
+    return query.first()
+
+
+def keep_alive(session_id: str, expire_time: float, now: float, active_state: int) -> None:
+    """Moves a session's expiry and renews its active leases by their TTL."""
+    statements.run(
+        'UPDATE "session" SET "expire_time" = ? WHERE "id" = ?', [expire_time, session_id]
+    )
+    statements.run(
+        'UPDATE "lease" SET "expire_time" = ? + "ttl" WHERE "session_id" = ? AND "state" = ?',
+        [now, session_id, active_state],
+    )
