@@ -34,15 +34,19 @@ def create_tables(kind_models: Sequence[type[BaseModel]]) -> None:
     database = database_proxy.obj
     models = [*CORE_MODELS, *kind_models]
     with database.connection_context():
-        database.create_tables(models, safe=True)
+        # Columns first: creating a table's indexes names its new columns.
         _add_missing_columns(database, models)
+        database.create_tables(models, safe=True)
 
 
 def _add_missing_columns(database: peewee.Database, models: Sequence[type[BaseModel]]) -> None:
     migrator = SchemaMigrator.from_database(database)
+    tables = set(database.get_tables())
     operations = []
     for model in models:
         table = model._meta.table_name
+        if table not in tables:
+            continue
         present = {column.name for column in database.get_columns(table)}
         for field in model._meta.sorted_fields:
             if field.column_name not in present:
