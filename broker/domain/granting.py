@@ -89,14 +89,6 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def secret_for(lease_id: str) -> str:
-    """A lease's secret, derived from the database's key: whichever call
-    makes the grant (a waiting request is granted by the call that frees its
-    resources), and a retry with the same request id, get the same secret,
-    which is never stored."""
-    return hmac.new(secret_key(), lease_id.encode(), hashlib.sha256).hexdigest()[:48]
-
-
 class Granter:
     """The rules of semantics 1, 2 and 6: distinct resources for all of a
     request or none, and a fencing number per grant."""
@@ -105,6 +97,16 @@ class Granter:
         self.kinds = kinds
         self.default_ttl = default_ttl
         self.max_ttl = max_ttl
+        self._key: bytes | None = None
+
+    def secret_for(self, lease_id: str) -> str:
+        """A lease's secret, derived from the database's key: whichever call
+        makes the grant (a waiting request is granted by the call that frees
+        its resources), and a retry with the same request id, get the same
+        secret, which is never stored."""
+        if self._key is None:
+            self._key = secret_key()
+        return hmac.new(self._key, lease_id.encode(), hashlib.sha256).hexdigest()[:48]
 
     # ------------------------------------------------------------ checking
 
@@ -261,7 +263,7 @@ class Granter:
         """Records the grant of a complete plan: the lease, the claims (a
         conditional update, so a resource taken meanwhile aborts the grant),
         the fencing numbers, the grants and their events."""
-        secret = secret_for(lease_id)
+        secret = self.secret_for(lease_id)
         lease = lease_model.insert_lease(
             {
                 "id": lease_id,

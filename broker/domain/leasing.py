@@ -32,7 +32,7 @@ from broker.domain.errors import (
     PreconditionViolation,
     ResourceBusyError,
 )
-from broker.domain.granting import Granter, decode_requirements, hash_secret, lease_view, secret_for
+from broker.domain.granting import Granter, decode_requirements, hash_secret, lease_view
 from broker.domain.kinds import KindRegistry
 from broker.domain.queue import WaitQueue
 from broker.domain.values import (
@@ -115,7 +115,9 @@ class Leases:
         self._check_waiting(request)
         now = self.clock()
         with self.transaction():
-            if self._expire_due(now):
+            # Reservations must be current before a newcomer is matched: a
+            # lock-delay may have ended since the last pass.
+            if self._expire_due(now) or queue_model.any_waiting(WaiterState.WAITING):
                 self.queue.dispatch(now)
             outcome = self._acquire(request, needs, ttl, now)
         if isinstance(outcome, BrokerError):
@@ -174,7 +176,7 @@ class Leases:
         """The outcome of an earlier request with this id, if there was one."""
         lease = lease_model.Lease.get_or_none(lease_model.Lease.request_id == request_id)
         if lease is not None:
-            return Granted(self._views([lease])[0], secret_for(lease.id))
+            return Granted(self._views([lease])[0], self.granter.secret_for(lease.id))
         waiter = queue_model.waiter_by_request_id(request_id)
         if waiter is not None and waiter.state == WaiterState.WAITING:
             return self._waiting(waiter, now)
@@ -190,7 +192,7 @@ class Leases:
         if waiter is None:
             raise NotFoundError("waiter", str(waiter_id))
         if waiter.state == WaiterState.GRANTED:
-            return Granted(self.get(waiter.lease_id), secret_for(waiter.lease_id))
+            return Granted(self.get(waiter.lease_id), self.granter.secret_for(waiter.lease_id))
         if waiter.state == WaiterState.WAITING and waiter.deadline > now:
             return self._waiting(waiter, now)
         raise DeadlineExceededError(
@@ -225,7 +227,7 @@ class Leases:
             if waiter.state != WaiterState.GRANTED:
                 return None
             if timed_out:
-                return Granted(self.get(waiter.lease_id), secret_for(waiter.lease_id))
+                return Granted(self.get(waiter.lease_id), self.granter.secret_for(waiter.lease_id))
             lease = lease_model.lock_lease(waiter.lease_id)
             if lease is not None and lease.state == LeaseState.ACTIVE:
                 grants = lease_model.grants_of([lease.id])[lease.id]

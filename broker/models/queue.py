@@ -51,6 +51,11 @@ def waiting(state: int) -> list[Waiter]:
     return [statements.instance(Waiter, row) for row in cursor.fetchall()]
 
 
+def any_waiting(state: int) -> bool:
+    cursor = statements.run('SELECT 1 FROM "waiter" WHERE "state" = ? LIMIT 1', [state])
+    return cursor.fetchone() is not None
+
+
 def get_waiter(waiter_id: int) -> Waiter | None:
     cursor = statements.run(
         f'SELECT {statements.column_list(Waiter)} FROM "waiter" WHERE "id" = ?', [waiter_id]
