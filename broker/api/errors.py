@@ -8,10 +8,9 @@ gets, never a traceback on the wire, never a dead server.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import grpc
 import peewee
@@ -127,17 +126,6 @@ def status_of(error: Exception) -> status_pb2.Status | None:
     return None
 
 
-Runner = Callable[..., Awaitable]
-"""Runs a servicer's synchronous method: inline on the event loop for SQLite,
-whose calls take well under a millisecond and are serialised anyway."""
-
-
-async def run_inline(behavior: Callable, request, context):
-    """Runs a servicer method on the loop; an async one is awaited."""
-    result = behavior(request, context)
-    return await result if inspect.isawaitable(result) else result
-
-
 def _status_for(error: Exception, rpc: str) -> status_pb2.Status:
     status = status_of(error)
     if status is None:
@@ -152,15 +140,14 @@ def _status_for(error: Exception, rpc: str) -> status_pb2.Status:
     return status
 
 
-def guarded(behavior: Callable, rpc: str, runner: Runner) -> Callable:
-    """Wraps one unary RPC: validate the request, make sure there is a
-    database connection, run it, and turn errors into statuses."""
+def guarded(behavior: Callable, rpc: str) -> Callable:
+    """Wraps one unary RPC (a coroutine): validate the request, run it, and
+    turn errors into statuses."""
 
     async def handle(request, context: grpc.aio.ServicerContext):
         try:
             validation.check(request)
-            database_proxy.obj.connect(reuse_if_open=True)
-            return await runner(behavior, request, context)
+            return await behavior(request, context)
         except Exception as error:
             status = _status_for(error, rpc)
         await context.abort_with_status(rpc_status.to_status(status))
@@ -176,7 +163,6 @@ def guarded_stream(behavior: Callable, rpc: str) -> Callable:
         try:
             if isinstance(request, Message):
                 validation.check(request)
-            database_proxy.obj.connect(reuse_if_open=True)
             async for response in behavior(request, context):
                 yield response
             return
@@ -201,8 +187,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Applies `guarded` to every method of the broker's services (health and
     reflection pass through untouched)."""
 
-    def __init__(self, runner: Runner = run_inline, prefixes: tuple[str, ...] = ("/broker.v1.",)):
-        self.runner = runner
+    def __init__(self, prefixes: tuple[str, ...] = ("/broker.v1.",)):
         self.prefixes = prefixes
 
     async def intercept_service(self, continuation, handler_call_details):
@@ -215,9 +200,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                guarded(handler.unary_unary, rpc, self.runner), **codecs
-            )
+            return grpc.unary_unary_rpc_method_handler(guarded(handler.unary_unary, rpc), **codecs)
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 guarded_stream(handler.unary_stream, rpc), **codecs

@@ -5,6 +5,7 @@ grant is the `WaitBoard`'s."""
 from __future__ import annotations
 
 from broker.api import convert, identity
+from broker.api.runner import Runner
 from broker.api.waits import WaitBoard
 from broker.domain.leasing import Leases
 from broker.domain.sessions import Sessions
@@ -14,10 +15,11 @@ from broker.v1 import lease_service_pb2_grpc
 
 
 class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
-    def __init__(self, leases: Leases, sessions: Sessions, board: WaitBoard):
+    def __init__(self, leases: Leases, sessions: Sessions, board: WaitBoard, run: Runner):
         self.leases = leases
         self.sessions = sessions
         self.board = board
+        self.run = run
 
     async def AcquireLease(self, request, context):
         async for outcome in self._acquire(request, context):
@@ -36,14 +38,14 @@ class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
         """The outcome of an acquire: the grant, or the wait's statuses then
         the grant."""
         holder = identity.holder(request.holder, context)
-        outcome = self.leases.acquire(convert.acquire_request(request, holder))
+        outcome = await self.run(self.leases.acquire, convert.acquire_request(request, holder))
         yield outcome
         if not isinstance(outcome, Granted):
-            async for status in self.board.follow(self.leases, outcome):
+            async for status in self.board.follow(self.leases, outcome, self.run):
                 yield status
 
-    def ListWaiters(self, request, context):
-        page = self.leases.list_waiters(request.page_size, request.page_token)
+    async def ListWaiters(self, request, context):
+        page = await self.run(self.leases.list_waiters, request.page_size, request.page_token)
         return pb.ListWaitersResponse(
             waiters=[convert.waiter_to_proto(view) for view in page.items],
             next_page_token=page.next_page_token,
@@ -58,7 +60,9 @@ class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
             if first.HasField("keepalive_timeout")
             else None
         )
-        session = self.sessions.open(identity.holder(first.holder, context), timeout)
+        session = await self.run(
+            self.sessions.open, identity.holder(first.holder, context), timeout
+        )
         yield convert.session_to_proto(session)
         clean = False
         try:
@@ -66,24 +70,26 @@ class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
                 if message.close:
                     clean = True
                     break
-                yield convert.session_to_proto(self.sessions.keep_alive(session.session_id))
+                view = await self.run(self.sessions.keep_alive, session.session_id)
+                yield convert.session_to_proto(view)
         finally:
-            self.sessions.close(session.session_id, clean=clean)
+            await self.run(self.sessions.close, session.session_id, clean)
 
-    def RenewLease(self, request, context):
-        view = self.leases.renew(request.lease_id, request.secret)
+    async def RenewLease(self, request, context):
+        view = await self.run(self.leases.renew, request.lease_id, request.secret)
         return pb.RenewLeaseResponse(lease=convert.lease_to_proto(view))
 
-    def ReleaseLease(self, request, context):
-        view = self.leases.release(request.lease_id, request.secret)
+    async def ReleaseLease(self, request, context):
+        view = await self.run(self.leases.release, request.lease_id, request.secret)
         return pb.ReleaseLeaseResponse(lease=convert.lease_to_proto(view))
 
-    def GetLease(self, request, context):
-        view = self.leases.get(request.lease_id)
+    async def GetLease(self, request, context):
+        view = await self.run(self.leases.get, request.lease_id)
         return pb.GetLeaseResponse(lease=convert.lease_to_proto(view))
 
-    def ListLeases(self, request, context):
-        page = self.leases.list(
+    async def ListLeases(self, request, context):
+        page = await self.run(
+            self.leases.list,
             convert.lease_state(request.state),
             request.holder,
             request.resource,
@@ -95,6 +101,8 @@ class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
             next_page_token=page.next_page_token,
         )
 
-    def RevokeLease(self, request, context):
-        view = self.leases.revoke(request.lease_id, request.reason, identity.caller(context))
+    async def RevokeLease(self, request, context):
+        view = await self.run(
+            self.leases.revoke, request.lease_id, request.reason, identity.caller(context)
+        )
         return pb.RevokeLeaseResponse(lease=convert.lease_to_proto(view))

@@ -28,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from broker.api.errors import ErrorInterceptor
 from broker.api.inventory_servicer import InventoryServicer
 from broker.api.lease_servicer import LeaseServicer
+from broker.api.runner import InlineRunner, Runner, ThreadRunner
 from broker.api.waits import WaitBoard
 from broker.config import Config, ConfigError, DatabaseConfig, load_config
 from broker.domain.inventory import Inventory
@@ -49,6 +50,10 @@ SERVICE_NAMES = (
     inventory_service_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name,
     lease_service_pb2.DESCRIPTOR.services_by_name["LeaseService"].full_name,
 )
+
+# Worker threads for domain calls on a networked database (one pooled
+# connection each).
+DATABASE_WORKERS = 16
 
 SERVER_OPTIONS = (
     # Ping idle clients every 20 s and drop them if no answer comes in 5 s, so
@@ -114,7 +119,8 @@ class BrokerServer:
         )
         bind(self.database)
         create_tables(kinds.models)
-        self.board = WaitBoard()
+        self.board = WaitBoard(asyncio.get_running_loop())
+        self.run = runner_for(self.database)
         self.leases = Leases(
             kinds,
             default_ttl=config.leases.default_ttl,
@@ -133,10 +139,11 @@ class BrokerServer:
             maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
         )
         inventory_service_pb2_grpc.add_InventoryServiceServicer_to_server(
-            InventoryServicer(Inventory(kinds, on_change=self.leases.dispatch)), self.server
+            InventoryServicer(Inventory(kinds, on_change=self.leases.dispatch), self.run),
+            self.server,
         )
         lease_service_pb2_grpc.add_LeaseServiceServicer_to_server(
-            LeaseServicer(self.leases, sessions, self.board), self.server
+            LeaseServicer(self.leases, sessions, self.board, self.run), self.server
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -164,6 +171,7 @@ class BrokerServer:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        self.run.close()
         self.database.close()
 
     async def _sweep_expired(self) -> None:
@@ -174,12 +182,18 @@ class BrokerServer:
         while True:
             await asyncio.sleep(interval)
             try:
-                self.database.connect(reuse_if_open=True)
-                expired = self.leases.expire_due()
+                expired = await self.run(self.leases.expire_due)
                 if expired:
                     log.info("expired %d lease(s) whose TTL ran out", expired)
             except Exception:
                 log.exception("lease expiry sweep failed; retrying in %.1f s", interval)
+
+
+def runner_for(database: peewee.Database) -> Runner:
+    """Inline on SQLite; worker threads for a database across the network."""
+    if isinstance(database, peewee.SqliteDatabase):
+        return InlineRunner()
+    return ThreadRunner(DATABASE_WORKERS)
 
 
 def build_server(config: Config, address: str | None = None) -> BrokerServer:

@@ -14,6 +14,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
+from broker.api.runner import Runner
 from broker.domain.leasing import Leases
 from broker.domain.values import Granted, Waiting
 
@@ -21,19 +22,25 @@ POLL_SECONDS = 1.0
 
 
 class WaitBoard:
-    """One event per waiting call on this broker, by waiter id. Used on the
-    server's event loop only."""
+    """One event per waiting call on this broker, by waiter id, owned by the
+    server's event loop; `notify` may be called from any thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
         self._events: dict[int, asyncio.Event] = {}
 
     def notify(self, waiter_ids: list[int]) -> None:
+        self._loop.call_soon_threadsafe(self._wake, list(waiter_ids))
+
+    def _wake(self, waiter_ids: list[int]) -> None:
         for waiter_id in waiter_ids:
             event = self._events.get(waiter_id)
             if event is not None:
                 event.set()
 
-    async def follow(self, leases: Leases, waiting: Waiting) -> AsyncIterator[Granted | Waiting]:
+    async def follow(
+        self, leases: Leases, waiting: Waiting, run: Runner
+    ) -> AsyncIterator[Granted | Waiting]:
         """Yields the request's status when it changes, and the grant last.
         Its wait ends at its deadline (DEADLINE_EXCEEDED, holding nothing);
         if the caller goes away before the grant is delivered, the request
@@ -48,12 +55,12 @@ class WaitBoard:
                     await asyncio.wait_for(event.wait(), timeout)
                 event.clear()
                 if time.time() >= waiting.deadline:
-                    granted = leases.abandon(waiting.waiter_id, timed_out=True)
+                    granted = await run(leases.abandon, waiting.waiter_id, True)
                     if granted is not None:
                         delivered = True
                         yield granted
                         return
-                status = leases.wait_status(waiting.waiter_id)
+                status = await run(leases.wait_status, waiting.waiter_id)
                 if isinstance(status, Granted):
                     delivered = True
                     yield status
@@ -63,7 +70,8 @@ class WaitBoard:
                     yield status
         except (asyncio.CancelledError, GeneratorExit):
             if not delivered:
-                leases.abandon(waiting.waiter_id, timed_out=False)
+                # The caller is gone: no await may be cancelled here.
+                leases.abandon(waiting.waiter_id, False)
             raise
         finally:
             self._events.pop(waiting.waiter_id, None)
