@@ -1,9 +1,18 @@
 """Fixtures shared by every suite: a database per test, the domain objects on
-a fake clock, and a real broker on 127.0.0.1:0 with channels to it."""
+a fake clock, and a real broker on 127.0.0.1:0 with channels to it.
+
+One suite, two backends: every test that uses the `config` fixture runs on
+SQLite and on PostgreSQL (`BROKER_TEST_POSTGRES`, default the local server's
+`test` database), each PostgreSQL test in a schema of its own that is dropped
+afterwards. Where PostgreSQL cannot be reached those runs skip, unless
+`BROKER_REQUIRE_POSTGRES=1` (CI) makes that a failure.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import uuid
 
 import grpc
 import pytest
@@ -14,7 +23,7 @@ from broker.config import Config, DatabaseConfig, LeaseConfig
 from broker.domain.inventory import Inventory
 from broker.domain.kinds import KindRegistry
 from broker.domain.leasing import Leases
-from broker.models.database import bind, open_database
+from broker.models.database import bind, close_database, open_database
 from broker.models.schema import create_tables
 from broker.v1 import inventory_service_pb2_grpc, lease_service_pb2_grpc
 from tests.kinds import TEST_KINDS
@@ -35,18 +44,58 @@ class FakeClock:
         self.now += seconds
 
 
-def make_config(tmp_path, **leases) -> Config:
-    """A configuration on a fresh SQLite file with every test kind."""
+POSTGRES_URL = os.environ.get("BROKER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def make_config(tmp_path, database_url: str | None = None, **leases) -> Config:
+    """A configuration with every test kind, on `database_url` or a fresh
+    SQLite file."""
     return Config(
-        database=DatabaseConfig(f"sqlite:///{tmp_path / 'broker.sqlite3'}"),
+        database=DatabaseConfig(database_url or f"sqlite:///{tmp_path / 'broker.sqlite3'}"),
         leases=LeaseConfig(**{"default_ttl": 30.0, "max_ttl": 600.0, **leases}),
         kinds=TEST_KINDS,
     )
 
 
+@pytest.fixture(scope="session")
+def postgres_admin():
+    """A connection to the test PostgreSQL server, or a skip saying why."""
+    import psycopg2
+
+    try:
+        connection = psycopg2.connect(POSTGRES_URL, connect_timeout=3)
+    except psycopg2.OperationalError as error:
+        reason = f"PostgreSQL at {POSTGRES_URL} is unreachable: {str(error).strip()}"
+        if os.environ.get("BROKER_REQUIRE_POSTGRES") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    connection.autocommit = True
+    yield connection
+    connection.close()
+
+
 @pytest.fixture
-def config(tmp_path) -> Config:
-    return make_config(tmp_path)
+def postgres_url(postgres_admin):
+    """The URL of a fresh schema of the test database, dropped afterwards."""
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    with postgres_admin.cursor() as cursor:
+        cursor.execute(f"CREATE SCHEMA {schema}")
+    yield f"{POSTGRES_URL}?schema={schema}"
+    with postgres_admin.cursor() as cursor:
+        cursor.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """Each test that asks for a database runs once per backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'broker.sqlite3'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def config(tmp_path, database_url) -> Config:
+    return make_config(tmp_path, database_url)
 
 
 @pytest.fixture
@@ -62,7 +111,7 @@ def database(config, kinds):
     create_tables(kinds.models)
     db.connect(reuse_if_open=True)
     yield db
-    db.close()
+    close_database(db)
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ from broker.domain.inventory import Inventory
 from broker.domain.kinds import KindDeclarationError, KindRegistry
 from broker.domain.leasing import Leases
 from broker.domain.sessions import Sessions
-from broker.models.database import DatabaseURLError, bind, open_database
+from broker.models.database import DatabaseURLError, bind, close_database, open_database
 from broker.models.schema import create_tables
 from broker.v1 import (
     inventory_service_pb2,
@@ -172,7 +172,7 @@ class BrokerServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         self.run.close()
-        self.database.close()
+        close_database(self.database)
 
     async def _sweep_expired(self) -> None:
         """Ends leases whose TTL ran out and sessions whose keep-alives

@@ -1,11 +1,19 @@
 """The database handle, bound late from a URL so one code path serves every backend.
 
 Models are declared against `database_proxy`; `open_database(url)` picks the
-backend and `bind()` points the proxy at it. SQLite runs in WAL mode with
-`synchronous=NORMAL` (a committed transaction survives the broker being killed;
-only an OS crash may lose the last ones) and every write transaction starts with
-`BEGIN IMMEDIATE`, so writers queue on the database lock instead of failing
-with "database is locked" half-way through.
+backend and `bind()` points the proxy at it.
+
+SQLite runs in WAL mode with `synchronous=NORMAL` (a committed transaction
+survives the broker being killed; only an OS crash may lose the last ones) and
+every write transaction starts with `BEGIN IMMEDIATE`, so writers queue on the
+database lock instead of failing with "database is locked" half-way through.
+
+PostgreSQL is reached through a connection pool; each session has a statement
+timeout and a lock timeout, so no call waits on the database forever. Every
+write transaction first takes one transaction-scoped advisory lock: the
+database serialises the brokers' decisions (grants, queue passes) exactly as
+SQLite's write lock does for one broker, and the conditional updates stay the
+guard of ownership.
 """
 
 from __future__ import annotations
@@ -14,9 +22,10 @@ import contextlib
 import os
 import threading
 from collections.abc import Iterator
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 import peewee
+from playhouse.pool import PooledPostgresqlDatabase
 
 database_proxy = peewee.DatabaseProxy()
 
@@ -29,14 +38,32 @@ SQLITE_PRAGMAS = (
 )
 
 
+# On PostgreSQL: how long one statement, and one wait for a row lock, may take.
+STATEMENT_TIMEOUT_MS = 10_000
+LOCK_TIMEOUT_MS = 5_000
+POOL_SIZE = 32
+# The advisory lock every write transaction takes on PostgreSQL.
+WRITE_LOCK_KEY = 0x62726F6B  # "brok"
+
+
 class DatabaseURLError(ValueError):
     """The database URL names no backend this broker can open."""
 
 
+class PostgresqlDatabase(PooledPostgresqlDatabase):
+    """A pooled PostgreSQL database that knows its schema (`?schema=` in the
+    URL, else `public`), for reading the catalogue of that schema."""
+
+    def __init__(self, *args, schema: str = "public", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.schema = schema
+
+
 def open_database(url: str, *, base_dir: str | None = None) -> peewee.Database:
-    """Opens the database named by `url` (`sqlite:///relative.db`,
-    `sqlite:////absolute.db`, `sqlite:///:memory:`); a relative SQLite path is
-    taken from `base_dir`, the directory of the configuration file."""
+    """Opens the database named by `url`: `sqlite:///relative.db`,
+    `sqlite:////absolute.db`, or `postgresql://user[:password]@host[:port]/name`
+    with an optional `?schema=NAME`. A relative SQLite path is taken from
+    `base_dir`, the directory of the configuration file."""
     parsed = urlparse(url)
     if parsed.scheme == "sqlite":
         path = unquote(parsed.path[1:] if parsed.path.startswith("/") else parsed.path)
@@ -45,7 +72,33 @@ def open_database(url: str, *, base_dir: str | None = None) -> peewee.Database:
         if path != ":memory:" and not os.path.isabs(path) and base_dir:
             path = os.path.join(base_dir, path)
         return peewee.SqliteDatabase(path, pragmas=SQLITE_PRAGMAS, timeout=30)
-    raise DatabaseURLError(f"{url!r}: unsupported scheme {parsed.scheme!r} (supported: sqlite)")
+    if parsed.scheme in ("postgresql", "postgres"):
+        name = unquote(parsed.path.lstrip("/"))
+        if not name:
+            raise DatabaseURLError(f"{url!r} names no database (try .../test)")
+        query = parse_qs(parsed.query)
+        schema = query.pop("schema", ["public"])[0]
+        if query:
+            raise DatabaseURLError(f"{url!r}: unknown parameter {sorted(query)[0]!r}")
+        options = f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS}"
+        if schema != "public":
+            options += f" -c search_path={schema}"
+        return PostgresqlDatabase(
+            name,
+            schema=schema,
+            user=unquote(parsed.username) if parsed.username else None,
+            password=unquote(parsed.password) if parsed.password else None,
+            host=parsed.hostname or "127.0.0.1",
+            port=parsed.port or 5432,
+            options=options,
+            connect_timeout=5,
+            max_connections=POOL_SIZE,
+            stale_timeout=300,
+            timeout=10,
+        )
+    raise DatabaseURLError(
+        f"{url!r}: unsupported scheme {parsed.scheme!r} (supported: sqlite, postgresql)"
+    )
 
 
 def bind(database: peewee.Database) -> None:
@@ -63,11 +116,21 @@ _sqlite_writer = threading.RLock()
 def write_transaction() -> Iterator[None]:
     """One atomic write. On SQLite it takes the write lock up front
     (`BEGIN IMMEDIATE`) so that two writers never deadlock on a lock upgrade,
-    and writers of this process take turns on a lock first."""
+    and writers of this process take turns on a lock first; on PostgreSQL it
+    takes the brokers' advisory write lock."""
     database = database_proxy.obj
     if isinstance(database, peewee.SqliteDatabase):
         with _sqlite_writer, database.atomic("IMMEDIATE"):
             yield
     else:
         with database.atomic():
+            database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
             yield
+
+
+def close_database(database: peewee.Database) -> None:
+    """Closes this thread's connection, and every pooled one."""
+    if isinstance(database, PooledPostgresqlDatabase):
+        database.close_all()
+    else:
+        database.close()

@@ -41,13 +41,14 @@ def create_tables(kind_models: Sequence[type[BaseModel]]) -> None:
 
 def _add_missing_columns(database: peewee.Database, models: Sequence[type[BaseModel]]) -> None:
     migrator = SchemaMigrator.from_database(database)
-    tables = set(database.get_tables())
+    schema = getattr(database, "schema", None)
+    tables = set(database.get_tables(schema=schema))
     operations = []
     for model in models:
         table = model._meta.table_name
         if table not in tables:
             continue
-        present = {column.name for column in database.get_columns(table)}
+        present = {column.name for column in database.get_columns(table, schema=schema)}
         for field in model._meta.sorted_fields:
             if field.column_name not in present:
                 operations.append(migrator.add_column(table, field.column_name, field))

@@ -4,14 +4,11 @@ and leaves the server serving."""
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
-from urllib.parse import urlparse
-
 import grpc
 import pytest
 from google.protobuf import duration_pb2, field_mask_pb2
 
+from broker.models.database import close_database, open_database
 from broker.v1 import inventory_service_pb2 as inv
 from broker.v1 import lease_pb2, resource_pb2
 from broker.v1 import lease_service_pb2 as lease
@@ -328,23 +325,19 @@ CASES = [
 ]
 
 
-def database_path(config) -> str:
-    return urlparse(config.database.url).path[1:]
-
-
-def database_snapshot(path: str) -> dict[str, list[tuple]]:
+def database_snapshot(url: str) -> dict[str, list[tuple]]:
     """Every row of every table, read through a connection of its own."""
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
-        tables = [
-            row[0]
-            for row in connection.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
-            )
-        ]
+    database = open_database(url)
+    try:
+        schema = getattr(database, "schema", None)
         return {
-            table: connection.execute(f'SELECT * FROM "{table}" ORDER BY rowid').fetchall()
-            for table in tables
+            table: sorted(
+                database.execute_sql(f'SELECT * FROM "{table}"').fetchall(), key=repr
+            )
+            for table in database.get_tables(schema=schema)
         }
+    finally:
+        close_database(database)
 
 
 @pytest.fixture
@@ -364,10 +357,9 @@ def seeded(inventory_stub, lease_stub, config):
         lease.ReleaseLeaseRequest(lease_id=done.lease.lease_id, secret=done.secret),
         timeout=RPC_TIMEOUT,
     )
-    path = database_path(config)
-    tables = database_snapshot(path)
+    tables = database_snapshot(config.database.url)
     assert (len(tables["resource"]), len(tables["lease"]), len(tables["event"])) == (4, 2, 7)
-    return path
+    return config.database.url
 
 
 @pytest.mark.parametrize(("request_message", "field"), CASES)
