@@ -23,7 +23,6 @@ from broker.api import validation
 from broker.api.convert import blocked_to_proto
 from broker.domain import errors
 from broker.domain.values import Blocked
-from broker.models.database import database_proxy
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +135,6 @@ def _status_for(error: Exception, rpc: str) -> status_pb2.Status:
         )
     if status.code == code_pb2.UNAVAILABLE:
         log.warning("unavailable: %s", status.message)
-        _reset_connection()
     return status
 
 
@@ -171,16 +169,6 @@ def guarded_stream(behavior: Callable, rpc: str) -> Callable:
         await context.abort_with_status(rpc_status.to_status(status))
 
     return handle
-
-
-def _reset_connection() -> None:
-    """A failed connection is closed so the next call opens a fresh one."""
-    try:
-        database = database_proxy.obj
-        if not database.is_closed():
-            database.close()
-    except Exception:
-        log.debug("closing a failed database connection failed", exc_info=True)
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):

@@ -9,10 +9,15 @@ own pooled connection) and the loop keeps serving other calls meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
+
+import peewee
+
+from broker.models.database import database_proxy
 
 
 class Runner(Protocol):
@@ -21,11 +26,22 @@ class Runner(Protocol):
     def close(self) -> None: ...
 
 
+def _call(function: Callable[..., Any], *args: Any) -> Any:
+    """Runs a domain call; a connection the database failed on is closed
+    (a pool discards it) so that the next call opens a fresh one."""
+    try:
+        return function(*args)
+    except (peewee.OperationalError, peewee.InterfaceError):
+        with contextlib.suppress(Exception):
+            database_proxy.obj.close()
+        raise
+
+
 class InlineRunner:
     """Runs domain calls on the event loop itself."""
 
     async def __call__(self, function: Callable[..., Any], *args: Any) -> Any:
-        return function(*args)
+        return _call(function, *args)
 
     def close(self) -> None:
         pass
@@ -39,7 +55,7 @@ class ThreadRunner:
 
     async def __call__(self, function: Callable[..., Any], *args: Any) -> Any:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(function, *args))
+        return await loop.run_in_executor(self._pool, functools.partial(_call, function, *args))
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -36,7 +36,8 @@ from broker.domain.kinds import KindDeclarationError, KindRegistry
 from broker.domain.leasing import Leases
 from broker.domain.sessions import Sessions
 from broker.models.database import DatabaseURLError, bind, close_database, open_database
-from broker.models.schema import create_tables
+from broker.models.notify import GrantListener
+from broker.models.schema import SchemaVersionError, create_tables
 from broker.v1 import (
     inventory_service_pb2,
     inventory_service_pb2_grpc,
@@ -121,6 +122,11 @@ class BrokerServer:
         create_tables(kinds.models)
         self.board = WaitBoard(asyncio.get_running_loop())
         self.run = runner_for(self.database)
+        self.listener = (
+            None
+            if isinstance(self.database, peewee.SqliteDatabase)
+            else GrantListener(self.database, self.board.notify)
+        )
         self.leases = Leases(
             kinds,
             default_ttl=config.leases.default_ttl,
@@ -159,10 +165,11 @@ class BrokerServer:
         return port
 
     async def _start(self) -> None:
+        if self.listener is not None:
+            self.listener.start()
         await self.server.start()
         self._sweeper = asyncio.create_task(self._sweep_expired())
-        for name in ("", *SERVICE_NAMES):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._set_health(True)
 
     async def _stop(self, grace: float | None) -> None:
         await self.health.enter_graceful_shutdown()
@@ -171,22 +178,44 @@ class BrokerServer:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        if self.listener is not None:
+            self.listener.stop()
         self.run.close()
         close_database(self.database)
 
     async def _sweep_expired(self) -> None:
         """Ends leases whose TTL ran out and sessions whose keep-alives
         stopped, and makes a queue pass (waits that ended, lock-delays that
-        passed), so that nothing waits for the next acquire."""
+        passed), so that nothing waits for the next acquire. Its success or
+        failure is also the health of the database: NOT_SERVING while it
+        cannot be reached, SERVING again when it can."""
         interval = self.config.leases.expiry_interval
+        serving = True
         while True:
             await asyncio.sleep(interval)
             try:
                 expired = await self.run(self.leases.expire_due)
                 if expired:
                     log.info("expired %d lease(s) whose TTL ran out", expired)
+                reachable = True
+            except (peewee.OperationalError, peewee.InterfaceError) as error:
+                log.warning("the database is unreachable: %s", error)
+                reachable = False
             except Exception:
                 log.exception("lease expiry sweep failed; retrying in %.1f s", interval)
+                continue
+            if reachable != serving:
+                serving = reachable
+                await self._set_health(serving)
+
+    async def _set_health(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
 
 
 def runner_for(database: peewee.Database) -> Runner:
@@ -214,7 +243,7 @@ def serve_forever(
         if database_url:
             config = dataclasses.replace(config, database=DatabaseConfig(database_url))
         broker = build_server(config, address)
-    except (ConfigError, DatabaseURLError, KindDeclarationError) as error:
+    except (ConfigError, DatabaseURLError, KindDeclarationError, SchemaVersionError) as error:
         print(f"broker: configuration error: {error}", file=sys.stderr)
         return 2
     except OSError as error:

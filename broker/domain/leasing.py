@@ -50,6 +50,7 @@ from broker.domain.values import (
 )
 from broker.domain.views import from_snapshot
 from broker.models import lease as lease_model
+from broker.models import notify as notify_model
 from broker.models import queue as queue_model
 from broker.models import resource as resource_model
 from broker.models import session as session_model
@@ -99,6 +100,7 @@ class Leases:
         self.queue.granted.clear()
         with write_transaction():
             yield
+            notify_model.announce_grants(self.queue.granted)
         granted, self.queue.granted = self.queue.granted, []
         if granted:
             self.on_granted(granted)

@@ -18,6 +18,16 @@ from broker.models.resource import Resource
 from broker.models.session import Session
 from broker.models.setting import Setting
 
+# The layout this broker writes: 1 had resources and leases, 2 added the wait
+# queue, sessions and lock-delays. Bump it with every change of the layout.
+SCHEMA_VERSION = 2
+SCHEMA_VERSION_KEY = "schema_version"
+
+
+class SchemaVersionError(RuntimeError):
+    """The database was laid out by a newer broker than this one."""
+
+
 CORE_MODELS: tuple[type[BaseModel], ...] = (
     Setting,
     Resource,
@@ -30,13 +40,30 @@ CORE_MODELS: tuple[type[BaseModel], ...] = (
 
 
 def create_tables(kind_models: Sequence[type[BaseModel]]) -> None:
-    """Creates missing tables and indexes, and adds missing columns."""
+    """Creates missing tables and indexes, adds missing columns, and records
+    the schema version; refuses a database laid out by a newer broker."""
     database = database_proxy.obj
     models = [*CORE_MODELS, *kind_models]
     with database.connection_context():
+        _check_version(database)
         # Columns first: creating a table's indexes names its new columns.
         _add_missing_columns(database, models)
         database.create_tables(models, safe=True)
+        Setting.insert(name=SCHEMA_VERSION_KEY, value=str(SCHEMA_VERSION)).on_conflict(
+            conflict_target=[Setting.name], update={Setting.value: str(SCHEMA_VERSION)}
+        ).execute()
+
+
+def _check_version(database: peewee.Database) -> None:
+    schema = getattr(database, "schema", None)
+    if Setting._meta.table_name not in database.get_tables(schema=schema):
+        return
+    row = Setting.get_or_none(Setting.name == SCHEMA_VERSION_KEY)
+    if row is not None and int(row.value) > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"the database's schema is version {row.value}, newer than this broker's "
+            f"{SCHEMA_VERSION}: run a broker at least as new as the one that wrote it"
+        )
 
 
 def _add_missing_columns(database: peewee.Database, models: Sequence[type[BaseModel]]) -> None:

@@ -4,9 +4,16 @@ made is added, and every row is kept."""
 from __future__ import annotations
 
 import peewee
+import pytest
 
 from broker.models.resource import Resource, ResourceData
-from broker.models.schema import create_tables
+from broker.models.schema import (
+    SCHEMA_VERSION,
+    SCHEMA_VERSION_KEY,
+    SchemaVersionError,
+    create_tables,
+)
+from broker.models.setting import Setting
 
 
 class GaugeData(ResourceData):
@@ -46,3 +53,18 @@ def test_a_kind_gaining_fields_gains_columns_and_keeps_rows(database):
     row = GaugeDataV2.get(GaugeDataV2.resource == resource.id)
     assert (row.serial, row.range_max, row.unit) == ("A-1", None, "bar")
     assert "gauge_data_unit" in {index.name for index in database.get_indexes("gauge_data")}
+
+
+def test_the_schema_version_is_recorded(database):
+    create_tables([])
+    assert Setting.get(Setting.name == SCHEMA_VERSION_KEY).value == str(SCHEMA_VERSION)
+
+
+def test_a_database_from_a_newer_broker_is_refused(database):
+    create_tables([])
+    Setting.update(value=str(SCHEMA_VERSION + 1)).where(
+        Setting.name == SCHEMA_VERSION_KEY
+    ).execute()
+    with pytest.raises(SchemaVersionError, match=f"version {SCHEMA_VERSION + 1}"):
+        create_tables([])
+    assert Setting.get(Setting.name == SCHEMA_VERSION_KEY).value == str(SCHEMA_VERSION + 1)

@@ -1,0 +1,77 @@
+"""Telling every broker that waiting requests were granted.
+
+A waiting request may be granted by a call on another broker. On PostgreSQL
+the granting transaction sends a NOTIFY, delivered when it commits, and every
+broker LISTENs on a connection of its own and wakes its waiting calls. On
+SQLite there is one broker and nothing to send.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import threading
+from collections.abc import Callable
+
+import peewee
+import psycopg2
+
+from broker.models import statements
+from broker.models.database import database_proxy
+
+CHANNEL = "broker_grants"
+
+log = logging.getLogger(__name__)
+
+
+def announce_grants(waiter_ids: list[int]) -> None:
+    """Inside the granting transaction: tell the other brokers on commit."""
+    if waiter_ids and not isinstance(database_proxy.obj, peewee.SqliteDatabase):
+        statements.run("SELECT pg_notify(?, ?)", [CHANNEL, ",".join(map(str, waiter_ids))])
+
+
+class GrantListener:
+    """Listens for grants announced by any broker and hands their waiter ids
+    to `callback`, on a thread and a connection of its own, reconnecting
+    after a failure."""
+
+    def __init__(self, database: peewee.PostgresqlDatabase, callback: Callable[[list[int]], None]):
+        self.database = database
+        self.callback = callback
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="grant-listener", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._listen()
+            except psycopg2.Error as error:
+                log.warning("grant listener lost its connection (%s); reconnecting", error)
+                self._stop.wait(1.0)
+
+    def _listen(self) -> None:
+        connection = psycopg2.connect(dbname=self.database.database, **self.database.connect_params)
+        try:
+            connection.autocommit = True
+            with connection.cursor() as cursor:
+                cursor.execute(f"LISTEN {CHANNEL}")
+            while not self._stop.is_set():
+                if select.select([connection], [], [], 0.5)[0]:
+                    connection.poll()
+                    ids = [
+                        int(waiter_id)
+                        for note in connection.notifies
+                        for waiter_id in note.payload.split(",")
+                    ]
+                    connection.notifies.clear()
+                    if ids:
+                        self.callback(ids)
+        finally:
+            connection.close()
