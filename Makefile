@@ -74,7 +74,7 @@ lint: venv $(BUF)
 	$(MAKE) --no-print-directory proto-check
 
 bench: venv
-	$(BIN)/python -m bench.throughput
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .ruff_cache *.egg-info

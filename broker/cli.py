@@ -5,7 +5,7 @@ Every remote command goes through `sdk.BrokerClient`, so the command line
 sees exactly what programs see. `--set` and `--where` values are typed from
 the kind's fields as `ListKinds` describes them. Exit status: 0 done,
 1 the broker refused, 2 bad usage or configuration, 3 the broker is
-unreachable.
+unreachable, 130 interrupted (Ctrl-C; a waiting acquire leaves the queue).
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ from broker.v1 import lease_pb2
 from sdk.client import BrokerClient
 from sdk.errors import BrokerError, UnavailableError
 from sdk.requirements import to_constraints
+from sdk.waiting import Waiting, wait_for_grant
 
 EXIT_OK, EXIT_BROKER, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130
 
 LEASE_STATES = {
     "active": lease_pb2.LEASE_STATE_ACTIVE,
@@ -141,16 +143,34 @@ def cmd_leases_revoke(client: BrokerClient, args: argparse.Namespace) -> int:
 
 
 def cmd_leases_acquire(client: BrokerClient, args: argparse.Namespace) -> int:
+    """Prints the grant; while waiting for it, prints each change of the
+    request's place in the queue to stderr, so stdout holds only the lease."""
     where = parse_where(args.where, kind_field_types(client, args.kind))
     requirement = lease_pb2.Requirement(
         kind=args.kind, constraints=to_constraints(where), count=args.count, label=args.kind
     )
-    lease, secret = client.acquire([requirement], ttl=args.ttl)
+    if args.wait:
+        events = client.watch_acquire(
+            [requirement], ttl=args.ttl, max_wait=args.wait, priority=args.priority
+        )
+        granted = wait_for_grant(events, _print_waiting)
+        lease, secret = granted.lease, granted.secret
+    else:
+        lease, secret = client.acquire([requirement], ttl=args.ttl, priority=args.priority)
     print(output.lease_details(lease, secret))
     print(
         f"\nkeep it with: broker leases renew {lease.lease_id} --secret {secret}"
         f"\nend it with:  broker leases release {lease.lease_id} --secret {secret}"
     )
+    return EXIT_OK
+
+
+def _print_waiting(waiting: Waiting) -> None:
+    print(output.waiting_text(waiting), file=sys.stderr, flush=True)
+
+
+def cmd_queue(client: BrokerClient, args: argparse.Namespace) -> int:
+    print(output.waiters_table(client.list_waiters()))
     return EXIT_OK
 
 
@@ -183,6 +203,13 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value:g} is negative")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="broker", description=__doc__.split("\n\n")[0].replace("\n", " ")
@@ -211,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     _remote(commands, "kinds", cmd_kinds, "list the kinds and their fields")
     _add_resource_commands(commands)
     _add_lease_commands(commands)
+    _remote(commands, "queue", cmd_queue, "list the waiting requests in the order they are served")
     return parser
 
 
@@ -271,6 +299,20 @@ def _add_lease_commands(commands: argparse._SubParsersAction) -> None:
     _where_option(acquire)
     acquire.add_argument("--count", type=positive_int, default=1)
     acquire.add_argument("--ttl", type=positive_float, metavar="SECONDS")
+    acquire.add_argument(
+        "--wait",
+        type=non_negative_float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long in the queue if the resources are held (default: do not wait)",
+    )
+    acquire.add_argument(
+        "--priority",
+        type=int,
+        default=0,
+        metavar="N",
+        help="place in the queue, -100 to 100, higher first (default %(default)s)",
+    )
 
     for name, handler, help_text in (
         ("renew", cmd_leases_renew, "extend a lease you hold"),
@@ -336,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if hasattr(args, "local"):
             return args.local(args)
-        with BrokerClient(args.target, timeout=args.timeout) as client:
+        # No session: a lease acquired from the shell outlives this process.
+        with BrokerClient(args.target, timeout=args.timeout, session=False) as client:
             return args.remote(client, args)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -347,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokerError as error:
         print(output.error_text(error), file=sys.stderr)
         return EXIT_BROKER
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -7,16 +7,13 @@ it goes.
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Iterable, Sequence
-
-from google.protobuf import timestamp_pb2
 
 from broker.api.field_values import from_field_value
 from broker.v1 import lease_pb2, resource_pb2
 from sdk.errors import BrokerError, FailedPreconditionError, InvalidArgumentError, ResourceBusyError
-
-NONE = "-"
+from sdk.text import NONE, holder_text, local_time, queue_status_text, requirement_text
+from sdk.waiting import Waiting
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
@@ -34,14 +31,6 @@ def details(pairs: Iterable[tuple[str, str]]) -> str:
     pairs = list(pairs)
     width = max(len(key) for key, _ in pairs) + 1
     return "\n".join(f"{key + ':':<{width}} {value}".rstrip() for key, value in pairs)
-
-
-def local_time(timestamp: timestamp_pb2.Timestamp) -> str:
-    """The time in the local zone, ISO 8601 to the second; `-` when unset."""
-    if not timestamp.seconds and not timestamp.nanos:
-        return NONE
-    moment = timestamp.ToDatetime(tzinfo=datetime.UTC).astimezone()
-    return moment.isoformat(timespec="seconds")
 
 
 def value_text(value: resource_pb2.FieldValue) -> str:
@@ -170,14 +159,62 @@ def error_text(error: BrokerError) -> str:
         ]
     if isinstance(error, ResourceBusyError) and error.blocked is not None:
         blocked = error.blocked
-        label = f" ({blocked.label})" if blocked.label else ""
-        lines.append(f"  requirement {blocked.requirement_index}{label}, kind {blocked.kind}:")
-        lines += [
-            f"  {holder.resource} held by {holder.holder} (lease {holder.lease_id}, "
-            f"expires {local_time(holder.expire_time)})"
-            for holder in blocked.holders
-        ]
+        lines.append(f"  {requirement_text(blocked)}:")
+        lines += [f"  {holder_text(holder)}" for holder in blocked.holders]
     return "\n".join(lines)
+
+
+def waiting_text(waiting: Waiting) -> str:
+    """One line per change of a waiting request's place in the queue."""
+    return queue_status_text(waiting.status)
+
+
+def waiters_table(waiters: Iterable[lease_pb2.Waiter]) -> str:
+    return table(
+        (
+            "POS",
+            "WAITER",
+            "HOLDER",
+            "PRIORITY",
+            "WANTS",
+            "BLOCKED",
+            "WAITING SINCE",
+            "DEADLINE",
+        ),
+        (
+            (
+                str(waiter.position),
+                str(waiter.waiter_id),
+                waiter.holder or NONE,
+                str(waiter.priority),
+                "; ".join(_requirement_text(requirement) for requirement in waiter.requirements),
+                _blocked_text(waiter),
+                local_time(waiter.enqueue_time),
+                local_time(waiter.deadline),
+            )
+            for waiter in waiters
+        ),
+    )
+
+
+def _requirement_text(requirement: lease_pb2.Requirement) -> str:
+    """`Phone x2 os=android version=13|14`."""
+    parts = [f"{requirement.kind} x{requirement.count or 1}"]
+    for constraint in requirement.constraints:
+        if constraint.HasField("any_of"):
+            values = "|".join(value_text(value) for value in constraint.any_of.values)
+        else:
+            values = value_text(constraint.equals)
+        parts.append(f"{constraint.field}={values}")
+    return " ".join(parts)
+
+
+def _blocked_text(waiter: lease_pb2.Waiter) -> str:
+    """The blocked requirement's index, with its label if it has one."""
+    index = waiter.blocked_requirement_index
+    requirements = waiter.requirements
+    label = requirements[index].label if 0 <= index < len(requirements) else ""
+    return f"{index} ({label})" if label else str(index)
 
 
 def _yes_no(flag: bool) -> str:

@@ -125,7 +125,7 @@ class BrokerServer:
         self.listener = (
             None
             if isinstance(self.database, peewee.SqliteDatabase)
-            else GrantListener(self.database, self.board.notify)
+            else GrantListener(self.database, self.board.announce)
         )
         self.leases = Leases(
             kinds,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 
 from broker.api.runner import Runner
@@ -21,22 +22,53 @@ from broker.domain.values import Granted, Waiting
 POLL_SECONDS = 1.0
 
 
+# Grants made here for calls not (yet) waiting here, kept for a call that
+# registers just after its request was granted; the oldest go first.
+UNCLAIMED_LIMIT = 4096
+
+
 class WaitBoard:
     """One event per waiting call on this broker, by waiter id, owned by the
-    server's event loop; `notify` may be called from any thread."""
+    server's event loop; `notify` and `announce` may be called from any
+    thread. A grant made on this broker is handed to the waiting call as is;
+    one announced by another broker names only the waiter, whose call then
+    reads its grant."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._events: dict[int, asyncio.Event] = {}
+        self._results: dict[int, Granted] = {}
+        self._unclaimed: OrderedDict[int, Granted] = OrderedDict()
 
-    def notify(self, waiter_ids: list[int]) -> None:
-        self._loop.call_soon_threadsafe(self._wake, list(waiter_ids))
+    def notify(self, granted: dict[int, Granted]) -> None:
+        """Grants made by this broker's transactions."""
+        self._call(self._wake, dict(granted))
 
-    def _wake(self, waiter_ids: list[int]) -> None:
-        for waiter_id in waiter_ids:
+    def announce(self, waiter_ids: list[int]) -> None:
+        """Grants announced by any broker (by id only)."""
+        self._call(self._wake, dict.fromkeys(waiter_ids))
+
+    def _call(self, function, argument) -> None:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            function(argument)
+        else:
+            self._loop.call_soon_threadsafe(function, argument)
+
+    def _wake(self, granted: dict[int, Granted | None]) -> None:
+        for waiter_id, grant in granted.items():
             event = self._events.get(waiter_id)
             if event is not None:
+                if grant is not None:
+                    self._results[waiter_id] = grant
                 event.set()
+            elif grant is not None:
+                self._unclaimed[waiter_id] = grant
+                while len(self._unclaimed) > UNCLAIMED_LIMIT:
+                    self._unclaimed.popitem(last=False)
 
     async def follow(
         self, leases: Leases, waiting: Waiting, run: Runner
@@ -45,15 +77,26 @@ class WaitBoard:
         Its wait ends at its deadline (DEADLINE_EXCEEDED, holding nothing);
         if the caller goes away before the grant is delivered, the request
         leaves the queue (or its fresh lease is released)."""
-        event = self._events.setdefault(waiting.waiter_id, asyncio.Event())
+        waiter_id = waiting.waiter_id
+        event = self._events.setdefault(waiter_id, asyncio.Event())
         last = waiting
         delivered = False
         try:
+            early = self._unclaimed.pop(waiter_id, None)
+            if early is not None:
+                delivered = True
+                yield early
+                return
             while True:
                 timeout = min(POLL_SECONDS, max(0.0, waiting.deadline - time.time()))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), timeout)
                 event.clear()
+                handed = self._results.pop(waiter_id, None)
+                if handed is not None:
+                    delivered = True
+                    yield handed
+                    return
                 if time.time() >= waiting.deadline:
                     granted = await run(leases.abandon, waiting.waiter_id, True)
                     if granted is not None:
@@ -74,4 +117,5 @@ class WaitBoard:
                 leases.abandon(waiting.waiter_id, False)
             raise
         finally:
-            self._events.pop(waiting.waiter_id, None)
+            self._events.pop(waiter_id, None)
+            self._results.pop(waiter_id, None)

@@ -84,7 +84,7 @@ class Leases:
         max_ttl: float,
         max_wait: float = 3600.0,
         clock: Callable[[], float] = time.time,
-        on_granted: Callable[[list[int]], None] = lambda waiter_ids: None,
+        on_granted: Callable[[dict[int, Granted]], None] = lambda granted: None,
     ):
         self.kinds = kinds
         self.granter = Granter(kinds, default_ttl, max_ttl)
@@ -100,8 +100,8 @@ class Leases:
         self.queue.granted.clear()
         with write_transaction():
             yield
-            notify_model.announce_grants(self.queue.granted)
-        granted, self.queue.granted = self.queue.granted, []
+            notify_model.announce_grants(list(self.queue.granted))
+        granted, self.queue.granted = self.queue.granted, {}
         if granted:
             self.on_granted(granted)
 
@@ -117,9 +117,9 @@ class Leases:
         self._check_waiting(request)
         now = self.clock()
         with self.transaction():
-            # Reservations must be current before a newcomer is matched: a
-            # lock-delay may have ended since the last pass.
-            if self._expire_due(now) or queue_model.any_waiting(WaiterState.WAITING):
+            # Waiting requests come before a newcomer to whatever came free
+            # since the last pass: leases found expired, lock-delays ended.
+            if self._expire_due(now) or resource_model.delays_passed(now):
                 self.queue.dispatch(now)
             outcome = self._acquire(request, needs, ttl, now)
         if isinstance(outcome, BrokerError):
@@ -171,7 +171,7 @@ class Leases:
         if not isinstance(refusal, ResourceBusyError) or request.max_wait <= 0:
             return refusal
         deadline = now + min(request.max_wait, self.max_wait)
-        waiter_id = self.queue.enqueue(request, ttl, lease_id, now, deadline)
+        waiter_id = self.queue.enqueue(request, ttl, lease_id, now, deadline, plan)
         return self._waiting(queue_model.get_waiter(waiter_id), now)
 
     def _earlier(self, request_id: str, now: float) -> Granted | Waiting | None:

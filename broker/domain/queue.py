@@ -11,9 +11,9 @@ overtaken on a resource it needs, and a request for three resources gets
 them as they come free, however many single requests arrive after it.
 Nothing is held while waiting, so waiting cannot deadlock.
 
-Every function runs inside the caller's write transaction; the ids of the
-requests granted are collected in `granted` for the caller to announce
-after its commit.
+Every function runs inside the caller's write transaction; the requests
+granted are collected in `granted` (waiter id -> grant) for the caller to
+announce after its commit.
 """
 
 from __future__ import annotations
@@ -21,11 +21,14 @@ from __future__ import annotations
 from broker.domain.errors import BrokerError
 from broker.domain.granting import (
     Granter,
+    Need,
+    Plan,
     decode_requirements,
     encode_requirements,
 )
-from broker.domain.values import AcquireRequest, WaiterState
+from broker.domain.values import AcquireRequest, Granted, WaiterState
 from broker.models import queue as queue_model
+from broker.models import resource as resource_model
 
 
 class WaitQueue:
@@ -33,13 +36,22 @@ class WaitQueue:
 
     def __init__(self, granter: Granter):
         self.granter = granter
-        self.granted: list[int] = []
+        self.granted: dict[int, Granted] = {}
 
     def enqueue(
-        self, request: AcquireRequest, ttl: float, lease_id: str, now: float, deadline: float
+        self,
+        request: AcquireRequest,
+        ttl: float,
+        lease_id: str,
+        now: float,
+        deadline: float,
+        plan: Plan,
     ) -> int:
-        """Puts a request in the queue and recomputes the reservations (it
-        may rank before requests already waiting); returns its id."""
+        """Puts a request in the queue; returns its id. `plan` is its best
+        partial assignment against the current reservations: a newcomer that
+        ranks last simply reserves it, one that outranks others makes the
+        reservations anew in a full pass."""
+        outranked = queue_model.lowest_waiting_priority(WaiterState.WAITING)
         waiter_id = queue_model.insert_waiter(
             {
                 "request_id": request.request_id or None,
@@ -52,36 +64,42 @@ class WaitQueue:
                 "state": int(WaiterState.WAITING),
                 "enqueue_time": now,
                 "deadline": deadline,
+                "blocked_index": plan.blocked_index,
             }
         )
-        self.dispatch(now)
+        if outranked is not None and request.priority > outranked:
+            self.dispatch(now)
+        else:
+            queue_model.reserve(plan.assigned_ownable(), waiter_id, request.priority)
         return waiter_id
 
     def dispatch(self, now: float) -> None:
         """One pass over the waiting requests in order: grant whoever can be
         served in full, reserve for the others."""
+        resource_model.clear_passed_delays(now)
         waiters = queue_model.waiting(WaiterState.WAITING)
         queue_model.clear_reservations()
         if not waiters:
             return
-        free_kinds = queue_model.kinds_with_free_resources(now)
+        free = queue_model.free_counts_by_kind(now)
         reserved: set[int] = set()
+        needs_of: dict[str, list[Need] | None] = {}
+        fruitless: set[tuple[str, str]] = set()
         for waiter in waiters:
             if waiter.deadline <= now:
                 queue_model.end_waiter(waiter.id, WaiterState.TIMED_OUT, now)
                 continue
-            request = AcquireRequest(decode_requirements(waiter.requirements), holder=waiter.holder)
-            try:
-                needs, _ = self.granter.check(request)
-            except BrokerError:  # its kind or field left the configuration
+            needs = self._needs(waiter, needs_of)
+            if needs is None:  # its kind or field left the configuration
                 queue_model.end_waiter(waiter.id, WaiterState.CANCELLED, now)
                 continue
-            ownable_kinds = {need.kind.name for need in needs if need.kind.ownable}
-            if not ownable_kinds & free_kinds:
-                continue  # nothing it needs is free: no grant, nothing to reserve
+            ownable = [need for need in needs if need.kind.ownable]
+            key = (waiter.requirements, waiter.holder)
+            if key in fruitless or (ownable and not any(free.get(n.kind.name) for n in ownable)):
+                continue  # nothing it could use is free: no grant, nothing to reserve
             plan = self.granter.plan(needs, waiter.holder, now, excluded=reserved)
             if plan.matching.complete:
-                self.granter.commit(
+                self.granted[waiter.id] = self.granter.commit(
                     plan,
                     lease_id=waiter.lease_id,
                     ttl=waiter.ttl,
@@ -91,10 +109,25 @@ class WaitQueue:
                     session_id=waiter.session_id or "",
                 )
                 queue_model.end_waiter(waiter.id, WaiterState.GRANTED, now)
-                self.granted.append(waiter.id)
-                continue
-            claimed = plan.assigned_ownable()
-            reserved.update(claimed)
-            queue_model.reserve(claimed, waiter.id, waiter.priority)
-            if plan.blocked_index != waiter.blocked_index:
-                queue_model.set_blocked(waiter.id, plan.blocked_index)
+                taken = plan.assigned_ownable()
+            else:
+                taken = plan.assigned_ownable()
+                reserved.update(taken)
+                queue_model.reserve(taken, waiter.id, waiter.priority)
+                if not taken:
+                    fruitless.add(key)
+                if plan.blocked_index != waiter.blocked_index:
+                    queue_model.set_blocked(waiter.id, plan.blocked_index)
+            for resource_id in taken:
+                kind = plan.by_id[resource_id].kind
+                free[kind] = free.get(kind, 0) - 1
+
+    def _needs(self, waiter, cache: dict[str, list[Need] | None]) -> list[Need] | None:
+        """A waiter's checked requirements, once per distinct request in a pass."""
+        if waiter.requirements not in cache:
+            request = AcquireRequest(decode_requirements(waiter.requirements))
+            try:
+                cache[waiter.requirements] = self.granter.check(request)[0]
+            except BrokerError:
+                cache[waiter.requirements] = None
+        return cache[waiter.requirements]

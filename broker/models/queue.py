@@ -9,7 +9,6 @@ import peewee
 
 from broker.models import statements
 from broker.models.base import BaseModel
-from broker.models.resource import Resource
 
 
 class Waiter(BaseModel):
@@ -49,11 +48,6 @@ def waiting(state: int) -> list[Waiter]:
         [state],
     )
     return [statements.instance(Waiter, row) for row in cursor.fetchall()]
-
-
-def any_waiting(state: int) -> bool:
-    cursor = statements.run('SELECT 1 FROM "waiter" WHERE "state" = ? LIMIT 1', [state])
-    return cursor.fetchone() is not None
 
 
 def get_waiter(waiter_id: int) -> Waiter | None:
@@ -107,18 +101,20 @@ def reserve(resource_ids: Sequence[int], waiter_id: int, priority: int) -> None:
         )
 
 
-def kinds_with_free_resources(now: float) -> set[str]:
-    """The kinds that have a usable resource no lease holds now."""
-    query = (
-        Resource.select(Resource.kind)
-        .where(
-            (Resource.is_usable == True)  # noqa: E712 (SQL, not Python)
-            & Resource.lease_id.is_null()
-            & (Resource.available_time.is_null() | (Resource.available_time <= now))
-        )
-        .distinct()
+def free_counts_by_kind(now: float) -> dict[str, int]:
+    """How many usable resources of each kind no lease holds now."""
+    cursor = statements.run(
+        'SELECT "kind", COUNT(*) FROM "resource" WHERE "is_usable" = ? AND "lease_id" IS NULL'
+        ' AND ("available_time" IS NULL OR "available_time" <= ?) GROUP BY "kind"',
+        [True, now],
     )
-    return {row.kind for row in query}
+    return dict(cursor.fetchall())
+
+
+def lowest_waiting_priority(state: int) -> int | None:
+    """The lowest priority among the waiting requests, None if none wait."""
+    cursor = statements.run('SELECT MIN("priority") FROM "waiter" WHERE "state" = ?', [state])
+    return cursor.fetchone()[0]
 
 
 def list_waiters(state: int, after: tuple[int, int] | None, limit: int) -> list[Waiter]:

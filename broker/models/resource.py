@@ -39,7 +39,7 @@ class Resource(BaseModel):
     reserved_by = peewee.BigIntegerField(null=True, index=True)
     reserved_priority = peewee.IntegerField(null=True)
     # Not granted before this time: the lock-delay after its holder vanished.
-    available_time = peewee.DoubleField(null=True)
+    available_time = peewee.DoubleField(null=True, index=True)
 
     class Meta:
         # The candidate query: usable resources of a kind, free ones first.
@@ -237,3 +237,15 @@ def delete_free_resource(resource_id: int, version: int | None) -> bool:
 def delay_until(resource_ids: list[int], until: float) -> None:
     """Keeps resources from being granted before `until` (lock-delay)."""
     Resource.update(available_time=until).where(Resource.id.in_(resource_ids)).execute()
+
+
+def delays_passed(now: float) -> bool:
+    """Whether a lock-delay ended that no queue pass has seen yet."""
+    cursor = statements.run('SELECT 1 FROM "resource" WHERE "available_time" <= ? LIMIT 1', [now])
+    return cursor.fetchone() is not None
+
+
+def clear_passed_delays(now: float) -> None:
+    statements.run(
+        'UPDATE "resource" SET "available_time" = NULL WHERE "available_time" <= ?', [now]
+    )
