@@ -4,11 +4,13 @@ grant is the `WaitBoard`'s."""
 
 from __future__ import annotations
 
+import asyncio
+
 from broker.api import convert, identity
 from broker.api.runner import Runner
 from broker.api.waits import WaitBoard
 from broker.domain.leasing import Leases
-from broker.domain.sessions import Sessions
+from broker.domain.sessions import SessionEnding, Sessions
 from broker.domain.values import Granted
 from broker.v1 import lease_service_pb2 as pb
 from broker.v1 import lease_service_pb2_grpc
@@ -20,6 +22,7 @@ class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
         self.sessions = sessions
         self.board = board
         self.run = run
+        self._closing: set[asyncio.Future] = set()
 
     async def AcquireLease(self, request, context):
         async for outcome in self._acquire(request, context):
@@ -64,16 +67,31 @@ class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
             self.sessions.open, identity.holder(first.holder, context), timeout
         )
         yield convert.session_to_proto(session)
-        clean = False
+        ending = SessionEnding.BROKEN
+        messages = aiter(request_iterator)
         try:
-            async for message in request_iterator:
-                if message.close:
-                    clean = True
+            while True:
+                try:
+                    message = await asyncio.wait_for(anext(messages), session.keepalive_timeout)
+                except TimeoutError:
+                    ending = SessionEnding.SILENT
                     break
-                view = await self.run(self.sessions.keep_alive, session.session_id)
-                yield convert.session_to_proto(view)
+                except StopAsyncIteration:
+                    break
+                if message.close:
+                    ending = SessionEnding.CLOSED
+                    break
+                session = await self.run(self.sessions.keep_alive, session.session_id)
+                yield convert.session_to_proto(session)
         finally:
-            await self.run(self.sessions.close, session.session_id, clean)
+            # A broken stream cancels this call: the ending must not be
+            # cancelled with it.
+            closing = asyncio.ensure_future(
+                self.run(self.sessions.close, session.session_id, ending)
+            )
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+            await asyncio.shield(closing)
 
     async def RenewLease(self, request, context):
         view = await self.run(self.leases.renew, request.lease_id, request.secret)

@@ -360,12 +360,22 @@ class Leases:
         now = self.clock()
         with self.transaction():
             expired = self._expire_due(now)
-            for session_id in session_model.due_session_ids(SessionState.OPEN, now):
-                expired += self.end_session(
-                    session_id, SessionState.EXPIRED, now, "its keep-alives stopped"
-                )
+            for session_id in session_model.orphaned_session_ids(SessionState.OPEN, now):
+                self.orphan_session(session_id, now)
             self.queue.dispatch(now)
         return expired
+
+    def orphan_session(self, session_id: str, now: float) -> None:
+        """Ends a session whose broker stopped attending it (its deadline
+        passed by another timeout unnoticed): its leases stay, bound to
+        nothing, and live by their own TTL."""
+        session_model.end_session(
+            session_id, SessionState.EXPIRED, now, "its broker stopped attending it"
+        )
+        session_model.detach_leases(session_id, LeaseState.ACTIVE)
+        queue_model.cancel_session_waiters(
+            session_id, WaiterState.WAITING, WaiterState.CANCELLED, now
+        )
 
     def end_session(self, session_id: str, state: SessionState, now: float, reason: str) -> int:
         """Ends a session inside the caller's transaction: its leases end

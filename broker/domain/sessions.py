@@ -3,12 +3,16 @@
 While keep-alives come, the session's leases are renewed with it. When the
 client closes the session, its leases are released; when the stream breaks
 (the client died) or keep-alives stop for the timeout (the client froze),
-its leases end as expired and its waiting requests leave the queue. The
-session's deadline lives in the database, so any broker's sweep can end it.
+the broker holding the stream ends its leases as expired and its waiting
+requests leave the queue. If that broker itself dies, the session's deadline
+(kept in the database) passes unattended: any broker's sweep then ends the
+session but leaves its leases to their own TTL, so a client that reconnects
+to another broker and renews in time keeps them.
 """
 
 from __future__ import annotations
 
+import enum
 import time
 import uuid
 from collections.abc import Callable
@@ -25,6 +29,14 @@ from broker.models import session as session_model
 
 MIN_KEEPALIVE_TIMEOUT = 1.0
 MAX_HOLDER = 128
+
+
+class SessionEnding(enum.Enum):
+    """How a session's stream ended, as its broker saw it."""
+
+    CLOSED = "closed by its client"
+    BROKEN = "its client's stream broke"
+    SILENT = "its keep-alives stopped"
 
 
 class Sessions:
@@ -86,16 +98,16 @@ class Sessions:
             )
         return SessionView(session_id, session.holder, session.keepalive_timeout, expire_time)
 
-    def close(self, session_id: str, clean: bool) -> None:
-        """Ends a session: `clean` when its client closed it (its leases are
-        released), else because its stream broke (they expire)."""
+    def close(self, session_id: str, ending: SessionEnding) -> None:
+        """Ends a session: when its client closed it its leases are released;
+        when its stream broke or went silent they expire."""
         now = self.clock()
         with self.leases.transaction():
             session = self._open_session(session_id, now)
             if session is not None:
+                clean = ending == SessionEnding.CLOSED
                 state = SessionState.CLOSED if clean else SessionState.EXPIRED
-                reason = "closed by its client" if clean else "its client's stream broke"
-                self.leases.end_session(session_id, state, now, reason)
+                self.leases.end_session(session_id, state, now, ending.value)
                 self.leases.queue.dispatch(now)
 
     def _open_session(self, session_id: str, now: float) -> session_model.Session | None:

@@ -25,12 +25,22 @@ class Session(BaseModel):
         indexes = ((("state", "expire_time"), False),)
 
 
-def due_session_ids(open_state: int, now: float) -> list[str]:
-    """Open sessions whose keep-alives stopped for their timeout."""
+def orphaned_session_ids(open_state: int, now: float) -> list[str]:
+    """Open sessions silent for twice their timeout: the broker holding their
+    stream would have ended them after one, so it is gone."""
     cursor = statements.run(
-        'SELECT "id" FROM "session" WHERE "state" = ? AND "expire_time" <= ?', [open_state, now]
+        'SELECT "id" FROM "session" WHERE "state" = ? AND "expire_time" + "keepalive_timeout" <= ?',
+        [open_state, now],
     )
     return [row[0] for row in cursor.fetchall()]
+
+
+def detach_leases(session_id: str, active_state: int) -> None:
+    """Unbinds a session's active leases, which then live by their TTL."""
+    statements.run(
+        'UPDATE "lease" SET "session_id" = NULL WHERE "session_id" = ? AND "state" = ?',
+        [session_id, active_state],
+    )
 
 
 def lease_ids_of(session_id: str, active_state: int) -> list[str]:
