@@ -1,4 +1,6 @@
-"""`make bench`: every bench point against one real broker subprocess.
+"""`make bench`: every bench point against real broker subprocesses.
+
+On SQLite, one broker:
 
 1. throughput (`bench.throughput`): uncontended acquire+release cycles at 1,
    4 and 16 clients;
@@ -7,30 +9,56 @@
 3. SIGKILL to re-grant (`bench.regrant`): a session holder is killed, how
    soon its waiter is granted.
 
+On PostgreSQL (`--postgres`, env BENCH_POSTGRES, default the local server's
+`test` database), each broker layout in a fresh schema `bench_<random>`,
+dropped at the end whatever happens:
+
+4. throughput as in 1 on one broker, and on two brokers sharing the
+   database (clients dealt round robin over them);
+5. hand-off as in 2 with the waiting processes split over two brokers, so
+   a release on one hands off to waiters on the other (LISTEN/NOTIFY).
+
+Their points' names end in `_postgresql_1broker` / `_postgresql_2brokers`.
+If PostgreSQL cannot be reached, one line says those points are skipped and
+why, and the rest goes on.
+
 Each prints a table; every point so far is (re)written after each one as a
 JSON list of {"name", "clients", "value", "unit"} to `--json` (env
-BENCH_JSON). The broker and every client process are stopped by their pid
-whatever happens; the broker's directory is a temporary one, removed at the
-end. Exit status 1 if any point had errors (missed targets are printed, not
-failed).
+BENCH_JSON). Every broker and client process is stopped by its pid whatever
+happens; the brokers' directory is a temporary one, removed at the end. Exit
+status 1 if any point had errors (missed targets are printed, not failed).
 
     .venv/bin/python -m bench
     .venv/bin/python -m bench --only handoff,regrant --handoff-duration 3
+    .venv/bin/python -m bench --databases postgresql --only throughput
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
-from bench.broker_process import seed, start_broker
+from bench.broker_process import (
+    Broker,
+    loopback_problem,
+    postgres_problem,
+    postgres_schema,
+    seed,
+    start_broker,
+)
 
 SUITES = ("throughput", "handoff", "regrant")
+DATABASES = ("sqlite", "postgresql")
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+# How many brokers share the PostgreSQL database for each point.
+POSTGRES_THROUGHPUT_BROKERS = (1, 2)
+POSTGRES_HANDOFF_BROKERS = 2
 
 
 def client_counts(text: str) -> list[int]:
@@ -43,12 +71,17 @@ def client_counts(text: str) -> list[int]:
     return counts
 
 
-def suites(text: str) -> list[str]:
-    chosen = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = sorted(set(chosen) - set(SUITES))
-    if not chosen or unknown:
-        raise argparse.ArgumentTypeError(f"{text!r}: choose from {','.join(SUITES)}")
-    return chosen
+def choices(allowed: Sequence[str]) -> Callable[[str], list[str]]:
+    """A parser of a comma-separated subset of `allowed`."""
+
+    def parse(text: str) -> list[str]:
+        chosen = [part.strip() for part in text.split(",") if part.strip()]
+        unknown = sorted(set(chosen) - set(allowed))
+        if not chosen or unknown:
+            raise argparse.ArgumentTypeError(f"{text!r}: choose from {','.join(allowed)}")
+        return chosen
+
+    return parse
 
 
 def positive(text: str) -> float:
@@ -65,7 +98,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     option = parser.add_argument
-    option("--only", type=suites, default=",".join(SUITES), help="which points to run")
+    option("--only", type=choices(SUITES), default=",".join(SUITES), help="which points to run")
+    option(
+        "--databases",
+        type=choices(DATABASES),
+        default=",".join(DATABASES),
+        help="on which backends (regrant runs on SQLite only)",
+    )
+    option(
+        "--postgres",
+        default=os.environ.get("BENCH_POSTGRES", POSTGRES_URL),
+        help="PostgreSQL server on 127.0.0.1 for the postgresql points (env BENCH_POSTGRES)",
+    )
     option("--duration", type=positive, default=4.0, help="seconds measured per throughput point")
     option("--warmup", type=float, default=1.0, help="uncounted seconds before each timed point")
     option("--clients", type=client_counts, default="1,4,16", help="throughput points")
@@ -82,6 +126,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.handoff_clients < 2 or args.regrant_trials < 1 or args.hold_ms < 0:
         parser.error("--handoff-clients >= 2, --regrant-trials >= 1 and --hold-ms >= 0")
+    if "postgresql" in args.databases and (problem := loopback_problem(args.postgres)):
+        parser.error(f"--postgres: {problem}")
     return args
 
 
@@ -91,16 +137,54 @@ def write_points(points: list[dict], json_path: str) -> None:
         stream.write("\n")
 
 
+@contextlib.contextmanager
+def brokers(
+    workdir: str, database_url: str | None, count: int, names: Sequence[str]
+) -> Iterator[Broker]:
+    """`count` brokers on `database_url` (None: SQLite in `workdir`) with
+    `names` seeded, described in one line; stopped at the end."""
+    import grpc
+
+    os.makedirs(workdir, exist_ok=True)
+    broker = start_broker(workdir, database_url, count)
+    try:
+        seed(broker.address, names)
+        where = database_url.split("?", 1)[-1] if database_url else "SQLite"
+        listing = ", ".join(
+            f"pid {pid} on {address}"
+            for pid, address in zip(broker.pids, broker.addresses, strict=True)
+        )
+        print(
+            f"# {'broker' if count == 1 else f'{count} brokers'} ({where}): {listing}; "
+            f"grpcio {grpc.__version__}; {os.cpu_count()} cpus",
+            flush=True,
+        )
+        yield broker
+    finally:
+        broker.stop()
+
+
+def on_postgresql(count: int) -> tuple[str, str]:
+    """A table's "on what" and the points' name suffix for `count` brokers
+    on PostgreSQL."""
+    if count == 1:
+        return " on PostgreSQL, 1 broker", "_postgresql_1broker"
+    return (
+        f" on PostgreSQL, {count} brokers on one database (clients dealt round robin)",
+        f"_postgresql_{count}brokers",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    # SIGTERM unwinds like Ctrl-C, so the broker and the clients are stopped.
+    # SIGTERM unwinds like Ctrl-C, so the brokers and the clients are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    import grpc
 
     from bench import handoff, regrant, throughput
 
     points: list[dict] = []
     errors = 0
+    names = [f"bench-{i:03d}" for i in range(max(args.clients))]
 
     def record(result) -> None:
         nonlocal errors
@@ -111,59 +195,92 @@ def main(argv: Sequence[str] | None = None) -> int:
         points.extend(result.points())
         write_points(points, args.json)
 
-    with tempfile.TemporaryDirectory(prefix="broker-bench-") as workdir:
-        try:
-            broker = start_broker(workdir)
-        except RuntimeError as error:
-            print(f"bench: {error}", file=sys.stderr)
-            return 1
-        try:
-            names = [f"bench-{i:03d}" for i in range(max(args.clients))]
-            seed(broker.address, [*names, handoff.RESOURCE, regrant.RESOURCE])
-            print(
-                f"# broker pid {broker.pid} on {broker.address}; grpcio {grpc.__version__}; "
-                f"{os.cpu_count()} cpus",
-                flush=True,
-            )
-            if "throughput" in args.only:
-                print(
-                    f"# throughput: {args.duration:g} s per point after {args.warmup:g} s "
-                    "warm-up; uncontended acquire(by name)+release",
-                    flush=True,
-                )
-                print(throughput.TABLE_HEADER, flush=True)
-                for clients in args.clients:
-                    record(
-                        throughput.run_point(
-                            broker,
-                            names,
-                            clients,
-                            duration=args.duration,
-                            warmup=args.warmup,
-                            max_processes=max(1, args.processes),
-                        )
-                    )
-            if "handoff" in args.only:
-                print(handoff.header(args.handoff_clients, args.hold_ms / 1e3), flush=True)
-                result = handoff.run_handoff(
+    def throughput_points(broker: Broker, where: str = "", variant: str = "") -> None:
+        print(
+            f"# throughput{where}: {args.duration:g} s per point after {args.warmup:g} s "
+            "warm-up; uncontended acquire(by name)+release",
+            flush=True,
+        )
+        print(throughput.TABLE_HEADER, flush=True)
+        for clients in args.clients:
+            record(
+                throughput.run_point(
                     broker,
-                    args.handoff_clients,
-                    duration=args.handoff_duration,
+                    names,
+                    clients,
+                    duration=args.duration,
                     warmup=args.warmup,
-                    hold=args.hold_ms / 1e3,
+                    max_processes=max(1, args.processes),
+                    variant=variant,
                 )
-                record(result)
-                print(result.targets(), flush=True)
+            )
+
+    def handoff_point(broker: Broker, where: str = "", variant: str = "") -> None:
+        print(handoff.header(args.handoff_clients, args.hold_ms / 1e3, where), flush=True)
+        result = handoff.run_handoff(
+            broker,
+            args.handoff_clients,
+            duration=args.handoff_duration,
+            warmup=args.warmup,
+            hold=args.hold_ms / 1e3,
+            variant=variant,
+        )
+        record(result)
+        print(result.targets(), flush=True)
+
+    def on_sqlite(workdir: str) -> None:
+        with brokers(workdir, None, 1, [*names, handoff.RESOURCE, regrant.RESOURCE]) as broker:
+            if "throughput" in args.only:
+                throughput_points(broker)
+            if "handoff" in args.only:
+                handoff_point(broker)
             if "regrant" in args.only:
                 print(regrant.HEADER, flush=True)
                 result = regrant.run_regrant(broker, args.regrant_trials)
                 record(result)
                 print(result.targets(), flush=True)
+
+    def on_postgres(workdir: str) -> None:
+        layouts = {
+            count: (
+                "throughput" in args.only and count in POSTGRES_THROUGHPUT_BROKERS,
+                "handoff" in args.only and count == POSTGRES_HANDOFF_BROKERS,
+            )
+            for count in sorted({*POSTGRES_THROUGHPUT_BROKERS, POSTGRES_HANDOFF_BROKERS})
+        }
+        if not any(any(wanted) for wanted in layouts.values()):
+            return
+        problem = postgres_problem(args.postgres)
+        if problem:
+            print(f"# PostgreSQL points skipped: {problem}", flush=True)
+            return
+        for count, (wants_throughput, wants_handoff) in layouts.items():
+            if not (wants_throughput or wants_handoff):
+                continue
+            where, variant = on_postgresql(count)
+            with (
+                postgres_schema(args.postgres) as url,
+                brokers(
+                    os.path.join(workdir, f"postgresql-{count}"),
+                    url,
+                    count,
+                    [*names, handoff.RESOURCE],
+                ) as broker,
+            ):
+                if wants_throughput:
+                    throughput_points(broker, where, variant)
+                if wants_handoff:
+                    handoff_point(broker, where, variant)
+
+    with tempfile.TemporaryDirectory(prefix="broker-bench-") as workdir:
+        try:
+            if "sqlite" in args.databases:
+                on_sqlite(workdir)
+            if "postgresql" in args.databases:
+                on_postgres(workdir)
         except RuntimeError as error:
             print(f"bench: {error}", file=sys.stderr)
             return 1
-        finally:
-            broker.stop()
     print(f"# results in {args.json}", flush=True)
     return 1 if errors else 0
 

@@ -1,16 +1,21 @@
-"""The broker under test, and what every bench point shares.
+"""The brokers under test, and what every bench point shares.
 
-The broker runs as its own subprocess (`broker serve`, a temp dir with its own
-SQLite file and configuration, 127.0.0.1 and a free port, ready when it prints
-`broker listening on HOST:PORT`, stopped by its pid whatever happens). Its
+A broker runs as its own subprocess (`broker serve`, a temp dir with its
+configuration and, by default, its own SQLite file, 127.0.0.1 and a free
+port, ready when it prints `broker listening on HOST:PORT`, stopped by its
+pid whatever happens). On PostgreSQL several brokers may share one database:
+`start_broker(workdir, url, count)` starts them one after the other, and
+`postgres_schema` gives each layout a fresh schema, dropped at the end. The
 configuration sets only what the bench needs; everything else (the session
-keep-alive timeout, the expiry sweep's interval, the queue's longest wait) is
-the broker's default. Clients talk to it over 127.0.0.1 only, through the
-generated stubs (`broker.v1`), never the SDK.
+keep-alive timeout, the expiry sweep's interval, the queue's longest wait,
+PostgreSQL's pool and timeouts) is the broker's default. Clients talk to the
+brokers over 127.0.0.1 only, through the generated stubs (`broker.v1`), never
+the SDK.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import queue
@@ -19,7 +24,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
+from urllib.parse import urlparse
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KIND = "Calculator"
@@ -44,24 +51,40 @@ kinds:
 
 @dataclasses.dataclass
 class Broker:
-    """A broker subprocess; `stop()` ends it by its pid."""
+    """One `broker serve` subprocess, or several on one database; `stop()`
+    ends each by its pid. Clients spread over them by `address_for`."""
 
-    process: subprocess.Popen
-    address: str
-    log_path: str
+    processes: list[subprocess.Popen]
+    addresses: list[str]
+    log_paths: list[str]
 
     @property
-    def pid(self) -> int:
-        return self.process.pid
+    def address(self) -> str:
+        """The first broker's address (every broker serves the same data)."""
+        return self.addresses[0]
+
+    @property
+    def pids(self) -> list[int]:
+        return [process.pid for process in self.processes]
+
+    def address_for(self, client: int) -> str:
+        """The broker that client number `client` talks to: round robin."""
+        return self.addresses[client % len(self.addresses)]
+
+    def cpu_seconds(self) -> float:
+        """User+system CPU time of every broker process, added up."""
+        return sum(cpu_seconds(pid) for pid in self.pids)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.pid, signal.SIGTERM)
+        for process in self.processes:
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGTERM)
+        for process in self.processes:
             try:
-                self.process.wait(10)
+                process.wait(10)
             except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                self.process.wait(10)
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait(10)
 
 
 def broker_command() -> list[str]:
@@ -69,14 +92,16 @@ def broker_command() -> list[str]:
     return [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "broker"]
 
 
-def start_broker(workdir: str) -> Broker:
-    """Starts `broker serve` on 127.0.0.1:0 with a fresh SQLite file in
-    `workdir`; returns once it has printed the address it listens on."""
+def start_broker(workdir: str, database_url: str | None = None, count: int = 1) -> Broker:
+    """Starts `count` brokers (`broker serve` on 127.0.0.1:0) on `database_url`,
+    by default a fresh SQLite file in `workdir`, one after the other (each
+    creates or checks the tables on start-up); returns once every one has
+    printed the address it listens on. Several brokers need a database they
+    can share (PostgreSQL)."""
     config_path = os.path.join(workdir, "rotest.yml")
     with open(config_path, "w", encoding="utf-8") as stream:
         stream.write(CONFIG_YAML.format(kind_model=KIND_MODEL))
-    database_url = "sqlite:///" + os.path.join(workdir, "broker.sqlite3")
-    log_path = os.path.join(workdir, "broker.log")
+    database_url = database_url or "sqlite:///" + os.path.join(workdir, "broker.sqlite3")
     env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))
     command = [
@@ -86,10 +111,27 @@ def start_broker(workdir: str) -> Broker:
         "--address", "127.0.0.1:0",
         "--database", database_url,
     ]  # fmt: skip
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=log, cwd=workdir, env=env, text=True
-        )
+    broker = Broker([], [], [])
+    try:
+        for index in range(count):
+            log_path = os.path.join(workdir, "broker.log" if count == 1 else f"broker-{index}.log")
+            broker.log_paths.append(log_path)
+            with open(log_path, "wb") as log:
+                broker.processes.append(
+                    subprocess.Popen(
+                        command, stdout=subprocess.PIPE, stderr=log, cwd=workdir, env=env, text=True
+                    )
+                )
+            broker.addresses.append(wait_listening(broker.processes[-1], log_path))
+    except BaseException:
+        broker.stop()
+        raise
+    return broker
+
+
+def wait_listening(process: subprocess.Popen, log_path: str) -> str:
+    """The address a starting broker listens on, once it prints it; a
+    RuntimeError with its log's end if it exits or is not ready in time."""
     lines: queue.Queue[str | None] = queue.Queue()
 
     def drain() -> None:  # reads stdout to the end so the pipe never fills
@@ -98,27 +140,76 @@ def start_broker(workdir: str) -> Broker:
         lines.put(None)
 
     threading.Thread(target=drain, daemon=True).start()
-    broker = Broker(process, "", log_path)
     deadline = time.monotonic() + START_TIMEOUT
-    try:
-        while True:
-            try:
-                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                problem = f"the broker was not ready in {START_TIMEOUT:g} s"
-                break
-            if line is None:
-                problem = f"the broker exited with status {process.wait()}"
-                break
-            if line.startswith(READY_PREFIX):
-                broker.address = line[len(READY_PREFIX) :].strip()
-                return broker
-    except BaseException:
-        broker.stop()
-        raise
-    broker.stop()
+    while True:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            problem = f"the broker (pid {process.pid}) was not ready in {START_TIMEOUT:g} s"
+            break
+        if line is None:
+            problem = f"the broker (pid {process.pid}) exited with status {process.wait()}"
+            break
+        if line.startswith(READY_PREFIX):
+            return line[len(READY_PREFIX) :].strip()
     with open(log_path, encoding="utf-8", errors="replace") as log:
         raise RuntimeError(f"{problem}; its log ends:\n{log.read()[-2000:]}")
+
+
+def loopback_problem(url: str) -> str | None:
+    """Why the bench may not use the PostgreSQL server at `url` (it talks to
+    127.0.0.1 only, and adds the `?schema=` itself), or None."""
+    parsed = urlparse(url)
+    host = parsed.hostname or ""
+    if parsed.scheme not in ("postgresql", "postgres") or not parsed.path.strip("/"):
+        return f"{url!r} is not postgresql://USER@HOST:PORT/DATABASE"
+    if not (host.startswith("127.") or host in ("localhost", "::1")):
+        return f"{url!r}: the bench talks to a PostgreSQL server on 127.0.0.1 only"
+    if parsed.query:
+        return f"{url!r}: give no query (the bench adds ?schema= itself)"
+    return None
+
+
+def postgres_admin(url: str):
+    """An autocommit psycopg2 connection to `url`, or a RuntimeError saying
+    why there is none."""
+    import psycopg2
+
+    try:
+        connection = psycopg2.connect(url, connect_timeout=3, options="-c lock_timeout=10000")
+    except psycopg2.Error as error:
+        reason = " ".join(str(error).split())
+        raise RuntimeError(f"PostgreSQL at {url} is unreachable: {reason}") from None
+    connection.autocommit = True
+    return connection
+
+
+def postgres_problem(url: str) -> str | None:
+    """Why the PostgreSQL server at `url` cannot be used now, or None."""
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError as error:
+        return f"psycopg2 cannot be imported ({error})"
+    try:
+        postgres_admin(url).close()
+    except RuntimeError as error:
+        return str(error)
+    return None
+
+
+@contextlib.contextmanager
+def postgres_schema(url: str) -> Iterator[str]:
+    """A fresh schema `bench_<random>` in the PostgreSQL database at `url`:
+    yields the broker's database URL for it, and drops the schema (CASCADE)
+    at the end, whatever happens. Stop the brokers on it first."""
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    with contextlib.closing(postgres_admin(url)) as admin, admin.cursor() as cursor:
+        cursor.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{url}?schema={schema}"
+    finally:
+        with contextlib.closing(postgres_admin(url)) as admin, admin.cursor() as cursor:
+            cursor.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 def seed(address: str, names: Sequence[str]) -> list[str]:

@@ -20,6 +20,11 @@ count; a missing grant number (a failed call) drops the two hand-offs around
 it. A negative hand-off would mean two holders at once: it is reported as an
 error.
 
+With several brokers on one PostgreSQL database the clients are dealt round
+robin over them, so consecutive holders are mostly on different brokers: the
+release's transaction on one broker grants the waiter, and its NOTIFY wakes
+the waiting call on the other, which then reads its grant.
+
 Fairness is Jain's index over the clients' grant counts in the window:
 (sum x)^2 / (n * sum x^2), 1.0 when every client got as many grants.
 """
@@ -39,7 +44,6 @@ from bench.broker_process import (
     START_TIMEOUT,
     Broker,
     acquire_request,
-    cpu_seconds,
     percentile,
     stop_processes,
 )
@@ -130,6 +134,7 @@ class HandoffResult:
     errors: int
     first_error: str
     server_cpu: float
+    variant: str = ""  # appended to the points' names, e.g. "_postgresql_2brokers"
 
     @property
     def rate(self) -> float:
@@ -165,7 +170,7 @@ class HandoffResult:
 
     def points(self) -> list[dict]:
         return [
-            {"name": name, "clients": self.clients, "value": value, "unit": unit}
+            {"name": name + self.variant, "clients": self.clients, "value": value, "unit": unit}
             for name, value, unit in (
                 ("handoff_latency_p50", round(self.percentile_ms(0.50), 3), "ms"),
                 ("handoff_latency_p99", round(self.percentile_ms(0.99), 3), "ms"),
@@ -174,9 +179,10 @@ class HandoffResult:
         ]
 
 
-def header(clients: int, hold: float) -> str:
+def header(clients: int, hold: float, where: str = "") -> str:
+    """The table's heading; `where` says on what, e.g. " on PostgreSQL"."""
     return (
-        f"# hand-off: {clients} client processes queue for one Calculator "
+        f"# hand-off{where}: {clients} client processes queue for one Calculator "
         f"(AcquireLease, max_wait {MAX_WAIT:g} s), hold {hold * 1e3:g} ms, release, "
         "queue again; hand-off = release sent -> next grant arrived (CLOCK_MONOTONIC)\n"
         "clients  grants/s hand-offs  p50 ms  p99 ms  max ms   jain srv CPU errors"
@@ -218,10 +224,18 @@ def analyse(
 
 
 def run_handoff(
-    broker: Broker, clients: int, *, duration: float, warmup: float, hold: float
+    broker: Broker,
+    clients: int,
+    *,
+    duration: float,
+    warmup: float,
+    hold: float,
+    variant: str = "",
 ) -> HandoffResult:
     """Runs `clients` waiting client processes on `RESOURCE` (seeded by the
-    caller) and measures `duration` seconds after `warmup` seconds."""
+    caller), the i-th through `broker.address_for(i)` (several brokers: a
+    release on one hands off to waiters on the others too), and measures
+    `duration` seconds after `warmup` seconds."""
     context = multiprocessing.get_context("spawn")
     ready, results = context.Queue(), context.Queue()
     go = context.Event()
@@ -229,7 +243,7 @@ def run_handoff(
     members = [
         context.Process(
             target=handoff_client,
-            args=(broker.address, RESOURCE, i, hold, ready, go, schedule, results),
+            args=(broker.address_for(i), RESOURCE, i, hold, ready, go, schedule, results),
             daemon=True,
         )
         for i in range(clients)
@@ -249,9 +263,9 @@ def run_handoff(
         schedule[1] = schedule[0] + duration
         go.set()
         time.sleep(max(0.0, schedule[0] - time.monotonic()))
-        cpu_start = cpu_seconds(broker.pid)
+        cpu_start = broker.cpu_seconds()
         time.sleep(max(0.0, schedule[1] - time.monotonic()))
-        server_cpu = (cpu_seconds(broker.pid) - cpu_start) / duration
+        server_cpu = (broker.cpu_seconds() - cpu_start) / duration
         parts = []
         for count in range(clients):
             try:
@@ -263,4 +277,6 @@ def run_handoff(
     finally:
         stop_processes(members)
     handoffs, grants, errors, first_error = analyse(parts, clients, schedule[0], schedule[1])
-    return HandoffResult(clients, duration, hold, handoffs, grants, errors, first_error, server_cpu)
+    return HandoffResult(
+        clients, duration, hold, handoffs, grants, errors, first_error, server_cpu, variant
+    )

@@ -1,12 +1,14 @@
 """Throughput: uncontended acquire+release cycles against a real broker.
 
-The broker is `bench.broker_process`'s subprocess. Clients run in other
-processes and talk to it over 127.0.0.1 only. Each client is one thread with
-its own channel (its own TCP connection: channels do not share a subchannel
-pool here) that acquires, by name, a Calculator no other client asks for,
-then releases it, for a warm-up and then `--duration` seconds; only cycles
+The broker is `bench.broker_process`'s subprocess (or several on one
+PostgreSQL database, the clients dealt round robin over them). Clients run
+in other processes and talk to it over 127.0.0.1 only. Each client is one
+thread with its own channel (its own TCP connection: channels do not share a
+subchannel pool here) that acquires, by name, a Calculator no other client
+asks for, then releases it, for a warm-up and then `--duration` seconds; only cycles
 that end inside that window count. Per point: cycles/s, p50 and p99 of one
-cycle's latency, and the broker's CPU use (in cores) during the window.
+cycle's latency, and the broker's CPU use (in cores, all brokers added up)
+during the window.
 
 Client layout, N clients: min(N, --processes) spawned processes (at most 4
 by default), the N threads dealt among them. On a 2-core machine the clients
@@ -47,7 +49,6 @@ from bench.broker_process import (
     START_TIMEOUT,
     Broker,
     acquire_request,
-    cpu_seconds,
     percentile,
     stop_processes,
 )
@@ -108,7 +109,7 @@ def acquire_release_worker(channel, name: str, window: Window, tally: Tally) -> 
 
 
 def client_process(
-    address: str,
+    addresses: Sequence[str],
     names: Sequence[str],
     worker: Callable,
     ready: multiprocessing.Queue,
@@ -116,12 +117,13 @@ def client_process(
     schedule,
     results: multiprocessing.Queue,
 ) -> None:
-    """One client process: a thread and a channel per name. Says it is ready
+    """One client process: a thread per name, each with a channel to the
+    broker at the same place in `addresses`. Says it is ready
     once every channel is connected, waits for `go`, runs `worker` in each
     thread over the window in `schedule`, and sends back what they measured."""
     import grpc
 
-    channels = [grpc.insecure_channel(address, options=CHANNEL_OPTIONS) for _ in names]
+    channels = [grpc.insecure_channel(address, options=CHANNEL_OPTIONS) for address in addresses]
     try:
         for channel in channels:
             grpc.channel_ready_future(channel).result(timeout=START_TIMEOUT)
@@ -164,7 +166,8 @@ class PointResult:
     latencies: list[float]  # seconds, sorted
     errors: int
     first_error: str
-    server_cpu: float  # cores the broker used during the window
+    server_cpu: float  # cores the broker(s) used during the window
+    variant: str = ""  # appended to the points' names, e.g. "_postgresql_2brokers"
 
     @property
     def rate(self) -> float:
@@ -182,7 +185,7 @@ class PointResult:
 
     def points(self) -> list[dict]:
         return [
-            {"name": name, "clients": self.clients, "value": value, "unit": unit}
+            {"name": name + self.variant, "clients": self.clients, "value": value, "unit": unit}
             for name, value, unit in (
                 ("acquire_release_cycles", round(self.rate, 1), "cycles/s"),
                 ("acquire_release_p50", round(self.percentile_ms(0.50), 3), "ms"),
@@ -207,8 +210,10 @@ def run_point(
     warmup: float,
     max_processes: int,
     worker: Callable = acquire_release_worker,
+    variant: str = "",
 ) -> PointResult:
-    """Runs `clients` concurrent clients, the i-th on `names[i]`, in
+    """Runs `clients` concurrent clients, the i-th on `names[i]` through
+    `broker.address_for(i)` (spread evenly over the brokers), in
     min(clients, max_processes) spawned processes; measures `duration`
     seconds after `warmup` seconds."""
     context = multiprocessing.get_context("spawn")
@@ -216,10 +221,19 @@ def run_point(
     ready, results = context.Queue(), context.Queue()
     go = context.Event()
     schedule = context.Array("d", 2, lock=False)
+    addresses = [broker.address_for(i) for i in range(clients)]
     members = [
         context.Process(
             target=client_process,
-            args=(broker.address, names[i:clients:processes], worker, ready, go, schedule, results),
+            args=(
+                addresses[i::processes],
+                names[i:clients:processes],
+                worker,
+                ready,
+                go,
+                schedule,
+                results,
+            ),
             daemon=True,
         )
         for i in range(processes)
@@ -239,9 +253,9 @@ def run_point(
         schedule[1] = schedule[0] + duration
         go.set()
         sleep_until(schedule[0])
-        cpu_start = cpu_seconds(broker.pid)
+        cpu_start = broker.cpu_seconds()
         sleep_until(schedule[1])
-        server_cpu = (cpu_seconds(broker.pid) - cpu_start) / duration
+        server_cpu = (broker.cpu_seconds() - cpu_start) / duration
         latencies, errors, first_error = array.array("d"), 0, ""
         for count in range(processes):
             try:
@@ -256,7 +270,7 @@ def run_point(
     finally:
         stop_processes(members)
     return PointResult(
-        clients, processes, duration, sorted(latencies), errors, first_error, server_cpu
+        clients, processes, duration, sorted(latencies), errors, first_error, server_cpu, variant
     )
 
 

@@ -4,7 +4,7 @@ from sdk import BrokerClient
 from resources.calculator.resource import Calculator
 
 with BrokerClient("127.0.0.1:50051") as client:
-    with client.lease(Calculator, name="calc") as calc:
+    with client.lease(Calculator, name="calc", wait=300) as calc:
         print(calc.calculate("6 * 7"))
 """
 
@@ -26,6 +26,8 @@ from sdk.errors import (
 )
 from sdk.lease import Lease
 from sdk.requirements import ResourceRequest, request
+from sdk.session import Session
+from sdk.waiting import Granted, Waiting, wait_for_grant
 
 __all__ = [
     "AbortedError",
@@ -35,6 +37,7 @@ __all__ = [
     "BrokerError",
     "DeadlineExceededError",
     "FailedPreconditionError",
+    "Granted",
     "InternalError",
     "InvalidArgumentError",
     "Lease",
@@ -42,9 +45,12 @@ __all__ = [
     "PermissionDeniedError",
     "ResourceBusyError",
     "ResourceRequest",
+    "Session",
     "StateError",
     "UnauthenticatedError",
     "UnavailableError",
+    "Waiting",
     "check_active",
     "request",
+    "wait_for_grant",
 ]

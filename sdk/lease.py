@@ -1,13 +1,16 @@
 """A held lease as a context manager: acquire, set up, keep alive, tear down,
 release.
 
-Entering acquires every request at once, builds one `BaseResource` per grant
-and runs its lifecycle (`BaseResource.setup`), then renews the lease in the
-background. Leaving, whatever ended the block (an exception, Ctrl-C), stores
-the resources' state if the block failed and `save_state` is on, finalizes
-them, stops renewing and releases the lease. A failure during setup tears down
-what was set up and releases before it propagates. Errors while tearing down
-are logged and never hide the block's own exception.
+Entering acquires every request at once, waiting in the broker's queue for up
+to `wait` seconds if they are held now (each change of its place is logged
+and handed to `on_wait`; Ctrl-C while waiting takes the request out of the
+queue), binds the lease to the client's session, builds one `BaseResource`
+per grant and runs its lifecycle (`BaseResource.setup`), then renews the
+lease in the background. Leaving, whatever ended the block (an exception,
+Ctrl-C), stores the resources' state if the block failed and `save_state` is
+on, finalizes them, stops renewing and releases the lease. A failure during
+setup tears down what was set up and releases before it propagates. Errors
+while tearing down are logged and never hide the block's own exception.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -25,13 +28,16 @@ from broker.v1 import lease_pb2
 from sdk.base_resource import OPEN, BaseResource
 from sdk.keepalive import KeepAlive
 from sdk.requirements import ResourceRequest
+from sdk.waiting import Waiting, wait_for_grant
 
 if TYPE_CHECKING:
     from sdk.client import BrokerClient
 
 logger = logging.getLogger(__name__)
 
-Granted = BaseResource | list[BaseResource]
+Held = BaseResource | list[BaseResource]
+
+DEFAULT_WAIT = 60.0  # seconds a lease waits in the queue unless told otherwise
 
 
 class Lease:
@@ -47,6 +53,12 @@ class Lease:
         save_state: call `store_state()` on each resource when the block raises.
         state_dir: where those states go, one subdirectory per resource;
             None makes a temporary directory, logged.
+        wait: seconds to wait in the broker's queue while the resources are
+            held by others; None or 0 does not wait (`ResourceBusyError` at
+            once). A wait that ends ungranted raises `DeadlineExceededError`.
+        priority: the place in the queue, -100 to 100: higher is served first.
+        on_wait: called with each `Waiting` (the request's position and who
+            holds what it waits for), as it is logged at INFO.
     """
 
     def __init__(
@@ -59,9 +71,14 @@ class Lease:
         force_initialize: bool = False,
         save_state: bool = False,
         state_dir: str | None = None,
+        wait: float | None = DEFAULT_WAIT,
+        priority: int = 0,
+        on_wait: Callable[[Waiting], None] | None = None,
     ) -> None:
         if not requests:
             raise ValueError("a lease needs at least one request")
+        if wait is not None and wait < 0:
+            raise ValueError(f"wait is not negative, not {wait:g}")
         self._client = client
         self._requests = dict(requests)
         self._ttl = ttl
@@ -69,11 +86,14 @@ class Lease:
         self._force_initialize = force_initialize
         self._save_state = save_state
         self._state_dir = state_dir
+        self._wait = wait
+        self._priority = priority
+        self._on_wait = on_wait
         self._lease: lease_pb2.Lease | None = None
         self._secret = ""
         self._instances: list[BaseResource] = []
         self._keepalive: KeepAlive | None = None
-        self.resources: dict[str, Granted] = {}
+        self.resources: dict[str, Held] = {}
         self.lost = threading.Event()
 
     @property
@@ -90,11 +110,10 @@ class Lease:
         """Resource name -> the fencing number of its grant."""
         return {grant.resource.name: grant.fencing_token for grant in self._held().grants}
 
-    def __enter__(self) -> dict[str, Granted]:
+    def __enter__(self) -> dict[str, Held]:
         if self._lease is not None:
             raise RuntimeError("a Lease is entered once")
-        requirements = [request.to_requirement(label) for label, request in self._requests.items()]
-        self._lease, self._secret = self._client.acquire(requirements, ttl=self._ttl)
+        self._lease, self._secret = self._acquire()
         try:
             self._build()
             for resource in self._instances:
@@ -122,6 +141,31 @@ class Lease:
         if exc is not None and self._save_state:
             self._store_states()
         self._close(exc)
+
+    def _acquire(self) -> tuple[lease_pb2.Lease, str]:
+        """The lease, bound to the client's session if it has one; waiting
+        in the queue through `WatchAcquireLease` if `wait` allows."""
+        requirements = [request.to_requirement(label) for label, request in self._requests.items()]
+        session = self._client.lease_session()
+        session_id = session.session_id if session is not None else ""
+        if not self._wait:
+            return self._client.acquire(
+                requirements, self._ttl, priority=self._priority, session_id=session_id
+            )
+        events = self._client.watch_acquire(
+            requirements,
+            self._ttl,
+            max_wait=self._wait,
+            priority=self._priority,
+            session_id=session_id,
+        )
+        granted = wait_for_grant(events, self._waiting)
+        return granted.lease, granted.secret
+
+    def _waiting(self, waiting: Waiting) -> None:
+        logger.info("lease of %s is %s", ", ".join(self._requests), waiting)
+        if self._on_wait is not None:
+            self._on_wait(waiting)
 
     def _held(self) -> lease_pb2.Lease:
         if self._lease is None:
@@ -187,6 +231,6 @@ class Lease:
 class SingleLease(Lease):
     """A lease on one request, whose `with` gives that request's resource."""
 
-    def __enter__(self) -> Granted:  # type: ignore[override]
+    def __enter__(self) -> Held:  # type: ignore[override]
         (label,) = self._requests
         return super().__enter__()[label]

@@ -9,6 +9,7 @@ import asyncio
 from broker.api import convert, identity
 from broker.api.runner import Runner
 from broker.api.waits import WaitBoard
+from broker.domain.errors import FailedPreconditionError, PreconditionViolation
 from broker.domain.leasing import Leases
 from broker.domain.sessions import SessionEnding, Sessions
 from broker.domain.values import Granted
@@ -22,7 +23,7 @@ class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
         self.sessions = sessions
         self.board = board
         self.run = run
-        self._closing: set[asyncio.Future] = set()
+        self._background: set[asyncio.Future] = set()
 
     async def AcquireLease(self, request, context):
         async for outcome in self._acquire(request, context):
@@ -41,11 +42,36 @@ class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
         """The outcome of an acquire: the grant, or the wait's statuses then
         the grant."""
         holder = identity.holder(request.holder, context)
-        outcome = await self.run(self.leases.acquire, convert.acquire_request(request, holder))
+        acquiring = asyncio.ensure_future(
+            self.run(self.leases.acquire, convert.acquire_request(request, holder))
+        )
+        try:
+            outcome = await asyncio.shield(acquiring)
+        except asyncio.CancelledError:
+            # The caller left while the acquire was under way: whatever it
+            # leaves behind (a wait, a fresh lease) is undone once it ends.
+            self._keep(acquiring)
+            acquiring.add_done_callback(self._undo_acquire)
+            raise
         yield outcome
         if not isinstance(outcome, Granted):
             async for status in self.board.follow(self.leases, outcome, self.run):
                 yield status
+
+    def _undo_acquire(self, acquiring: asyncio.Future) -> None:
+        if acquiring.cancelled() or acquiring.exception() is not None:
+            return
+        outcome = acquiring.result()
+        if isinstance(outcome, Granted):
+            undo = self.run(self.leases.release, outcome.lease.lease_id, outcome.secret)
+        else:
+            undo = self.run(self.leases.abandon, outcome.waiter_id, False)
+        self._keep(asyncio.ensure_future(undo))
+
+    def _keep(self, future: asyncio.Future) -> None:
+        """Holds a background future until it is done."""
+        self._background.add(future)
+        future.add_done_callback(self._background.discard)
 
     async def ListWaiters(self, request, context):
         page = await self.run(self.leases.list_waiters, request.page_size, request.page_token)
@@ -89,9 +115,16 @@ class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
             closing = asyncio.ensure_future(
                 self.run(self.sessions.close, session.session_id, ending)
             )
-            self._closing.add(closing)
-            closing.add_done_callback(self._closing.discard)
+            self._keep(closing)
             await asyncio.shield(closing)
+        if ending == SessionEnding.SILENT:
+            raise FailedPreconditionError(
+                PreconditionViolation(
+                    "SESSION_ENDED",
+                    f"sessions/{session.session_id}",
+                    f"session {session.session_id} ended: {ending.value}",
+                )
+            )
 
     async def RenewLease(self, request, context):
         view = await self.run(self.leases.renew, request.lease_id, request.secret)

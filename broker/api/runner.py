@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -26,15 +27,41 @@ class Runner(Protocol):
     def close(self) -> None: ...
 
 
+# Bumped when the database comes back after an outage: a thread whose
+# connection is older drops it before its next call, instead of failing once
+# on a connection the outage killed.
+_epoch = 0
+_thread = threading.local()
+
+
+def renew_connections() -> None:
+    """Every thread opens a fresh connection before its next call."""
+    global _epoch
+    _epoch += 1
+
+
 def _call(function: Callable[..., Any], *args: Any) -> Any:
-    """Runs a domain call; a connection the database failed on is closed
-    (a pool discards it) so that the next call opens a fresh one."""
+    """Runs a domain call on a connection not older than the last outage; a
+    connection the database failed on is discarded."""
+    if getattr(_thread, "epoch", 0) != _epoch:
+        _discard_connection()
+        _thread.epoch = _epoch
     try:
         return function(*args)
     except (peewee.OperationalError, peewee.InterfaceError):
-        with contextlib.suppress(Exception):
-            database_proxy.obj.close()
+        _discard_connection()
         raise
+
+
+def _discard_connection() -> None:
+    """Closes this thread's connection for good (a pool forgets a closed one)."""
+    database = database_proxy.obj
+    if database.is_closed():
+        return
+    with contextlib.suppress(Exception):
+        database.connection().close()
+    with contextlib.suppress(Exception):
+        database.close()
 
 
 class InlineRunner:

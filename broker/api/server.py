@@ -28,7 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from broker.api.errors import ErrorInterceptor
 from broker.api.inventory_servicer import InventoryServicer
 from broker.api.lease_servicer import LeaseServicer
-from broker.api.runner import InlineRunner, Runner, ThreadRunner
+from broker.api.runner import InlineRunner, Runner, ThreadRunner, renew_connections
 from broker.api.waits import WaitBoard
 from broker.config import Config, ConfigError, DatabaseConfig, load_config
 from broker.domain.inventory import Inventory
@@ -204,6 +204,10 @@ class BrokerServer:
             except Exception:
                 log.exception("lease expiry sweep failed; retrying in %.1f s", interval)
                 continue
+            if not reachable:
+                # Every worker's connection may be dead: the next call of
+                # each opens a fresh one.
+                renew_connections()
             if reachable != serving:
                 serving = reachable
                 await self._set_health(serving)

@@ -37,6 +37,7 @@ class WaitBoard:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._events: dict[int, asyncio.Event] = {}
+        self._followers: dict[int, int] = {}
         self._results: dict[int, Granted] = {}
         self._unclaimed: OrderedDict[int, Granted] = OrderedDict()
 
@@ -79,6 +80,9 @@ class WaitBoard:
         leaves the queue (or its fresh lease is released)."""
         waiter_id = waiting.waiter_id
         event = self._events.setdefault(waiter_id, asyncio.Event())
+        # A retry (same request id) follows the same waiter as the call it
+        # replaces: the request leaves the queue only when its last caller does.
+        self._followers[waiter_id] = self._followers.get(waiter_id, 0) + 1
         last = waiting
         delivered = False
         try:
@@ -92,7 +96,7 @@ class WaitBoard:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), timeout)
                 event.clear()
-                handed = self._results.pop(waiter_id, None)
+                handed = self._results.get(waiter_id)
                 if handed is not None:
                     delivered = True
                     yield handed
@@ -112,10 +116,13 @@ class WaitBoard:
                     last = status
                     yield status
         except (asyncio.CancelledError, GeneratorExit):
-            if not delivered:
+            if not delivered and self._followers[waiter_id] == 1:
                 # The caller is gone: no await may be cancelled here.
                 leases.abandon(waiting.waiter_id, False)
             raise
         finally:
-            self._events.pop(waiter_id, None)
-            self._results.pop(waiter_id, None)
+            self._followers[waiter_id] -= 1
+            if not self._followers[waiter_id]:
+                del self._followers[waiter_id]
+                self._events.pop(waiter_id, None)
+                self._results.pop(waiter_id, None)

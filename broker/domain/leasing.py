@@ -97,11 +97,12 @@ class Leases:
     def transaction(self) -> Iterator[None]:
         """A write transaction that announces, once committed, the waiting
         requests it granted."""
-        self.queue.granted.clear()
         with write_transaction():
+            self.queue.granted.clear()
             yield
             notify_model.announce_grants(list(self.queue.granted))
-        granted, self.queue.granted = self.queue.granted, {}
+        granted = dict(self.queue.granted)
+        self.queue.granted.clear()
         if granted:
             self.on_granted(granted)
 
@@ -197,6 +198,15 @@ class Leases:
             return Granted(self.get(waiter.lease_id), self.granter.secret_for(waiter.lease_id))
         if waiter.state == WaiterState.WAITING and waiter.deadline > now:
             return self._waiting(waiter, now)
+        if waiter.state == WaiterState.CANCELLED:
+            raise FailedPreconditionError(
+                PreconditionViolation(
+                    "WAIT_CANCELLED",
+                    f"waiters/{waiter_id}",
+                    "the request left the queue: its session ended, or its kind or "
+                    "field is no longer served; it holds nothing",
+                )
+            )
         raise DeadlineExceededError(
             f"the request waited until its deadline and holds nothing (waiter {waiter_id})"
         )

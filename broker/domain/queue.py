@@ -18,6 +18,8 @@ announce after its commit.
 
 from __future__ import annotations
 
+import threading
+
 from broker.domain.errors import BrokerError
 from broker.domain.granting import (
     Granter,
@@ -36,7 +38,15 @@ class WaitQueue:
 
     def __init__(self, granter: Granter):
         self.granter = granter
-        self.granted: dict[int, Granted] = {}
+        self._local = threading.local()
+
+    @property
+    def granted(self) -> dict[int, Granted]:
+        """The grants made by this thread's transaction: each worker thread
+        runs its own transaction, so each collects its own."""
+        if not hasattr(self._local, "granted"):
+            self._local.granted = {}
+        return self._local.granted
 
     def enqueue(
         self,
@@ -108,7 +118,7 @@ class WaitQueue:
                     request_id=waiter.request_id or "",
                     session_id=waiter.session_id or "",
                 )
-                queue_model.end_waiter(waiter.id, WaiterState.GRANTED, now)
+                queue_model.end_waiter(waiter.id, WaiterState.GRANTED, now, keep_request_id=True)
                 taken = plan.assigned_ownable()
             else:
                 taken = plan.assigned_ownable()

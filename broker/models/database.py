@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import zlib
 from collections.abc import Iterator
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -42,8 +43,10 @@ SQLITE_PRAGMAS = (
 STATEMENT_TIMEOUT_MS = 10_000
 LOCK_TIMEOUT_MS = 5_000
 POOL_SIZE = 32
-# The advisory lock every write transaction takes on PostgreSQL.
+# The advisory locks taken on PostgreSQL (with the schema as second key):
+# every write transaction's, and the one that lays out the tables.
 WRITE_LOCK_KEY = 0x62726F6B  # "brok"
+LAYOUT_LOCK_KEY = 0x6C61796F  # "layo"
 
 
 class DatabaseURLError(ValueError):
@@ -124,7 +127,9 @@ def write_transaction() -> Iterator[None]:
             yield
     else:
         with database.atomic():
-            database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
+            database.execute_sql(
+                "SELECT pg_advisory_xact_lock(%s, %s)", (WRITE_LOCK_KEY, schema_key(database))
+            )
             yield
 
 
@@ -134,3 +139,13 @@ def close_database(database: peewee.Database) -> None:
         database.close_all()
     else:
         database.close()
+
+
+def schema_key(database: peewee.Database) -> int:
+    """The second half of an advisory lock's key: brokers of different
+    schemas of one database never wait for each other."""
+    return schema_lock_key(getattr(database, "schema", "public"))
+
+
+def schema_lock_key(schema: str) -> int:
+    return zlib.crc32(schema.encode()) - 2**31

@@ -72,10 +72,19 @@ def position(waiter: Waiter, state: int) -> int:
     return cursor.fetchone()[0]
 
 
-def end_waiter(waiter_id: int, state: int, now: float) -> None:
-    statements.run(
-        'UPDATE "waiter" SET "state" = ?, "end_time" = ? WHERE "id" = ?', [state, now, waiter_id]
-    )
+def end_waiter(waiter_id: int, state: int, now: float, keep_request_id: bool = False) -> None:
+    """Ends a wait. Unless the wait was granted (`keep_request_id`), its
+    request id is freed, so a retry with it waits anew."""
+    if keep_request_id:
+        statements.run(
+            'UPDATE "waiter" SET "state" = ?, "end_time" = ? WHERE "id" = ?',
+            [state, now, waiter_id],
+        )
+    else:
+        statements.run(
+            'UPDATE "waiter" SET "state" = ?, "end_time" = ?, "request_id" = NULL WHERE "id" = ?',
+            [state, now, waiter_id],
+        )
 
 
 def set_blocked(waiter_id: int, index: int) -> None:
@@ -132,6 +141,7 @@ def list_waiters(state: int, after: tuple[int, int] | None, limit: int) -> list[
 def cancel_session_waiters(session_id: str, waiting_state: int, state: int, now: float) -> None:
     """Ends the waits of a session's requests."""
     statements.run(
-        'UPDATE "waiter" SET "state" = ?, "end_time" = ? WHERE "session_id" = ? AND "state" = ?',
+        'UPDATE "waiter" SET "state" = ?, "end_time" = ?, "request_id" = NULL'
+        ' WHERE "session_id" = ? AND "state" = ?',
         [state, now, session_id, waiting_state],
     )

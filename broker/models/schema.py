@@ -4,13 +4,14 @@ database was made are added, keeping every row."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import peewee
 from playhouse.migrate import SchemaMigrator, migrate
 
 from broker.models.base import BaseModel
-from broker.models.database import database_proxy
+from broker.models.database import LAYOUT_LOCK_KEY, database_proxy, schema_key
 from broker.models.event import Event
 from broker.models.lease import Lease, LeaseGrant
 from broker.models.queue import Waiter
@@ -44,7 +45,7 @@ def create_tables(kind_models: Sequence[type[BaseModel]]) -> None:
     the schema version; refuses a database laid out by a newer broker."""
     database = database_proxy.obj
     models = [*CORE_MODELS, *kind_models]
-    with database.connection_context():
+    with database.connection_context(), _layout_lock(database):
         _check_version(database)
         # Columns first: creating a table's indexes names its new columns.
         _add_missing_columns(database, models)
@@ -52,6 +53,20 @@ def create_tables(kind_models: Sequence[type[BaseModel]]) -> None:
         Setting.insert(name=SCHEMA_VERSION_KEY, value=str(SCHEMA_VERSION)).on_conflict(
             conflict_target=[Setting.name], update={Setting.value: str(SCHEMA_VERSION)}
         ).execute()
+
+
+@contextlib.contextmanager
+def _layout_lock(database: peewee.Database) -> Iterator[None]:
+    """On PostgreSQL, brokers starting together lay out the tables one at a
+    time, in one transaction each (SQLite has one broker)."""
+    if isinstance(database, peewee.SqliteDatabase):
+        yield
+        return
+    with database.atomic():
+        database.execute_sql(
+            "SELECT pg_advisory_xact_lock(%s, %s)", (LAYOUT_LOCK_KEY, schema_key(database))
+        )
+        yield
 
 
 def _check_version(database: peewee.Database) -> None:

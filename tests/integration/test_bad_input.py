@@ -331,9 +331,7 @@ def database_snapshot(url: str) -> dict[str, list[tuple]]:
     try:
         schema = getattr(database, "schema", None)
         return {
-            table: sorted(
-                database.execute_sql(f'SELECT * FROM "{table}"').fetchall(), key=repr
-            )
+            table: sorted(database.execute_sql(f'SELECT * FROM "{table}"').fetchall(), key=repr)
             for table in database.get_tables(schema=schema)
         }
     finally:

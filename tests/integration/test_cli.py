@@ -5,8 +5,11 @@ and values, never at the exact padding of tables."""
 from __future__ import annotations
 
 import re
+import signal
 import socket
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -15,7 +18,11 @@ import pytest
 from broker import cli
 from broker.api.field_values import from_field_value
 from broker.v1 import lease_pb2
-from sdk import BrokerClient
+from sdk import BrokerClient, Waiting
+from sdk.requirements import to_constraints
+from tests.integration.helpers import wait_until
+
+WAIT = 10.0
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "rotest.yml"
 
@@ -425,6 +432,132 @@ def test_an_unreachable_broker_exits_3(capsys):
 
     assert status == 3
     assert "UNAVAILABLE" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------- queue
+
+
+def calc_requirement(label: str = "calc", name=("calc",)) -> lease_pb2.Requirement:
+    where = {"name": name[0] if len(name) == 1 else list(name)}
+    return lease_pb2.Requirement(kind="Calculator", constraints=to_constraints(where), label=label)
+
+
+def test_queue_lists_the_waiters_in_the_order_they_are_served(run, broker, sdk_client):
+    add_calculator(run)
+    sdk_client.acquire([calc_requirement()])
+    with (
+        BrokerClient(broker.address, holder="low@bench") as low,
+        BrokerClient(broker.address, holder="high@bench") as high,
+    ):
+        waits = [
+            low.watch_acquire([calc_requirement()], max_wait=WAIT),
+            high.watch_acquire(
+                [calc_requirement("spare", ("calc", "calc-9"))], max_wait=WAIT, priority=7
+            ),
+        ]
+        assert all(isinstance(next(wait), Waiting) for wait in waits)
+
+        queue = rows(ok(run("queue")))
+
+        assert set(queue) == {"0", "1"}
+        first, second = queue["0"], queue["1"]
+        assert (first["HOLDER"], first["PRIORITY"]) == ("high@bench", "7")
+        assert first["WANTS"] == "Calculator x1 name=calc|calc-9"
+        assert first["BLOCKED"] == "0 (spare)"
+        assert (second["HOLDER"], second["PRIORITY"]) == ("low@bench", "0")
+        assert second["WANTS"] == "Calculator x1 name=calc"
+        assert second["BLOCKED"] == "0 (calc)"
+        assert int(first["WAITER"]) > int(second["WAITER"])
+        for row in (first, second):
+            assert row["WAITING SINCE"] < row["DEADLINE"]
+        for wait in waits:
+            wait.close()
+
+    wait_until(lambda: rows(ok(run("queue"))) == {}, WAIT, "the queue to empty")
+
+
+def test_acquire_waits_printing_where_it_stands_then_the_grant(run, sdk_client):
+    add_calculator(run)
+    held, secret = sdk_client.acquire([calc_requirement()])
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        argv = ("Calculator", "--where", "name=calc", "--wait", "10", "--priority", "3")
+        acquiring = pool.submit(run, "leases", "acquire", *argv)
+        (waiter,) = wait_until(lambda: list(sdk_client.list_waiters()), WAIT, "the CLI to wait")
+        assert waiter.priority == 3
+        sdk_client.release(held.lease_id, secret)
+        result = acquiring.result(WAIT)
+
+    out = ok(result)
+    assert "waiting at position 0" in result.err
+    assert f"calc held by checker@bench (lease {held.lease_id}" in result.err
+    shown = details(out)
+    assert shown["state"] == "active"
+    assert sdk_client.get_lease(shown["lease"]).state == lease_pb2.LEASE_STATE_ACTIVE
+    assert "waiting" not in out
+
+
+def test_acquire_whose_wait_ends_fails_and_leaves_the_queue(run, sdk_client):
+    add_calculator(run)
+    sdk_client.acquire([calc_requirement()])
+
+    result = run("leases", "acquire", "Calculator", "--where", "name=calc", "--wait", "1")
+
+    assert result.status == 1
+    assert "waiting at position 0" in result.err
+    assert "DEADLINE_EXCEEDED" in result.err
+    assert rows(ok(run("queue"))) == {}
+    assert [lease.holder for lease in sdk_client.list_leases()] == ["checker@bench"]
+
+
+def test_ctrl_c_while_acquire_waits_exits_130_and_leaves_the_queue(run, sdk_client):
+    add_calculator(run)
+    sdk_client.acquire([calc_requirement()])
+    main = threading.main_thread()
+    assert threading.current_thread() is main
+
+    def press_ctrl_c() -> None:
+        wait_until(lambda: list(sdk_client.list_waiters()), WAIT, "the CLI to wait")
+        signal.pthread_kill(main.ident, signal.SIGINT)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pressed = pool.submit(press_ctrl_c)
+        result = run("leases", "acquire", "Calculator", "--where", "name=calc", "--wait", "10")
+        pressed.result(WAIT)
+
+    assert result.status == 130
+    assert "interrupted" in result.err
+    wait_until(lambda: rows(ok(run("queue"))) == {}, WAIT, "the queue to empty")
+    assert [lease.holder for lease in sdk_client.list_leases()] == ["checker@bench"]
+
+
+def test_acquire_without_wait_is_busy_at_once(run, sdk_client):
+    add_calculator(run)
+    held, _ = sdk_client.acquire([calc_requirement()])
+
+    result = run("leases", "acquire", "Calculator", "--where", "name=calc")
+
+    assert result.status == 1
+    assert "RESOURCE_EXHAUSTED" in result.err
+    assert f"calc held by checker@bench (lease {held.lease_id}" in result.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "status", "named"),
+    [
+        (["--priority", "500"], 1, "priority"),
+        (["--wait", "-1"], 2, "--wait"),
+        (["--priority", "high"], 2, "--priority"),
+    ],
+)
+def test_acquire_refuses_a_bad_wait_or_priority(run, sdk_client, argv, status, named):
+    add_calculator(run)
+
+    result = run("leases", "acquire", "Calculator", "--where", "name=calc", *argv)
+
+    assert result.status == status
+    assert named in result.err
+    assert list(sdk_client.list_leases()) == []
 
 
 # ---------------------------------------------------------------- config

@@ -6,8 +6,6 @@ lost while held, Ctrl-C, saved state, the lifecycle hooks' order, and shared
 from __future__ import annotations
 
 import datetime
-import time
-from collections.abc import Callable
 
 import pytest
 
@@ -22,8 +20,7 @@ from sdk import (
 )
 from sdk.base_resource import ResourceState
 from tests.kinds import LicenceData, PhoneData
-
-WAIT = 10.0
+from tests.sdk.helpers import WAIT, wait_until
 
 
 class Phone(BaseResource):
@@ -77,15 +74,6 @@ class DumpingCalculator(Calculator):
     def store_state(self, directory: str) -> None:
         with open(f"{directory}/answer.txt", "w", encoding="utf-8") as stream:
             stream.write(str(self.calculate("6 * 7")))
-
-
-def wait_until(condition: Callable[[], bool], pause, timeout: float = WAIT) -> None:
-    """Polls `condition` until it holds; `pause(seconds)` waits between polls
-    (an Event's `wait`, so a watched event cuts the pause short)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "the condition did not hold in time"
-        pause(0.05)
 
 
 def add_phone(client: BrokerClient, name: str, os: str = "android") -> None:
@@ -158,7 +146,8 @@ def test_a_request_busy_in_part_leaves_nothing_held(broker, client, calc):
         other.lease(Phone, name="pixel-2"),
     ):
         wanted = client.lease_many(
-            {"calc": request(Calculator, name="calc"), "phones": request(Phone, count=2)}
+            {"calc": request(Calculator, name="calc"), "phones": request(Phone, count=2)},
+            wait=0,
         )
         with pytest.raises(ResourceBusyError) as busy, wanted:
             pytest.fail("the block must not run without every resource")

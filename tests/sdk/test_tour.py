@@ -43,7 +43,7 @@ def test_tour_lease_and_calculate(broker, client, device_port, capsys):
 
 def test_lease_is_exclusive_while_held(broker, client, calc):
     with client.lease(Calculator, name="calc"), BrokerClient(broker.address) as other:
-        with pytest.raises(ResourceBusyError) as busy, other.lease(Calculator, name="calc"):
+        with pytest.raises(ResourceBusyError) as busy, other.lease(Calculator, name="calc", wait=0):
             pass
         assert [h.resource for h in busy.value.blocked.holders] == ["calc"]
 

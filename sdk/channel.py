@@ -1,0 +1,41 @@
+"""The SDK's gRPC channel to the broker, with explicit HTTP/2 keep-alive.
+
+A client may keep a call open for minutes without sending a byte: an acquire
+waiting in the queue, a session stream between two keep-alives. Without
+pings, a broker that vanished or a connection that a NAT or firewall dropped
+silently is noticed only when the call's deadline passes; with them, the call
+fails with UNAVAILABLE within seconds and the SDK can retry or report the
+session lost. The broker accepts pings every 5 s or more, idle or not
+(`SERVER_OPTIONS` in `broker/api/server.py`); pinging more often would make
+it answer GOAWAY (`too_many_pings`) and drop the connection.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+# Ping the broker after 10 s without any frame on the connection: twice the
+# broker's minimum ping interval of 5 s, so pings are never refused.
+KEEPALIVE_TIME_MS = 10_000
+# Declare the connection dead when a ping is not answered within 5 s: the open
+# calls fail with UNAVAILABLE instead of hanging until their deadline.
+KEEPALIVE_TIMEOUT_MS = 5_000
+# Ping even while no call is open, so an idle client keeps a live connection
+# and learns at once when the broker is gone (the broker permits it too).
+KEEPALIVE_PERMIT_WITHOUT_CALLS = 1
+# No cap on the pings sent while no data frame goes out: a long wait in the
+# queue or a quiet session stream sends no data, yet must stay watched. (The
+# default, 2, would stop pinging after two pings on a silent connection.)
+MAX_PINGS_WITHOUT_DATA = 0
+
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", KEEPALIVE_PERMIT_WITHOUT_CALLS),
+    ("grpc.http2.max_pings_without_data", MAX_PINGS_WITHOUT_DATA),
+)
+
+
+def open_channel(address: str) -> grpc.Channel:
+    """An insecure channel to the broker at `address` with `CHANNEL_OPTIONS`."""
+    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
