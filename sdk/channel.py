@@ -36,6 +36,15 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
 )
 
 
+def target_of(address: str) -> str:
+    """The gRPC target for `address`: one `host:port`, or several brokers
+    sharing one database as `ip:port,ip:port` (IPv4 addresses), which gRPC
+    tries in order, moving to the next when the one in use goes away."""
+    if "," in address:
+        return "ipv4:" + ",".join(part.strip() for part in address.split(","))
+    return address
+
+
 def open_channel(address: str) -> grpc.Channel:
-    """An insecure channel to the broker at `address` with `CHANNEL_OPTIONS`."""
-    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    """An insecure channel to the broker(s) at `address` with `CHANNEL_OPTIONS`."""
+    return grpc.insecure_channel(target_of(address), options=CHANNEL_OPTIONS)
