@@ -250,6 +250,10 @@ def serve_forever(
     except (ConfigError, DatabaseURLError, KindDeclarationError, SchemaVersionError) as error:
         print(f"broker: configuration error: {error}", file=sys.stderr)
         return 2
+    except peewee.DatabaseError as error:
+        detail = " ".join(str(error).split())
+        print(f"broker: database.url: cannot set up the database: {detail}", file=sys.stderr)
+        return 2
     except OSError as error:
         print(f"broker: {error}", file=sys.stderr)
         return 1

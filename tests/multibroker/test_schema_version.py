@@ -6,7 +6,9 @@ all start."""
 
 from __future__ import annotations
 
+from broker.api.server import serve_forever
 from broker.models.schema import SCHEMA_VERSION, SCHEMA_VERSION_KEY
+from tests.conftest import POSTGRES_URL
 from tests.integration.helpers import EXIT_TIMEOUT
 from tests.multibroker.fleet import SERVING, schema_of
 
@@ -83,3 +85,15 @@ def test_brokers_booting_together_on_a_fresh_schema_all_start(
             fleet.stop_all()
             with postgres_admin.cursor() as cursor:
                 cursor.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def test_a_schema_that_does_not_exist_stops_start_up_naming_the_key(
+    postgres_admin, tmp_path, capsys
+):
+    config = tmp_path / "rotest.yml"
+    config.write_text(f"database:\n  url: {POSTGRES_URL}?schema=no_such_schema_here\n")
+
+    assert serve_forever(str(config), "127.0.0.1:0") == 2
+    error = capsys.readouterr().err
+    assert "database.url" in error
+    assert "no schema" in error
