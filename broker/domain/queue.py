@@ -92,6 +92,9 @@ class WaitQueue:
         if not waiters:
             return
         free = queue_model.free_counts_by_kind(now)
+        # Identical requests fare alike, unless a resource is reserved for a
+        # holder: then who asks matters too.
+        per_holder = resource_model.any_reserved_for()
         reserved: set[int] = set()
         needs_of: dict[str, list[Need] | None] = {}
         fruitless: set[tuple[str, str]] = set()
@@ -104,7 +107,7 @@ class WaitQueue:
                 queue_model.end_waiter(waiter.id, WaiterState.CANCELLED, now)
                 continue
             ownable = [need for need in needs if need.kind.ownable]
-            key = (waiter.requirements, waiter.holder)
+            key = (waiter.requirements, waiter.holder if per_holder else "")
             if key in fruitless or (ownable and not any(free.get(n.kind.name) for n in ownable)):
                 continue  # nothing it could use is free: no grant, nothing to reserve
             plan = self.granter.plan(needs, waiter.holder, now, excluded=reserved)

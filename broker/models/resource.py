@@ -249,3 +249,9 @@ def clear_passed_delays(now: float) -> None:
     statements.run(
         'UPDATE "resource" SET "available_time" = NULL WHERE "available_time" <= ?', [now]
     )
+
+
+def any_reserved_for() -> bool:
+    """Whether any resource is reserved for a particular holder."""
+    cursor = statements.run('SELECT 1 FROM "resource" WHERE "reserved_for" <> ? LIMIT 1', [""])
+    return cursor.fetchone() is not None
