@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from broker.v1 import inventory_service_pb2_grpc, lease_service_pb2_grpc
 from tests.conftest import RPC_TIMEOUT, wait_serving
-from tests.integration.helpers import BrokerProcess, write_config
+from tests.integration.helpers import BrokerProcess, wait_until, write_config
 from tests.integration.test_ownership_under_concurrency import Recorded
 
 CALCULATOR_KIND = "resources.calculator.data.CalculatorData"
@@ -139,17 +139,13 @@ def recorded_events(admin, database_url: str) -> list[Recorded]:
 def wait_health(broker: Broker, status: int, timeout: float) -> float:
     """Waits until the broker's health is `status`; returns how long it took."""
     start = time.monotonic()
-    deadline = start + timeout
-    last = None
-    while True:
+
+    def reached() -> bool:
         try:
-            last = broker.health_status(timeout=min(RPC_TIMEOUT, 2.0))
-        except grpc.RpcError as error:
-            last = error.code()
-        if last == status:
-            return time.monotonic() - start
-        if time.monotonic() >= deadline:
-            name = health_pb2.HealthCheckResponse.ServingStatus.Name
-            shown = name(last) if isinstance(last, int) else last
-            raise AssertionError(f"health is still {shown}, not {name(status)}, after {timeout} s")
-        time.sleep(0.05)
+            return broker.health_status(timeout=min(RPC_TIMEOUT, 2.0)) == status
+        except grpc.RpcError:
+            return False
+
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+    wait_until(reached, timeout, f"health {name}")
+    return time.monotonic() - start

@@ -60,14 +60,14 @@ def test_given_values_are_kept(tmp_path):
     path = write_config(
         tmp_path,
         {
-            "server": {"address": "0.0.0.0:7000", "max_concurrent_rpcs": 4, "grace_seconds": 0},
+            "server": {"address": "192.0.2.10:7000", "max_concurrent_rpcs": 4, "grace_seconds": 0},
             "database": {"url": "sqlite:///lab.db"},
             "leases": {"default_ttl": 10, "max_ttl": 10.0, "expiry_interval": 0.25},
             "kinds": ["tests.kinds.PhoneData", "resources.calculator.data.CalculatorData"],
         },
     )
     config = load_config(path, environ={})
-    assert (config.server.address, config.server.max_concurrent_rpcs) == ("0.0.0.0:7000", 4)
+    assert (config.server.address, config.server.max_concurrent_rpcs) == ("192.0.2.10:7000", 4)
     assert config.server.grace_seconds == 0.0
     assert config.database.url == "sqlite:///lab.db"
     assert config.leases.default_ttl == 10.0
@@ -176,12 +176,12 @@ def test_a_bad_key_in_a_file_names_the_key(tmp_path):
 def test_environment_overrides_address_and_database(tmp_path):
     path = write_config(tmp_path, {"server": {"address": "127.0.0.1:1"}})
     environ = {
-        "BROKER_ADDRESS": "0.0.0.0:9999",
+        "BROKER_ADDRESS": "192.0.2.10:9999",
         "BROKER_DATABASE_URL": "sqlite:////var/lib/broker.db",
         "UNRELATED": "x",
     }
     config = load_config(path, environ=environ)
-    assert config.server.address == "0.0.0.0:9999"
+    assert config.server.address == "192.0.2.10:9999"
     assert config.database.url == "sqlite:////var/lib/broker.db"
     assert config.leases == Config().leases
 
