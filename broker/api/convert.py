@@ -197,7 +197,6 @@ def waiter_to_proto(view: values.WaiterView) -> lease_pb2.Waiter:
         blocked_requirement_index=view.blocked_requirement_index,
         enqueue_time=timestamp(view.enqueue_time),
         deadline=timestamp(view.deadline),
-        request_id=view.request_id,
     )
 
 
@@ -229,7 +228,6 @@ def lease_to_proto(view: values.LeaseView) -> lease_pb2.Lease:
         end_time=None if view.end_time is None else timestamp(view.end_time),
         end_reason=view.end_reason,
         session_id=view.session_id,
-        request_id=view.request_id,
     )
 
 

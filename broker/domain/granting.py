@@ -24,6 +24,7 @@ from broker.domain.errors import (
 )
 from broker.domain.kinds import Kind, KindRegistry
 from broker.domain.matching import Matching, expand_slots, match
+from broker.domain.replay import Replay, replay_of
 from broker.domain.values import (
     AcquireRequest,
     Blocked,
@@ -99,14 +100,23 @@ class Granter:
         self.max_ttl = max_ttl
         self._key: bytes | None = None
 
+    @property
+    def key(self) -> bytes:
+        """The database's secret key, read once."""
+        if self._key is None:
+            self._key = secret_key()
+        return self._key
+
     def secret_for(self, lease_id: str) -> str:
         """A lease's secret, derived from the database's key: whichever call
         makes the grant (a waiting request is granted by the call that frees
         its resources), and a retry with the same request id, get the same
         secret, which is never stored."""
-        if self._key is None:
-            self._key = secret_key()
-        return hmac.new(self._key, lease_id.encode(), hashlib.sha256).hexdigest()[:48]
+        return hmac.new(self.key, lease_id.encode(), hashlib.sha256).hexdigest()[:48]
+
+    def replay_of(self, request: AcquireRequest, ttl: float) -> Replay | None:
+        """What is kept of the request's `request_id`, if it has one."""
+        return replay_of(self.key, request, ttl)
 
     # ------------------------------------------------------------ checking
 
@@ -257,7 +267,7 @@ class Granter:
         ttl: float,
         holder: str,
         now: float,
-        request_id: str = "",
+        replay: Replay | None = None,
         session_id: str = "",
     ) -> Granted:
         """Records the grant of a complete plan: the lease, the claims (a
@@ -275,7 +285,8 @@ class Granter:
                 "expire_time": now + ttl,
                 "end_time": None,
                 "end_reason": "",
-                "request_id": request_id or None,
+                "request_key": replay.key if replay else None,
+                "request_digest": replay.digest if replay else None,
                 "session_id": session_id or None,
             }
         )
@@ -333,7 +344,6 @@ def lease_view(lease: lease_model.Lease, grants: list[GrantView]) -> LeaseView:
         end_time=lease.end_time,
         end_reason=lease.end_reason,
         session_id=lease.session_id or "",
-        request_id=lease.request_id or "",
     )
 
 

@@ -76,7 +76,6 @@ class Inventory:
             check_text(getattr(new, key), f"resource.{key}", limit)
         kind = self.kinds.get(new.kind)
         fields = self._typed_fields(kind, new.fields, complete=True)
-        now = self.clock()
         values = {
             "name": new.name,
             "kind": kind.name,
@@ -84,11 +83,13 @@ class Inventory:
             "comment": new.comment,
             "group": new.group,
             "reserved_for": new.reserved_for,
-            "create_time": now,
-            "update_time": now,
         }
         try:
             with write_transaction():
+                # Times are read once the write lock is held, so they follow
+                # the order of the decisions.
+                now = self.clock()
+                values["create_time"] = values["update_time"] = now
                 if resource_model.get_resource(new.name) is not None:
                     raise AlreadyExistsError("resource", new.name)
                 values["fencing_token"] = lease_model.highest_fencing_token(new.name)
@@ -144,8 +145,8 @@ class Inventory:
                 )
         for key, limit in COMMON_LIMITS.items():
             check_text(getattr(patch, key), f"resource.{key}", limit)
-        now = self.clock()
         with write_transaction():
+            now = self.clock()
             row = resource_model.get_resource(patch.name)
             if row is None:
                 raise NotFoundError("resource", patch.name)
@@ -188,8 +189,8 @@ class Inventory:
 
     def delete(self, name: str, etag: str) -> None:
         check_name(name, "name")
-        now = self.clock()
         with write_transaction():
+            now = self.clock()
             row = resource_model.get_resource(name)
             if row is None:
                 raise NotFoundError("resource", name)

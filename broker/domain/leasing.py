@@ -35,6 +35,7 @@ from broker.domain.errors import (
 from broker.domain.granting import Granter, decode_requirements, hash_secret, lease_view
 from broker.domain.kinds import KindRegistry
 from broker.domain.queue import WaitQueue
+from broker.domain.replay import Replay
 from broker.domain.values import (
     AcquireRequest,
     EventType,
@@ -94,12 +95,14 @@ class Leases:
         self.on_granted = on_granted
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self) -> Iterator[float]:
         """A write transaction that announces, once committed, the waiting
-        requests it granted."""
+        requests it granted. It gives the time of its decisions, read once
+        its locks are held, so recorded times follow the order in which
+        transactions decide (and fencing numbers grow)."""
         with write_transaction():
             self.queue.granted.clear()
-            yield
+            yield self.clock()
             notify_model.announce_grants(list(self.queue.granted))
         granted = dict(self.queue.granted)
         self.queue.granted.clear()
@@ -116,8 +119,7 @@ class Leases:
         A request id seen before returns that request's lease or wait."""
         needs, ttl = self.granter.check(request)
         self._check_waiting(request)
-        now = self.clock()
-        with self.transaction():
+        with self.transaction() as now:
             # Waiting requests come before a newcomer to whatever came free
             # since the last pass: leases found expired, lock-delays ended.
             if self._expire_due(now) or resource_model.delays_passed(now):
@@ -140,8 +142,9 @@ class Leases:
             )
 
     def _acquire(self, request: AcquireRequest, needs, ttl: float, now: float):
-        if request.request_id:
-            earlier = self._earlier(request.request_id, now)
+        replay = self.granter.replay_of(request, ttl)
+        if replay is not None:
+            earlier = self._earlier(replay, now)
             if earlier is not None:
                 return earlier
         if request.session_id:
@@ -165,24 +168,39 @@ class Leases:
                 ttl=ttl,
                 holder=request.holder,
                 now=now,
-                request_id=request.request_id,
+                replay=replay,
                 session_id=request.session_id,
             )
         refusal = self.granter.refusal(needs, request.holder, plan, now)
         if not isinstance(refusal, ResourceBusyError) or request.max_wait <= 0:
             return refusal
         deadline = now + min(request.max_wait, self.max_wait)
-        waiter_id = self.queue.enqueue(request, ttl, lease_id, now, deadline, plan)
+        waiter_id = self.queue.enqueue(request, replay, ttl, lease_id, now, deadline, plan)
         return self._waiting(queue_model.get_waiter(waiter_id), now)
 
-    def _earlier(self, request_id: str, now: float) -> Granted | Waiting | None:
-        """The outcome of an earlier request with this id, if there was one."""
-        lease = lease_model.Lease.get_or_none(lease_model.Lease.request_id == request_id)
+    def _earlier(self, replay: Replay, now: float) -> Granted | Waiting | BrokerError | None:
+        """The outcome of the earlier request with this request id, if there
+        was one: its lease while active, its place in the queue while it
+        waits; an error if the request is not the same, or its lease ended."""
+        lease = lease_model.lease_by_request_key(replay.key)
         if lease is not None:
+            mismatch = replay.check(lease.request_digest)
+            if mismatch is not None:
+                return mismatch
+            if lease.state != LeaseState.ACTIVE:
+                code, text = _ENDED[LeaseState(lease.state)]
+                return FailedPreconditionError(
+                    PreconditionViolation(
+                        code,
+                        f"leases/{lease.id}",
+                        f"the request with this request_id was granted lease {lease.id}, "
+                        f"which {text} ({lease.end_reason}); it holds nothing now",
+                    )
+                )
             return Granted(self._views([lease])[0], self.granter.secret_for(lease.id))
-        waiter = queue_model.waiter_by_request_id(request_id)
+        waiter = queue_model.waiter_by_request_key(replay.key)
         if waiter is not None and waiter.state == WaiterState.WAITING:
-            return self._waiting(waiter, now)
+            return replay.check(waiter.request_digest) or self._waiting(waiter, now)
         return None
 
     # ------------------------------------------------------------- waiting
@@ -226,8 +244,7 @@ class Leases:
         """The waiting caller is gone (`timed_out` False) or its wait ended:
         the request leaves the queue. If it was granted meanwhile, a timed
         out caller still gets the grant; a vanished one's lease is released."""
-        now = self.clock()
-        with self.transaction():
+        with self.transaction() as now:
             waiter = queue_model.get_waiter(waiter_id)
             if waiter is None:
                 raise NotFoundError("waiter", str(waiter_id))
@@ -271,7 +288,6 @@ class Leases:
                 blocked_requirement_index=row.blocked_index,
                 enqueue_time=row.enqueue_time,
                 deadline=row.deadline,
-                request_id=row.request_id or "",
             )
             for offset, row in enumerate(rows)
         )
@@ -286,8 +302,7 @@ class Leases:
     def dispatch(self) -> None:
         """A queue pass on its own, after resources came free outside a
         lease change (created, made usable, a lock-delay ended)."""
-        now = self.clock()
-        with self.transaction():
+        with self.transaction() as now:
             self.queue.dispatch(now)
 
     # ------------------------------------------------ renew, release, revoke
@@ -329,8 +344,7 @@ class Leases:
         committed first, then reported."""
         if not lease_id:
             raise InvalidArgumentError.of("lease_id", "is required")
-        now = self.clock()
-        with self.transaction():
+        with self.transaction() as now:
             lease = lease_model.lock_lease(lease_id)
             if lease is None:
                 raise NotFoundError("lease", lease_id)
@@ -367,8 +381,7 @@ class Leases:
         """Frees every lease whose TTL has run out and every session whose
         keep-alives stopped, then makes a queue pass (waits end, lock-delays
         pass); returns how many leases ended."""
-        now = self.clock()
-        with self.transaction():
+        with self.transaction() as now:
             expired = self._expire_due(now)
             for session_id in session_model.orphaned_session_ids(SessionState.OPEN, now):
                 self.orphan_session(session_id, now)

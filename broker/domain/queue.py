@@ -28,6 +28,7 @@ from broker.domain.granting import (
     decode_requirements,
     encode_requirements,
 )
+from broker.domain.replay import Replay
 from broker.domain.values import AcquireRequest, Granted, WaiterState
 from broker.models import queue as queue_model
 from broker.models import resource as resource_model
@@ -51,6 +52,7 @@ class WaitQueue:
     def enqueue(
         self,
         request: AcquireRequest,
+        replay: Replay | None,
         ttl: float,
         lease_id: str,
         now: float,
@@ -64,7 +66,8 @@ class WaitQueue:
         outranked = queue_model.lowest_waiting_priority(WaiterState.WAITING)
         waiter_id = queue_model.insert_waiter(
             {
-                "request_id": request.request_id or None,
+                "request_key": replay.key if replay else None,
+                "request_digest": replay.digest if replay else None,
                 "lease_id": lease_id,
                 "holder": request.holder,
                 "priority": request.priority,
@@ -118,10 +121,14 @@ class WaitQueue:
                     ttl=waiter.ttl,
                     holder=waiter.holder,
                     now=now,
-                    request_id=waiter.request_id or "",
+                    replay=(
+                        Replay(waiter.request_key, waiter.request_digest)
+                        if waiter.request_key
+                        else None
+                    ),
                     session_id=waiter.session_id or "",
                 )
-                queue_model.end_waiter(waiter.id, WaiterState.GRANTED, now, keep_request_id=True)
+                queue_model.end_waiter(waiter.id, WaiterState.GRANTED, now, keep_request_key=True)
                 taken = plan.assigned_ownable()
             else:
                 taken = plan.assigned_ownable()

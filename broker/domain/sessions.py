@@ -13,9 +13,7 @@ to another broker and renews in time keeps them.
 from __future__ import annotations
 
 import enum
-import time
 import uuid
-from collections.abc import Callable
 
 from broker.domain.errors import (
     FailedPreconditionError,
@@ -48,12 +46,10 @@ class Sessions:
         *,
         keepalive_timeout: float,
         max_keepalive_timeout: float,
-        clock: Callable[[], float] = time.time,
     ):
         self.leases = leases
         self.keepalive_timeout = keepalive_timeout
         self.max_keepalive_timeout = max_keepalive_timeout
-        self.clock = clock
 
     def open(self, holder: str, keepalive_timeout: float | None) -> SessionView:
         timeout = self.keepalive_timeout if keepalive_timeout is None else keepalive_timeout
@@ -65,9 +61,8 @@ class Sessions:
             )
         if len(holder) > MAX_HOLDER:
             raise InvalidArgumentError.of("holder", f"is longer than {MAX_HOLDER} characters")
-        now = self.clock()
         session_id = str(uuid.uuid4())
-        with self.leases.transaction():
+        with self.leases.transaction() as now:
             session_model.Session.insert(
                 id=session_id,
                 holder=holder,
@@ -81,8 +76,7 @@ class Sessions:
     def keep_alive(self, session_id: str) -> SessionView:
         """Pushes the session's deadline and renews its leases; a session that
         already ended is FAILED_PRECONDITION."""
-        now = self.clock()
-        with self.leases.transaction():
+        with self.leases.transaction() as now:
             session = self._open_session(session_id, now)
             if session is None:
                 ended = True
@@ -101,8 +95,7 @@ class Sessions:
     def close(self, session_id: str, ending: SessionEnding) -> None:
         """Ends a session: when its client closed it its leases are released;
         when its stream broke or went silent they expire."""
-        now = self.clock()
-        with self.leases.transaction():
+        with self.leases.transaction() as now:
             session = self._open_session(session_id, now)
             if session is not None:
                 clean = ending == SessionEnding.CLOSED

@@ -192,7 +192,6 @@ class LeaseView:
     end_time: float | None
     end_reason: str
     session_id: str = ""
-    request_id: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,7 +245,6 @@ class WaiterView:
     blocked_requirement_index: int
     enqueue_time: float
     deadline: float
-    request_id: str
 
 
 @dataclasses.dataclass(frozen=True)

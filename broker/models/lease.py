@@ -32,7 +32,10 @@ class Lease(BaseModel):
     expire_time = peewee.DoubleField()
     end_time = peewee.DoubleField(null=True)
     end_reason = peewee.TextField(default="")
-    request_id = peewee.CharField(max_length=128, null=True, unique=True)
+    # Keyed hashes of the acquire's request id and of the request
+    # (`broker.domain.replay`): enough to recognise a retry, never the id.
+    request_key = peewee.CharField(max_length=64, null=True, unique=True)
+    request_digest = peewee.CharField(max_length=64, null=True)
     session_id = peewee.CharField(max_length=36, null=True, index=True)
 
     class Meta:
@@ -192,6 +195,11 @@ def list_leases(
             (Lease.create_time < time) | ((Lease.create_time == time) & (Lease.id < lease_id))
         )
     return list(query.order_by(Lease.create_time.desc(), Lease.id.desc()).limit(limit))
+
+
+def lease_by_request_key(request_key: str) -> Lease | None:
+    """The lease granted to the request whose id has this keyed hash."""
+    return Lease.get_or_none(Lease.request_key == request_key)
 
 
 def leases_by_id(lease_ids: Sequence[str]) -> dict[str, Lease]:

@@ -18,7 +18,10 @@ class Waiter(BaseModel):
     frees the resources, needs nothing more from the waiting caller."""
 
     id = peewee.BigAutoField()
-    request_id = peewee.CharField(max_length=128, null=True, unique=True)
+    # Keyed hashes of the request's id and of the request, as on `Lease`;
+    # cleared when the wait ends ungranted, so a retry then waits anew.
+    request_key = peewee.CharField(max_length=64, null=True, unique=True)
+    request_digest = peewee.CharField(max_length=64, null=True)
     lease_id = peewee.CharField(max_length=36, unique=True)
     holder = peewee.CharField(max_length=128, default="")
     priority = peewee.IntegerField(default=0)
@@ -58,8 +61,8 @@ def get_waiter(waiter_id: int) -> Waiter | None:
     return None if row is None else statements.instance(Waiter, row)
 
 
-def waiter_by_request_id(request_id: str) -> Waiter | None:
-    return Waiter.get_or_none(Waiter.request_id == request_id)
+def waiter_by_request_key(request_key: str) -> Waiter | None:
+    return Waiter.get_or_none(Waiter.request_key == request_key)
 
 
 def position(waiter: Waiter, state: int) -> int:
@@ -72,17 +75,18 @@ def position(waiter: Waiter, state: int) -> int:
     return cursor.fetchone()[0]
 
 
-def end_waiter(waiter_id: int, state: int, now: float, keep_request_id: bool = False) -> None:
-    """Ends a wait. Unless the wait was granted (`keep_request_id`), its
+def end_waiter(waiter_id: int, state: int, now: float, keep_request_key: bool = False) -> None:
+    """Ends a wait. Unless the wait was granted (`keep_request_key`), its
     request id is freed, so a retry with it waits anew."""
-    if keep_request_id:
+    if keep_request_key:
         statements.run(
             'UPDATE "waiter" SET "state" = ?, "end_time" = ? WHERE "id" = ?',
             [state, now, waiter_id],
         )
     else:
         statements.run(
-            'UPDATE "waiter" SET "state" = ?, "end_time" = ?, "request_id" = NULL WHERE "id" = ?',
+            'UPDATE "waiter" SET "state" = ?, "end_time" = ?, "request_key" = NULL,'
+            ' "request_digest" = NULL WHERE "id" = ?',
             [state, now, waiter_id],
         )
 
@@ -141,7 +145,7 @@ def list_waiters(state: int, after: tuple[int, int] | None, limit: int) -> list[
 def cancel_session_waiters(session_id: str, waiting_state: int, state: int, now: float) -> None:
     """Ends the waits of a session's requests."""
     statements.run(
-        'UPDATE "waiter" SET "state" = ?, "end_time" = ?, "request_id" = NULL'
-        ' WHERE "session_id" = ? AND "state" = ?',
+        'UPDATE "waiter" SET "state" = ?, "end_time" = ?, "request_key" = NULL,'
+        ' "request_digest" = NULL WHERE "session_id" = ? AND "state" = ?',
         [state, now, session_id, waiting_state],
     )

@@ -219,7 +219,6 @@ class Lease(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     END_REASON_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
-    REQUEST_ID_FIELD_NUMBER: _builtins.int
     lease_id: _builtins.str
     """Output only. The lease's id."""
     holder: _builtins.str
@@ -230,8 +229,6 @@ class Lease(_message.Message):
     """Output only. Why the lease ended, e.g. the reason given to a revoke."""
     session_id: _builtins.str
     """Output only. The session the lease is bound to, if any."""
-    request_id: _builtins.str
-    """Output only. The idempotency key of the request that made it, if any."""
     @_builtins.property
     def grants(self) -> _containers.RepeatedCompositeFieldContainer[Global___Grant]:
         """Output only. The resources granted, one per required resource."""
@@ -265,11 +262,10 @@ class Lease(_message.Message):
         end_time: _timestamp_pb2.Timestamp | None = ...,
         end_reason: _builtins.str = ...,
         session_id: _builtins.str = ...,
-        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "expire_time", b"expire_time", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_reason", b"end_reason", "end_time", b"end_time", "expire_time", b"expire_time", "grants", b"grants", "holder", b"holder", "lease_id", b"lease_id", "request_id", b"request_id", "session_id", b"session_id", "state", b"state", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_reason", b"end_reason", "end_time", b"end_time", "expire_time", b"expire_time", "grants", b"grants", "holder", b"holder", "lease_id", b"lease_id", "session_id", b"session_id", "state", b"state", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -403,7 +399,6 @@ class Waiter(_message.Message):
     BLOCKED_REQUIREMENT_INDEX_FIELD_NUMBER: _builtins.int
     ENQUEUE_TIME_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
-    REQUEST_ID_FIELD_NUMBER: _builtins.int
     waiter_id: _builtins.int
     """The waiting request's id, which also orders arrivals."""
     holder: _builtins.str
@@ -414,8 +409,6 @@ class Waiter(_message.Message):
     """How many waiting requests will be served before it."""
     blocked_requirement_index: _builtins.int
     """The index of the first requirement it cannot get now."""
-    request_id: _builtins.str
-    """Its idempotency key, if it gave one."""
     @_builtins.property
     def requirements(self) -> _containers.RepeatedCompositeFieldContainer[Global___Requirement]:
         """What it asks for."""
@@ -439,11 +432,10 @@ class Waiter(_message.Message):
         blocked_requirement_index: _builtins.int = ...,
         enqueue_time: _timestamp_pb2.Timestamp | None = ...,
         deadline: _timestamp_pb2.Timestamp | None = ...,
-        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "enqueue_time", b"enqueue_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked_requirement_index", b"blocked_requirement_index", "deadline", b"deadline", "enqueue_time", b"enqueue_time", "holder", b"holder", "position", b"position", "priority", b"priority", "request_id", b"request_id", "requirements", b"requirements", "waiter_id", b"waiter_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked_requirement_index", b"blocked_requirement_index", "deadline", b"deadline", "enqueue_time", b"enqueue_time", "holder", b"holder", "position", b"position", "priority", b"priority", "requirements", b"requirements", "waiter_id", b"waiter_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

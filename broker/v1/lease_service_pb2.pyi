@@ -43,10 +43,15 @@ class AcquireLeaseRequest(_message.Message):
     arrival: -100 to 100, default 0.
     """
     request_id: _builtins.str
-    """Optional. A key that makes retries safe, e.g. a UUID: a request carrying
-    the `request_id` of an earlier one returns that request's lease (and
+    """Optional. A key that makes retries safe, e.g. a fresh UUID per request,
+    kept secret like the lease's secret: a retry that carries the
+    `request_id` of an earlier request and repeats that request exactly (the
+    same requirements, holder, session and TTL) returns its lease (and
     secret), or goes on waiting in its place, and never makes a second
-    grant. At most 128 characters.
+    grant. A different request with a used key is INVALID_ARGUMENT; a retry
+    whose lease has ended is FAILED_PRECONDITION with the end's reason. The
+    broker keeps only a keyed hash of it and never shows it. At most 128
+    characters.
     """
     session_id: _builtins.str
     """Optional. An open session (from `OpenSession`) to bind the lease to."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -183,9 +184,23 @@ def next_waiting(stream) -> lease_pb2.QueueStatus:
 
 
 def next_granted(stream) -> lease_service_pb2.AcquireLeaseResponse:
-    message = next(stream)
-    assert message.WhichOneof("event") == "granted", message
-    return message.granted
+    """The grant, read past any `waiting` updates sent before it (the
+    contract allows one whenever the request's status changes); the stream's
+    own deadline bounds the wait."""
+    for message in stream:
+        if message.WhichOneof("event") == "granted":
+            return message.granted
+    raise AssertionError("the stream ended without a grant")
+
+
+def waiting_until(stream, condition: Callable[[lease_pb2.QueueStatus], bool]):
+    """The first `waiting` update that meets `condition`, read past earlier
+    ones; a grant before it fails the test."""
+    for message in stream:
+        assert message.WhichOneof("event") == "waiting", message
+        if condition(message.waiting):
+            return message.waiting
+    raise AssertionError("the stream ended before the expected status")
 
 
 def test_watch_streams_positions_and_holders_then_the_grant(lease_stub, calculators):
@@ -212,8 +227,8 @@ def test_watch_streams_positions_and_holders_then_the_grant(lease_stub, calculat
     ]
 
     # A later, higher-priority arrival moves the others back.
-    assert next_waiting(a).position == 1
-    assert next_waiting(b).position == 2
+    assert waiting_until(a, lambda status: status.position == 1)
+    assert waiting_until(b, lambda status: status.position == 2)
 
     release(lease_stub, first)
     granted_c = next_granted(c)
@@ -221,10 +236,14 @@ def test_watch_streams_positions_and_holders_then_the_grant(lease_stub, calculat
     assert [g.resource.name for g in granted_c.lease.grants] == ["calc-1"]
     assert granted_c.secret
     # The others now wait for c's lease.
-    status = next_waiting(a)
-    assert status.position == 0
-    assert [h.lease_id for h in status.blocked.holders] == [granted_c.lease.lease_id]
-    assert next_waiting(b).position == 1
+    waiting_until(
+        a,
+        lambda status: (
+            status.position == 0
+            and [h.lease_id for h in status.blocked.holders] == [granted_c.lease.lease_id]
+        ),
+    )
+    waiting_until(b, lambda status: status.position == 1)
 
     release(lease_stub, granted_c)
     granted_a = next_granted(a)
@@ -248,7 +267,7 @@ def test_a_cancelled_watch_leaves_the_queue(lease_stub, calculators):
     wait_until(
         lambda: waiting_holders(lease_stub) == ["staying"], LEAVE_TIMEOUT, "gone left the queue"
     )
-    assert next_waiting(staying).position == 0
+    assert waiting_until(staying, lambda status: status.position == 0)
     release(lease_stub, first)
     assert next_granted(staying).lease.holder == "staying"
     assert all_leases(lease_stub, holder="gone") == []
@@ -262,7 +281,9 @@ def test_list_waiters_pages_in_serving_order(lease_stub, calculators):
     priorities = [0, 5, 0, -3, 5, 0, 9]
     streams = []
     for n, priority in enumerate(priorities):
-        stream = watch(lease_stub, calc_request(f"w{n}", priority=priority, request_id=f"r{n}"))
+        stream = watch(
+            lease_stub, calc_request(f"w{n}", priority=priority, request_id=f"secret-request-{n}")
+        )
         next_waiting(stream)
         streams.append(stream)
     try:
@@ -279,7 +300,8 @@ def test_list_waiters_pages_in_serving_order(lease_stub, calculators):
     assert [w.holder for w in listed] == ["w6", "w1", "w4", "w0", "w2", "w5", "w3"]
     assert [w.position for w in listed] == list(range(len(priorities)))
     assert [w.priority for w in listed] == [9, 5, 5, 0, 0, 0, -3]
-    assert [w.request_id for w in listed] == ["r6", "r1", "r4", "r0", "r2", "r5", "r3"]
+    # Whoever knows a waiting request's id could take its grant: no listing shows it.
+    assert not any(b"secret-request-" in w.SerializeToString() for w in listed)
     assert [w.holder for w in first_page.waiters] == ["w6", "w1", "w4"]
     assert all(w.requirements[0].kind == "Calculator" for w in listed)
     assert all(seconds(w.deadline) - seconds(w.enqueue_time) == pytest.approx(60) for w in listed)
@@ -406,8 +428,8 @@ def test_one_request_id_sent_concurrently_makes_one_lease(broker, lease_stub, ca
     a, b = (t.granted for t in twins)
     assert a.lease.lease_id == b.lease.lease_id
     assert a.secret == b.secret
-    assert a.lease.request_id == "once"
     [lease] = all_leases(lease_stub, holder="twin")
+    assert b"once" not in lease.SerializeToString()
     assert lease.lease_id == a.lease.lease_id
     assert grant_order(broker, "calc-1")[-1] == a.lease.lease_id
     assert len(grant_order(broker, "calc-1")) == (2 if held else 1)

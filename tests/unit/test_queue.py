@@ -8,11 +8,14 @@ announces after each commit, and the `lease_granted` events in id order."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import peewee
 import pytest
 
 from broker.domain.errors import (
     DeadlineExceededError,
+    FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
     ResourceBusyError,
@@ -434,7 +437,6 @@ def test_a_request_id_seen_before_returns_the_same_lease_and_secret(inventory, l
 
     assert again.lease.lease_id == first.lease.lease_id
     assert again.secret == first.secret
-    assert again.lease.request_id == "req-1"
     assert [e.lease_id for e in events_of(EventType.LEASE_GRANTED)] == [first.lease.lease_id]
     assert inventory.get("p2").lease_ids == ()
 
@@ -460,6 +462,85 @@ def test_a_request_id_too_long_is_invalid(inventory, leases):
     with pytest.raises(InvalidArgumentError) as error:
         ask(leases, need("Phone"), request_id="r" * 129)
     assert field_of(error) == "request_id"
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"requirements": (need("Phone", name="p2"),)},
+        {"holder": "mallory"},
+        {"ttl": 31.0},
+        {"session_id": "another-session"},
+    ],
+    ids=["requirements", "holder", "ttl", "session"],
+)
+def test_a_request_id_reused_by_a_different_request_is_invalid(inventory, leases, changed):
+    inventory.create(phone("p1"))
+    inventory.create(phone("p2"))
+    original = AcquireRequest((need("Phone"),), holder="alice", request_id="req-3")
+    granted = leases.acquire(original)
+    assert isinstance(granted, Granted)
+
+    with pytest.raises(InvalidArgumentError) as error:
+        leases.acquire(dataclasses.replace(original, **changed))
+
+    assert field_of(error) == "request_id"
+    assert "repeat the original request" in error.value.message
+    assert granted.secret not in error.value.message
+    assert [e.lease_id for e in events_of(EventType.LEASE_GRANTED)] == [granted.lease.lease_id]
+    assert inventory.get("p2").lease_ids == ()
+
+
+@pytest.mark.parametrize("end", ["release", "revoke", "expire"])
+def test_a_request_id_replayed_after_its_lease_ended_holds_nothing(inventory, leases, clock, end):
+    inventory.create(phone("p1"))
+    first = hold(leases, need("Phone"), holder="alice", request_id="req-4")
+    if end == "release":
+        release(leases, first)
+    elif end == "revoke":
+        leases.revoke(first.lease.lease_id, "bench needed", "admin")
+    else:
+        clock.advance(31.0)
+    successor = hold(leases, need("Phone"), holder="bob")
+
+    with pytest.raises(FailedPreconditionError) as error:
+        ask(leases, need("Phone"), holder="alice", max_wait=0.0, request_id="req-4")
+
+    reason = {"release": "LEASE_RELEASED", "revoke": "LEASE_REVOKED", "expire": "LEASE_EXPIRED"}
+    assert error.value.violations[0].type == reason[end]
+    assert first.lease.lease_id in error.value.message
+    assert "holds nothing" in error.value.message
+    assert inventory.get("p1").lease_ids == (successor.lease.lease_id,)
+
+
+def test_a_waiting_request_cannot_be_taken_over_by_its_request_id(inventory, leases):
+    inventory.create(phone("p1"))
+    keeper = hold(leases, need("Phone"))
+    waiting = wait(leases, need("Phone"), holder="alice", request_id="req-5")
+
+    with pytest.raises(InvalidArgumentError) as error:
+        ask(leases, need("Phone"), holder="mallory", request_id="req-5")
+    assert field_of(error) == "request_id"
+
+    release(leases, keeper)
+    granted = granted_to(leases, waiting)
+    assert granted.lease.holder == "alice"
+    assert queued_ids(leases) == []
+
+
+def test_request_ids_are_stored_only_as_keyed_hashes(database, inventory, leases):
+    inventory.create(phone("p1"))
+    keeper = hold(leases, need("Phone"), request_id="id-of-the-lease")
+    wait(leases, need("Phone"), holder="alice", request_id="id-of-the-waiter")
+
+    dump = "\n".join(
+        repr(row)
+        for table in ("lease", "waiter")
+        for row in database.execute_sql(f'SELECT * FROM "{table}"').fetchall()
+    )
+    assert "id-of-the-lease" not in dump
+    assert "id-of-the-waiter" not in dump
+    assert keeper.secret not in dump
 
 
 # ------------------------------------------------------------ lock-delay

@@ -33,12 +33,11 @@ MAX_KEEPALIVE_TIMEOUT = 60.0
 
 
 @pytest.fixture
-def sessions(leases, clock) -> Sessions:
+def sessions(leases) -> Sessions:
     return Sessions(
         leases,
         keepalive_timeout=KEEPALIVE_TIMEOUT,
         max_keepalive_timeout=MAX_KEEPALIVE_TIMEOUT,
-        clock=clock,
     )
 
 
