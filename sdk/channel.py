@@ -1,4 +1,9 @@
-"""The SDK's gRPC channel to the broker, with explicit HTTP/2 keep-alive.
+"""The SDK's gRPC channels to the brokers, with explicit HTTP/2 keep-alive.
+
+A client may be given one broker, `host:port`, or several sharing one
+database, `host:port,host:port`; it opens one channel per address, each
+only when first used (`sdk.brokers.Brokers` chooses which one serves a
+call).
 
 A client may keep a call open for minutes without sending a byte: an acquire
 waiting in the queue, a session stream between two keep-alives. Without
@@ -36,15 +41,20 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
 )
 
 
-def target_of(address: str) -> str:
-    """The gRPC target for `address`: one `host:port`, or several brokers
-    sharing one database as `ip:port,ip:port` (IPv4 addresses), which gRPC
-    tries in order, moving to the next when the one in use goes away."""
-    if "," in address:
-        return "ipv4:" + ",".join(part.strip() for part in address.split(","))
-    return address
+def addresses_of(address: str) -> tuple[str, ...]:
+    """The brokers named by `address`, in the order they are tried: one
+    `host:port`, or several separated by commas. An empty entry is a
+    `ValueError` naming the address."""
+    addresses = tuple(part.strip() for part in address.split(","))
+    if not all(addresses):
+        raise ValueError(
+            f"broker address {address!r} has an empty entry: "
+            "give host:port, or several as host:port,host:port"
+        )
+    return addresses
 
 
 def open_channel(address: str) -> grpc.Channel:
-    """An insecure channel to the broker(s) at `address` with `CHANNEL_OPTIONS`."""
-    return grpc.insecure_channel(target_of(address), options=CHANNEL_OPTIONS)
+    """An insecure channel to the one broker at `address` (`host:port`)
+    with `CHANNEL_OPTIONS`."""
+    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)

@@ -2,13 +2,16 @@
 
 `BrokerClient` has one method per RPC, taking and returning the contract's
 messages, plus `lease` and `lease_many`, which hold resources for the length
-of a `with` block as Rotest did. Every call carries the client's deadline and
-raises a `sdk.errors.BrokerError` subclass instead of a bare `grpc.RpcError`;
-a call interrupted by Ctrl-C is cancelled, so the broker stops working on it
-(a waiting acquire leaves the queue). An acquire that fails with UNAVAILABLE
+of a `with` block as Rotest did. Every call carries a deadline and raises a
+`sdk.errors.BrokerError` subclass instead of a bare `grpc.RpcError`; a call
+interrupted by Ctrl-C is cancelled, so the broker stops working on it (a
+waiting acquire leaves the queue). An acquire that fails with UNAVAILABLE
 is retried with the same `request_id`, so a lost reply never makes a second
-lease. The client's leases are bound to one session of its own, opened on
-the first lease, so they are freed within seconds if this process vanishes.
+lease; a lease returned that is not active raises `LeaseNotActiveError`.
+Given several brokers, a call whose broker stops answering moves to the next
+one (`sdk.retry` says how each call is tried). The client's leases are bound
+to one session of its own, opened on the first lease, so they are freed
+within seconds if this process vanishes.
 """
 
 from __future__ import annotations
@@ -29,19 +32,24 @@ from google.protobuf import duration_pb2, field_mask_pb2
 from broker.api.field_values import Scalar, to_field_value
 from broker.v1 import (
     inventory_service_pb2,
-    inventory_service_pb2_grpc,
     lease_pb2,
     lease_service_pb2,
-    lease_service_pb2_grpc,
     resource_pb2,
 )
 from sdk import calls
 from sdk.base_resource import BaseResource
-from sdk.channel import open_channel
-from sdk.errors import InternalError, UnavailableError, from_rpc_error
+from sdk.brokers import Broker, Brokers
+from sdk.errors import (
+    BrokerError,
+    FailedPreconditionError,
+    InternalError,
+    active,
+    from_rpc_error,
+    reason_of,
+)
 from sdk.lease import DEFAULT_WAIT, Lease, SingleLease
 from sdk.requirements import ResourceRequest, request, to_constraints
-from sdk.retry import Retry
+from sdk.retry import ACQUIRE, ONCE, REPEATABLE, SILENT, Failover, Kind, Try, run
 from sdk.session import Session
 from sdk.waiting import AcquireEvents, Granted, Waiting
 
@@ -52,6 +60,8 @@ logger = logging.getLogger(__name__)
 Item = TypeVar("Item")
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_TIMEOUT = 10.0  # seconds a call may take in all, retries included
+DEFAULT_TRY_TIMEOUT = 3.0  # seconds one try may take when another broker could answer
 
 
 def default_holder() -> str:
@@ -60,11 +70,22 @@ def default_holder() -> str:
 
 
 class BrokerClient:
-    """A connection to one broker.
+    """A connection to a broker, or to several sharing one database.
 
     Args:
-        address: the broker's `host:port`.
-        timeout: the deadline of each call, in seconds.
+        address: the broker's `host:port`, or several brokers' as
+            `host:port,host:port`, tried in that order.
+        timeout: the deadline of each call in seconds, its retries included.
+        try_timeout: with several brokers, the deadline of one try of a call
+            safe to repeat (get, list, renew, release, opening a session), in
+            seconds: a broker that does not answer within it (frozen, or
+            gone) costs one try, and the call moves to the next broker, which
+            then serves the client's later calls too. Calls not safe to cut
+            short or to repeat (acquire, create, update, delete, revoke) are
+            sent only to a broker whose health check answered SERVING within
+            `try_timeout`. Keep it well under a third of your leases' TTL, so
+            that a renewal that moves on still lands in time. With one broker
+            it is not used: each try may take the whole `timeout`.
         holder: the name leases are taken under, matched against resources'
             `reserved_for`; defaults to `user@host`.
         session: bind the leases of `lease` and `lease_many` to a session of
@@ -76,16 +97,19 @@ class BrokerClient:
         self,
         address: str = DEFAULT_ADDRESS,
         *,
-        timeout: float = 10.0,
+        timeout: float = DEFAULT_TIMEOUT,
+        try_timeout: float = DEFAULT_TRY_TIMEOUT,
         holder: str | None = None,
         session: bool = True,
     ) -> None:
+        for name, value in (("timeout", timeout), ("try_timeout", try_timeout)):
+            if not value > 0:
+                raise ValueError(f"{name} is a positive number of seconds, not {value!r}")
         self.address = address
         self.timeout = timeout
+        self.try_timeout = try_timeout
         self.holder = holder or default_holder()
-        self._channel = open_channel(address)
-        self._inventory = inventory_service_pb2_grpc.InventoryServiceStub(self._channel)
-        self._leases = lease_service_pb2_grpc.LeaseServiceStub(self._channel)
+        self._brokers = Brokers(address)
         self._use_session = session
         self._session: Session | None = None
         self._session_lock = threading.Lock()
@@ -108,27 +132,45 @@ class BrokerClient:
             session, self._session = self._session, None
         if session is not None:
             session.close(self.timeout)
-        self._channel.close()
+        self._brokers.close()
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """The brokers this client may use, in the order it tries them."""
+        return self._brokers.addresses
 
     def _call(
         self,
-        method: Any,
+        method: Callable[[Broker], Any],
         request_message: Any,
+        *,
+        kind: Kind = REPEATABLE,
         timeout: float | None = None,
     ) -> Any:
-        """One unary call; Ctrl-C while it is in flight cancels it."""
-        future = method.future(
-            request_message, timeout=self.timeout if timeout is None else timeout
+        """One unary call, `method(broker)` naming its RPC, tried as `kind`
+        says (`sdk.retry`)."""
+        return self._run(
+            lambda attempt: _unary(method(attempt.broker), request_message, attempt.timeout),
+            kind=kind,
+            timeout=timeout,
         )
-        try:
-            return calls.result(future)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from error
+
+    def _run(
+        self, send: Callable[[Try], Item], *, kind: Kind, timeout: float | None = None
+    ) -> Item:
+        return run(
+            self._brokers,
+            send,
+            timeout=self.timeout if timeout is None else timeout,
+            try_timeout=self.try_timeout,
+            kind=kind,
+        )
 
     def _paged(
-        self, method: Any, message: Any, items: Callable[[Any], Iterable[Item]]
+        self, method: Callable[[Broker], Any], message: Any, items: Callable[[Any], Iterable[Item]]
     ) -> Iterator[Item]:
-        """Every item of a listing, fetching the next page as it is iterated."""
+        """Every item of a listing, fetching the next page as it is
+        iterated; each page is a call of its own, with its own deadline."""
         while True:
             response = self._call(method, message)
             yield from items(response)
@@ -139,7 +181,9 @@ class BrokerClient:
     # ------------------------------------------------------------- inventory
 
     def list_kinds(self) -> list[resource_pb2.Kind]:
-        response = self._call(self._inventory.ListKinds, inventory_service_pb2.ListKindsRequest())
+        response = self._call(
+            lambda broker: broker.inventory.ListKinds, inventory_service_pb2.ListKindsRequest()
+        )
         return list(response.kinds)
 
     def create_resource(
@@ -163,14 +207,16 @@ class BrokerClient:
             reserved_for=reserved_for,
         )
         response = self._call(
-            self._inventory.CreateResource,
+            lambda broker: broker.inventory.CreateResource,
             inventory_service_pb2.CreateResourceRequest(resource=resource),
+            kind=ONCE,
         )
         return response.resource
 
     def get_resource(self, name: str) -> resource_pb2.Resource:
         response = self._call(
-            self._inventory.GetResource, inventory_service_pb2.GetResourceRequest(name=name)
+            lambda broker: broker.inventory.GetResource,
+            inventory_service_pb2.GetResourceRequest(name=name),
         )
         return response.resource
 
@@ -182,7 +228,9 @@ class BrokerClient:
         message = inventory_service_pb2.ListResourcesRequest(
             kind=kind, constraints=to_constraints(where or {})
         )
-        return self._paged(self._inventory.ListResources, message, lambda page: page.resources)
+        return self._paged(
+            lambda broker: broker.inventory.ListResources, message, lambda page: page.resources
+        )
 
     def update_resource(
         self,
@@ -209,17 +257,19 @@ class BrokerClient:
                 setattr(resource, path, value)
                 paths.append(path)
         response = self._call(
-            self._inventory.UpdateResource,
+            lambda broker: broker.inventory.UpdateResource,
             inventory_service_pb2.UpdateResourceRequest(
                 resource=resource, update_mask=field_mask_pb2.FieldMask(paths=paths), etag=etag
             ),
+            kind=ONCE,
         )
         return response.resource
 
     def delete_resource(self, name: str, etag: str = "") -> None:
         self._call(
-            self._inventory.DeleteResource,
+            lambda broker: broker.inventory.DeleteResource,
             inventory_service_pb2.DeleteResourceRequest(name=name, etag=etag),
+            kind=ONCE,
         )
 
     # ---------------------------------------------------------------- leases
@@ -235,7 +285,9 @@ class BrokerClient:
         session_id: str = "",
         timeout: float | None = None,
     ) -> tuple[lease_pb2.Lease, str]:
-        """Grants every requirement or none; returns the lease and its secret.
+        """Grants every requirement or none; returns the lease and its
+        secret. A lease returned that is not active (a replayed `request_id`
+        whose lease ended) raises `LeaseNotActiveError` instead.
 
         Args:
             ttl: seconds the lease lives without renewal (None: the broker's default).
@@ -244,8 +296,10 @@ class BrokerClient:
                 wait that ends ungranted raises `DeadlineExceededError`.
             priority: the place in the queue, -100 to 100, higher first.
             request_id: the idempotency key; None makes a fresh one. A try
-                that fails with UNAVAILABLE is retried (3 tries in all) with
-                the same key, so a lost reply never makes a second lease.
+                that fails with UNAVAILABLE is retried (3 tries in all, or
+                one per broker if more) with the same key, on the next
+                broker if there are several, so a lost reply never makes a
+                second lease.
             session_id: an open session to bind the lease to.
             timeout: the deadline of the whole call, retries included;
                 None is the client's timeout, plus `max_wait` if given.
@@ -253,14 +307,13 @@ class BrokerClient:
         message = self._acquire_request(
             requirements, ttl, max_wait, priority, request_id, session_id
         )
-        retry = Retry(self._acquire_timeout(max_wait, timeout))
-        while True:
-            try:
-                response = self._call(self._leases.AcquireLease, message, retry.remaining())
-            except UnavailableError as error:
-                retry.after(error)
-                continue
-            return response.lease, response.secret
+        response = self._call(
+            lambda broker: broker.leases.AcquireLease,
+            message,
+            kind=ACQUIRE,
+            timeout=self._acquire_timeout(max_wait, timeout),
+        )
+        return active(response.lease), response.secret
 
     def watch_acquire(
         self,
@@ -276,7 +329,8 @@ class BrokerClient:
         """`acquire` that reports its wait: yields a `Waiting` each time the
         request's place in the queue or its blocker changes, then one
         `Granted` (the lease and its secret), and ends. The arguments and
-        errors are `acquire`'s; the call starts on the first `next()`, and
+        errors are `acquire`'s (a granted lease that is not active raises
+        `LeaseNotActiveError`); the call starts on the first `next()`, and
         closing the generator before the grant cancels it (the request
         leaves the queue). `sdk.waiting.wait_for_grant` consumes it."""
         message = lease_service_pb2.WatchAcquireLeaseRequest(
@@ -284,31 +338,38 @@ class BrokerClient:
                 requirements, ttl, max_wait, priority, request_id, session_id
             )
         )
-        retry = Retry(self._acquire_timeout(max_wait, timeout))
+        failover = Failover(
+            self._brokers,
+            timeout=self._acquire_timeout(max_wait, timeout),
+            try_timeout=self.try_timeout,
+            kind=ACQUIRE,
+        )
         while True:
-            call = self._leases.WatchAcquireLease(message, timeout=retry.remaining())
             try:
-                for response in calls.responses(call):
-                    if response.HasField("granted"):
-                        yield Granted(response.granted.lease, response.granted.secret)
-                        return
-                    yield Waiting(response.waiting)
+                attempt = failover.next_try()
+                call = attempt.broker.leases.WatchAcquireLease(message, timeout=attempt.timeout)
+                try:
+                    for response in calls.responses(call):
+                        if response.HasField("granted"):
+                            granted = response.granted
+                            yield Granted(active(granted.lease), granted.secret)
+                            return
+                        yield Waiting(response.waiting)
+                except grpc.RpcError as rpc_error:
+                    raise from_rpc_error(rpc_error) from rpc_error
+                finally:
+                    call.cancel()
                 raise InternalError(
                     grpc.StatusCode.INTERNAL, "the broker ended the wait without a grant"
                 )
-            except grpc.RpcError as rpc_error:
-                error = from_rpc_error(rpc_error)
-                if not isinstance(error, UnavailableError):
-                    raise error from rpc_error
-                retry.after(error)
-            finally:
-                call.cancel()
+            except SILENT as error:
+                failover.failed(error)
 
     def list_waiters(self) -> Iterator[lease_pb2.Waiter]:
         """Every waiting request in the order they will be served, fetching
         pages as it is iterated."""
         return self._paged(
-            self._leases.ListWaiters,
+            lambda broker: broker.leases.ListWaiters,
             lease_service_pb2.ListWaitersRequest(),
             lambda page: page.waiters,
         )
@@ -342,22 +403,41 @@ class BrokerClient:
         return self.timeout + (max_wait or 0.0)
 
     def renew(self, lease_id: str, secret: str) -> lease_pb2.Lease:
+        """The lease, renewed for another TTL; a lease returned that is not
+        active raises `LeaseNotActiveError`."""
         response = self._call(
-            self._leases.RenewLease,
+            lambda broker: broker.leases.RenewLease,
             lease_service_pb2.RenewLeaseRequest(lease_id=lease_id, secret=secret),
         )
-        return response.lease
+        return active(response.lease)
 
     def release(self, lease_id: str, secret: str) -> lease_pb2.Lease:
-        response = self._call(
-            self._leases.ReleaseLease,
-            lease_service_pb2.ReleaseLeaseRequest(lease_id=lease_id, secret=secret),
-        )
-        return response.lease
+        """Ends the lease and returns it. When an earlier try may have
+        reached the broker (its reply was lost, or the broker stopped
+        answering) and a later one finds the lease already released
+        (FAILED_PRECONDITION, `LEASE_RELEASED`), the release was done:
+        the lease is read back and returned. Expired or revoked leases
+        still raise."""
+        message = lease_service_pb2.ReleaseLeaseRequest(lease_id=lease_id, secret=secret)
+
+        def send(attempt: Try) -> lease_pb2.Lease | None:
+            try:
+                return _unary(attempt.broker.leases.ReleaseLease, message, attempt.timeout).lease
+            except FailedPreconditionError as error:
+                if attempt.number > 1 and reason_of(error) == "LEASE_RELEASED":
+                    return None  # released by an earlier try
+                raise
+
+        released = self._run(send, kind=REPEATABLE)
+        if released is not None:
+            return released
+        logger.info("lease %s was released by an earlier try of this release", lease_id)
+        return self.get_lease(lease_id)
 
     def get_lease(self, lease_id: str) -> lease_pb2.Lease:
         response = self._call(
-            self._leases.GetLease, lease_service_pb2.GetLeaseRequest(lease_id=lease_id)
+            lambda broker: broker.leases.GetLease,
+            lease_service_pb2.GetLeaseRequest(lease_id=lease_id),
         )
         return response.lease
 
@@ -371,12 +451,15 @@ class BrokerClient:
         message = lease_service_pb2.ListLeasesRequest(
             state=state or lease_pb2.LEASE_STATE_UNSPECIFIED, holder=holder, resource=resource
         )
-        return self._paged(self._leases.ListLeases, message, lambda page: page.leases)
+        return self._paged(
+            lambda broker: broker.leases.ListLeases, message, lambda page: page.leases
+        )
 
     def revoke_lease(self, lease_id: str, reason: str) -> lease_pb2.Lease:
         response = self._call(
-            self._leases.RevokeLease,
+            lambda broker: broker.leases.RevokeLease,
             lease_service_pb2.RevokeLeaseRequest(lease_id=lease_id, reason=reason),
+            kind=ONCE,
         )
         return response.lease
 
@@ -384,9 +467,26 @@ class BrokerClient:
 
     def open_session(self, keepalive_timeout: float | None = None) -> Session:
         """A new open session of this client's holder; the caller closes it.
-        `keepalive_timeout` in seconds, None for the broker's default."""
-        session = Session(self._leases, holder=self.holder, keepalive_timeout=keepalive_timeout)
-        return session.open(self.timeout)
+        `keepalive_timeout` in seconds, None for the broker's default.
+        Opening is tried as a call safe to repeat: a broker that does not
+        answer within the try's deadline is left for the next one. A session
+        lost because its broker stopped answering makes the client move on
+        from that broker too."""
+
+        def send(attempt: Try) -> Session:
+            session = Session(
+                attempt.broker.leases,
+                holder=self.holder,
+                keepalive_timeout=keepalive_timeout,
+                on_lost=lambda error: self._session_lost(attempt.broker, error),
+            )
+            return session.open(attempt.timeout)
+
+        return self._run(send, kind=REPEATABLE)
+
+    def _session_lost(self, broker: Broker, error: BrokerError) -> None:
+        if isinstance(error, SILENT):
+            self._brokers.failed(broker)
 
     def lease_session(self) -> Session | None:
         """The session that `lease` and `lease_many` bind leases to, opened on
@@ -475,6 +575,15 @@ class BrokerClient:
             priority=priority,
             on_wait=on_wait,
         )
+
+
+def _unary(method: Any, request_message: Any, timeout: float) -> Any:
+    """One unary call with `timeout`; Ctrl-C while it is in flight cancels it."""
+    future = method.future(request_message, timeout=timeout)
+    try:
+        return calls.result(future)
+    except grpc.RpcError as error:
+        raise from_rpc_error(error) from error
 
 
 def _field_values(fields: Mapping[str, Scalar]) -> dict[str, resource_pb2.FieldValue]:

@@ -5,6 +5,10 @@ details. `from_rpc_error` turns a `grpc.RpcError` into one `BrokerError`
 subclass, chosen by one table (`ERRORS_BY_CODE`), so callers catch
 `ResourceBusyError` instead of comparing codes, and read the details
 (`field_violations`, `violations`, `blocked`) as plain Python values.
+
+One error is the SDK's own: `LeaseNotActiveError`, raised by `active()` when
+a call that grants or renews a lease returned one that has ended, so that no
+caller ever takes an ended lease for one it holds.
 """
 
 from __future__ import annotations
@@ -88,6 +92,37 @@ class FailedPreconditionError(BrokerError):
         ]
 
 
+# The broker's names for why a lease ended, by its state.
+ENDED_LEASE_REASONS: dict[int, str] = {
+    lease_pb2.LEASE_STATE_RELEASED: "LEASE_RELEASED",
+    lease_pb2.LEASE_STATE_EXPIRED: "LEASE_EXPIRED",
+    lease_pb2.LEASE_STATE_REVOKED: "LEASE_REVOKED",
+}
+
+
+class LeaseNotActiveError(FailedPreconditionError):
+    """The broker returned a lease that is not active (released, expired or
+    revoked) where an active one was due: it holds nothing. `lease` is the
+    lease returned; its state is also the violation's type, as the broker
+    names it (`LEASE_RELEASED`, ...)."""
+
+    def __init__(self, lease: lease_pb2.Lease) -> None:
+        known = lease.state in lease_pb2.LeaseState.values()
+        state = lease_pb2.LeaseState.Name(lease.state) if known else f"state {lease.state}"
+        kind = ENDED_LEASE_REASONS.get(lease.state, "LEASE_NOT_ACTIVE")
+        reason = lease.end_reason or "no reason given"
+        message = f"lease {lease.lease_id} is {state}, not active ({reason}): it holds nothing"
+        violation = error_details_pb2.PreconditionFailure.Violation(
+            type=kind, subject=f"leases/{lease.lease_id}", description=message
+        )
+        super().__init__(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            message,
+            [error_details_pb2.PreconditionFailure(violations=[violation])],
+        )
+        self.lease = lease
+
+
 class ResourceBusyError(BrokerError):
     """The resources exist but others hold them now; retrying later may work."""
 
@@ -150,3 +185,23 @@ def _unpack(detail: any_pb2.Any) -> Message:
             detail.Unpack(unpacked)
             return unpacked
     return detail
+
+
+def active(lease: lease_pb2.Lease) -> lease_pb2.Lease:
+    """`lease` if it is active; else `LeaseNotActiveError`, naming its state
+    and why it ended."""
+    if lease.state != lease_pb2.LEASE_STATE_ACTIVE:
+        raise LeaseNotActiveError(lease)
+    return lease
+
+
+def reason_of(error: BrokerError) -> str:
+    """The broker's reason for `error` (`ErrorInfo.reason`, else the first
+    precondition violation's type); empty if it gave none."""
+    for detail in error.details:
+        if isinstance(detail, error_details_pb2.ErrorInfo):
+            return detail.reason
+    for detail in error.details:
+        if isinstance(detail, error_details_pb2.PreconditionFailure) and detail.violations:
+            return detail.violations[0].type
+    return ""

@@ -3,8 +3,11 @@
 A lease lives for its TTL and then expires, so a holder renews it every third
 of the TTL: two renewals can fail transiently (the broker restarting, a
 network blip) before the lease is in danger. A renewal the broker refuses for
-good (the lease expired, was revoked, or is not ours) marks the lease lost, so
-that the test holding it can notice it no longer owns its resources.
+good (the lease expired, was revoked, or is not ours), or a renewed lease
+that is not active (`LeaseNotActiveError`), marks the lease lost, so that the
+test holding it can notice it no longer owns its resources. A client given
+several brokers renews through whichever answers (`BrokerClient.renew` moves
+on from one that stopped answering), so the lease outlives its broker.
 """
 
 from __future__ import annotations

@@ -10,7 +10,11 @@ is held for long by a client that vanished.
 A daemon thread reads the broker's answers; gRPC's own request thread draws
 the keep-alives from a generator that sends one every third of the
 session's keep-alive timeout, waiting on an Event so that `close()` ends it
-at once.
+at once. The broker answers every keep-alive; when no answer has come for a
+whole keep-alive timeout, the broker holding the stream has stopped
+answering (it froze: its connection may still look alive), so the session is
+lost and its stream cancelled, and the client opens another elsewhere. By
+then that broker would have ended the session itself had it been running.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from __future__ import annotations
 import datetime
 import logging
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from types import TracebackType
 
 import grpc
@@ -41,9 +46,14 @@ class Session:
             (1 s to the broker's `sessions.max_keepalive_timeout`); None takes
             the broker's default.
 
-    `lost` is set when the session ended without `close()`: the stream broke
-    or the broker refused a keep-alive (FAILED_PRECONDITION: the session had
-    already ended). Its leases are then gone.
+        on_lost: called with the error once the session is lost after it
+            opened (from a thread of the session's).
+
+    `lost` is set when the session ended without `close()`: the stream broke,
+    the broker refused a keep-alive (FAILED_PRECONDITION: the session had
+    already ended), or no answer came for a whole keep-alive timeout
+    (`DeadlineExceededError`). Its leases are then gone, or live on only by
+    their own renewals.
     """
 
     def __init__(
@@ -52,8 +62,10 @@ class Session:
         *,
         holder: str = "",
         keepalive_timeout: float | None = None,
+        on_lost: Callable[[BrokerError], None] | None = None,
     ) -> None:
         self._stub = stub
+        self._on_lost = on_lost
         self._first = lease_service_pb2.OpenSessionRequest(holder=holder)
         if keepalive_timeout is not None:
             self._first.keepalive_timeout.FromTimedelta(
@@ -63,6 +75,7 @@ class Session:
         self.error: BrokerError | None = None
         self._answer: lease_service_pb2.OpenSessionResponse | None = None
         self._answered = threading.Event()  # the first answer came, or the stream ended
+        self._last_answer = 0.0  # time.monotonic() of the latest answer
         self._stopping = threading.Event()  # no more keep-alives
         self._closing = False  # close() was called: the stream's end is expected
         self._state_lock = threading.Lock()
@@ -162,8 +175,19 @@ class Session:
         self._answered.wait()
         if self._answer is None:
             return
-        interval = self.keepalive_timeout / 3
-        while not self._stopping.wait(interval):
+        timeout = self.keepalive_timeout
+        while not self._stopping.wait(timeout / 3):
+            silent = time.monotonic() - self._last_answer
+            if silent >= timeout:
+                self._lose(
+                    DeadlineExceededError(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"the broker did not answer session {self._id()}'s keep-alives "
+                        f"for {silent:.1f} s (its keep-alive timeout is {timeout:g} s)",
+                    )
+                )
+                self._cancel()
+                return
             yield lease_service_pb2.OpenSessionRequest()
         if self._closing:
             yield lease_service_pb2.OpenSessionRequest(close=True)
@@ -174,6 +198,7 @@ class Session:
         assert self._call is not None
         try:
             for answer in self._call:
+                self._last_answer = time.monotonic()
                 self._answer = answer
                 self._answered.set()
             if not self._closing:
@@ -186,7 +211,14 @@ class Session:
             self._answered.set()
 
     def _lose(self, error: BrokerError) -> None:
-        self.error = error
-        if self._answer is not None:  # else open() raises the error
-            logger.error("session %s is lost: %s", self._answer.session_id, error)
-        self.lost.set()
+        """Marks the session lost by `error`; the first loss is the one kept."""
+        with self._state_lock:
+            if self.lost.is_set():
+                return
+            self.error = error
+            self.lost.set()
+        if self._answer is None:
+            return  # open() raises the error
+        logger.error("session %s is lost: %s", self._answer.session_id, error)
+        if self._on_lost is not None:
+            self._on_lost(error)

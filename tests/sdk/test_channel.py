@@ -4,6 +4,8 @@ with GOAWAY for pinging too often."""
 
 from __future__ import annotations
 
+import pytest
+
 from broker.api.server import SERVER_OPTIONS
 from broker.v1 import lease_service_pb2, lease_service_pb2_grpc
 from sdk import BrokerClient
@@ -44,3 +46,9 @@ def test_a_channel_with_these_options_reaches_the_broker(broker):
         assert stub.ListWaiters(lease_service_pb2.ListWaitersRequest(), timeout=10).waiters == []
     with BrokerClient(broker.address) as client:
         assert list(client.list_waiters()) == []
+
+
+@pytest.mark.parametrize(("name", "value"), [("timeout", 0), ("try_timeout", -1.0)])
+def test_a_client_refuses_a_deadline_that_is_not_positive(name, value):
+    with pytest.raises(ValueError, match=f"^{name} is a positive number of seconds"):
+        BrokerClient("127.0.0.1:1", **{name: value})

@@ -1,5 +1,6 @@
 """`sdk.errors.from_rpc_error`: every status code to its exception, with the
-`google.rpc` details unpacked from a real `grpc.Status`."""
+`google.rpc` details unpacked from a real `grpc.Status`; and the SDK's own
+`LeaseNotActiveError` for a lease returned that has ended."""
 
 from __future__ import annotations
 
@@ -54,7 +55,9 @@ def test_each_code_maps_to_its_error(code: grpc.StatusCode, error_type) -> None:
 def test_every_error_class_has_a_row() -> None:
     classes = {cls for cls in vars(errors).values() if isinstance(cls, type)}
     subclasses = {cls for cls in classes if issubclass(cls, errors.BrokerError)}
-    assert subclasses - {errors.BrokerError} == set(errors.ERRORS_BY_CODE.values())
+    # LeaseNotActiveError is raised by the SDK itself, never mapped from a code.
+    own = {errors.BrokerError, errors.LeaseNotActiveError}
+    assert subclasses - own == set(errors.ERRORS_BY_CODE.values())
 
 
 def test_code_outside_the_table_is_a_plain_broker_error() -> None:
@@ -158,3 +161,57 @@ def test_inconsistent_status_keeps_the_calls_code() -> None:
     error = errors.from_rpc_error(lying)
     assert type(error) is errors.InternalError
     assert error.details == []
+
+
+# ------------------------------------------------------ leases not active
+
+
+def ended_lease(state: int, end_reason: str = "") -> lease_pb2.Lease:
+    return lease_pb2.Lease(lease_id="L1", state=state, end_reason=end_reason)
+
+
+def test_an_active_lease_passes() -> None:
+    lease = ended_lease(lease_pb2.LEASE_STATE_ACTIVE)
+    assert errors.active(lease) is lease
+
+
+@pytest.mark.parametrize(
+    ("state", "reason"),
+    [
+        (lease_pb2.LEASE_STATE_RELEASED, "LEASE_RELEASED"),
+        (lease_pb2.LEASE_STATE_EXPIRED, "LEASE_EXPIRED"),
+        (lease_pb2.LEASE_STATE_REVOKED, "LEASE_REVOKED"),
+        (lease_pb2.LEASE_STATE_UNSPECIFIED, "LEASE_NOT_ACTIVE"),
+    ],
+)
+def test_a_lease_not_active_raises_naming_its_state_and_end_reason(state, reason) -> None:
+    lease = ended_lease(state, "released by its holder")
+
+    with pytest.raises(errors.LeaseNotActiveError) as raised:
+        errors.active(lease)
+
+    error = raised.value
+    assert isinstance(error, errors.FailedPreconditionError)
+    assert error.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert error.lease is lease
+    assert lease_pb2.LeaseState.Name(state) in error.message
+    assert "released by its holder" in error.message
+    assert error.violations == [(reason, "leases/L1", error.message)]
+    assert errors.reason_of(error) == reason
+
+
+def test_a_lease_in_an_unknown_state_is_not_active() -> None:
+    with pytest.raises(errors.LeaseNotActiveError, match="state 99"):
+        errors.active(ended_lease(99))
+
+
+def test_the_reason_of_an_error_is_its_error_info_first() -> None:
+    failure = error_details_pb2.PreconditionFailure(
+        violations=[error_details_pb2.PreconditionFailure.Violation(type="FIRST")]
+    )
+    info = error_details_pb2.ErrorInfo(reason="LEASE_RELEASED", domain="broker")
+    error = errors.from_rpc_error(
+        rpc_error(grpc.StatusCode.FAILED_PRECONDITION, "ended", failure, info)
+    )
+    assert errors.reason_of(error) == "LEASE_RELEASED"
+    assert errors.reason_of(errors.BrokerError(grpc.StatusCode.UNKNOWN, "bare")) == ""

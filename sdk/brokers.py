@@ -1,0 +1,104 @@
+"""The brokers a client may use, and the one it uses now.
+
+A client given several brokers (`host:port,host:port`, brokers sharing one
+database) keeps one channel per address, opened on first use, and sends
+each call to the *current* broker: the first at the start, the next one
+(in order, wrapping around) each time the current one fails to answer a
+call. So a dead or frozen broker costs one failed try, and later calls go
+straight to one that answers. `answers` asks a broker's health whether it
+serves, for calls that must not be sent to a broker that might not answer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from broker.v1 import inventory_service_pb2_grpc, lease_service_pb2_grpc
+from sdk import calls
+from sdk.channel import addresses_of, open_channel
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Broker:
+    """One broker's channel and stubs; `index` is its place in the list."""
+
+    index: int
+    address: str
+    channel: grpc.Channel
+    inventory: inventory_service_pb2_grpc.InventoryServiceStub
+    leases: lease_service_pb2_grpc.LeaseServiceStub
+    health: health_pb2_grpc.HealthStub
+
+    def answers(self, timeout: float) -> bool:
+        """Whether the broker answers its health check SERVING within
+        `timeout` seconds: False if it cannot be reached, does not answer
+        (frozen), or has lost its database."""
+        future = self.health.Check.future(health_pb2.HealthCheckRequest(), timeout=timeout)
+        try:
+            response = calls.result(future)
+        except grpc.RpcError:
+            return False
+        return response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+class Brokers:
+    """The brokers at `address` (see `sdk.channel.addresses_of`); safe to
+    use from several threads."""
+
+    def __init__(self, address: str) -> None:
+        self.addresses = addresses_of(address)
+        self._open: dict[int, Broker] = {}
+        self._current = 0
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.addresses)
+
+    def current(self) -> Broker:
+        """The broker to send the next call to, its channel opened if need be."""
+        with self._lock:
+            if self._closed:
+                raise ValueError("the client is closed")
+            index = self._current
+            broker = self._open.get(index)
+            if broker is None:
+                channel = open_channel(self.addresses[index])
+                broker = Broker(
+                    index,
+                    self.addresses[index],
+                    channel,
+                    inventory_service_pb2_grpc.InventoryServiceStub(channel),
+                    lease_service_pb2_grpc.LeaseServiceStub(channel),
+                    health_pb2_grpc.HealthStub(channel),
+                )
+                self._open[index] = broker
+            return broker
+
+    def failed(self, broker: Broker) -> None:
+        """`broker` did not answer: the next broker becomes current, unless
+        another thread already moved on from it."""
+        with self._lock:
+            if len(self.addresses) == 1 or self._current != broker.index:
+                return
+            self._current = (broker.index + 1) % len(self.addresses)
+            logger.warning(
+                "broker %s did not answer; moving to %s",
+                broker.address,
+                self.addresses[self._current],
+            )
+
+    def close(self) -> None:
+        """Closes every channel opened."""
+        with self._lock:
+            self._closed = True
+            opened, self._open = list(self._open.values()), {}
+        for broker in opened:
+            broker.channel.close()
