@@ -378,8 +378,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if hasattr(args, "local"):
             return args.local(args)
-        # No session: a lease acquired from the shell outlives this process.
-        with BrokerClient(args.target, timeout=args.timeout, session=False) as client:
+        try:
+            # No session: a lease acquired from the shell outlives this process.
+            client = BrokerClient(args.target, timeout=args.timeout, session=False)
+        except ValueError as error:
+            raise UsageError(f"--target: {error}") from error
+        with client:
             return args.remote(client, args)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -434,6 +434,16 @@ def test_an_unreachable_broker_exits_3(capsys):
     assert "UNAVAILABLE" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("target", ["127.0.0.1:1,", ",127.0.0.1:1"])
+def test_a_bad_target_is_a_usage_error(capsys, target):
+    status = cli.main(["--target", target, "kinds"])
+
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --target: ")
+    assert "Traceback" not in err
+
+
 # ----------------------------------------------------------------- queue
 
 
