@@ -26,6 +26,9 @@ from broker.domain.values import LeaseState, SessionState, SessionView
 from broker.models import session as session_model
 
 MIN_KEEPALIVE_TIMEOUT = 1.0
+# A broker attending a session ends it within moments of its deadline; one
+# that finds the deadline passed longer ago than this was not attending it.
+UNATTENDED_AFTER = 1.0
 MAX_HOLDER = 128
 
 
@@ -96,25 +99,35 @@ class Sessions:
         """Ends a session: when its client closed it its leases are released;
         when its stream broke or went silent they expire."""
         with self.leases.transaction() as now:
-            session = self._open_session(session_id, now)
+            session = self._open_session(session_id, now, ending != SessionEnding.CLOSED)
             if session is not None:
                 clean = ending == SessionEnding.CLOSED
                 state = SessionState.CLOSED if clean else SessionState.EXPIRED
                 self.leases.end_session(session_id, state, now, ending.value)
                 self.leases.queue.dispatch(now)
 
-    def _open_session(self, session_id: str, now: float) -> session_model.Session | None:
+    def _open_session(
+        self, session_id: str, now: float, unattended: bool = True
+    ) -> session_model.Session | None:
         """The session if it is still open; one past its deadline is ended
-        here (in the caller's transaction) and None returned."""
+        here (in the caller's transaction) and None returned. Its leases
+        expire with it, unless the deadline passed long before (and
+        `unattended` applies: the client did not close it itself)."""
         session = session_model.lock_session(session_id)
         if session is None:
             raise NotFoundError("session", session_id)
         if session.state != SessionState.OPEN:
             return None
         if session.expire_time <= now:
-            self.leases.end_session(
-                session_id, SessionState.EXPIRED, now, "its keep-alives stopped"
-            )
+            if unattended and now - session.expire_time > UNATTENDED_AFTER:
+                # Its broker was away (frozen, cut off) when the deadline
+                # passed: the client may have renewed its leases through
+                # another broker meanwhile, so they keep their own TTL.
+                self.leases.orphan_session(session_id, now)
+            else:
+                self.leases.end_session(
+                    session_id, SessionState.EXPIRED, now, "its keep-alives stopped"
+                )
             self.leases.queue.dispatch(now)
             return None
         return session

@@ -191,6 +191,31 @@ def test_a_late_keep_alive_ends_the_session_instead_of_reviving_it(
     assert leases.get(lease.lease_id).end_reason == "its session ended: its keep-alives stopped"
 
 
+@pytest.mark.parametrize("ending", ["keep_alive", SessionEnding.BROKEN, SessionEnding.SILENT])
+def test_a_broker_back_long_after_the_deadline_leaves_the_leases_to_their_ttl(
+    inventory, leases, sessions, clock, ending
+):
+    # The broker was frozen past the session's deadline; meanwhile the client
+    # renewed its lease through another broker.
+    inventory.create(phone("p1"))
+    session = sessions.open("alice", None)
+    granted = acquire(leases, "alice", session.session_id, ttl=300)
+    clock.advance(KEEPALIVE_TIMEOUT + 5)
+    leases.renew(granted.lease.lease_id, granted.secret)
+
+    if ending == "keep_alive":
+        with pytest.raises(FailedPreconditionError):
+            sessions.keep_alive(session.session_id)
+    else:
+        sessions.close(session.session_id, ending)
+
+    assert session_state(session.session_id) == SessionState.EXPIRED
+    assert Session.get_by_id(session.session_id).end_reason == "its broker stopped attending it"
+    kept = leases.get(granted.lease.lease_id)
+    assert (kept.state, kept.session_id) == (LeaseState.ACTIVE, "")
+    assert kept.expire_time == clock.now + 300
+
+
 def test_closing_twice_changes_nothing(inventory, leases, sessions):
     inventory.create(phone("p1"))
     session = sessions.open("alice", None)
