@@ -25,6 +25,15 @@ class LicenceData(ResourceData):
     product = peewee.CharField(max_length=64, help_text="The licensed product.")
 
 
+class GaugeData(ResourceData):
+    """A measuring instrument, whose numbers need every storage width (not
+    among `TEST_KINDS`: tests that use it add it)."""
+
+    serial = peewee.BigIntegerField(null=True, help_text="The maker's 64-bit serial number.")
+    channel = peewee.SmallIntegerField(default=0, help_text="The input it reads.")
+    reading = peewee.DoubleField(null=True, help_text="The last reading, in volts.")
+
+
 TEST_KINDS = (
     "resources.calculator.data.CalculatorData",
     "tests.kinds.PhoneData",

@@ -7,6 +7,15 @@ import dataclasses
 
 from broker.domain.values import HolderView
 
+# The most of any caller's input an error quotes: an error travels in the
+# response's trailing metadata, which is small.
+QUOTE_LIMIT = 64
+
+
+def clip(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """`text` as an error may quote it: at most `limit` characters, then "…"."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
 
 class BrokerError(Exception):
     """Base of every error the broker reports to a caller."""
@@ -18,7 +27,8 @@ class BrokerError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class FieldViolation:
-    """One bad field of a request, named by its path (`requirements[0].count`)."""
+    """One bad field of a request, named by its path (`requirements[0].count`);
+    an empty path means the request as a whole."""
 
     field: str
     description: str
@@ -29,7 +39,11 @@ class InvalidArgumentError(BrokerError):
 
     def __init__(self, violations: list[FieldViolation] | FieldViolation):
         self.violations = violations if isinstance(violations, list) else [violations]
-        super().__init__("; ".join(f"{v.field}: {v.description}" for v in self.violations))
+        super().__init__(
+            "; ".join(
+                f"{v.field}: {v.description}" if v.field else v.description for v in self.violations
+            )
+        )
 
     @classmethod
     def of(cls, field: str, description: str) -> InvalidArgumentError:
@@ -37,21 +51,22 @@ class InvalidArgumentError(BrokerError):
 
 
 class NotFoundError(BrokerError):
-    """The named kind, resource or lease does not exist."""
+    """The named kind, resource or lease does not exist (its name clipped,
+    like any input an error quotes)."""
 
     def __init__(self, resource_type: str, resource_name: str):
-        super().__init__(f"{resource_type} {resource_name!r} not found")
         self.resource_type = resource_type
-        self.resource_name = resource_name
+        self.resource_name = clip(resource_name)
+        super().__init__(f"{resource_type} {self.resource_name!r} not found")
 
 
 class AlreadyExistsError(BrokerError):
     """A resource with that name exists already."""
 
     def __init__(self, resource_type: str, resource_name: str):
-        super().__init__(f"{resource_type} {resource_name!r} already exists")
         self.resource_type = resource_type
-        self.resource_name = resource_name
+        self.resource_name = clip(resource_name)
+        super().__init__(f"{resource_type} {self.resource_name!r} already exists")
 
 
 class PermissionDeniedError(BrokerError):
@@ -93,6 +108,14 @@ class ResourceBusyError(BrokerError):
         self.label = label
         self.kind = kind
         self.holders = holders
+
+
+class LimitExceededError(BrokerError):
+    """A limit of the broker's own was reached; `limit` names its setting."""
+
+    def __init__(self, limit: str, message: str):
+        super().__init__(message)
+        self.limit = limit
 
 
 class DeadlineExceededError(BrokerError):

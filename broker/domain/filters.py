@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from broker.domain.errors import BrokerError, InvalidArgumentError
+from broker.domain.errors import BrokerError, InvalidArgumentError, clip
 from broker.domain.kinds import Kind, check_value
 from broker.domain.values import COMMON_FILTER_FIELDS, Constraint, FieldSpec, FieldType
 from broker.models.resource import Filter
@@ -40,7 +40,7 @@ def resolve(
             owner = f"kind {kind.name!r}" if kind else "a resource of any kind"
             raise unknown_field(
                 where,
-                f"{owner} has no field {constraint.field!r}"
+                f"{owner} has no field {clip(constraint.field)!r}"
                 + (f" (fields: {', '.join(known)})" if known else " (name a kind)"),
             )
         if not 1 <= len(constraint.values) <= MAX_VALUES:

@@ -21,6 +21,7 @@ from broker.domain.errors import (
     InvalidArgumentError,
     PreconditionViolation,
     ResourceBusyError,
+    clip,
 )
 from broker.domain.kinds import Kind, KindRegistry
 from broker.domain.matching import Matching, expand_slots, match
@@ -160,7 +161,9 @@ class Granter:
             known = ", ".join(k.name for k in self.kinds) or "none"
             raise FailedPreconditionError(
                 PreconditionViolation(
-                    "UNKNOWN_KIND", path, f"{path}: no kind {requirement.kind!r} (kinds: {known})"
+                    "UNKNOWN_KIND",
+                    path,
+                    f"{path}: no kind {clip(requirement.kind)!r} (kinds: {known})",
                 )
             )
         resolved = filters.resolve(

@@ -16,6 +16,7 @@ from broker.domain.errors import (
     InvalidArgumentError,
     NotFoundError,
     PreconditionViolation,
+    clip,
 )
 from broker.domain.kinds import Kind, KindRegistry, check_value
 from broker.domain.values import (
@@ -141,7 +142,7 @@ class Inventory:
             if top not in UPDATABLE or (top != "fields" and "." in path):
                 raise InvalidArgumentError.of(
                     "update_mask",
-                    f"{path!r} cannot be changed (changeable: {', '.join(UPDATABLE)})",
+                    f"{clip(path)!r} cannot be changed (changeable: {', '.join(UPDATABLE)})",
                 )
         for key, limit in COMMON_LIMITS.items():
             check_text(getattr(patch, key), f"resource.{key}", limit)
@@ -153,7 +154,7 @@ class Inventory:
             if patch.etag and patch.etag != etag_of(row):
                 raise ConflictError(
                     f"resource {patch.name!r} changed since it was read "
-                    f"(etag {patch.etag}, now {etag_of(row)})"
+                    f"(etag {clip(patch.etag)}, now {etag_of(row)})"
                 )
             kind = self.kinds.get(row.kind)
             values = {
@@ -218,8 +219,8 @@ class Inventory:
             if kind.spec.field(name) is None:
                 known = ", ".join(f.name for f in kind.spec.fields) or "none"
                 raise InvalidArgumentError.of(
-                    f"resource.fields.{name}",
-                    f"kind {kind.name!r} has no field {name!r} (fields: {known})",
+                    f"resource.fields.{clip(name)}",
+                    f"kind {kind.name!r} has no field {clip(name)!r} (fields: {known})",
                 )
         result = {}
         for spec in kind.spec.fields:
@@ -239,7 +240,7 @@ class Inventory:
         for name in named:
             if kind.spec.field(name) is None:
                 raise InvalidArgumentError.of(
-                    "update_mask", f"kind {kind.name!r} has no field {name!r}"
+                    "update_mask", f"kind {kind.name!r} has no field {clip(name)!r}"
                 )
         given = {name: patch.fields.get(name) for name in named}
         return self._typed_fields(kind, given, complete=False)

@@ -6,17 +6,33 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import math
+import struct
 from collections.abc import Iterable
 
 import peewee
 
-from broker.domain.errors import FieldViolation, InvalidArgumentError, NotFoundError
+from broker.domain.errors import FieldViolation, InvalidArgumentError, NotFoundError, clip
 from broker.domain.values import FieldSpec, FieldType, KindSpec, Scalar
 from broker.models.fields import IPAddressField
 from broker.models.resource import ResourceData
 
 TEXT_FIELD_MAX_LENGTH = 4096
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+# The width of a numeric field's storage, by peewee column type, where the
+# databases disagree taking the narrower: PostgreSQL stores an IntegerField
+# in 32 bits and a FloatField in a 32-bit REAL, where SQLite keeps 64. A
+# value that a column would refuse on one database is refused on all.
+_BITS = {
+    "SMALLINT": 16,
+    "INT": 32,
+    "AUTO": 32,
+    "BIGINT": 64,
+    "BIGAUTO": 64,
+    "FLOAT": 32,
+    "DOUBLE": 64,
+}
+_DEFAULT_BITS = {FieldType.INTEGER: 32, FieldType.FLOAT: 64}
 
 # Most specific first: IPAddressField is a CharField, BooleanField is not an IntegerField.
 _FIELD_TYPES: tuple[tuple[type[peewee.Field], FieldType], ...] = (
@@ -67,6 +83,7 @@ def describe(model: type[ResourceData]) -> KindSpec:
             max_length = getattr(field, "max_length", None) or TEXT_FIELD_MAX_LENGTH
         else:
             max_length = 0
+        bits = _BITS.get(field.field_type, _DEFAULT_BITS.get(field_type, 0))
         fields.append(
             FieldSpec(
                 name=field.name,
@@ -75,6 +92,7 @@ def describe(model: type[ResourceData]) -> KindSpec:
                 default=default,
                 doc=field.help_text or "",
                 max_length=max_length,
+                bits=bits,
             )
         )
     doc = " ".join((model.__doc__ or "").split())
@@ -143,7 +161,7 @@ def check_value(spec: FieldSpec, value: Scalar | None, path: str) -> Scalar | No
                 return str(ipaddress.ip_address(value))
             except ValueError:
                 raise InvalidArgumentError.of(
-                    path, f"{value!r} is not an IPv4 or IPv6 address"
+                    path, f"{clip(value)!r} is not an IPv4 or IPv6 address"
                 ) from None
         return value
     if spec.type == FieldType.BOOLEAN:
@@ -155,8 +173,14 @@ def check_value(spec: FieldSpec, value: Scalar | None, path: str) -> Scalar | No
     if spec.type == FieldType.INTEGER:
         if not isinstance(value, int):
             raise wrong_type
-        if not INT64_MIN <= value <= INT64_MAX:
-            raise InvalidArgumentError.of(path, f"{spec.name} is outside the 64-bit range")
+        bits = spec.bits or 64
+        low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        if not low <= value <= high:
+            raise InvalidArgumentError.of(
+                path,
+                f"{spec.name} must be {low} to {high} (a {bits}-bit integer field), "
+                f"not {clip(str(value))}",
+            )
         return value
     if not isinstance(value, int | float):
         raise wrong_type
@@ -166,4 +190,20 @@ def check_value(spec: FieldSpec, value: Scalar | None, path: str) -> Scalar | No
         number = math.inf
     if not math.isfinite(number):
         raise InvalidArgumentError.of(path, f"{spec.name} must be a finite number")
+    if spec.bits == 32 and not _fits_float32(number):
+        raise InvalidArgumentError.of(
+            path,
+            f"{spec.name} must be 0 or of magnitude 1.4e-45 to 3.4e+38 "
+            f"(a 32-bit float field), not {number:g}",
+        )
     return number
+
+
+def _fits_float32(number: float) -> bool:
+    """Whether a 32-bit float holds `number` without overflowing to infinity
+    or underflowing to 0 (rounding is fine)."""
+    try:
+        (narrowed,) = struct.unpack("<f", struct.pack("<f", number))
+    except OverflowError:
+        return False
+    return narrowed != 0 or number == 0

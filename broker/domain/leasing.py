@@ -31,6 +31,7 @@ from broker.domain.errors import (
     PermissionDeniedError,
     PreconditionViolation,
     ResourceBusyError,
+    clip,
 )
 from broker.domain.granting import Granter, decode_requirements, hash_secret, lease_view
 from broker.domain.kinds import KindRegistry
@@ -155,8 +156,8 @@ class Leases:
                 return FailedPreconditionError(
                     PreconditionViolation(
                         "SESSION_ENDED",
-                        f"sessions/{request.session_id}",
-                        f"session {request.session_id} is not open",
+                        f"sessions/{clip(request.session_id)}",
+                        f"session {clip(request.session_id)} is not open",
                     )
                 )
         plan = self.granter.plan(needs, request.holder, now, behind_priority=request.priority)

@@ -68,6 +68,9 @@ class FieldSpec:
     default: Scalar | None
     doc: str
     max_length: int = 0
+    # The width in bits of an integer or float field's storage on every
+    # database alike, which bounds the values it takes.
+    bits: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -144,6 +144,7 @@ def details(error: grpc.RpcError) -> list[Message]:
             error_details_pb2.ResourceInfo,
             error_details_pb2.PreconditionFailure,
             error_details_pb2.ErrorInfo,
+            error_details_pb2.QuotaFailure,
             lease_pb2.AcquireBlocked,
         ):
             if packed.Is(cls.DESCRIPTOR):

@@ -3,11 +3,21 @@ first, and each row building the details the contract promises."""
 
 from __future__ import annotations
 
+import logging
+
 import peewee
 import pytest
 from google.rpc import code_pb2, error_details_pb2
 
-from broker.api.errors import ERROR_DOMAIN, STATUS_TABLE, status_of
+from broker.api.errors import (
+    ERROR_DOMAIN,
+    MAX_DETAIL_ITEMS,
+    MAX_DETAILS_BYTES,
+    MAX_MESSAGE_BYTES,
+    STATUS_TABLE,
+    Throttled,
+    status_of,
+)
 from broker.domain import errors
 from broker.domain.values import HolderView
 from broker.v1 import lease_pb2
@@ -151,3 +161,64 @@ def test_conflict_carries_an_error_info():
 )
 def test_unknown_exceptions_have_no_status(error):
     assert status_of(error) is None
+
+
+class Keep(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def test_undecodable_requests_are_reported_at_most_once_an_interval_with_a_count():
+    now = [0.0]
+    throttled = Throttled(60.0, clock=lambda: now[0])
+    logger = logging.getLogger("broker.api.errors")
+    keep = Keep()
+    logger.addHandler(keep)
+    try:
+        for step in range(12):
+            now[0] = step * 10.0  # 0, 10, … 110 s
+            throttled.note("/broker.v1.LeaseService/GetLease")
+    finally:
+        logger.removeHandler(keep)
+
+    # At 0 s the first; at 60 s the six since (10 … 60 s); nothing more yet.
+    assert [record.args[0] for record in keep.records] == [1, 6]
+    assert all(record.exc_info is None for record in keep.records)
+
+
+def test_a_long_message_is_cut_to_fit_in_the_trailers():
+    status = status_of(errors.ConflictError("é" * 4000))
+    assert len(status.message.encode()) <= MAX_MESSAGE_BYTES
+    assert status.message.endswith("…")
+    assert status.message.startswith("é" * 100)
+
+
+def test_details_too_large_for_the_trailers_are_shortened():
+    violations = [errors.FieldViolation(f"field{n}." + "x" * 4000, "y" * 4000) for n in range(50)]
+    status = status_of(errors.InvalidArgumentError(violations))
+
+    assert sum(detail.ByteSize() for detail in status.details) <= MAX_DETAILS_BYTES
+    [bad_request] = details_of(status)
+    assert len(bad_request.field_violations) == MAX_DETAIL_ITEMS
+    first = bad_request.field_violations[0]
+    assert (first.field, first.description) == (
+        errors.clip("field0." + "x" * 4000),
+        errors.clip("y" * 4000),
+    )
+
+
+def test_details_that_fit_are_kept_whole():
+    violation = errors.FieldViolation("requirements[0].constraints[0].field", "is required")
+    [bad_request] = details_of(status_of(errors.InvalidArgumentError([violation] * 5)))
+    assert len(bad_request.field_violations) == 5
+
+
+def test_errors_quote_a_short_prefix_of_long_input():
+    error = errors.NotFoundError("lease", "L" * 4000)
+    assert error.resource_name == "L" * errors.QUOTE_LIMIT + "…"
+    assert len(error.message) < 2 * errors.QUOTE_LIMIT
+    assert errors.clip("short") == "short"

@@ -59,9 +59,9 @@ def test_describe_phone():
     assert (kind.name, kind.ownable, kind.doc) == ("Phone", True, "A phone on a test bench.")
     assert kind.fields == (
         FieldSpec("os", FieldType.STRING, True, None, "The operating system, e.g. android.", 32),
-        FieldSpec("version", FieldType.INTEGER, False, 0, "The OS major version.", 0),
+        FieldSpec("version", FieldType.INTEGER, False, 0, "The OS major version.", 0, 32),
         FieldSpec("rooted", FieldType.BOOLEAN, False, False, "Whether it is rooted.", 0),
-        FieldSpec("battery", FieldType.FLOAT, False, None, "Battery capacity in mAh.", 0),
+        FieldSpec("battery", FieldType.FLOAT, False, None, "Battery capacity in mAh.", 0, 32),
     )
 
 
@@ -95,7 +95,9 @@ def test_describe_subclassed_field_types_and_defaults():
     assert spec_of(NotesData, "text") == FieldSpec(
         "text", FieldType.STRING, False, None, "Free text.", TEXT_FIELD_MAX_LENGTH
     )
-    assert spec_of(NotesData, "serial") == FieldSpec("serial", FieldType.INTEGER, False, 42, "", 0)
+    assert spec_of(NotesData, "serial") == FieldSpec(
+        "serial", FieldType.INTEGER, False, 42, "", 0, 64
+    )
     assert spec_of(NotesData, "ratio").type == FieldType.FLOAT
     assert spec_of(NotesData, "address").type == FieldType.IP_ADDRESS
     assert "resource" not in {field.name for field in kind.fields}

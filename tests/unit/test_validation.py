@@ -3,10 +3,15 @@ enum numbers, with every violation named by its path."""
 
 from __future__ import annotations
 
+import asyncio
+import sys
+import threading
+
 import pytest
 from google.protobuf import field_mask_pb2
 
 from broker.api import validation
+from broker.api.errors import ErrorInterceptor, guarded, guarded_stream
 from broker.api.field_values import to_field_value
 from broker.domain.errors import InvalidArgumentError
 from broker.v1 import inventory_service_pb2 as inventory
@@ -181,3 +186,98 @@ def test_check_raises_with_every_violation():
         "holder",
     ]
     assert "requirements[0].kind: is required" in error.value.message
+
+
+def test_nul_characters_are_refused_in_any_string():
+    request = inventory.CreateResourceRequest(
+        resource=resource_pb2.Resource(
+            name="c\0",
+            kind="Calculator",
+            fields={"ip\0": to_field_value(1), "os": to_field_value("a\0")},
+        )
+    )
+    found = validation.violations(request)
+    assert sorted(v.field for v in found) == [
+        "resource.fields",
+        "resource.fields.os.string_value",
+        "resource.name",
+    ]
+    assert all("NUL" in v.description for v in found)
+
+
+def test_the_entries_of_a_request_have_a_budget():
+    values = lease_pb2.FieldValueList(values=[to_field_value(n) for n in range(1000)])
+    requirement = phone_requirement(constraints=[lease_pb2.Constraint(field="v", any_of=values)])
+    within = lease_service.AcquireLeaseRequest(requirements=[requirement] * 16)
+    over = lease_service.AcquireLeaseRequest(requirements=[requirement] * 900)
+
+    assert validation.violations(within) == []
+    [violation] = validation.violations(over)
+    # 900 requirements, then 1 constraint and 1,000 values each: the 16th
+    # requirement's values pass 16,384.
+    assert violation.field == "requirements[15].constraints[0].any_of.values"
+    assert str(validation.MAX_ITEMS) in violation.description
+
+
+def test_checking_stops_at_enough_violations():
+    request = lease_service.AcquireLeaseRequest(
+        requirements=[lease_pb2.Requirement(label=LONG)] * 100
+    )
+    assert len(validation.violations(request)) == validation.MAX_VIOLATIONS
+
+
+class CheckThreads:
+    """Observes which threads run `validation.check`, through the profiler
+    hook of this thread and of every thread started meanwhile."""
+
+    def __init__(self):
+        self.threads: list[int] = []
+
+    def profile(self, frame, event, arg):
+        if event == "call" and frame.f_code is validation.check.__code__:
+            self.threads.append(threading.get_ident())
+
+    def __enter__(self):
+        threading.setprofile(self.profile)
+        sys.setprofile(self.profile)
+        return self
+
+    def __exit__(self, *exc):
+        sys.setprofile(None)
+        threading.setprofile(None)
+
+
+def test_requests_are_checked_off_the_event_loop():
+    """Unary requests and each message of a request stream alike."""
+
+    async def unary(request, context):
+        return "answered"
+
+    async def streaming(requests, context):
+        async for request in requests:
+            yield request.holder
+
+    async def requests():
+        for holder in ("alice", "bob"):
+            yield lease_service.OpenSessionRequest(holder=holder)
+
+    async def calls(interceptor):
+        answered = await guarded(unary, "/t/Unary", interceptor.check, interceptor.limit)(
+            inventory.GetResourceRequest(name="c1"), None
+        )
+        handle = guarded_stream(
+            streaming, "/t/Stream", interceptor.check, interceptor.limit, streamed=True
+        )
+        holders = [holder async for holder in handle(requests(), None)]
+        return threading.get_ident(), answered, holders
+
+    with CheckThreads() as observed:
+        interceptor = ErrorInterceptor()
+        try:
+            loop_thread, answered, holders = asyncio.run(calls(interceptor))
+        finally:
+            interceptor.close()
+
+    assert (answered, holders) == ("answered", ["alice", "bob"])
+    assert len(observed.threads) == 3
+    assert loop_thread not in observed.threads
