@@ -16,7 +16,9 @@ dropped at the end whatever happens:
 4. throughput as in 1 on one broker, and on two brokers sharing the
    database (clients dealt round robin over them);
 5. hand-off as in 2 with the waiting processes split over two brokers, so
-   a release on one hands off to waiters on the other (LISTEN/NOTIFY).
+   a release on one hands off to waiters on the other (LISTEN/NOTIFY);
+6. freeze (`bench.freeze`): grants/s of three brokers before, during and
+   after one of them is SIGSTOPped while it holds the write lock.
 
 Their points' names end in `_postgresql_1broker` / `_postgresql_2brokers`.
 If PostgreSQL cannot be reached, one line says those points are skipped and
@@ -31,6 +33,7 @@ status 1 if any point had errors (missed targets are printed, not failed).
     .venv/bin/python -m bench
     .venv/bin/python -m bench --only handoff,regrant --handoff-duration 3
     .venv/bin/python -m bench --databases postgresql --only throughput
+    .venv/bin/python -m bench --only freeze --freeze-seconds 16
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from bench.broker_process import (
     start_broker,
 )
 
-SUITES = ("throughput", "handoff", "regrant")
+SUITES = ("throughput", "handoff", "regrant", "freeze")
 DATABASES = ("sqlite", "postgresql")
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 # How many brokers share the PostgreSQL database for each point.
@@ -118,6 +121,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     option("--handoff-duration", type=positive, default=5.0, help="seconds of hand-offs measured")
     option("--hold-ms", type=float, default=1.0, help="how long each hand-off client holds")
     option("--regrant-trials", type=int, default=5, help="SIGKILLs of a session holder")
+    option("--freeze-seconds", type=positive, default=10.0, help="how long one broker stays frozen")
     option(
         "--json",
         default=os.environ.get("BENCH_JSON", "bench-results.json"),
@@ -180,11 +184,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so the brokers and the clients are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    from bench import handoff, regrant, throughput
+    from bench import freeze, handoff, regrant, throughput
 
     points: list[dict] = []
     errors = 0
     names = [f"bench-{i:03d}" for i in range(max(args.clients))]
+    freeze_names = [f"bench-{i:03d}" for i in range(freeze.CLIENTS)]
 
     def record(result) -> None:
         nonlocal errors
@@ -248,7 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             for count in sorted({*POSTGRES_THROUGHPUT_BROKERS, POSTGRES_HANDOFF_BROKERS})
         }
-        if not any(any(wanted) for wanted in layouts.values()):
+        wants_freeze = "freeze" in args.only
+        if not wants_freeze and not any(any(wanted) for wanted in layouts.values()):
             return
         problem = postgres_problem(args.postgres)
         if problem:
@@ -271,6 +277,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                     throughput_points(broker, where, variant)
                 if wants_handoff:
                     handoff_point(broker, where, variant)
+        if wants_freeze:
+            with (
+                postgres_schema(args.postgres) as url,
+                brokers(
+                    os.path.join(workdir, "postgresql-freeze"), url, freeze.BROKERS, freeze_names
+                ) as broker,
+            ):
+                print(freeze.header(args.duration, args.freeze_seconds), flush=True)
+                result = freeze.run_freeze(
+                    broker,
+                    args.postgres,
+                    freeze_names,
+                    duration=args.duration,
+                    freeze_seconds=args.freeze_seconds,
+                    warmup=args.warmup,
+                )
+                record(result)
+                print(result.targets(), flush=True)
 
     with tempfile.TemporaryDirectory(prefix="broker-bench-") as workdir:
         try:

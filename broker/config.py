@@ -17,9 +17,13 @@ from typing import Any
 
 import yaml
 
+from broker.models.database import DEFAULT_STALL_TIMEOUT
 from broker.models.resource import ResourceData
 
 DEFAULT_CONFIG_PATH = "rotest.yml"
+# The range of database.stall_timeout, in seconds.
+MIN_STALL_TIMEOUT = 1.0
+MAX_STALL_TIMEOUT = 3600.0
 
 
 class ConfigError(ValueError):
@@ -41,9 +45,12 @@ class ServerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DatabaseConfig:
-    """Which database holds the inventory and the leases."""
+    """Which database holds the inventory and the leases, and (PostgreSQL)
+    within how many seconds a broker that froze or lost its link gives up
+    its transaction and the others go on."""
 
     url: str = "sqlite:///broker.sqlite3"
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +136,12 @@ ENVIRONMENT_OVERRIDES = {
 }
 
 
+def with_database_url(config: Config, url: str) -> Config:
+    """`config` on another database URL (`broker serve --database`), every
+    other database setting kept."""
+    return dataclasses.replace(config, database=dataclasses.replace(config.database, url=url))
+
+
 def _with_overrides(raw: Any, environ: Mapping[str, str]) -> Any:
     """The document with the environment's overrides in place, so that they
     are checked exactly as the file's values are."""
@@ -156,6 +169,13 @@ def parse_config(raw: Any, base_dir: str = ".") -> Config:
     sessions = _section("sessions", top.get("sessions"), SessionConfig)
     _check_positive("server.max_concurrent_rpcs", server.max_concurrent_rpcs)
     _check_positive("server.grace_seconds", server.grace_seconds, allow_zero=True)
+    _check_positive("database.stall_timeout", database.stall_timeout)
+    if not MIN_STALL_TIMEOUT <= database.stall_timeout <= MAX_STALL_TIMEOUT:
+        raise ConfigError(
+            "database.stall_timeout",
+            f"must be {MIN_STALL_TIMEOUT} to {MAX_STALL_TIMEOUT} seconds (TCP keep-alives "
+            f"count whole seconds), not {database.stall_timeout!r}",
+        )
     if ":" not in server.address:
         raise ConfigError("server.address", f"{server.address!r} is not HOST:PORT")
     for key in ("default_ttl", "max_ttl", "expiry_interval"):

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import signal
 import sys
 import threading
 from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -25,18 +25,20 @@ import peewee
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from broker.api import memory
 from broker.api.errors import ErrorInterceptor
 from broker.api.inventory_servicer import InventoryServicer
 from broker.api.lease_servicer import LeaseServicer
 from broker.api.runner import InlineRunner, Runner, ThreadRunner, renew_connections
 from broker.api.waits import WaitBoard
-from broker.config import Config, ConfigError, DatabaseConfig, load_config
+from broker.config import Config, ConfigError, load_config, with_database_url
 from broker.domain.inventory import Inventory
 from broker.domain.kinds import KindDeclarationError, KindRegistry
 from broker.domain.leasing import Leases
 from broker.domain.sessions import Sessions
 from broker.models.database import DatabaseURLError, bind, close_database, open_database
 from broker.models.notify import GrantListener
+from broker.models.probe import probe_for
 from broker.models.schema import SchemaVersionError, create_tables
 from broker.v1 import (
     inventory_service_pb2,
@@ -68,6 +70,10 @@ SERVER_OPTIONS = (
     ("grpc.http2.max_pings_without_data", 0),
     # A second broker on the same port must fail to start, not share it.
     ("grpc.so_reuseport", 0),
+    # A request is decoded on the event loop: at most 1 MiB of it (a server
+    # limit: RESOURCE_EXHAUSTED from gRPC). What it holds has limits of its
+    # own, refused as INVALID_ARGUMENT (`broker.api.validation`).
+    ("grpc.max_receive_message_length", 1 << 20),
 )
 
 
@@ -82,6 +88,10 @@ class BrokerServer:
         )
         self._thread.start()
         self._sweeper: asyncio.Task | None = None
+        self._watcher: asyncio.Task | None = None
+        self._trimmer: asyncio.Task | None = None
+        # The health probe's own thread: never queued behind domain calls.
+        self._probe_thread = ThreadPoolExecutor(1, thread_name_prefix="db-probe")
         try:
             self.port = self._call(self._build(address))
         except BaseException:
@@ -103,6 +113,7 @@ class BrokerServer:
             self._call(self._stop(grace))
         finally:
             self._close_loop()
+            self.probe.close()
 
     def _call(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
@@ -111,13 +122,17 @@ class BrokerServer:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
+        self._probe_thread.shutdown(wait=True)
 
     async def _build(self, address: str) -> int:
         config = self.config
         kinds = KindRegistry(config.kind_models())
         self.database: peewee.Database = open_database(
-            config.database.url, base_dir=config.base_dir
+            config.database.url,
+            base_dir=config.base_dir,
+            stall_timeout=config.database.stall_timeout,
         )
+        self.probe = probe_for(self.database, config.database.stall_timeout)
         bind(self.database)
         create_tables(kinds.models)
         self.board = WaitBoard(asyncio.get_running_loop())
@@ -139,18 +154,20 @@ class BrokerServer:
             keepalive_timeout=config.sessions.keepalive_timeout,
             max_keepalive_timeout=config.sessions.max_keepalive_timeout,
         )
+        self.interceptor = ErrorInterceptor(max_calls=config.server.max_concurrent_rpcs)
         self.server = grpc.aio.server(
-            interceptors=[ErrorInterceptor()],
-            options=SERVER_OPTIONS,
-            maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
+            interceptors=[self.interceptor],
+            options=(*SERVER_OPTIONS, *backlog_options(config.server.max_concurrent_rpcs)),
+            # A backstop above the broker's own limit, which health and
+            # reflection calls do not count against.
+            maximum_concurrent_rpcs=config.server.max_concurrent_rpcs + PROBE_CALLS,
         )
         inventory_service_pb2_grpc.add_InventoryServiceServicer_to_server(
             InventoryServicer(Inventory(kinds, on_change=self.leases.dispatch), self.run),
             self.server,
         )
-        lease_service_pb2_grpc.add_LeaseServiceServicer_to_server(
-            LeaseServicer(self.leases, sessions, self.board, self.run), self.server
-        )
+        self.lease_servicer = LeaseServicer(self.leases, sessions, self.board, self.run)
+        lease_service_pb2_grpc.add_LeaseServiceServicer_to_server(self.lease_servicer, self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -169,47 +186,90 @@ class BrokerServer:
             self.listener.start()
         await self.server.start()
         self._sweeper = asyncio.create_task(self._sweep_expired())
+        self._watcher = asyncio.create_task(self._watch_database())
+        self._trimmer = asyncio.create_task(self._return_memory())
         await self._set_health(True)
 
     async def _stop(self, grace: float | None) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        # What ended calls left to finish (sessions closing, requests leaving
+        # the queue) finishes before the database closes.
+        await self.lease_servicer.drain(DRAIN_SECONDS)
+        await self.board.drain(DRAIN_SECONDS)
+        for task in (self._sweeper, self._watcher, self._trimmer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.listener is not None:
             self.listener.stop()
         self.run.close()
+        self.interceptor.close()
         close_database(self.database)
 
     async def _sweep_expired(self) -> None:
         """Ends leases whose TTL ran out and sessions whose keep-alives
         stopped, and makes a queue pass (waits that ended, lock-delays that
-        passed), so that nothing waits for the next acquire. Its success or
-        failure is also the health of the database: NOT_SERVING while it
-        cannot be reached, SERVING again when it can."""
+        passed), so that nothing waits for the next acquire. A sweep that
+        fails (the database unreachable, or the write lock not had within
+        the lock timeout) is retried at the next interval; health is not
+        its business (`_watch_database`)."""
         interval = self.config.leases.expiry_interval
-        serving = True
         while True:
             await asyncio.sleep(interval)
             try:
                 expired = await self.run(self.leases.expire_due)
                 if expired:
                     log.info("expired %d lease(s) whose TTL ran out", expired)
-                reachable = True
             except (peewee.OperationalError, peewee.InterfaceError) as error:
-                log.warning("the database is unreachable: %s", error)
-                reachable = False
+                log.warning("lease expiry sweep failed on the database: %s", error)
             except Exception:
                 log.exception("lease expiry sweep failed; retrying in %.1f s", interval)
-                continue
+
+    async def _return_memory(self) -> None:
+        """Gives the heap freed by ended calls back to the system, now and
+        then (`broker.api.memory`), off the event loop."""
+        while True:
+            await asyncio.sleep(memory.TRIM_INTERVAL)
+            await asyncio.to_thread(memory.trim)
+
+    async def _watch_database(self) -> None:
+        """Health tells this broker's own access to the database: the probe
+        (`broker.models.probe`) runs on a thread of its own; a probe that
+        fails, or has not answered within its bound, makes the broker
+        NOT_SERVING, and the next that answers makes it SERVING again.
+        Waiting for another broker's lock plays no part: the probe takes
+        none."""
+        loop = asyncio.get_running_loop()
+        probe = self.probe
+        serving = True
+        pending: asyncio.Future | None = None
+        while True:
+            await asyncio.sleep(probe.interval)
+            if pending is None or pending.done():
+                pending = loop.run_in_executor(self._probe_thread, probe.check)
+            try:
+                reachable = bool(await asyncio.wait_for(asyncio.shield(pending), probe.timeout))
+            except TimeoutError:
+                reachable = False  # the check overran its own deadline
+            except Exception:
+                log.exception("the database probe failed")
+                reachable = False
             if not reachable:
                 # Every worker's connection may be dead: the next call of
                 # each opens a fresh one.
                 renew_connections()
             if reachable != serving:
                 serving = reachable
+                if serving:
+                    log.info("the database answers again")
+                else:
+                    log.warning(
+                        "the database did not answer this broker's probe within %.1f s: "
+                        "NOT_SERVING",
+                        probe.timeout,
+                    )
                 await self._set_health(serving)
 
     async def _set_health(self, serving: bool) -> None:
@@ -220,6 +280,26 @@ class BrokerServer:
         )
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, status)
+
+
+# How long, at shutdown, the work that ended calls left may still take.
+DRAIN_SECONDS = 5.0
+
+# Calls beyond the broker's limit kept for health checks and reflection.
+PROBE_CALLS = 64
+
+
+def backlog_options(max_calls: int) -> tuple[tuple[str, int], ...]:
+    """gRPC's own backlog of calls that arrived before the server picked
+    them up: by default it cancels calls at random past 1,000 of them, so a
+    burst of waiting acquires or session opens lost one call in ten as
+    CANCELLED. It is made as deep as the broker's own limit of calls at
+    once, which refuses with RESOURCE_EXHAUSTED instead."""
+    depth = max(max_calls + PROBE_CALLS, 1000)
+    return (
+        ("grpc.server.max_pending_requests", depth),
+        ("grpc.server.max_pending_requests_hard_limit", depth),
+    )
 
 
 def runner_for(database: peewee.Database) -> Runner:
@@ -245,7 +325,7 @@ def serve_forever(
     try:
         config = load_config(config_path)
         if database_url:
-            config = dataclasses.replace(config, database=DatabaseConfig(database_url))
+            config = with_database_url(config, database_url)
         broker = build_server(config, address)
     except (ConfigError, DatabaseURLError, KindDeclarationError, SchemaVersionError) as error:
         print(f"broker: configuration error: {error}", file=sys.stderr)

@@ -8,17 +8,24 @@ survives the broker being killed; only an OS crash may lose the last ones) and
 every write transaction starts with `BEGIN IMMEDIATE`, so writers queue on the
 database lock instead of failing with "database is locked" half-way through.
 
-PostgreSQL is reached through a connection pool; each session has a statement
-timeout and a lock timeout, so no call waits on the database forever. Every
-write transaction first takes one transaction-scoped advisory lock: the
-database serialises the brokers' decisions (grants, queue passes) exactly as
-SQLite's write lock does for one broker, and the conditional updates stay the
-guard of ownership.
+PostgreSQL is reached through a connection pool. Every write transaction
+first takes one transaction-scoped advisory lock: the database serialises the
+brokers' decisions (grants, queue passes) exactly as SQLite's write lock does
+for one broker, and the conditional updates stay the guard of ownership. So
+that no broker holds that lock hostage, every session's timeouts derive from
+one bound, `database.stall_timeout` (`Timeouts`): a session idle inside a
+transaction (its broker frozen, or its link stalled) is ended by the server,
+lock waits and statements are bounded, and TCP keep-alives and a TCP user
+timeout on both ends of the connection notice a link that stopped carrying
+bytes. Each session is named after its broker (`application_name`
+`broker-<pid>`), so `pg_stat_activity` and `pg_locks` tell whose it is.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
 import os
 import threading
 import zlib
@@ -39,9 +46,8 @@ SQLITE_PRAGMAS = (
 )
 
 
-# On PostgreSQL: how long one statement, and one wait for a row lock, may take.
-STATEMENT_TIMEOUT_MS = 10_000
-LOCK_TIMEOUT_MS = 5_000
+# On PostgreSQL: the default of `database.stall_timeout`, in seconds.
+DEFAULT_STALL_TIMEOUT = 5.0
 POOL_SIZE = 32
 # The advisory locks taken on PostgreSQL (with the schema as second key):
 # every write transaction's, and the one that lays out the tables.
@@ -53,20 +59,94 @@ class DatabaseURLError(ValueError):
     """The database URL names no backend this broker can open."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Timeouts:
+    """Every PostgreSQL timeout, derived from one stall bound (seconds).
+
+    A transaction idle for half the bound is ended by the server, freeing
+    its locks, and a lock is waited for at most half the bound: a broker
+    queued for the write lock behind a frozen one gives up by then, so it
+    cannot take the lock only to freeze on it in turn. Together the others
+    wait at most the whole bound. A statement may take twice the bound. The
+    TCP keep-alives (whole seconds) and the TCP user timeout give up on a
+    link that carries nothing for about the bound; a connection attempt
+    waits for it (libpq's least is 2 s)."""
+
+    stall: float
+
+    @property
+    def idle_in_transaction_ms(self) -> int:
+        return round(self.stall * 500)
+
+    @property
+    def lock_ms(self) -> int:
+        return round(self.stall * 500)
+
+    @property
+    def statement_ms(self) -> int:
+        return round(self.stall * 2000)
+
+    @property
+    def tcp_user_ms(self) -> int:
+        return round(self.stall * 1000)
+
+    @property
+    def keepalive(self) -> tuple[int, int, int]:
+        """Idle seconds before the first probe, seconds between probes, and
+        unanswered probes before the link counts as dead."""
+        idle = max(1, int(self.stall // 2))
+        count = 3
+        return idle, max(1, int((self.stall - idle) // count)), count
+
+    @property
+    def connect_seconds(self) -> int:
+        return max(2, math.ceil(self.stall))
+
+    def server_settings(self) -> dict[str, int]:
+        """The session settings the server applies (`-c` options)."""
+        idle, interval, count = self.keepalive
+        return {
+            "statement_timeout": self.statement_ms,
+            "lock_timeout": self.lock_ms,
+            "idle_in_transaction_session_timeout": self.idle_in_transaction_ms,
+            "tcp_keepalives_idle": idle,
+            "tcp_keepalives_interval": interval,
+            "tcp_keepalives_count": count,
+            "tcp_user_timeout": self.tcp_user_ms,
+        }
+
+    def connect_params(self) -> dict[str, int]:
+        """The libpq connection parameters of the broker's end."""
+        idle, interval, count = self.keepalive
+        return {
+            "connect_timeout": self.connect_seconds,
+            "keepalives": 1,
+            "keepalives_idle": idle,
+            "keepalives_interval": interval,
+            "keepalives_count": count,
+            "tcp_user_timeout": self.tcp_user_ms,
+        }
+
+
 class PostgresqlDatabase(PooledPostgresqlDatabase):
     """A pooled PostgreSQL database that knows its schema (`?schema=` in the
-    URL, else `public`), for reading the catalogue of that schema."""
+    URL, else `public`), for reading the catalogue of that schema, and the
+    timeouts its sessions were opened with."""
 
-    def __init__(self, *args, schema: str = "public", **kwargs):
+    def __init__(self, *args, schema: str = "public", timeouts: Timeouts, **kwargs):
         super().__init__(*args, **kwargs)
         self.schema = schema
+        self.timeouts = timeouts
 
 
-def open_database(url: str, *, base_dir: str | None = None) -> peewee.Database:
+def open_database(
+    url: str, *, base_dir: str | None = None, stall_timeout: float = DEFAULT_STALL_TIMEOUT
+) -> peewee.Database:
     """Opens the database named by `url`: `sqlite:///relative.db`,
     `sqlite:////absolute.db`, or `postgresql://user[:password]@host[:port]/name`
     with an optional `?schema=NAME`. A relative SQLite path is taken from
-    `base_dir`, the directory of the configuration file."""
+    `base_dir`, the directory of the configuration file. On PostgreSQL every
+    timeout derives from `stall_timeout` (`Timeouts`)."""
     parsed = urlparse(url)
     if parsed.scheme == "sqlite":
         path = unquote(parsed.path[1:] if parsed.path.startswith("/") else parsed.path)
@@ -83,18 +163,22 @@ def open_database(url: str, *, base_dir: str | None = None) -> peewee.Database:
         schema = query.pop("schema", ["public"])[0]
         if query:
             raise DatabaseURLError(f"{url!r}: unknown parameter {sorted(query)[0]!r}")
-        options = f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS}"
-        if schema != "public":
-            options += f" -c search_path={schema}"
+        timeouts = Timeouts(stall_timeout)
+        settings = {
+            **timeouts.server_settings(),
+            **({} if schema == "public" else {"search_path": schema}),
+        }
         return PostgresqlDatabase(
             name,
             schema=schema,
+            timeouts=timeouts,
             user=unquote(parsed.username) if parsed.username else None,
             password=unquote(parsed.password) if parsed.password else None,
             host=parsed.hostname or "127.0.0.1",
             port=parsed.port or 5432,
-            options=options,
-            connect_timeout=5,
+            options=" ".join(f"-c {key}={value}" for key, value in settings.items()),
+            application_name=f"broker-{os.getpid()}",
+            **timeouts.connect_params(),
             max_connections=POOL_SIZE,
             stale_timeout=300,
             timeout=10,

@@ -4,6 +4,11 @@ A waiting request may be granted by a call on another broker. On PostgreSQL
 the granting transaction sends a NOTIFY, delivered when it commits, and every
 broker LISTENs on a connection of its own and wakes its waiting calls. On
 SQLite there is one broker and nothing to send.
+
+The listening connection is opened with the parameters of every other
+(`database.Timeouts`): TCP keep-alives and a TCP user timeout end it when its
+link stops carrying bytes, a connection attempt gives up in a bounded time,
+and the listener then reconnects.
 """
 
 from __future__ import annotations
@@ -56,10 +61,15 @@ class GrantListener:
                 log.warning("grant listener lost its connection (%s); reconnecting", error)
                 self._stop.wait(1.0)
 
-    def _listen(self) -> None:
+    def connect(self):
+        """A new connection with the database's own parameters, in autocommit."""
         connection = psycopg2.connect(dbname=self.database.database, **self.database.connect_params)
+        connection.autocommit = True
+        return connection
+
+    def _listen(self) -> None:
+        connection = self.connect()
         try:
-            connection.autocommit = True
             with connection.cursor() as cursor:
                 cursor.execute(f"LISTEN {CHANNEL}")
             while not self._stop.is_set():

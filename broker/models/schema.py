@@ -1,11 +1,13 @@
 """Creating and evolving the tables: the broker's own and each configured
-kind's. Missing tables are created; columns a model gained since the
-database was made are added, keeping every row."""
+kind's. Missing tables and indexes are created; columns a model gained since
+the database was made are added, keeping every row. A database that lacks
+nothing is left untouched."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import peewee
 from playhouse.migrate import SchemaMigrator, migrate
@@ -20,9 +22,12 @@ from broker.models.session import Session
 from broker.models.setting import Setting
 
 # The layout this broker writes: 1 had resources and leases, 2 added the wait
-# queue, sessions and lock-delays. Bump it with every change of the layout.
-SCHEMA_VERSION = 2
+# queue, sessions and lock-delays, 3 keeps keyed hashes of request ids
+# instead of the ids. Bump it with every change of the layout.
+SCHEMA_VERSION = 3
 SCHEMA_VERSION_KEY = "schema_version"
+# PostgreSQL keeps the first 63 bytes of a longer name.
+POSTGRES_NAME_BYTES = 63
 
 
 class SchemaVersionError(RuntimeError):
@@ -42,58 +47,117 @@ CORE_MODELS: tuple[type[BaseModel], ...] = (
 
 def create_tables(kind_models: Sequence[type[BaseModel]]) -> None:
     """Creates missing tables and indexes, adds missing columns, and records
-    the schema version; refuses a database laid out by a newer broker."""
+    the schema version; refuses a database laid out by a newer broker.
+
+    It reads the catalogue first: on a database already laid out for these
+    models at this version it changes nothing and takes no lock, so a broker
+    restarting beside others that serve does not wait for, or hold up, their
+    transactions. Only what is missing is created, under the layout lock."""
     database = database_proxy.obj
     models = [*CORE_MODELS, *kind_models]
-    with database.connection_context(), _layout_lock(database):
-        _check_version(database)
-        # Columns first: creating a table's indexes names its new columns.
-        _add_missing_columns(database, models)
-        database.create_tables(models, safe=True)
-        Setting.insert(name=SCHEMA_VERSION_KEY, value=str(SCHEMA_VERSION)).on_conflict(
-            conflict_target=[Setting.name], update={Setting.value: str(SCHEMA_VERSION)}
-        ).execute()
+    with database.connection_context():
+        version = _check_version(database)
+        if version == SCHEMA_VERSION and not _missing(database, models):
+            return
+        with _layout_lock(database):
+            # Read again: another broker may have laid it out meanwhile.
+            version = _check_version(database)
+            missing = _missing(database, models)
+            # Columns first: creating a table's indexes names its new columns.
+            _add_columns(missing.columns)
+            database.create_tables(missing.tables, safe=True)
+            for model in missing.indexed:
+                model._schema.create_indexes(safe=True)
+            if version != SCHEMA_VERSION:
+                Setting.insert(name=SCHEMA_VERSION_KEY, value=str(SCHEMA_VERSION)).on_conflict(
+                    conflict_target=[Setting.name], update={Setting.value: str(SCHEMA_VERSION)}
+                ).execute()
+
+
+class Missing(NamedTuple):
+    """What the catalogue lacks: whole tables, columns of existing tables
+    (as `(table, field)`), and existing tables short of an index."""
+
+    tables: list[type[BaseModel]]
+    columns: list[tuple[str, peewee.Field]]
+    indexed: list[type[BaseModel]]
+
+    def __bool__(self) -> bool:
+        return bool(self.tables or self.columns or self.indexed)
+
+
+def _missing(database: peewee.Database, models: Sequence[type[BaseModel]]) -> Missing:
+    """Compares the models with the catalogue (tables, columns, indexes)."""
+    schema = getattr(database, "schema", None)
+    tables = set(database.get_tables(schema=schema))
+    missing = Missing([], [], [])
+    for model in models:
+        table = model._meta.table_name
+        if table not in tables:
+            missing.tables.append(model)
+            continue
+        present = {column.name for column in database.get_columns(table, schema=schema)}
+        missing.columns.extend(
+            (table, field)
+            for field in model._meta.sorted_fields
+            if field.column_name not in present
+        )
+        indexes = {index.name for index in database.get_indexes(table, schema=schema)}
+        if any(
+            _index_name(database, index) not in indexes for index in model._meta.fields_to_index()
+        ):
+            missing.indexed.append(model)
+    return missing
+
+
+def _index_name(database: peewee.Database, index: peewee.Node) -> str | None:
+    """The name the catalogue lists an index under (PostgreSQL cuts names
+    to 63 bytes); None for an index declared as raw SQL, which is then
+    always created anew (`IF NOT EXISTS`)."""
+    name = getattr(index, "_name", None)
+    if name is None or isinstance(database, peewee.SqliteDatabase):
+        return name
+    return name.encode()[:POSTGRES_NAME_BYTES].decode(errors="ignore")
 
 
 @contextlib.contextmanager
 def _layout_lock(database: peewee.Database) -> Iterator[None]:
     """On PostgreSQL, brokers starting together lay out the tables one at a
-    time, in one transaction each (SQLite has one broker)."""
+    time, in one transaction each (SQLite has one broker). The wait for the
+    layout lock is as long as a statement may take (only starting brokers
+    take it); the changes themselves wait for a table lock only as long as
+    any lock (`Timeouts.lock_ms`), since traffic queues behind them."""
     if isinstance(database, peewee.SqliteDatabase):
         yield
         return
     with database.atomic():
+        database.execute_sql(f"SET LOCAL lock_timeout = {database.timeouts.statement_ms}")
         database.execute_sql(
             "SELECT pg_advisory_xact_lock(%s, %s)", (LAYOUT_LOCK_KEY, schema_key(database))
         )
+        database.execute_sql("SET LOCAL lock_timeout TO DEFAULT")
         yield
 
 
-def _check_version(database: peewee.Database) -> None:
+def _check_version(database: peewee.Database) -> int | None:
+    """The recorded schema version (None before any); refuses a newer one."""
     schema = getattr(database, "schema", None)
     if Setting._meta.table_name not in database.get_tables(schema=schema):
-        return
+        return None
     row = Setting.get_or_none(Setting.name == SCHEMA_VERSION_KEY)
-    if row is not None and int(row.value) > SCHEMA_VERSION:
+    if row is None:
+        return None
+    if int(row.value) > SCHEMA_VERSION:
         raise SchemaVersionError(
             f"the database's schema is version {row.value}, newer than this broker's "
             f"{SCHEMA_VERSION}: run a broker at least as new as the one that wrote it"
         )
+    return int(row.value)
 
 
-def _add_missing_columns(database: peewee.Database, models: Sequence[type[BaseModel]]) -> None:
-    migrator = SchemaMigrator.from_database(database)
-    schema = getattr(database, "schema", None)
-    tables = set(database.get_tables(schema=schema))
-    operations = []
-    for model in models:
-        table = model._meta.table_name
-        if table not in tables:
-            continue
-        present = {column.name for column in database.get_columns(table, schema=schema)}
-        for field in model._meta.sorted_fields:
-            if field.column_name not in present:
-                operations.append(migrator.add_column(table, field.column_name, field))
-    if operations:
-        with database.atomic():
-            migrate(*operations)
+def _add_columns(columns: Sequence[tuple[str, peewee.Field]]) -> None:
+    if not columns:
+        return
+    migrator = SchemaMigrator.from_database(database_proxy.obj)
+    with database_proxy.obj.atomic():
+        migrate(*(migrator.add_column(table, field.column_name, field) for table, field in columns))

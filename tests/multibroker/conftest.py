@@ -11,12 +11,16 @@ from tests.multibroker.fleet import Fleet
 
 @pytest.fixture
 def make_fleet(tmp_path, postgres_url):
-    """`make_fleet(leases={...})`: a fleet on the test's schema (or on
-    `database_url`)."""
+    """`make_fleet(leases={...}, stall_timeout=...)`: a fleet on the test's
+    schema (or on `database_url`)."""
     fleets: list[Fleet] = []
 
-    def make(leases: dict | None = None, database_url: str | None = None) -> Fleet:
-        fleet = Fleet(tmp_path, database_url or postgres_url, leases)
+    def make(
+        leases: dict | None = None,
+        database_url: str | None = None,
+        stall_timeout: float | None = None,
+    ) -> Fleet:
+        fleet = Fleet(tmp_path, database_url or postgres_url, leases, stall_timeout)
         fleets.append(fleet)
         return fleet
 

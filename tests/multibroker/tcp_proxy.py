@@ -1,10 +1,19 @@
-"""A small TCP proxy on 127.0.0.1 that can be cut and restored, to make a
-database unreachable for one broker without touching the database.
+"""A small TCP proxy on 127.0.0.1 that can be cut, blackholed and restored,
+to make a database unreachable for one broker without touching the database.
 
 `cut()` stops accepting (the listening socket closes: new connections are
-refused) and shuts down every open connection both ways; `restore()` listens
-again on the same port. Each connection is pumped by one thread; every thread
-is joined by `close()`."""
+refused) and shuts down every open connection both ways. `blackhole()`
+keeps everything open but lets no byte through either way, as a stalled
+network would: open connections carry nothing, new ones are accepted and get
+nothing. `restore()` undoes either: it listens again on the same port after
+a cut, and lets the held bytes flow again after a blackhole.
+
+(The proxy's own kernel still acknowledges what it is sent, so a blackhole
+here is seen by the peers as a silent server, not as lost packets: TCP
+timeouts on the broker's side do not fire, only deadlines of its own and
+the server's timeouts do.)
+
+Each connection is pumped by one thread; every thread is joined by `close()`."""
 
 from __future__ import annotations
 
@@ -16,13 +25,18 @@ import threading
 CHUNK = 65536
 JOIN_TIMEOUT = 5.0
 
+Pair = tuple[socket.socket, socket.socket]
+
 
 class TcpProxy:
     def __init__(self, target: tuple[str, int]):
         self.target = target
         self.port = 0
         self._lock = threading.Lock()
-        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        # Signalled when bytes may flow again or a connection was cut.
+        self._changed = threading.Condition(self._lock)
+        self._blackholed = False
+        self._pairs: list[Pair] = []
         self._threads: list[threading.Thread] = []
         self._listener: socket.socket | None = None
         self._acceptor: threading.Thread | None = None
@@ -32,8 +46,13 @@ class TcpProxy:
     # ------------------------------------------------------------- control
 
     def restore(self) -> None:
-        """Listens (again, on the same port once one was chosen)."""
-        assert self._listener is None, "already listening"
+        """Listens again after a cut (on the same port once one was chosen),
+        and lets bytes flow again after a blackhole."""
+        with self._changed:
+            self._blackholed = False
+            self._changed.notify_all()
+        if self._listener is not None:
+            return
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))
@@ -42,6 +61,11 @@ class TcpProxy:
         self._listener = listener
         self._acceptor = threading.Thread(target=self._accept, args=(listener,), daemon=True)
         self._acceptor.start()
+
+    def blackhole(self) -> None:
+        """Holds every byte, both ways, on open and new connections alike."""
+        with self._changed:
+            self._blackholed = True
 
     def cut(self) -> None:
         """Refuses new connections and breaks every open one."""
@@ -55,8 +79,9 @@ class TcpProxy:
             self._acceptor.join(JOIN_TIMEOUT)
             assert not self._acceptor.is_alive(), "the proxy's acceptor did not stop"
             self._acceptor = None
-        with self._lock:
+        with self._changed:
             pairs, self._pairs = self._pairs, []
+            self._changed.notify_all()  # pumps held by a blackhole see their pair gone
         for pair in pairs:
             for sock in pair:
                 with contextlib.suppress(OSError):
@@ -113,8 +138,16 @@ class TcpProxy:
                 self._threads.append(pump)
             pump.start()
 
+    def _may_flow(self, pair: Pair) -> bool:
+        """Waits while the proxy is blackholed; False once `pair` was cut."""
+        with self._changed:
+            self._changed.wait_for(lambda: not self._blackholed or pair not in self._pairs)
+            return pair in self._pairs
+
     def _pump(self, client: socket.socket, upstream: socket.socket) -> None:
-        """Copies bytes both ways until either side closes or the proxy is cut."""
+        """Copies bytes both ways until either side closes or the proxy is
+        cut; while it is blackholed, reads nothing, so nothing passes."""
+        pair = (client, upstream)
         peer = {client: upstream, upstream: client}
         with selectors.DefaultSelector() as selector:
             selector.register(client, selectors.EVENT_READ)
@@ -122,6 +155,8 @@ class TcpProxy:
             try:
                 while True:
                     for key, _ in selector.select():
+                        if not self._may_flow(pair):
+                            return
                         data = key.fileobj.recv(CHUNK)
                         if not data:
                             return
@@ -130,8 +165,8 @@ class TcpProxy:
                 return
             finally:
                 with self._lock, contextlib.suppress(ValueError):
-                    self._pairs.remove((client, upstream))
-                for sock in (client, upstream):
+                    self._pairs.remove(pair)
+                for sock in pair:
                     with contextlib.suppress(OSError):
                         sock.shutdown(socket.SHUT_RDWR)
                     sock.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from broker.config import Config, ConfigError, load_config, parse_config
+from broker.config import Config, ConfigError, load_config, parse_config, with_database_url
 from resources.calculator.data import CalculatorData
 from tests.kinds import PhoneData
 
@@ -37,6 +37,7 @@ def test_defaults_without_a_file(tmp_path):
     assert config.server.address == "127.0.0.1:50051"
     assert (config.server.max_concurrent_rpcs, config.server.grace_seconds) == (4096, 5.0)
     assert config.database.url == "sqlite:///broker.sqlite3"
+    assert config.database.stall_timeout == 5.0
     assert (config.leases.default_ttl, config.leases.max_ttl) == (60.0, 3600.0)
     assert config.leases.expiry_interval == 1.0
     assert config.kinds == ("resources.calculator.data.CalculatorData",)
@@ -61,7 +62,7 @@ def test_given_values_are_kept(tmp_path):
         tmp_path,
         {
             "server": {"address": "192.0.2.10:7000", "max_concurrent_rpcs": 4, "grace_seconds": 0},
-            "database": {"url": "sqlite:///lab.db"},
+            "database": {"url": "sqlite:///lab.db", "stall_timeout": 2},
             "leases": {"default_ttl": 10, "max_ttl": 10.0, "expiry_interval": 0.25},
             "kinds": ["tests.kinds.PhoneData", "resources.calculator.data.CalculatorData"],
         },
@@ -70,6 +71,8 @@ def test_given_values_are_kept(tmp_path):
     assert (config.server.address, config.server.max_concurrent_rpcs) == ("192.0.2.10:7000", 4)
     assert config.server.grace_seconds == 0.0
     assert config.database.url == "sqlite:///lab.db"
+    assert config.database.stall_timeout == 2.0
+    assert isinstance(config.database.stall_timeout, float)
     assert config.leases.default_ttl == 10.0
     assert isinstance(config.leases.default_ttl, float)
     assert config.leases.expiry_interval == 0.25
@@ -102,6 +105,9 @@ def test_unknown_keys_are_refused(raw, key):
         ({"server": {"address": 50051}}, "server.address"),
         ({"server": {"grace_seconds": "5s"}}, "server.grace_seconds"),
         ({"database": {"url": None}}, "database.url"),
+        ({"database": {"stall_timeout": "5s"}}, "database.stall_timeout"),
+        ({"database": {"stall_timeout": True}}, "database.stall_timeout"),
+        ({"database": {"stall_timeout": None}}, "database.stall_timeout"),
         ({"leases": {"max_ttl": "1h"}}, "leases.max_ttl"),
         ({"leases": {"default_ttl": True}}, "leases.default_ttl"),
         ({"kinds": "resources.calculator.data.CalculatorData"}, "kinds"),
@@ -124,6 +130,12 @@ def test_wrong_types_are_refused(raw, key):
         ({"leases": {"expiry_interval": 0.0}}, "leases.expiry_interval"),
         ({"leases": {"default_ttl": 120, "max_ttl": 60}}, "leases.default_ttl"),
         ({"leases": {"default_ttl": 7200}}, "leases.default_ttl"),
+        ({"database": {"stall_timeout": 0}}, "database.stall_timeout"),
+        ({"database": {"stall_timeout": -5.0}}, "database.stall_timeout"),
+        # TCP keep-alives count whole seconds; PostgreSQL's timeouts are int32 ms.
+        ({"database": {"stall_timeout": 0.5}}, "database.stall_timeout"),
+        ({"database": {"stall_timeout": 3600.5}}, "database.stall_timeout"),
+        ({"database": {"stall_timeout": math.inf}}, "database.stall_timeout"),
     ],
 )
 def test_out_of_range_values_are_refused(raw, key):
@@ -132,7 +144,13 @@ def test_out_of_range_values_are_refused(raw, key):
 
 @pytest.mark.parametrize(
     "key",
-    ["leases.default_ttl", "leases.max_ttl", "leases.expiry_interval", "server.grace_seconds"],
+    [
+        "leases.default_ttl",
+        "leases.max_ttl",
+        "leases.expiry_interval",
+        "server.grace_seconds",
+        "database.stall_timeout",
+    ],
 )
 def test_nan_is_out_of_range(key):
     section, name = key.split(".")
@@ -197,6 +215,18 @@ def test_empty_environment_values_do_not_override(tmp_path):
     config = load_config(path, environ={"BROKER_ADDRESS": "", "BROKER_DATABASE_URL": ""})
     assert config.server.address == "127.0.0.1:50051"
     assert config.database.url == "sqlite:///mine.db"
+
+
+def test_the_stall_bound_edges_are_accepted():
+    assert parse_config({"database": {"stall_timeout": 1}}).database.stall_timeout == 1.0
+    assert parse_config({"database": {"stall_timeout": 3600}}).database.stall_timeout == 3600.0
+
+
+def test_another_database_url_keeps_the_other_database_settings(tmp_path):
+    path = write_config(tmp_path, {"database": {"url": "sqlite:///a.db", "stall_timeout": 2.5}})
+    config = with_database_url(load_config(path, environ={}), "postgresql://u@192.0.2.1/lab")
+    assert config.database.url == "postgresql://u@192.0.2.1/lab"
+    assert config.database.stall_timeout == 2.5
 
 
 def test_config_is_frozen():

@@ -1,7 +1,14 @@
 """Tables evolve on start-up: a column a model gained since the database was
-made is added, and every row is kept."""
+made is added, and every row is kept; a missing index is created. On a
+database that lacks nothing, start-up changes nothing and takes no lock:
+the statements it sends (peewee logs each one) are all reads."""
 
 from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Iterator
 
 import peewee
 import pytest
@@ -68,3 +75,93 @@ def test_a_database_from_a_newer_broker_is_refused(database):
     with pytest.raises(SchemaVersionError, match=f"version {SCHEMA_VERSION + 1}"):
         create_tables([])
     assert Setting.get(Setting.name == SCHEMA_VERSION_KEY).value == str(SCHEMA_VERSION + 1)
+
+
+# A statement that changes the layout or the rows, or takes a lock.
+CHANGE = re.compile(
+    r"^\s*(CREATE|ALTER|DROP|INSERT|UPDATE|DELETE|REPLACE|LOCK|BEGIN|SAVEPOINT)\b"
+    r"|pg_advisory|FOR UPDATE",
+    re.IGNORECASE,
+)
+
+
+class _Collect(logging.Handler):
+    def __init__(self, sink: list[str]):
+        super().__init__(logging.DEBUG)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if isinstance(record.msg, tuple):
+            self.sink.append(record.msg[0])
+
+
+@contextlib.contextmanager
+def sent_statements() -> Iterator[list[str]]:
+    """Every statement peewee sends meanwhile (it logs each at DEBUG)."""
+    logger = logging.getLogger("peewee")
+    sent: list[str] = []
+    handler, level = _Collect(sent), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield sent
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def changes(statements: list[str]) -> list[str]:
+    return [statement for statement in statements if CHANGE.search(statement)]
+
+
+def test_a_current_schema_is_only_read(database, kinds):
+    with sent_statements() as sent:
+        create_tables(kinds.models)
+
+    assert sent, "nothing was read: the statements were not recorded"
+    assert changes(sent) == []
+
+
+def test_a_missing_index_is_created_and_nothing_else_changes(database, kinds):
+    database.execute_sql('DROP INDEX "resource_kind"')
+
+    with sent_statements() as sent:
+        create_tables(kinds.models)
+
+    assert "resource_kind" in {index.name for index in database.get_indexes("resource")}
+    created = [s for s in changes(sent) if s.lstrip().upper().startswith("CREATE")]
+    assert created and all('"resource"' in statement for statement in created), created
+    assert not [s for s in changes(sent) if re.search(r"\b(INSERT|UPDATE)\b", s)]
+    with sent_statements() as sent:
+        create_tables(kinds.models)
+    assert changes(sent) == []
+
+
+def test_a_missing_table_is_created(database, kinds):
+    create_tables([GaugeData])
+    database.execute_sql(f'DROP TABLE "{GaugeData._meta.table_name}"')
+
+    create_tables([GaugeData])
+
+    schema = getattr(database, "schema", None)
+    assert GaugeData._meta.table_name in database.get_tables(schema=schema)
+    with sent_statements() as sent:
+        create_tables([GaugeData])
+    assert changes(sent) == []
+
+
+def test_the_version_row_is_written_only_when_it_changes(database, kinds):
+    Setting.update(value=str(SCHEMA_VERSION - 1)).where(
+        Setting.name == SCHEMA_VERSION_KEY
+    ).execute()
+
+    with sent_statements() as sent:
+        create_tables(kinds.models)
+
+    assert Setting.get(Setting.name == SCHEMA_VERSION_KEY).value == str(SCHEMA_VERSION)
+    written = [s for s in changes(sent) if re.search(r"\b(INSERT|UPDATE)\b", s)]
+    assert len(written) == 1 and '"setting"' in written[0], written
+    assert not [s for s in changes(sent) if s.lstrip().upper().startswith(("CREATE", "ALTER"))]
+    with sent_statements() as sent:
+        create_tables(kinds.models)
+    assert changes(sent) == []
