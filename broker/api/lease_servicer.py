@@ -53,6 +53,7 @@ class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
             self._keep(acquiring)
             acquiring.add_done_callback(self._undo_acquire)
             raise
+        del acquiring  # a waiting call keeps only what it needs
         yield outcome
         if not isinstance(outcome, Granted):
             async for status in self.board.follow(self.leases, outcome, self.run):
@@ -67,6 +68,12 @@ class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
         else:
             undo = self.run(self.leases.abandon, outcome.waiter_id, False)
         self._keep(asyncio.ensure_future(undo))
+
+    async def drain(self, timeout: float) -> None:
+        """Waits, up to `timeout` seconds, for the work that ended calls
+        left in the background (undoing an acquire, closing a session)."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=timeout)
 
     def _keep(self, future: asyncio.Future) -> None:
         """Holds a background future until it is done."""
