@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import uuid
 
 import grpc
@@ -55,6 +56,16 @@ def make_config(tmp_path, database_url: str | None = None, **leases) -> Config:
         leases=LeaseConfig(**{"default_ttl": 30.0, "max_ttl": 600.0, **leases}),
         kinds=TEST_KINDS,
     )
+
+
+@pytest.fixture
+def default_sigint():
+    """SIGINT raises KeyboardInterrupt in the test, as at an interactive
+    terminal, even when the suite was started with SIGINT ignored (as a
+    background job of a non-interactive shell is)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="session")
