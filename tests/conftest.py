@@ -14,6 +14,7 @@ import dataclasses
 import os
 import signal
 import uuid
+from urllib.parse import urlparse
 
 import grpc
 import pytest
@@ -94,6 +95,18 @@ def postgres_url(postgres_admin):
     yield f"{POSTGRES_URL}?schema={schema}"
     with postgres_admin.cursor() as cursor:
         cursor.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def proxy(postgres_url):
+    """A TCP proxy in front of the test PostgreSQL server, to cut or stall
+    one connection's link (`url_for` gives the URL through it)."""
+    from tests.multibroker.tcp_proxy import TcpProxy
+
+    parsed = urlparse(postgres_url)
+    started = TcpProxy((parsed.hostname or "127.0.0.1", parsed.port or 5432))
+    yield started
+    started.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
