@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
+from broker.api.permissions import authorize
 from broker.api.runner import ThreadRunner
 from broker.domain.errors import UnauthenticatedError
 from broker.domain.tokens import Tokens, TokenView, hash_token
@@ -116,5 +117,9 @@ class Authenticator:
                 self._cache.popitem(last=False)
 
     async def admit(self, method: str, metadata: Sequence[tuple[str, str | bytes]] | None):
-        """The interceptor's gate: the principal of a call to `method`."""
-        return await self.authenticate(metadata)
+        """The interceptor's gate: the principal of a call to `method`, if
+        its role allows the method (`broker.api.permissions`), decided
+        before the call looks anything up."""
+        principal = await self.authenticate(metadata)
+        authorize(method, principal)
+        return principal
