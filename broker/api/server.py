@@ -28,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from broker.api import memory
 from broker.api.auth import Authenticator
 from broker.api.errors import ErrorInterceptor
+from broker.api.exposure import check_exposure
 from broker.api.inventory_servicer import InventoryServicer
 from broker.api.lease_servicer import LeaseServicer
 from broker.api.runner import InlineRunner, Runner, ThreadRunner, renew_connections
@@ -321,8 +322,11 @@ def runner_for(database: peewee.Database) -> Runner:
 
 def build_server(config: Config, address: str | None = None) -> BrokerServer:
     """Wires a broker for `config`, bound to `address` (default
-    `server.address`; port 0 picks a free port)."""
-    return BrokerServer(config, address or config.server.address)
+    `server.address`; port 0 picks a free port), once `check_exposure`
+    allows that address."""
+    address = address or config.server.address
+    check_exposure(config, address)
+    return BrokerServer(config, address)
 
 
 def serve_forever(
