@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import getpass
 import re
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -77,6 +79,12 @@ def _tokens(config_path: str) -> Iterator:
         close_database(database)
 
 
+def _local_actor() -> str:
+    """Who made an offline change, as its event records it: the local
+    account (not a verified principal: whoever can write the database)."""
+    return f"local:{getpass.getuser()}@{socket.gethostname()}"
+
+
 def _when(seconds: float | None) -> str:
     if seconds is None:
         return output.NONE
@@ -88,7 +96,7 @@ def _when(seconds: float | None) -> str:
 def cmd_create(args: argparse.Namespace) -> int:
     with _tokens(args.config) as tokens:
         view, token = tokens.create(
-            args.name, args.role, args.group, args.expires, actor="broker tokens create"
+            args.name, args.role, args.group, args.expires, actor=_local_actor()
         )
     print(
         output.details(
@@ -135,7 +143,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 @_refusals
 def cmd_revoke(args: argparse.Namespace) -> int:
     with _tokens(args.config) as tokens:
-        view = tokens.revoke(args.name, actor="broker tokens revoke")
+        view = tokens.revoke(args.name, actor=_local_actor())
     print(
         f"revoked the token of {view.name}; brokers refuse it within their auth.cache_seconds",
         file=sys.stdout,

@@ -11,6 +11,7 @@ import grpc
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from broker import cli
 from broker.api.server import build_server
 from broker.config import AuthConfig
 from broker.domain.values import EventType
@@ -235,8 +236,12 @@ def test_token_commands_work_offline_and_a_revoke_reaches_a_running_broker(
         server.stop(0)
     listing = broker_cli("tokens", "list", "--config", str(path), cwd=tmp_path)
     assert "revoked" in listing.stdout
-    kinds = [event.type for event in Event.select().order_by(Event.id)]
-    assert kinds == [EventType.TOKEN_CREATED.value, EventType.TOKEN_REVOKED.value]
+    recorded = [(event.type, event.actor) for event in Event.select().order_by(Event.id)]
+    assert [kind for kind, _ in recorded] == [
+        EventType.TOKEN_CREATED.value,
+        EventType.TOKEN_REVOKED.value,
+    ]
+    assert all(actor.startswith("local:") for _, actor in recorded)
 
 
 def test_the_sdk_sends_its_token_or_broker_token(auth_broker, monkeypatch):
@@ -261,3 +266,19 @@ def test_the_sdk_sends_its_token_or_broker_token(auth_broker, monkeypatch):
         assert lease.principal == "alice"
         assert client.renew(lease.lease_id, secret).principal == "alice"
         session.close(RPC_TIMEOUT)
+
+
+def test_the_cli_calls_with_its_token_or_broker_token(auth_broker, capsys, monkeypatch):
+    server, tokens = auth_broker
+    target = ("--target", server.address)
+    monkeypatch.delenv("BROKER_TOKEN", raising=False)
+    assert cli.main([*target, "kinds"]) == cli.EXIT_BROKER
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
+    assert cli.main([*target, "--token", tokens["viewer"], "kinds"]) == cli.EXIT_OK
+    assert "Calculator" in capsys.readouterr().out
+    monkeypatch.setenv("BROKER_TOKEN", tokens["viewer"])
+    assert cli.main([*target, "kinds"]) == cli.EXIT_OK
+    add = ("resources", "add", "Calculator", "calc-9", "--set", "ip_address=127.0.0.1")
+    assert cli.main([*target, *add]) == cli.EXIT_BROKER
+    assert "PERMISSION_DENIED" in capsys.readouterr().err
+    assert cli.main([*target, "--token", tokens["admin"], *add]) == cli.EXIT_OK
