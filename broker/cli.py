@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from broker import cli_output as output
+from broker import cli_tokens
 from broker.cli_values import UsageError, kind_field_types, parse_set, parse_where
 from broker.v1 import lease_pb2
 from sdk.client import BrokerClient
@@ -225,6 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds each call may take (default %(default)s)",
     )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("BROKER_TOKEN") or None,
+        help="the API token to call with, for a broker with auth on (env BROKER_TOKEN)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = _command(commands, "serve", cmd_serve, "run a broker until SIGTERM or SIGINT")
@@ -239,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_resource_commands(commands)
     _add_lease_commands(commands)
     _remote(commands, "queue", cmd_queue, "list the waiting requests in the order they are served")
+    cli_tokens.add_commands(commands, _command)
     return parser
 
 
@@ -380,7 +387,9 @@ def main(argv: list[str] | None = None) -> int:
             return args.local(args)
         try:
             # No session: a lease acquired from the shell outlives this process.
-            client = BrokerClient(args.target, timeout=args.timeout, session=False)
+            client = BrokerClient(
+                args.target, timeout=args.timeout, session=False, token=args.token or ""
+            )
         except ValueError as error:
             raise UsageError(f"--target: {error}") from error
         with client:

@@ -41,6 +41,8 @@ class ServerConfig:
     address: str = "127.0.0.1:50051"
     max_concurrent_rpcs: int = 4096
     grace_seconds: float = 5.0
+    # Serve tokens over plain TCP on a non-loopback address (no TLS yet).
+    allow_insecure: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +80,15 @@ class SessionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AuthConfig:
+    """Bearer-token authentication, and how many seconds a broker may go on
+    trusting a token it verified (so a revoke takes effect within that)."""
+
+    enabled: bool = False
+    cache_seconds: float = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """The whole configuration. `base_dir` is where relative paths (the SQLite
     file) are taken from: the configuration file's directory."""
@@ -89,6 +100,7 @@ class Config:
     sessions: SessionConfig = SessionConfig()
     kinds: tuple[str, ...] = ("resources.calculator.data.CalculatorData",)
     base_dir: str = "."
+    auth: AuthConfig = AuthConfig()
 
     def kind_models(self) -> tuple[type[ResourceData], ...]:
         """Imports the `ResourceData` models named by `kinds`."""
@@ -160,13 +172,15 @@ def _with_overrides(raw: Any, environ: Mapping[str, str]) -> Any:
 def parse_config(raw: Any, base_dir: str = ".") -> Config:
     """Builds a `Config` from the parsed YAML document."""
     top = _mapping(
-        "(top level)", raw, {"server", "database", "leases", "queue", "sessions", "kinds"}
+        "(top level)", raw, {"server", "database", "leases", "queue", "sessions", "kinds", "auth"}
     )
     server = _section("server", top.get("server"), ServerConfig)
     database = _section("database", top.get("database"), DatabaseConfig)
     leases = _section("leases", top.get("leases"), LeaseConfig)
     queue = _section("queue", top.get("queue"), QueueConfig)
     sessions = _section("sessions", top.get("sessions"), SessionConfig)
+    auth = _section("auth", top.get("auth"), AuthConfig)
+    _check_positive("auth.cache_seconds", auth.cache_seconds, allow_zero=True)
     _check_positive("server.max_concurrent_rpcs", server.max_concurrent_rpcs)
     _check_positive("server.grace_seconds", server.grace_seconds, allow_zero=True)
     _check_positive("database.stall_timeout", database.stall_timeout)
@@ -192,7 +206,7 @@ def parse_config(raw: Any, base_dir: str = ".") -> Config:
     kinds = top.get("kinds", Config.kinds)
     if not isinstance(kinds, list | tuple) or not all(isinstance(k, str) for k in kinds):
         raise ConfigError("kinds", "must be a list of dotted paths to ResourceData models")
-    return Config(server, database, leases, queue, sessions, tuple(kinds), base_dir)
+    return Config(server, database, leases, queue, sessions, tuple(kinds), base_dir, auth)
 
 
 def _mapping(key: str, value: Any, allowed: set[str]) -> Mapping[str, Any]:

@@ -49,10 +49,12 @@ class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
     async def _acquire(self, request, context) -> Granted | Waiting:
         """The first outcome of an acquire: the grant, or its place in the
         queue (the board then follows the wait)."""
-        holder = identity.holder(request.holder, context)
-        acquiring = asyncio.ensure_future(
-            self.run(self.leases.acquire, convert.acquire_request(request, holder))
+        asked = convert.acquire_request(
+            request,
+            identity.holder(request.holder, context),
+            identity.principal_name(request.holder, context),
         )
+        acquiring = asyncio.ensure_future(self.run(self.leases.acquire, asked))
         try:
             return await asyncio.shield(acquiring)
         except asyncio.CancelledError:
@@ -100,7 +102,7 @@ class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
             else None
         )
         session = await self.run(
-            self.sessions.open, identity.holder(first.holder, context), timeout
+            self.sessions.open, identity.principal_name(first.holder, context), timeout
         )
         yield convert.session_to_proto(session)
         ending = SessionEnding.BROKEN
@@ -137,11 +139,15 @@ class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
             )
 
     async def RenewLease(self, request, context):
-        view = await self.run(self.leases.renew, request.lease_id, request.secret)
+        view = await self.run(
+            self.leases.renew, request.lease_id, request.secret, identity.acting_principal()
+        )
         return pb.RenewLeaseResponse(lease=convert.lease_to_proto(view))
 
     async def ReleaseLease(self, request, context):
-        view = await self.run(self.leases.release, request.lease_id, request.secret)
+        view = await self.run(
+            self.leases.release, request.lease_id, request.secret, identity.acting_principal()
+        )
         return pb.ReleaseLeaseResponse(lease=convert.lease_to_proto(view))
 
     async def GetLease(self, request, context):

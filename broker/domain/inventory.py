@@ -69,7 +69,7 @@ class Inventory:
     def list_kinds(self) -> list[KindSpec]:
         return [kind.spec for kind in self.kinds]
 
-    def create(self, new: NewResource) -> ResourceView:
+    def create(self, new: NewResource, actor: str = "") -> ResourceView:
         check_name(new.name, "resource.name")
         if not new.kind:
             raise InvalidArgumentError.of("resource.kind", "is required")
@@ -95,7 +95,9 @@ class Inventory:
                     raise AlreadyExistsError("resource", new.name)
                 values["fencing_token"] = lease_model.highest_fencing_token(new.name)
                 row = resource_model.insert_resource(values, kind.model, fields)
-                events.record(events.event(EventType.RESOURCE_CREATED, now, resource=new.name))
+                events.record(
+                    events.event(EventType.RESOURCE_CREATED, now, resource=new.name, actor=actor)
+                )
         except peewee.IntegrityError:
             raise AlreadyExistsError("resource", new.name) from None
         self.on_change()
@@ -133,7 +135,7 @@ class Inventory:
         token = paging.encode_token({"after": rows[-1].name}) if more else ""
         return Page(tuple(self._views(rows)), token)
 
-    def update(self, patch: ResourcePatch) -> ResourceView:
+    def update(self, patch: ResourcePatch, actor: str = "") -> ResourceView:
         check_name(patch.name, "resource.name")
         if not patch.paths:
             raise InvalidArgumentError.of("update_mask", "names no field to change")
@@ -172,6 +174,7 @@ class Inventory:
                     EventType.RESOURCE_UPDATED,
                     now,
                     resource=row.name,
+                    actor=actor,
                     detail={"paths": list(patch.paths)},
                 )
             ]
@@ -181,6 +184,7 @@ class Inventory:
                         EventType.RESOURCE_MARKED_UNUSABLE,
                         now,
                         resource=row.name,
+                        actor=actor,
                         detail={"comment": patch.comment},
                     )
                 )
@@ -188,7 +192,7 @@ class Inventory:
         self.on_change()
         return self.get(patch.name)
 
-    def delete(self, name: str, etag: str) -> None:
+    def delete(self, name: str, etag: str, actor: str = "") -> None:
         check_name(name, "name")
         with write_transaction():
             now = self.clock()
@@ -210,7 +214,7 @@ class Inventory:
                 )
             if not resource_model.delete_free_resource(row.id, row.version):
                 raise ConflictError(f"resource {name!r} changed while it was deleted")
-            events.record(events.event(EventType.RESOURCE_DELETED, now, resource=name))
+            events.record(events.event(EventType.RESOURCE_DELETED, now, resource=name, actor=actor))
 
     def _typed_fields(self, kind: Kind, given: dict, complete: bool) -> dict:
         """Checks typed field values; with `complete`, fills defaults and

@@ -56,6 +56,30 @@ class EventType(enum.StrEnum):
     LEASE_RELEASED = "lease_released"
     LEASE_EXPIRED = "lease_expired"
     LEASE_REVOKED = "lease_revoked"
+    TOKEN_CREATED = "token_created"
+    TOKEN_REVOKED = "token_revoked"
+
+
+class Role(enum.StrEnum):
+    """What a principal may do, each role including the ones before it:
+    `viewer` reads, `user` also holds leases, `admin` does everything."""
+
+    VIEWER = "viewer"
+    USER = "user"
+    ADMIN = "admin"
+
+    @property
+    def rank(self) -> int:
+        return list(Role).index(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Principal:
+    """A verified caller: the name, role and groups of the token it showed."""
+
+    name: str
+    role: Role
+    groups: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +146,13 @@ class AcquireRequest:
     priority: int = 0
     request_id: str = ""
     session_id: str = ""
+    # The verified caller; empty: the holder, as named (authentication off).
+    principal: str = ""
+
+    @property
+    def who(self) -> str:
+        """Whom the lease is for: ownership and `reserved_for` go by it."""
+        return self.principal or self.holder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,6 +226,7 @@ class LeaseView:
     end_time: float | None
     end_reason: str
     session_id: str = ""
+    principal: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,6 +280,7 @@ class WaiterView:
     blocked_requirement_index: int
     enqueue_time: float
     deadline: float
+    principal: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
