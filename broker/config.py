@@ -78,6 +78,25 @@ class SessionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EventsConfig:
+    """Watching the audit trail: how many events a watcher may fall behind
+    before it is cut off, and the seconds between the safety reads that
+    catch what no wake-up announced."""
+
+    watch_buffer: int = 1000
+    poll_interval: float = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RetentionConfig:
+    """How long, in seconds, the audit trail is kept, and how often the
+    retention sweep runs."""
+
+    events: float = 30 * 86400.0
+    sweep_interval: float = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """The whole configuration. `base_dir` is where relative paths (the SQLite
     file) are taken from: the configuration file's directory."""
@@ -89,6 +108,8 @@ class Config:
     sessions: SessionConfig = SessionConfig()
     kinds: tuple[str, ...] = ("resources.calculator.data.CalculatorData",)
     base_dir: str = "."
+    events: EventsConfig = EventsConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     def kind_models(self) -> tuple[type[ResourceData], ...]:
         """Imports the `ResourceData` models named by `kinds`."""
@@ -160,7 +181,9 @@ def _with_overrides(raw: Any, environ: Mapping[str, str]) -> Any:
 def parse_config(raw: Any, base_dir: str = ".") -> Config:
     """Builds a `Config` from the parsed YAML document."""
     top = _mapping(
-        "(top level)", raw, {"server", "database", "leases", "queue", "sessions", "kinds"}
+        "(top level)",
+        raw,
+        {"server", "database", "leases", "queue", "sessions", "kinds", "events", "retention"},
     )
     server = _section("server", top.get("server"), ServerConfig)
     database = _section("database", top.get("database"), DatabaseConfig)
@@ -189,10 +212,26 @@ def parse_config(raw: Any, base_dir: str = ".") -> Config:
         raise ConfigError(
             "sessions.keepalive_timeout", "must not exceed sessions.max_keepalive_timeout"
         )
+    events = _section("events", top.get("events"), EventsConfig)
+    _check_positive("events.watch_buffer", events.watch_buffer)
+    _check_positive("events.poll_interval", events.poll_interval)
+    retention = _section("retention", top.get("retention"), RetentionConfig)
+    for key in ("events", "sweep_interval"):
+        _check_positive(f"retention.{key}", getattr(retention, key))
     kinds = top.get("kinds", Config.kinds)
     if not isinstance(kinds, list | tuple) or not all(isinstance(k, str) for k in kinds):
         raise ConfigError("kinds", "must be a list of dotted paths to ResourceData models")
-    return Config(server, database, leases, queue, sessions, tuple(kinds), base_dir)
+    return Config(
+        server,
+        database,
+        leases,
+        queue,
+        sessions,
+        tuple(kinds),
+        base_dir,
+        events=events,
+        retention=retention,
+    )
 
 
 def _mapping(key: str, value: Any, allowed: set[str]) -> Mapping[str, Any]:

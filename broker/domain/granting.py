@@ -325,6 +325,7 @@ class Granter:
                     EventType.LEASE_GRANTED,
                     now,
                     resource=row.name,
+                    kind=kind.name,
                     lease_id=lease_id,
                     fencing_token=row.fencing_token,
                     actor=holder,

@@ -95,7 +95,9 @@ class Inventory:
                     raise AlreadyExistsError("resource", new.name)
                 values["fencing_token"] = lease_model.highest_fencing_token(new.name)
                 row = resource_model.insert_resource(values, kind.model, fields)
-                events.record(events.event(EventType.RESOURCE_CREATED, now, resource=new.name))
+                events.record(
+                    events.event(EventType.RESOURCE_CREATED, now, resource=new.name, kind=kind.name)
+                )
         except peewee.IntegrityError:
             raise AlreadyExistsError("resource", new.name) from None
         self.on_change()
@@ -172,6 +174,7 @@ class Inventory:
                     EventType.RESOURCE_UPDATED,
                     now,
                     resource=row.name,
+                    kind=row.kind,
                     detail={"paths": list(patch.paths)},
                 )
             ]
@@ -181,6 +184,7 @@ class Inventory:
                         EventType.RESOURCE_MARKED_UNUSABLE,
                         now,
                         resource=row.name,
+                        kind=row.kind,
                         detail={"comment": patch.comment},
                     )
                 )
@@ -210,7 +214,9 @@ class Inventory:
                 )
             if not resource_model.delete_free_resource(row.id, row.version):
                 raise ConflictError(f"resource {name!r} changed while it was deleted")
-            events.record(events.event(EventType.RESOURCE_DELETED, now, resource=name))
+            events.record(
+                events.event(EventType.RESOURCE_DELETED, now, resource=name, kind=row.kind)
+            )
 
     def _typed_fields(self, kind: Kind, given: dict, complete: bool) -> dict:
         """Checks typed field values; with `complete`, fills defaults and

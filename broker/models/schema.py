@@ -23,8 +23,9 @@ from broker.models.setting import Setting
 
 # The layout this broker writes: 1 had resources and leases, 2 added the wait
 # queue, sessions and lock-delays, 3 keeps keyed hashes of request ids
-# instead of the ids. Bump it with every change of the layout.
-SCHEMA_VERSION = 3
+# instead of the ids, 4 gives events their kind and reason. Bump it with every
+# change of the layout.
+SCHEMA_VERSION = 4
 SCHEMA_VERSION_KEY = "schema_version"
 # PostgreSQL keeps the first 63 bytes of a longer name.
 POSTGRES_NAME_BYTES = 63
