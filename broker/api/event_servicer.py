@@ -23,6 +23,7 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
             convert.event_filter(request.filter),
             request.page_size,
             request.page_token,
+            request.after_sequence,
         )
         return pb.ListEventsResponse(
             events=[convert.event_to_proto(view) for view in page.items],

@@ -77,16 +77,19 @@ class EventLog:
     def __init__(self, clock: Callable[[], float] = time.time):
         self.clock = clock
 
-    def list(self, given: EventFilter, page_size: int, page_token: str) -> Page[EventView]:
-        """One page of the events that pass `given`, oldest first."""
+    def list(
+        self, given: EventFilter, page_size: int, page_token: str, after_sequence: int = 0
+    ) -> Page[EventView]:
+        """One page of the events after `after_sequence` that pass `given`,
+        oldest first."""
         size = paging.page_size(page_size)
         check_filter(given)
         position = paging.decode_token(page_token, ("after",))
-        after = 0
+        after = after_sequence
         if position is not None:
             if not isinstance(position["after"], int) or position["after"] < 0:
                 raise InvalidArgumentError.of("page_token", "not a token returned by this listing")
-            after = position["after"]
+            after = max(after, position["after"])
         views = self.read(given, after, size + 1)
         more = len(views) > size
         views = views[:size]

@@ -27,7 +27,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x62roker/v1/event_service.proto\x12\tbroker.v1\x1a\x15\x62roker/v1/event.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfb\x01\n\x0b\x45ventFilter\x12\x16\n\x08resource\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x12\n\x04kind\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08lease_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x13\n\x05\x61\x63tor\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12)\n\x05types\x18\x05 \x03(\x0e\x32\x14.broker.v1.EventTypeB\x04\xe2\x41\x01\x01\x12\x34\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x32\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\"t\n\x11ListEventsRequest\x12,\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x16.broker.v1.EventFilterB\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"O\n\x12ListEventsResponse\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.broker.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"`\n\x12WatchEventsRequest\x12,\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x16.broker.v1.EventFilterB\x04\xe2\x41\x01\x01\x12\x1c\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\x42\x04\xe2\x41\x01\x01\"6\n\x13WatchEventsResponse\x12\x1f\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.broker.v1.Event2\xa9\x01\n\x0c\x45ventService\x12I\n\nListEvents\x12\x1c.broker.v1.ListEventsRequest\x1a\x1d.broker.v1.ListEventsResponse\x12N\n\x0bWatchEvents\x12\x1d.broker.v1.WatchEventsRequest\x1a\x1e.broker.v1.WatchEventsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x62roker/v1/event_service.proto\x12\tbroker.v1\x1a\x15\x62roker/v1/event.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfb\x01\n\x0b\x45ventFilter\x12\x16\n\x08resource\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x12\n\x04kind\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08lease_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x13\n\x05\x61\x63tor\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12)\n\x05types\x18\x05 \x03(\x0e\x32\x14.broker.v1.EventTypeB\x04\xe2\x41\x01\x01\x12\x34\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x32\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\"\x92\x01\n\x11ListEventsRequest\x12,\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x16.broker.v1.EventFilterB\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1c\n\x0e\x61\x66ter_sequence\x18\x04 \x01(\x04\x42\x04\xe2\x41\x01\x01\"O\n\x12ListEventsResponse\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.broker.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"`\n\x12WatchEventsRequest\x12,\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x16.broker.v1.EventFilterB\x04\xe2\x41\x01\x01\x12\x1c\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\x42\x04\xe2\x41\x01\x01\"6\n\x13WatchEventsResponse\x12\x1f\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.broker.v1.Event2\xa9\x01\n\x0c\x45ventService\x12I\n\nListEvents\x12\x1c.broker.v1.ListEventsRequest\x1a\x1d.broker.v1.ListEventsResponse\x12N\n\x0bWatchEvents\x12\x1d.broker.v1.WatchEventsRequest\x1a\x1e.broker.v1.WatchEventsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -54,20 +54,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTEVENTSREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
   _globals['_LISTEVENTSREQUEST'].fields_by_name['page_token']._loaded_options = None
   _globals['_LISTEVENTSREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
+  _globals['_LISTEVENTSREQUEST'].fields_by_name['after_sequence']._loaded_options = None
+  _globals['_LISTEVENTSREQUEST'].fields_by_name['after_sequence']._serialized_options = b'\342A\001\001'
   _globals['_WATCHEVENTSREQUEST'].fields_by_name['filter']._loaded_options = None
   _globals['_WATCHEVENTSREQUEST'].fields_by_name['filter']._serialized_options = b'\342A\001\001'
   _globals['_WATCHEVENTSREQUEST'].fields_by_name['after_sequence']._loaded_options = None
   _globals['_WATCHEVENTSREQUEST'].fields_by_name['after_sequence']._serialized_options = b'\342A\001\001'
   _globals['_EVENTFILTER']._serialized_start=134
   _globals['_EVENTFILTER']._serialized_end=385
-  _globals['_LISTEVENTSREQUEST']._serialized_start=387
-  _globals['_LISTEVENTSREQUEST']._serialized_end=503
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=505
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=584
-  _globals['_WATCHEVENTSREQUEST']._serialized_start=586
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=682
-  _globals['_WATCHEVENTSRESPONSE']._serialized_start=684
-  _globals['_WATCHEVENTSRESPONSE']._serialized_end=738
-  _globals['_EVENTSERVICE']._serialized_start=741
-  _globals['_EVENTSERVICE']._serialized_end=910
+  _globals['_LISTEVENTSREQUEST']._serialized_start=388
+  _globals['_LISTEVENTSREQUEST']._serialized_end=534
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=536
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=615
+  _globals['_WATCHEVENTSREQUEST']._serialized_start=617
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=713
+  _globals['_WATCHEVENTSRESPONSE']._serialized_start=715
+  _globals['_WATCHEVENTSRESPONSE']._serialized_end=769
+  _globals['_EVENTSERVICE']._serialized_start=772
+  _globals['_EVENTSERVICE']._serialized_end=941
 # @@protoc_insertion_point(module_scope)

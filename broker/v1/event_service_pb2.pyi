@@ -81,10 +81,13 @@ class ListEventsRequest(_message.Message):
     FILTER_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Optional. The most events to return: 0 to 1000; 0 means 100."""
     page_token: _builtins.str
     """Optional. The `next_page_token` of the previous page, to continue it."""
+    after_sequence: _builtins.int
+    """Optional. Only events with a larger sequence; 0 lists from the oldest."""
     @_builtins.property
     def filter(self) -> Global___EventFilter:
         """Optional. Which events to list; unset lists every one."""
@@ -95,10 +98,11 @@ class ListEventsRequest(_message.Message):
         filter: Global___EventFilter | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        after_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "filter", b"filter", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
