@@ -88,6 +88,8 @@ class EventFeed:
         self.events = events
         self.run = run
         self.buffer = buffer
+        # A read never hands a watcher more than its buffer holds at once.
+        self._batch = min(READ_BATCH, buffer)
         self.poll = poll
         self._watchers: set[_Watcher] = set()
         self._head = 0
@@ -210,7 +212,7 @@ class EventFeed:
         while self._watchers:
             start = self._head
             self.reads += 1
-            views = await self.run(self.events.read, EVERY_EVENT, start, READ_BATCH)
+            views = await self.run(self.events.read, EVERY_EVENT, start, self._batch)
             if self._head != start:
                 continue  # a replay moved the feed meanwhile: read again from there
             for watcher in list(self._watchers):
@@ -218,5 +220,5 @@ class EventFeed:
                     self._watchers.discard(watcher)
             if views:
                 self._head = views[-1].sequence
-            if len(views) < READ_BATCH:
+            if len(views) < self._batch:
                 return

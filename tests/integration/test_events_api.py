@@ -40,6 +40,7 @@ from tests.integration.helpers import (
 WAIT = 20.0
 T = event_pb2
 ADMIN = (("x-broker-holder", "admin@desk"),)
+SMALL_WINDOW = (("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 16384))
 
 
 @pytest.fixture
@@ -376,11 +377,16 @@ def test_one_read_serves_every_watcher_of_a_broker(make_broker, stubs_of):
 
 
 def test_a_slow_watcher_is_cut_off_and_resumes_without_slowing_the_broker(make_broker, stubs_of):
-    broker = make_broker(events=EventsConfig(watch_buffer=8, poll_interval=3600.0))
+    broker = make_broker(events=EventsConfig(watch_buffer=64, poll_interval=3600.0))
     stubs = stubs_of(broker)
     create_calculators(stubs.inventory, 1)
     fast = Collector(stubs.events)
-    slow = stubs.events.WatchEvents(event_service_pb2.WatchEventsRequest())
+    # The slow reader's channel keeps HTTP/2's flow-control window small, so
+    # that what it does not read backs up to the broker soon.
+    slow_channel = grpc.insecure_channel(broker.address, options=SMALL_WINDOW)
+    slow = event_service_pb2_grpc.EventServiceStub(slow_channel).WatchEvents(
+        event_service_pb2.WatchEventsRequest()
+    )
     slow_events = iter(slow)
     received = [next(slow_events).event]  # the slow watch is open; it reads no more for now
     wait_until(lambda: broker.feed.watching() == 2, WAIT, "both watches to follow the feed")
@@ -411,6 +417,7 @@ def test_a_slow_watcher_is_cut_off_and_resumes_without_slowing_the_broker(make_b
     ]
     rest.stop()
     fast.stop()
+    slow_channel.close()
 
 
 def test_retention_deletes_old_events_and_an_old_cursor_is_out_of_range(make_broker, stubs_of):
