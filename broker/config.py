@@ -89,10 +89,13 @@ class EventsConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RetentionConfig:
-    """How long, in seconds, the audit trail is kept, and how often the
-    retention sweep runs."""
+    """How long, in seconds, events and ended leases, waits and sessions
+    are kept, and how often the retention sweep runs."""
 
     events: float = 30 * 86400.0
+    leases: float = 30 * 86400.0
+    waiters: float = 7 * 86400.0
+    sessions: float = 7 * 86400.0
     sweep_interval: float = 60.0
 
 
@@ -216,7 +219,7 @@ def parse_config(raw: Any, base_dir: str = ".") -> Config:
     _check_positive("events.watch_buffer", events.watch_buffer)
     _check_positive("events.poll_interval", events.poll_interval)
     retention = _section("retention", top.get("retention"), RetentionConfig)
-    for key in ("events", "sweep_interval"):
+    for key in ("events", "leases", "waiters", "sessions", "sweep_interval"):
         _check_positive(f"retention.{key}", getattr(retention, key))
     kinds = top.get("kinds", Config.kinds)
     if not isinstance(kinds, list | tuple) or not all(isinstance(k, str) for k in kinds):

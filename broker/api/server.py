@@ -38,6 +38,7 @@ from broker.domain.events import EventLog
 from broker.domain.inventory import Inventory
 from broker.domain.kinds import KindDeclarationError, KindRegistry
 from broker.domain.leasing import Leases
+from broker.domain.retention import Ages, Retention
 from broker.domain.sessions import Sessions
 from broker.models import event as event_model
 from broker.models.database import DatabaseURLError, bind, close_database, open_database
@@ -147,6 +148,11 @@ class BrokerServer:
         self.board = WaitBoard(asyncio.get_running_loop())
         self.run = runner_for(self.database)
         self.events = EventLog()
+        retention = config.retention
+        self.retention = Retention(
+            self.events,
+            Ages(retention.events, retention.leases, retention.waiters, retention.sessions),
+        )
         self.feed = EventFeed(
             asyncio.get_running_loop(),
             self.events,
@@ -212,7 +218,7 @@ class BrokerServer:
         self._sweeper = asyncio.create_task(self._sweep_expired())
         self._watcher = asyncio.create_task(self._watch_database())
         self._trimmer = asyncio.create_task(self._return_memory())
-        self._pruner = asyncio.create_task(self._prune_events())
+        self._pruner = asyncio.create_task(self._retain())
         await self._set_health(True)
 
     async def _stop(self, grace: float | None) -> None:
@@ -254,16 +260,19 @@ class BrokerServer:
             except Exception:
                 log.exception("lease expiry sweep failed; retrying in %.1f s", interval)
 
-    async def _prune_events(self) -> None:
-        """Deletes events older than `retention.events`, a bounded number of
-        small transactions per sweep, every `retention.sweep_interval`."""
-        retention = self.config.retention
+    async def _retain(self) -> None:
+        """Deletes what is older than `retention.*` (events, ended leases,
+        waits and sessions), a bounded number of small transactions per
+        table and sweep, every `retention.sweep_interval`."""
         while True:
-            await asyncio.sleep(retention.sweep_interval)
+            await asyncio.sleep(self.config.retention.sweep_interval)
             try:
-                deleted = await self.run(self.events.prune, retention.events, PRUNE_BATCHES)
-                if deleted:
-                    log.info("retention deleted %d event(s)", deleted)
+                deleted = await self.run(self.retention.sweep, RETENTION_BATCHES)
+                if any(deleted.values()):
+                    log.info(
+                        "retention deleted %s",
+                        ", ".join(f"{count} {name}" for name, count in deleted.items() if count),
+                    )
             except Exception as error:
                 log.warning("retention sweep failed (%s); retrying at the next", error)
 
@@ -322,8 +331,9 @@ class BrokerServer:
             await self.health.set(name, status)
 
 
-# Transactions of `events.PRUNE_BATCH` deletions one retention sweep makes at most.
-PRUNE_BATCHES = 10
+# Transactions of `events.PRUNE_BATCH` deletions one retention sweep makes at
+# most, per table.
+RETENTION_BATCHES = 10
 
 # How long, at shutdown, the work that ended calls left may still take.
 DRAIN_SECONDS = 5.0

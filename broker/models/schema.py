@@ -15,7 +15,7 @@ from playhouse.migrate import SchemaMigrator, migrate
 from broker.models.base import BaseModel
 from broker.models.database import LAYOUT_LOCK_KEY, database_proxy, schema_key
 from broker.models.event import Event
-from broker.models.lease import Lease, LeaseGrant
+from broker.models.lease import FencingFloor, Lease, LeaseGrant
 from broker.models.queue import Waiter
 from broker.models.resource import Resource
 from broker.models.session import Session
@@ -23,8 +23,9 @@ from broker.models.setting import Setting
 
 # The layout this broker writes: 1 had resources and leases, 2 added the wait
 # queue, sessions and lock-delays, 3 keeps keyed hashes of request ids
-# instead of the ids, 4 gives events their kind and reason. Bump it with every
-# change of the layout.
+# instead of the ids, 4 gives events their kind and reason and keeps the
+# fencing numbers of grants deleted by retention. Bump it with every change of
+# the layout.
 SCHEMA_VERSION = 4
 SCHEMA_VERSION_KEY = "schema_version"
 # PostgreSQL keeps the first 63 bytes of a longer name.
@@ -40,6 +41,7 @@ CORE_MODELS: tuple[type[BaseModel], ...] = (
     Resource,
     Lease,
     LeaseGrant,
+    FencingFloor,
     Event,
     Waiter,
     Session,
