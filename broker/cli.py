@@ -156,6 +156,18 @@ def cmd_events(client: BrokerClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_stats(client: BrokerClient, args: argparse.Namespace) -> int:
+    stats = client.usage_stats(
+        args.resource,
+        args.kind,
+        args.since.ToDatetime(datetime.UTC) if args.since else None,
+        args.until.ToDatetime(datetime.UTC) if args.until else None,
+        by_kind=args.by_kind,
+    )
+    print(output.usage_table(stats))
+    return EXIT_OK
+
+
 def time_arg(text: str) -> timestamp_pb2.Timestamp:
     """An ISO 8601 time (local unless it names its zone)."""
     try:
@@ -292,6 +304,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lease_commands(commands)
     _remote(commands, "queue", cmd_queue, "list the waiting requests in the order they are served")
     _add_event_command(commands)
+    stats = _remote(
+        commands,
+        "stats",
+        cmd_stats,
+        "usage per resource or kind: grants, time held, waits, expiries, revokes",
+    )
+    stats.add_argument("--resource", default="", help="only this resource")
+    stats.add_argument("--kind", default="", help="only resources of this kind")
+    stats.add_argument("--by-kind", action="store_true", help="one row per kind")
+    stats.add_argument("--since", type=time_arg, metavar="TIME", help="from TIME on")
+    stats.add_argument("--until", type=time_arg, metavar="TIME", help="before TIME")
     return parser
 
 

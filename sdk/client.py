@@ -498,6 +498,31 @@ class BrokerClient:
         finally:
             call.cancel()
 
+    def usage_stats(
+        self,
+        resource: str = "",
+        kind: str = "",
+        start_time: datetime.datetime | None = None,
+        end_time: datetime.datetime | None = None,
+        by_kind: bool = False,
+    ) -> list[event_service_pb2.UsageStats]:
+        """How resources were used in [start_time, end_time), per resource or
+        (`by_kind`) per kind: grants, held time, waits, expiries, revokes."""
+        message = event_service_pb2.GetUsageStatsRequest(
+            resource=resource,
+            kind=kind,
+            group_by=(
+                event_service_pb2.USAGE_GROUPING_KIND
+                if by_kind
+                else event_service_pb2.USAGE_GROUPING_RESOURCE
+            ),
+        )
+        if start_time is not None:
+            message.start_time.FromDatetime(start_time)
+        if end_time is not None:
+            message.end_time.FromDatetime(end_time)
+        return list(self._call(lambda broker: broker.events.GetUsageStats, message).stats)
+
     # -------------------------------------------------------------- sessions
 
     def open_session(self, keepalive_timeout: float | None = None) -> Session:

@@ -281,3 +281,17 @@ def event_to_proto(view: values.EventView) -> event_pb2.Event:
     if view.detail:
         message.detail.update(view.detail)
     return message
+
+
+def usage_to_proto(view: values.UsageView) -> event_service_pb2.UsageStats:
+    return event_service_pb2.UsageStats(
+        resource=view.resource,
+        kind=view.kind,
+        grants=view.grants,
+        total_held=duration(view.total_held),
+        mean_held=duration(view.mean_held),
+        wait_p50=duration(view.wait_p50),
+        wait_p95=duration(view.wait_p95),
+        expiries=view.expiries,
+        revokes=view.revokes,
+    )

@@ -7,6 +7,7 @@ from broker.api import convert
 from broker.api.event_feed import EventFeed
 from broker.api.runner import Runner
 from broker.domain.events import EventLog
+from broker.domain.usage import Usage
 from broker.v1 import event_service_pb2 as pb
 from broker.v1 import event_service_pb2_grpc
 
@@ -14,6 +15,7 @@ from broker.v1 import event_service_pb2_grpc
 class EventServicer(event_service_pb2_grpc.EventServiceServicer):
     def __init__(self, events: EventLog, feed: EventFeed, run: Runner):
         self.events = events
+        self.usage = Usage(events)
         self.feed = feed
         self.run = run
 
@@ -34,3 +36,14 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         wanted = convert.event_filter(request.filter)
         async for view in self.feed.watch(wanted, request.after_sequence):
             yield pb.WatchEventsResponse(event=convert.event_to_proto(view))
+
+    async def GetUsageStats(self, request, context):
+        views = await self.run(
+            self.usage.stats,
+            request.resource,
+            request.kind,
+            convert.seconds_at(request.start_time) if request.HasField("start_time") else None,
+            convert.seconds_at(request.end_time) if request.HasField("end_time") else None,
+            request.group_by == pb.USAGE_GROUPING_KIND,
+        )
+        return pb.GetUsageStatsResponse(stats=[convert.usage_to_proto(view) for view in views])

@@ -54,20 +54,21 @@ def record(*rows: dict[str, Any]) -> None:
 
 def check_filter(given: EventFilter, path: str = "filter") -> EventFilter:
     """The filter if every part of it is well formed; else INVALID_ARGUMENT
-    naming the part."""
+    naming the part (under `path`, if any)."""
+    path = f"{path}." if path else ""
     for name in ("resource", "kind", "lease_id", "actor"):
         if len(getattr(given, name)) > MAX_FILTER_TEXT:
             raise InvalidArgumentError.of(
-                f"{path}.{name}", f"is longer than {MAX_FILTER_TEXT} characters"
+                f"{path}{name}", f"is longer than {MAX_FILTER_TEXT} characters"
             )
     if len(given.types) > MAX_TYPES:
-        raise InvalidArgumentError.of(f"{path}.types", f"holds more than {MAX_TYPES} types")
+        raise InvalidArgumentError.of(f"{path}types", f"holds more than {MAX_TYPES} types")
     if (
         given.start_time is not None
         and given.end_time is not None
         and given.end_time <= given.start_time
     ):
-        raise InvalidArgumentError.of(f"{path}.end_time", "must be after start_time")
+        raise InvalidArgumentError.of(f"{path}end_time", "must be after start_time")
     return given
 
 

@@ -272,10 +272,12 @@ class Granter:
         now: float,
         replay: Replay | None = None,
         session_id: str = "",
+        waited: float = 0.0,
     ) -> Granted:
         """Records the grant of a complete plan: the lease, the claims (a
         conditional update, so a resource taken meanwhile aborts the grant),
-        the fencing numbers, the grants and their events."""
+        the fencing numbers, the grants and their events (with the seconds
+        the request `waited` in the queue, if it did)."""
         secret = self.secret_for(lease_id)
         lease = lease_model.insert_lease(
             {
@@ -329,6 +331,7 @@ class Granter:
                     lease_id=lease_id,
                     fencing_token=row.fencing_token,
                     actor=holder,
+                    detail={"waited": round(waited, 6)} if waited > 0 else None,
                 )
             )
         lease_model.insert_grants(grant_rows)

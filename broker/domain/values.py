@@ -302,6 +302,22 @@ class EventFilter:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class UsageView:
+    """The use of one resource (or of a kind's resources, `resource` empty);
+    times in seconds."""
+
+    resource: str
+    kind: str
+    grants: int
+    total_held: float
+    mean_held: float
+    wait_p50: float
+    wait_p95: float
+    expiries: int
+    revokes: int
+
+
 T = TypeVar("T")
 
 

@@ -173,3 +173,19 @@ def delete_older(cutoff: float, limit: int) -> int:
         conflict_target=[Setting.name], update={Setting.value: through}
     ).execute()
     return len(ids)
+
+
+def end_times(lease_ids: Sequence[str], types: Sequence[str]) -> dict[tuple[str, str], float]:
+    """When each (lease, resource) of these leases ended, by an event of
+    one of `types`."""
+    ends: dict[tuple[str, str], float] = {}
+    ids = list(dict.fromkeys(lease_ids))
+    for start in range(0, len(ids), 500):
+        rows = (
+            Event.select(Event.lease_id, Event.resource, Event.time)
+            .where(Event.lease_id.in_(ids[start : start + 500]), Event.type.in_(list(types)))
+            .tuples()
+        )
+        for lease_id, resource, time in rows:
+            ends[(lease_id, resource)] = time
+    return ends

@@ -6,9 +6,11 @@ isort:skip_file
 from broker.v1 import event_pb2 as _event_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -19,6 +21,164 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _UsageGrouping:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UsageGroupingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UsageGrouping.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    USAGE_GROUPING_UNSPECIFIED: _UsageGrouping.ValueType  # 0
+    """Per resource, the default."""
+    USAGE_GROUPING_RESOURCE: _UsageGrouping.ValueType  # 1
+    """Per resource."""
+    USAGE_GROUPING_KIND: _UsageGrouping.ValueType  # 2
+    """Per kind."""
+
+class UsageGrouping(_UsageGrouping, metaclass=_UsageGroupingEnumTypeWrapper):
+    """What usage statistics are grouped by."""
+
+USAGE_GROUPING_UNSPECIFIED: UsageGrouping.ValueType  # 0
+"""Per resource, the default."""
+USAGE_GROUPING_RESOURCE: UsageGrouping.ValueType  # 1
+"""Per resource."""
+USAGE_GROUPING_KIND: UsageGrouping.ValueType  # 2
+"""Per kind."""
+Global___UsageGrouping: _TypeAlias = UsageGrouping  # noqa: Y015
+
+@_typing.final
+class GetUsageStatsRequest(_message.Message):
+    """Request of `GetUsageStats`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    GROUP_BY_FIELD_NUMBER: _builtins.int
+    resource: _builtins.str
+    """Optional. Only this resource (by name)."""
+    kind: _builtins.str
+    """Optional. Only resources of this kind."""
+    group_by: Global___UsageGrouping.ValueType
+    """Optional. Per resource (the default) or per kind."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Optional. The range starts here; unset means with the oldest event kept."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """Optional. The range ends before this time; unset means now."""
+
+    def __init__(
+        self,
+        *,
+        resource: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        group_by: Global___UsageGrouping.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "group_by", b"group_by", "kind", b"kind", "resource", b"resource", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageStatsRequest: _TypeAlias = GetUsageStatsRequest  # noqa: Y015
+
+@_typing.final
+class UsageStats(_message.Message):
+    """The use of one resource, or of one kind's resources, over the range."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    GRANTS_FIELD_NUMBER: _builtins.int
+    TOTAL_HELD_FIELD_NUMBER: _builtins.int
+    MEAN_HELD_FIELD_NUMBER: _builtins.int
+    WAIT_P50_FIELD_NUMBER: _builtins.int
+    WAIT_P95_FIELD_NUMBER: _builtins.int
+    EXPIRIES_FIELD_NUMBER: _builtins.int
+    REVOKES_FIELD_NUMBER: _builtins.int
+    resource: _builtins.str
+    """The resource, when grouped per resource; empty per kind."""
+    kind: _builtins.str
+    """The kind."""
+    grants: _builtins.int
+    """How many grants were made in the range."""
+    expiries: _builtins.int
+    """How many grants ended by expiry in the range (TTL or session lost)."""
+    revokes: _builtins.int
+    """How many grants were revoked in the range."""
+    @_builtins.property
+    def total_held(self) -> _duration_pb2.Duration:
+        """How long those grants held the resource in all: from the grant to its
+        release, expiry or revoke, or to now if it is still held.
+        """
+
+    @_builtins.property
+    def mean_held(self) -> _duration_pb2.Duration:
+        """`total_held` per grant."""
+
+    @_builtins.property
+    def wait_p50(self) -> _duration_pb2.Duration:
+        """The median time those grants' requests waited in the queue (0 for a
+        request granted at once).
+        """
+
+    @_builtins.property
+    def wait_p95(self) -> _duration_pb2.Duration:
+        """The 95th percentile of the same waits."""
+
+    def __init__(
+        self,
+        *,
+        resource: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        grants: _builtins.int = ...,
+        total_held: _duration_pb2.Duration | None = ...,
+        mean_held: _duration_pb2.Duration | None = ...,
+        wait_p50: _duration_pb2.Duration | None = ...,
+        wait_p95: _duration_pb2.Duration | None = ...,
+        expiries: _builtins.int = ...,
+        revokes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["mean_held", b"mean_held", "total_held", b"total_held", "wait_p50", b"wait_p50", "wait_p95", b"wait_p95"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expiries", b"expiries", "grants", b"grants", "kind", b"kind", "mean_held", b"mean_held", "resource", b"resource", "revokes", b"revokes", "total_held", b"total_held", "wait_p50", b"wait_p50", "wait_p95", b"wait_p95"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageStats: _TypeAlias = UsageStats  # noqa: Y015
+
+@_typing.final
+class GetUsageStatsResponse(_message.Message):
+    """Response of `GetUsageStats`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def stats(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageStats]:
+        """One entry per resource (or kind) granted, expired or revoked in the
+        range, by name.
+        """
+
+    def __init__(
+        self,
+        *,
+        stats: _abc.Iterable[Global___UsageStats] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["stats", b"stats"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageStatsResponse: _TypeAlias = GetUsageStatsResponse  # noqa: Y015
 
 @_typing.final
 class EventFilter(_message.Message):

@@ -51,6 +51,11 @@ class EventServiceStub:
                 request_serializer=broker_dot_v1_dot_event__service__pb2.WatchEventsRequest.SerializeToString,
                 response_deserializer=broker_dot_v1_dot_event__service__pb2.WatchEventsResponse.FromString,
                 _registered_method=True)
+        self.GetUsageStats = channel.unary_unary(
+                '/broker.v1.EventService/GetUsageStats',
+                request_serializer=broker_dot_v1_dot_event__service__pb2.GetUsageStatsRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_event__service__pb2.GetUsageStatsResponse.FromString,
+                _registered_method=True)
 
 
 class EventServiceServicer:
@@ -85,6 +90,15 @@ class EventServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsageStats(self, request, context):
+        """How resources were used over a time range, per resource or per kind,
+        computed from the events kept (so at most `retention.events` back).
+        Errors: INVALID_ARGUMENT (bad time range, filter or grouping).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EventServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -97,6 +111,11 @@ def add_EventServiceServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=broker_dot_v1_dot_event__service__pb2.WatchEventsRequest.FromString,
                     response_serializer=broker_dot_v1_dot_event__service__pb2.WatchEventsResponse.SerializeToString,
+            ),
+            'GetUsageStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsageStats,
+                    request_deserializer=broker_dot_v1_dot_event__service__pb2.GetUsageStatsRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_event__service__pb2.GetUsageStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -160,6 +179,33 @@ class EventService:
             '/broker.v1.EventService/WatchEvents',
             broker_dot_v1_dot_event__service__pb2.WatchEventsRequest.SerializeToString,
             broker_dot_v1_dot_event__service__pb2.WatchEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsageStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/broker.v1.EventService/GetUsageStats',
+            broker_dot_v1_dot_event__service__pb2.GetUsageStatsRequest.SerializeToString,
+            broker_dot_v1_dot_event__service__pb2.GetUsageStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

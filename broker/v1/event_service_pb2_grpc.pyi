@@ -54,6 +54,11 @@ class EventServiceStub:
     `events.watch_buffer` events behind; resume after the last sequence
     received).
     """
+    GetUsageStats: _grpc.UnaryUnaryMultiCallable[_event_service_pb2.GetUsageStatsRequest, _event_service_pb2.GetUsageStatsResponse]
+    """How resources were used over a time range, per resource or per kind,
+    computed from the events kept (so at most `retention.events` back).
+    Errors: INVALID_ARGUMENT (bad time range, filter or grouping).
+    """
 
 @_typing.type_check_only
 class EventServiceAsyncStub(EventServiceStub):
@@ -80,6 +85,11 @@ class EventServiceAsyncStub(EventServiceStub):
     caller read too slowly and fell more than the broker's
     `events.watch_buffer` events behind; resume after the last sequence
     received).
+    """
+    GetUsageStats: _aio.UnaryUnaryMultiCallable[_event_service_pb2.GetUsageStatsRequest, _event_service_pb2.GetUsageStatsResponse]  # type: ignore[assignment]
+    """How resources were used over a time range, per resource or per kind,
+    computed from the events kept (so at most `retention.events` back).
+    Errors: INVALID_ARGUMENT (bad time range, filter or grouping).
     """
 
 class EventServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -116,6 +126,17 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         caller read too slowly and fell more than the broker's
         `events.watch_buffer` events behind; resume after the last sequence
         received).
+        """
+
+    @_abc_1.abstractmethod
+    def GetUsageStats(
+        self,
+        request: _event_service_pb2.GetUsageStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_event_service_pb2.GetUsageStatsResponse, _abc.Awaitable[_event_service_pb2.GetUsageStatsResponse]]:
+        """How resources were used over a time range, per resource or per kind,
+        computed from the events kept (so at most `retention.events` back).
+        Errors: INVALID_ARGUMENT (bad time range, filter or grouping).
         """
 
 def add_EventServiceServicer_to_server(servicer: EventServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,17 +1,24 @@
 """`broker events`: the audit trail on the command line, one line per event,
 filtered, resumed after a sequence, and followed live (`--follow`, a real
-subprocess, killed by its pid)."""
+subprocess, killed by its pid); and `broker stats`, usage from it."""
 
 from __future__ import annotations
 
 import queue
 import subprocess
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from broker import cli
-from broker.v1 import inventory_service_pb2
+from broker.api.convert import duration
+from broker.v1 import (
+    event_service_pb2,
+    event_service_pb2_grpc,
+    inventory_service_pb2,
+    lease_service_pb2,
+)
 from tests.integration.helpers import (
     acquire,
     broker_command,
@@ -19,6 +26,7 @@ from tests.integration.helpers import (
     create_calculators,
     requirement,
     subprocess_env,
+    wait_until,
 )
 
 WAIT = 20.0
@@ -103,3 +111,61 @@ def create_calculators_after(inventory_stub) -> None:
         inventory_stub.CreateResource(
             inventory_service_pb2.CreateResourceRequest(resource=calculator(name)), timeout=WAIT
         )
+
+
+def test_stats_shows_usage_per_resource_and_per_kind(run, channel, inventory_stub, lease_stub):
+    events_stub = event_service_pb2_grpc.EventServiceStub(channel)
+    create_calculators(inventory_stub, 2)
+    held = acquire(lease_stub, requirement("Calculator", name="calc-1"), holder="erin")
+    waiter = ThreadPoolExecutor(1).submit(
+        lease_stub.AcquireLease,
+        lease_service_pb2.AcquireLeaseRequest(
+            requirements=[requirement("Calculator", name="calc-1")],
+            holder="frank",
+            max_wait=duration(WAIT),
+        ),
+        timeout=WAIT,
+    )
+    wait_until(lambda: waiting(lease_stub) == 1, WAIT, "the request to wait")
+    lease_stub.ReleaseLease(
+        lease_service_pb2.ReleaseLeaseRequest(lease_id=held.lease.lease_id, secret=held.secret),
+        timeout=WAIT,
+    )
+    granted = waiter.result(WAIT)
+    lease_stub.RevokeLease(
+        lease_service_pb2.RevokeLeaseRequest(lease_id=granted.lease.lease_id, reason="done"),
+        timeout=WAIT,
+    )
+    status, lines, err = run("stats")
+    assert status == 0, err
+    header, *rows = [line.split() for line in lines]
+    assert header[:3] == ["RESOURCE", "KIND", "GRANTS"]
+    [calc] = rows
+    assert (calc[0], calc[1], calc[2], calc[-2], calc[-1]) == (
+        "calc-1",
+        "Calculator",
+        "2",
+        "0",
+        "1",
+    )
+    # The waiting request's wait was recorded: it is the p95 of the two.
+    [usage] = stats_of(events_stub, resource="calc-1").stats
+    assert usage.wait_p95.ToNanoseconds() > 0 and usage.wait_p50.ToNanoseconds() == 0
+    status, lines, _ = run("stats", "--by-kind")
+    assert [line.split()[:3] for line in lines[1:]] == [["-", "Calculator", "2"]]
+    status, lines, _ = run("stats", "--resource", "calc-2")
+    assert lines[1:] == []
+
+
+def test_stats_with_a_bad_range_names_it(run):
+    status, _, err = run("stats", "--since", "2026-01-02T00:00", "--until", "2026-01-01T00:00")
+    assert status == cli.EXIT_BROKER
+    assert "end_time" in err
+
+
+def waiting(lease_stub) -> int:
+    return len(lease_stub.ListWaiters(lease_service_pb2.ListWaitersRequest(), timeout=WAIT).waiters)
+
+
+def stats_of(events_stub, **fields) -> event_service_pb2.GetUsageStatsResponse:
+    return events_stub.GetUsageStats(event_service_pb2.GetUsageStatsRequest(**fields), timeout=WAIT)

@@ -440,3 +440,25 @@ def test_retention_deletes_old_events_and_an_old_cursor_is_out_of_range(make_bro
     resumed = Collector(stubs.events, after=stored[-2].sequence)
     assert resumed.wait_for(1) == stored[-1:]
     resumed.stop()
+
+
+@pytest.mark.parametrize(
+    "fields, field",
+    [
+        ({"resource": "r" * 129}, "resource"),
+        ({"start_time": {"seconds": 200}, "end_time": {"seconds": 100}}, "end_time"),
+        ({"group_by": 99}, "group_by"),
+    ],
+)
+def test_bad_usage_requests_name_the_field(broker, stubs_of, fields, field):
+    stubs = stubs_of(broker)
+    fields = dict(fields)
+    for key in ("start_time", "end_time"):
+        if key in fields:
+            fields[key] = timestamp_pb2.Timestamp(**fields[key])
+    error = expect_error(
+        stubs.events.GetUsageStats,
+        event_service_pb2.GetUsageStatsRequest(**fields),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert field in violation_fields(error)
