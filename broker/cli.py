@@ -21,6 +21,7 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 
 from broker import cli_output as output
+from broker import cli_tokens
 from broker.cli_values import UsageError, kind_field_types, parse_set, parse_where
 from broker.v1 import event_pb2, event_service_pb2, lease_pb2
 from sdk.client import BrokerClient
@@ -289,6 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds each call may take (default %(default)s)",
     )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("BROKER_TOKEN") or None,
+        help="the API token to call with, for a broker with auth on (env BROKER_TOKEN)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = _command(commands, "serve", cmd_serve, "run a broker until SIGTERM or SIGINT")
@@ -315,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--by-kind", action="store_true", help="one row per kind")
     stats.add_argument("--since", type=time_arg, metavar="TIME", help="from TIME on")
     stats.add_argument("--until", type=time_arg, metavar="TIME", help="before TIME")
+    cli_tokens.add_commands(commands, _command)
     return parser
 
 
@@ -483,7 +490,9 @@ def main(argv: list[str] | None = None) -> int:
             return args.local(args)
         try:
             # No session: a lease acquired from the shell outlives this process.
-            client = BrokerClient(args.target, timeout=args.timeout, session=False)
+            client = BrokerClient(
+                args.target, timeout=args.timeout, session=False, token=args.token or ""
+            )
         except ValueError as error:
             raise UsageError(f"--target: {error}") from error
         with client:

@@ -158,11 +158,12 @@ def resource_details(resource: resource_pb2.Resource) -> str:
 
 def leases_table(leases: Iterable[lease_pb2.Lease]) -> str:
     return table(
-        ("LEASE", "HOLDER", "STATE", "RESOURCES", "CREATED", "EXPIRES/ENDED"),
+        ("LEASE", "PRINCIPAL", "HOLDER", "STATE", "RESOURCES", "CREATED", "EXPIRES/ENDED"),
         (
             (
                 lease.lease_id,
-                lease.holder,
+                lease.principal or NONE,
+                lease.holder or NONE,
                 _state(lease),
                 ",".join(grant.resource.name for grant in lease.grants),
                 local_time(lease.create_time),
@@ -182,7 +183,8 @@ def lease_details(lease: lease_pb2.Lease, secret: str = "") -> str:
     if secret:
         pairs.append(("secret", secret))
     pairs += [
-        ("holder", lease.holder),
+        ("principal", lease.principal or NONE),
+        ("holder", lease.holder or NONE),
         ("state", _state(lease)),
         ("ttl", f"{lease.ttl.ToTimedelta().total_seconds():g}s"),
         ("created", local_time(lease.create_time)),
@@ -232,6 +234,7 @@ def waiters_table(waiters: Iterable[lease_pb2.Waiter]) -> str:
         (
             "POS",
             "WAITER",
+            "PRINCIPAL",
             "HOLDER",
             "PRIORITY",
             "WANTS",
@@ -243,6 +246,7 @@ def waiters_table(waiters: Iterable[lease_pb2.Waiter]) -> str:
             (
                 str(waiter.position),
                 str(waiter.waiter_id),
+                waiter.principal or NONE,
                 waiter.holder or NONE,
                 str(waiter.priority),
                 "; ".join(_requirement_text(requirement) for requirement in waiter.requirements),

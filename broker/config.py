@@ -41,6 +41,8 @@ class ServerConfig:
     address: str = "127.0.0.1:50051"
     max_concurrent_rpcs: int = 4096
     grace_seconds: float = 5.0
+    # Serve tokens over plain TCP on a non-loopback address (no TLS yet).
+    allow_insecure: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +102,15 @@ class RetentionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AuthConfig:
+    """Bearer-token authentication, and how many seconds a broker may go on
+    trusting a token it verified (so a revoke takes effect within that)."""
+
+    enabled: bool = False
+    cache_seconds: float = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """The whole configuration. `base_dir` is where relative paths (the SQLite
     file) are taken from: the configuration file's directory."""
@@ -113,6 +124,7 @@ class Config:
     base_dir: str = "."
     events: EventsConfig = EventsConfig()
     retention: RetentionConfig = RetentionConfig()
+    auth: AuthConfig = AuthConfig()
 
     def kind_models(self) -> tuple[type[ResourceData], ...]:
         """Imports the `ResourceData` models named by `kinds`."""
@@ -186,13 +198,25 @@ def parse_config(raw: Any, base_dir: str = ".") -> Config:
     top = _mapping(
         "(top level)",
         raw,
-        {"server", "database", "leases", "queue", "sessions", "kinds", "events", "retention"},
+        {
+            "server",
+            "database",
+            "leases",
+            "queue",
+            "sessions",
+            "kinds",
+            "events",
+            "retention",
+            "auth",
+        },
     )
     server = _section("server", top.get("server"), ServerConfig)
     database = _section("database", top.get("database"), DatabaseConfig)
     leases = _section("leases", top.get("leases"), LeaseConfig)
     queue = _section("queue", top.get("queue"), QueueConfig)
     sessions = _section("sessions", top.get("sessions"), SessionConfig)
+    auth = _section("auth", top.get("auth"), AuthConfig)
+    _check_positive("auth.cache_seconds", auth.cache_seconds, allow_zero=True)
     _check_positive("server.max_concurrent_rpcs", server.max_concurrent_rpcs)
     _check_positive("server.grace_seconds", server.grace_seconds, allow_zero=True)
     _check_positive("database.stall_timeout", database.stall_timeout)
@@ -234,6 +258,7 @@ def parse_config(raw: Any, base_dir: str = ".") -> Config:
         base_dir,
         events=events,
         retention=retention,
+        auth=auth,
     )
 
 

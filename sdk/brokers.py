@@ -53,8 +53,9 @@ class Brokers:
     """The brokers at `address` (see `sdk.channel.addresses_of`); safe to
     use from several threads."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, token: str = "") -> None:
         self.addresses = addresses_of(address)
+        self._token = token
         self._open: dict[int, Broker] = {}
         self._current = 0
         self._closed = False
@@ -71,7 +72,7 @@ class Brokers:
             index = self._current
             broker = self._open.get(index)
             if broker is None:
-                channel = open_channel(self.addresses[index])
+                channel = open_channel(self.addresses[index], self._token)
                 broker = Broker(
                     index,
                     self.addresses[index],

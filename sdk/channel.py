@@ -17,6 +17,8 @@ it answer GOAWAY (`too_many_pings`) and drop the connection.
 
 from __future__ import annotations
 
+import collections
+
 import grpc
 
 # Ping the broker after 10 s without any frame on the connection: twice the
@@ -54,7 +56,57 @@ def addresses_of(address: str) -> tuple[str, ...]:
     return addresses
 
 
-def open_channel(address: str) -> grpc.Channel:
+def open_channel(address: str, token: str = "") -> grpc.Channel:
     """An insecure channel to the one broker at `address` (`host:port`)
-    with `CHANNEL_OPTIONS`."""
-    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    with `CHANNEL_OPTIONS`; with a `token`, every call on it carries the
+    metadata `authorization: Bearer <token>`."""
+    channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    if not token:
+        return channel
+    return grpc.intercept_channel(channel, BearerToken(token))
+
+
+class _Details(
+    collections.namedtuple(
+        "_Details",
+        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
+    ),
+    grpc.ClientCallDetails,
+):
+    """A call's details with metadata of the SDK's own added."""
+
+
+class BearerToken(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds `authorization: Bearer <token>` to every call, unary or stream.
+    (gRPC's call credentials need a TLS channel, which the broker does not
+    serve yet, so the token travels as plain metadata.)"""
+
+    def __init__(self, token: str):
+        self._metadata = (("authorization", f"Bearer {token}"),)
+
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        return _Details(
+            details.method,
+            details.timeout,
+            (*(details.metadata or ()), *self._metadata),
+            details.credentials,
+            details.wait_for_ready,
+            details.compression,
+        )
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._details(details), requests)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import getpass
 import logging
+import os
 import socket
 import threading
 import uuid
@@ -64,6 +65,7 @@ Item = TypeVar("Item")
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 10.0  # seconds a call may take in all, retries included
 DEFAULT_TRY_TIMEOUT = 3.0  # seconds one try may take when another broker could answer
+TOKEN_VARIABLE = "BROKER_TOKEN"
 
 
 def default_holder() -> str:
@@ -89,10 +91,16 @@ class BrokerClient:
             that a renewal that moves on still lands in time. With one broker
             it is not used: each try may take the whole `timeout`.
         holder: the name leases are taken under, matched against resources'
-            `reserved_for`; defaults to `user@host`.
+            `reserved_for`; defaults to `user@host`. With authentication on
+            the broker takes who you are from your token, and this is only a
+            description of the holder (e.g. a CI job's URL).
         session: bind the leases of `lease` and `lease_many` to a session of
             this client's (`lease_session()`), opened on the first lease and
             closed by `close()`; False leaves them to their TTL alone.
+        token: the API token sent with every call (as the metadata
+            `authorization: Bearer <token>`), for a broker with
+            authentication on; None reads `BROKER_TOKEN` from the environment
+            once, now; "" sends none.
     """
 
     def __init__(
@@ -103,6 +111,7 @@ class BrokerClient:
         try_timeout: float = DEFAULT_TRY_TIMEOUT,
         holder: str | None = None,
         session: bool = True,
+        token: str | None = None,
     ) -> None:
         for name, value in (("timeout", timeout), ("try_timeout", try_timeout)):
             if not value > 0:
@@ -111,7 +120,10 @@ class BrokerClient:
         self.timeout = timeout
         self.try_timeout = try_timeout
         self.holder = holder or default_holder()
-        self._brokers = Brokers(address)
+        # Read once: a token is never swapped behind the caller's back.
+        self._brokers = Brokers(
+            address, os.environ.get(TOKEN_VARIABLE, "") if token is None else token
+        )
         self._use_session = session
         self._session: Session | None = None
         self._session_lock = threading.Lock()

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import uuid
+from urllib.parse import urlparse
 
 import grpc
 import pytest
@@ -57,6 +59,16 @@ def make_config(tmp_path, database_url: str | None = None, **leases) -> Config:
     )
 
 
+@pytest.fixture
+def default_sigint():
+    """SIGINT raises KeyboardInterrupt in the test, as at an interactive
+    terminal, even when the suite was started with SIGINT ignored (as a
+    background job of a non-interactive shell is)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture(scope="session")
 def postgres_admin():
     """A connection to the test PostgreSQL server, or a skip saying why."""
@@ -83,6 +95,18 @@ def postgres_url(postgres_admin):
     yield f"{POSTGRES_URL}?schema={schema}"
     with postgres_admin.cursor() as cursor:
         cursor.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def proxy(postgres_url):
+    """A TCP proxy in front of the test PostgreSQL server, to cut or stall
+    one connection's link (`url_for` gives the URL through it)."""
+    from tests.multibroker.tcp_proxy import TcpProxy
+
+    parsed = urlparse(postgres_url)
+    started = TcpProxy((parsed.hostname or "127.0.0.1", parsed.port or 5432))
+    yield started
+    started.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -132,7 +132,7 @@ def requirement(message: lease_pb2.Requirement) -> values.Requirement:
 
 
 def acquire_request(
-    request: lease_service_pb2.AcquireLeaseRequest, holder: str
+    request: lease_service_pb2.AcquireLeaseRequest, holder: str, principal: str = ""
 ) -> values.AcquireRequest:
     return values.AcquireRequest(
         requirements=tuple(requirement(r) for r in request.requirements),
@@ -142,6 +142,7 @@ def acquire_request(
         priority=request.priority,
         request_id=request.request_id,
         session_id=request.session_id,
+        principal=principal,
     )
 
 
@@ -205,6 +206,7 @@ def waiter_to_proto(view: values.WaiterView) -> lease_pb2.Waiter:
         blocked_requirement_index=view.blocked_requirement_index,
         enqueue_time=timestamp(view.enqueue_time),
         deadline=timestamp(view.deadline),
+        principal=view.principal,
     )
 
 
@@ -236,6 +238,7 @@ def lease_to_proto(view: values.LeaseView) -> lease_pb2.Lease:
         end_time=None if view.end_time is None else timestamp(view.end_time),
         end_reason=view.end_reason,
         session_id=view.session_id,
+        principal=view.principal,
     )
 
 

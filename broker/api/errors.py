@@ -24,11 +24,11 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from broker.api import validation
+from broker.api import identity, validation
 from broker.api.convert import blocked_to_proto
 from broker.api.limits import CallLimit
 from broker.domain import errors
-from broker.domain.values import Blocked
+from broker.domain.values import Blocked, Principal
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,7 @@ STATUS_TABLE: tuple[tuple[type[Exception], int, Callable[[Exception], list]], ..
     (errors.InvalidArgumentError, code_pb2.INVALID_ARGUMENT, _bad_request),
     (errors.NotFoundError, code_pb2.NOT_FOUND, _resource_info),
     (errors.AlreadyExistsError, code_pb2.ALREADY_EXISTS, _resource_info),
+    (errors.UnauthenticatedError, code_pb2.UNAUTHENTICATED, _error_info("NO_CREDENTIAL")),
     (errors.PermissionDeniedError, code_pb2.PERMISSION_DENIED, _error_info("NOT_HOLDER")),
     (errors.FailedPreconditionError, code_pb2.FAILED_PRECONDITION, _precondition_failure),
     (errors.ResourceBusyError, code_pb2.RESOURCE_EXHAUSTED, _acquire_blocked),
@@ -215,19 +216,35 @@ def _status_for(error: Exception, rpc: str) -> status_pb2.Status:
 Check = Callable[[object], Awaitable[None]]
 """Checks one request message (or `Undecodable`), raising INVALID_ARGUMENT."""
 
+Gate = Callable[[str, object], Awaitable[Principal]]
+"""Admits a call to a method (`broker.api.auth`): its principal, from the
+call's metadata, or UNAUTHENTICATED / PERMISSION_DENIED."""
+
+
+async def _admit(gate: Gate | None, rpc: str, context: grpc.aio.ServicerContext) -> None:
+    """Makes the call's verified principal the one its servicer sees."""
+    if gate is not None:
+        identity.current.set(await gate(rpc, context.invocation_metadata()))
+
 
 def guarded(
-    behavior: Callable, rpc: str, check: Check, limit: CallLimit, streamed: bool = False
+    behavior: Callable,
+    rpc: str,
+    check: Check,
+    limit: CallLimit,
+    streamed: bool = False,
+    gate: Gate | None = None,
 ) -> Callable:
     """Wraps one RPC with a single response (a coroutine): take its place
-    within the call limit, check the request (each message of it,
-    `streamed`, as the servicer reads it), run it, and turn errors into
-    statuses."""
+    within the call limit, admit the caller (`gate`), check the request
+    (each message of it, `streamed`, as the servicer reads it), run it, and
+    turn errors into statuses."""
 
     async def handle(request, context: grpc.aio.ServicerContext):
         try:
             limit.enter()
             try:
+                await _admit(gate, rpc, context)
                 if streamed:
                     request = _checked_stream(request, check)
                 else:
@@ -243,7 +260,12 @@ def guarded(
 
 
 def guarded_stream(
-    behavior: Callable, rpc: str, check: Check, limit: CallLimit, streamed: bool = False
+    behavior: Callable,
+    rpc: str,
+    check: Check,
+    limit: CallLimit,
+    streamed: bool = False,
+    gate: Gate | None = None,
 ) -> Callable:
     """Wraps one RPC with a stream of responses (an async generator) the
     same way."""
@@ -252,6 +274,7 @@ def guarded_stream(
         try:
             limit.enter()
             try:
+                await _admit(gate, rpc, context)
                 if streamed:
                     request = _checked_stream(request, check)
                 else:
@@ -335,9 +358,10 @@ def _decoding(deserializer: Callable | None, rpc: str, undecodable: Throttled) -
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Applies `guarded` to every method of the broker's services (health and
-    reflection pass through untouched). Requests are checked on threads of
-    its own, never on the event loop: checking a large request takes long.
-    `close()` stops those threads."""
+    reflection pass through untouched, needing no credential). `gate`, with
+    authentication on, admits each call before anything else looks at it.
+    Requests are checked on threads of its own, never on the event loop:
+    checking a large request takes long. `close()` stops those threads."""
 
     def __init__(
         self,
@@ -345,8 +369,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         workers: int = VALIDATION_WORKERS,
         undecodable: Throttled | None = None,
         max_calls: int = 4096,
+        gate: Gate | None = None,
     ):
         self.prefixes = prefixes
+        self.gate = gate
         self.limit = CallLimit(max_calls)
         # Each method's wrapped handler, made once: a waiting call then holds
         # no wrapper of its own.
@@ -379,19 +405,22 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         }
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                guarded(handler.unary_unary, rpc, self.check, self.limit), **codecs
+                guarded(handler.unary_unary, rpc, self.check, self.limit, gate=self.gate),
+                **codecs,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                guarded_stream(handler.unary_stream, rpc, self.check, self.limit), **codecs
+                guarded_stream(handler.unary_stream, rpc, self.check, self.limit, gate=self.gate),
+                **codecs,
             )
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                guarded(handler.stream_unary, rpc, self.check, self.limit, streamed=True), **codecs
+                guarded(handler.stream_unary, rpc, self.check, self.limit, True, self.gate),
+                **codecs,
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
-                guarded_stream(handler.stream_stream, rpc, self.check, self.limit, streamed=True),
+                guarded_stream(handler.stream_stream, rpc, self.check, self.limit, True, self.gate),
                 **codecs,
             )
         return handler

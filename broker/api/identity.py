@@ -1,15 +1,31 @@
-"""Who is calling. Until authentication lands, a caller names itself: the
-request's `holder` field, else the `x-broker-holder` metadata. This module is
-the one seam where verified identities will plug in."""
+"""Who is calling. With authentication on, the verified principal of the
+call's token (set by the interceptor, `broker.api.auth`); the request's
+`holder` is then only a description. With it off, a caller names itself:
+the request's `holder` field, else the `x-broker-holder` metadata."""
 
 from __future__ import annotations
 
+import contextvars
+
 import grpc
+
+from broker.domain.values import Principal
 
 HOLDER_METADATA = "x-broker-holder"
 
+# The verified principal of the call being served; None with authentication
+# off. Each call runs in a task of its own, so each sees only its own.
+current: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "broker_principal", default=None
+)
 
-def caller(context: grpc.ServicerContext) -> str:
+
+def verified() -> Principal | None:
+    """The call's verified principal, None with authentication off."""
+    return current.get()
+
+
+def named(context: grpc.ServicerContext) -> str:
     """The name the caller gave in its metadata, or empty."""
     for key, value in context.invocation_metadata() or ():
         if key == HOLDER_METADATA:
@@ -17,6 +33,26 @@ def caller(context: grpc.ServicerContext) -> str:
     return ""
 
 
+def caller(context: grpc.ServicerContext) -> str:
+    """Who acts, as events record it: the verified principal, else the
+    name the caller gave."""
+    principal = verified()
+    return principal.name if principal is not None else named(context)
+
+
 def holder(requested: str, context: grpc.ServicerContext) -> str:
-    """The holder a lease is recorded under."""
-    return requested or caller(context)
+    """The holder's description a lease is recorded with."""
+    return requested or named(context)
+
+
+def principal_name(requested: str, context: grpc.ServicerContext) -> str:
+    """Whom a lease is for: the verified principal, else the holder."""
+    principal = verified()
+    return principal.name if principal is not None else holder(requested, context)
+
+
+def acting_principal() -> str | None:
+    """The principal a lease must belong to for its holder's calls (renew,
+    release); None with authentication off, where the secret suffices."""
+    principal = verified()
+    return None if principal is None else principal.name

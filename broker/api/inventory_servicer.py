@@ -4,7 +4,7 @@ interceptor's."""
 
 from __future__ import annotations
 
-from broker.api import convert
+from broker.api import convert, identity
 from broker.api.runner import Runner
 from broker.domain.inventory import Inventory
 from broker.v1 import inventory_service_pb2 as pb
@@ -21,7 +21,9 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         return pb.ListKindsResponse(kinds=[convert.kind_to_proto(kind) for kind in kinds])
 
     async def CreateResource(self, request, context):
-        view = await self.run(self.inventory.create, convert.new_resource(request.resource))
+        view = await self.run(
+            self.inventory.create, convert.new_resource(request.resource), identity.caller(context)
+        )
         return pb.CreateResourceResponse(resource=convert.resource_to_proto(view))
 
     async def GetResource(self, request, context):
@@ -42,9 +44,11 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         )
 
     async def UpdateResource(self, request, context):
-        view = await self.run(self.inventory.update, convert.resource_patch(request))
+        view = await self.run(
+            self.inventory.update, convert.resource_patch(request), identity.caller(context)
+        )
         return pb.UpdateResourceResponse(resource=convert.resource_to_proto(view))
 
     async def DeleteResource(self, request, context):
-        await self.run(self.inventory.delete, request.name, request.etag)
+        await self.run(self.inventory.delete, request.name, request.etag, identity.caller(context))
         return pb.DeleteResourceResponse()

@@ -12,7 +12,7 @@ from broker.api.waits import WaitBoard
 from broker.domain.errors import FailedPreconditionError, PreconditionViolation
 from broker.domain.leasing import Leases
 from broker.domain.sessions import SessionEnding, Sessions
-from broker.domain.values import Granted
+from broker.domain.values import Granted, Waiting
 from broker.v1 import lease_service_pb2 as pb
 from broker.v1 import lease_service_pb2_grpc
 
@@ -26,38 +26,43 @@ class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
         self._background: set[asyncio.Future] = set()
 
     async def AcquireLease(self, request, context):
-        async for outcome in self._acquire(request, context):
-            if isinstance(outcome, Granted):
-                return convert.granted_to_proto(outcome)
+        outcome = await self._acquire(request, context)
+        if isinstance(outcome, Granted):
+            return convert.granted_to_proto(outcome)
+        async for status in self.board.follow(self.leases, outcome, self.run):
+            if isinstance(status, Granted):
+                return convert.granted_to_proto(status)
         raise AssertionError("the wait ends with a grant or an error")
 
     async def WatchAcquireLease(self, request, context):
-        async for outcome in self._acquire(request.request, context):
-            if isinstance(outcome, Granted):
-                yield pb.WatchAcquireLeaseResponse(granted=convert.granted_to_proto(outcome))
+        outcome = await self._acquire(request.request, context)
+        if isinstance(outcome, Granted):
+            yield pb.WatchAcquireLeaseResponse(granted=convert.granted_to_proto(outcome))
+            return
+        yield pb.WatchAcquireLeaseResponse(waiting=convert.queue_status_to_proto(outcome))
+        async for status in self.board.follow(self.leases, outcome, self.run):
+            if isinstance(status, Granted):
+                yield pb.WatchAcquireLeaseResponse(granted=convert.granted_to_proto(status))
             else:
-                yield pb.WatchAcquireLeaseResponse(waiting=convert.queue_status_to_proto(outcome))
+                yield pb.WatchAcquireLeaseResponse(waiting=convert.queue_status_to_proto(status))
 
-    async def _acquire(self, request, context):
-        """The outcome of an acquire: the grant, or the wait's statuses then
-        the grant."""
-        holder = identity.holder(request.holder, context)
-        acquiring = asyncio.ensure_future(
-            self.run(self.leases.acquire, convert.acquire_request(request, holder))
+    async def _acquire(self, request, context) -> Granted | Waiting:
+        """The first outcome of an acquire: the grant, or its place in the
+        queue (the board then follows the wait)."""
+        asked = convert.acquire_request(
+            request,
+            identity.holder(request.holder, context),
+            identity.principal_name(request.holder, context),
         )
+        acquiring = asyncio.ensure_future(self.run(self.leases.acquire, asked))
         try:
-            outcome = await asyncio.shield(acquiring)
+            return await asyncio.shield(acquiring)
         except asyncio.CancelledError:
             # The caller left while the acquire was under way: whatever it
             # leaves behind (a wait, a fresh lease) is undone once it ends.
             self._keep(acquiring)
             acquiring.add_done_callback(self._undo_acquire)
             raise
-        del acquiring  # a waiting call keeps only what it needs
-        yield outcome
-        if not isinstance(outcome, Granted):
-            async for status in self.board.follow(self.leases, outcome, self.run):
-                yield status
 
     def _undo_acquire(self, acquiring: asyncio.Future) -> None:
         if acquiring.cancelled() or acquiring.exception() is not None:
@@ -97,7 +102,7 @@ class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
             else None
         )
         session = await self.run(
-            self.sessions.open, identity.holder(first.holder, context), timeout
+            self.sessions.open, identity.principal_name(first.holder, context), timeout
         )
         yield convert.session_to_proto(session)
         ending = SessionEnding.BROKEN
@@ -134,11 +139,15 @@ class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
             )
 
     async def RenewLease(self, request, context):
-        view = await self.run(self.leases.renew, request.lease_id, request.secret)
+        view = await self.run(
+            self.leases.renew, request.lease_id, request.secret, identity.acting_principal()
+        )
         return pb.RenewLeaseResponse(lease=convert.lease_to_proto(view))
 
     async def ReleaseLease(self, request, context):
-        view = await self.run(self.leases.release, request.lease_id, request.secret)
+        view = await self.run(
+            self.leases.release, request.lease_id, request.secret, identity.acting_principal()
+        )
         return pb.ReleaseLeaseResponse(lease=convert.lease_to_proto(view))
 
     async def GetLease(self, request, context):

@@ -26,9 +26,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from broker.api import memory
+from broker.api.auth import Authenticator
 from broker.api.errors import ErrorInterceptor
 from broker.api.event_feed import EventFeed
 from broker.api.event_servicer import EventServicer
+from broker.api.exposure import check_exposure
 from broker.api.inventory_servicer import InventoryServicer
 from broker.api.lease_servicer import LeaseServicer
 from broker.api.runner import InlineRunner, Runner, ThreadRunner, renew_connections
@@ -40,6 +42,7 @@ from broker.domain.kinds import KindDeclarationError, KindRegistry
 from broker.domain.leasing import Leases
 from broker.domain.retention import Ages, Retention
 from broker.domain.sessions import Sessions
+from broker.domain.tokens import Tokens
 from broker.models import event as event_model
 from broker.models.database import DatabaseURLError, bind, close_database, open_database
 from broker.models.notify import GrantListener
@@ -179,7 +182,13 @@ class BrokerServer:
             keepalive_timeout=config.sessions.keepalive_timeout,
             max_keepalive_timeout=config.sessions.max_keepalive_timeout,
         )
-        self.interceptor = ErrorInterceptor(max_calls=config.server.max_concurrent_rpcs)
+        self.authenticator = (
+            Authenticator(Tokens(), config.auth.cache_seconds) if config.auth.enabled else None
+        )
+        self.interceptor = ErrorInterceptor(
+            max_calls=config.server.max_concurrent_rpcs,
+            gate=None if self.authenticator is None else self.authenticator.admit,
+        )
         self.server = grpc.aio.server(
             interceptors=[self.interceptor],
             options=(*SERVER_OPTIONS, *backlog_options(config.server.max_concurrent_rpcs)),
@@ -239,6 +248,8 @@ class BrokerServer:
             self.listener.stop()
         self.run.close()
         self.interceptor.close()
+        if self.authenticator is not None:
+            self.authenticator.close()
         close_database(self.database)
 
     async def _sweep_expired(self) -> None:
@@ -364,8 +375,11 @@ def runner_for(database: peewee.Database) -> Runner:
 
 def build_server(config: Config, address: str | None = None) -> BrokerServer:
     """Wires a broker for `config`, bound to `address` (default
-    `server.address`; port 0 picks a free port)."""
-    return BrokerServer(config, address or config.server.address)
+    `server.address`; port 0 picks a free port), once `check_exposure`
+    allows that address."""
+    address = address or config.server.address
+    check_exposure(config, address)
+    return BrokerServer(config, address)
 
 
 def serve_forever(

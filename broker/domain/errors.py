@@ -69,8 +69,18 @@ class AlreadyExistsError(BrokerError):
         super().__init__(f"{resource_type} {self.resource_name!r} already exists")
 
 
+class UnauthenticatedError(BrokerError):
+    """The call carries no credential the broker accepts; `reason` says why
+    (`NO_CREDENTIAL`, `BAD_CREDENTIAL`, `TOKEN_EXPIRED`, `TOKEN_REVOKED`)."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 class PermissionDeniedError(BrokerError):
-    """The caller is not the holder (missing or wrong lease secret)."""
+    """The caller may not do this: not the holder (missing or wrong lease
+    secret, another principal's lease), or its role does not allow it."""
 
     def __init__(self, message: str, reason: str = "NOT_HOLDER"):
         super().__init__(message)

@@ -272,18 +272,22 @@ class Granter:
         now: float,
         replay: Replay | None = None,
         session_id: str = "",
+        principal: str = "",
         waited: float = 0.0,
     ) -> Granted:
         """Records the grant of a complete plan: the lease, the claims (a
         conditional update, so a resource taken meanwhile aborts the grant),
         the fencing numbers, the grants and their events (with the seconds
-        the request `waited` in the queue, if it did)."""
+        the request `waited` in the queue, if it did). The resources' owner
+        is `principal` (empty: the holder)."""
+        principal = principal or holder
         secret = self.secret_for(lease_id)
         lease = lease_model.insert_lease(
             {
                 "id": lease_id,
                 "secret_hash": hash_secret(secret),
                 "holder": holder,
+                "principal": principal,
                 "state": int(LeaseState.ACTIVE),
                 "ttl": ttl,
                 "create_time": now,
@@ -299,7 +303,7 @@ class Granter:
         slot_kinds = [plan.needs[n].kind for n in plan.slot_needs]
         ownable = [row.id for row, kind in zip(chosen, slot_kinds, strict=True) if kind.ownable]
         shared = [row.id for row, kind in zip(chosen, slot_kinds, strict=True) if not kind.ownable]
-        tokens = lease_model.claim_ownable(ownable, lease_id, holder)
+        tokens = lease_model.claim_ownable(ownable, lease_id, principal)
         if len(tokens) != len(ownable):
             raise ConflictError("another lease took a resource first; retry")
         tokens.update(lease_model.bump_fencing(shared))
@@ -308,7 +312,7 @@ class Granter:
             need = plan.needs[n]
             row.fencing_token = tokens[row.id]
             if kind.ownable:
-                row.lease_id, row.owner = lease_id, holder
+                row.lease_id, row.owner = lease_id, principal
             view = resource_view(row, row.data, kind, (lease_id,))
             grants.append(GrantView(need.index, need.label, view, row.fencing_token))
             grant_rows.append(
@@ -330,7 +334,7 @@ class Granter:
                     kind=kind.name,
                     lease_id=lease_id,
                     fencing_token=row.fencing_token,
-                    actor=holder,
+                    actor=principal,
                     detail={"waited": round(waited, 6)} if waited > 0 else None,
                 )
             )
@@ -351,7 +355,13 @@ def lease_view(lease: lease_model.Lease, grants: list[GrantView]) -> LeaseView:
         end_time=lease.end_time,
         end_reason=lease.end_reason,
         session_id=lease.session_id or "",
+        principal=principal_of(lease),
     )
+
+
+def principal_of(lease: lease_model.Lease) -> str:
+    """Who holds a lease (a lease recorded before principals: its holder)."""
+    return lease.principal or lease.holder
 
 
 # --------------------------------------------- requirements kept by the queue

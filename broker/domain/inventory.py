@@ -69,7 +69,7 @@ class Inventory:
     def list_kinds(self) -> list[KindSpec]:
         return [kind.spec for kind in self.kinds]
 
-    def create(self, new: NewResource) -> ResourceView:
+    def create(self, new: NewResource, actor: str = "") -> ResourceView:
         check_name(new.name, "resource.name")
         if not new.kind:
             raise InvalidArgumentError.of("resource.kind", "is required")
@@ -96,7 +96,13 @@ class Inventory:
                 values["fencing_token"] = lease_model.highest_fencing_token(new.name)
                 row = resource_model.insert_resource(values, kind.model, fields)
                 events.record(
-                    events.event(EventType.RESOURCE_CREATED, now, resource=new.name, kind=kind.name)
+                    events.event(
+                        EventType.RESOURCE_CREATED,
+                        now,
+                        resource=new.name,
+                        kind=kind.name,
+                        actor=actor,
+                    )
                 )
         except peewee.IntegrityError:
             raise AlreadyExistsError("resource", new.name) from None
@@ -135,7 +141,7 @@ class Inventory:
         token = paging.encode_token({"after": rows[-1].name}) if more else ""
         return Page(tuple(self._views(rows)), token)
 
-    def update(self, patch: ResourcePatch) -> ResourceView:
+    def update(self, patch: ResourcePatch, actor: str = "") -> ResourceView:
         check_name(patch.name, "resource.name")
         if not patch.paths:
             raise InvalidArgumentError.of("update_mask", "names no field to change")
@@ -175,6 +181,7 @@ class Inventory:
                     now,
                     resource=row.name,
                     kind=row.kind,
+                    actor=actor,
                     detail={"paths": list(patch.paths)},
                 )
             ]
@@ -185,6 +192,7 @@ class Inventory:
                         now,
                         resource=row.name,
                         kind=row.kind,
+                        actor=actor,
                         detail={"comment": patch.comment},
                     )
                 )
@@ -192,7 +200,7 @@ class Inventory:
         self.on_change()
         return self.get(patch.name)
 
-    def delete(self, name: str, etag: str) -> None:
+    def delete(self, name: str, etag: str, actor: str = "") -> None:
         check_name(name, "name")
         with write_transaction():
             now = self.clock()
@@ -215,7 +223,9 @@ class Inventory:
             if not resource_model.delete_free_resource(row.id, row.version):
                 raise ConflictError(f"resource {name!r} changed while it was deleted")
             events.record(
-                events.event(EventType.RESOURCE_DELETED, now, resource=name, kind=row.kind)
+                events.event(
+                    EventType.RESOURCE_DELETED, now, resource=name, kind=row.kind, actor=actor
+                )
             )
 
     def _typed_fields(self, kind: Kind, given: dict, complete: bool) -> dict:

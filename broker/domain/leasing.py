@@ -33,7 +33,13 @@ from broker.domain.errors import (
     ResourceBusyError,
     clip,
 )
-from broker.domain.granting import Granter, decode_requirements, hash_secret, lease_view
+from broker.domain.granting import (
+    Granter,
+    decode_requirements,
+    hash_secret,
+    lease_view,
+    principal_of,
+)
 from broker.domain.kinds import KindRegistry
 from broker.domain.queue import WaitQueue
 from broker.domain.replay import Replay
@@ -160,7 +166,7 @@ class Leases:
                         f"session {clip(request.session_id)} is not open",
                     )
                 )
-        plan = self.granter.plan(needs, request.holder, now, behind_priority=request.priority)
+        plan = self.granter.plan(needs, request.who, now, behind_priority=request.priority)
         lease_id = str(uuid.uuid4())
         if plan.matching.complete:
             return self.granter.commit(
@@ -168,11 +174,12 @@ class Leases:
                 lease_id=lease_id,
                 ttl=ttl,
                 holder=request.holder,
+                principal=request.who,
                 now=now,
                 replay=replay,
                 session_id=request.session_id,
             )
-        refusal = self.granter.refusal(needs, request.holder, plan, now)
+        refusal = self.granter.refusal(needs, request.who, plan, now)
         if not isinstance(refusal, ResourceBusyError) or request.max_wait <= 0:
             return refusal
         deadline = now + min(request.max_wait, self.max_wait)
@@ -233,7 +240,8 @@ class Leases:
     def _waiting(self, waiter: queue_model.Waiter, now: float) -> Waiting:
         request = AcquireRequest(decode_requirements(waiter.requirements), holder=waiter.holder)
         needs, _ = self.granter.check(request)
-        blocked = self.granter.blocked(needs, waiter.holder, waiter.blocked_index, now)
+        who = waiter.principal or waiter.holder
+        blocked = self.granter.blocked(needs, who, waiter.blocked_index, now)
         return Waiting(
             waiter.id,
             queue_model.position(waiter, WaiterState.WAITING),
@@ -283,6 +291,7 @@ class Leases:
             WaiterView(
                 waiter_id=row.id,
                 holder=row.holder,
+                principal=row.principal or row.holder,
                 priority=row.priority,
                 requirements=decode_requirements(row.requirements),
                 position=first + offset,
@@ -308,8 +317,9 @@ class Leases:
 
     # ------------------------------------------------ renew, release, revoke
 
-    def renew(self, lease_id: str, secret: str) -> LeaseView:
-        """Extends an active lease by its TTL from now."""
+    def renew(self, lease_id: str, secret: str, principal: str | None = None) -> LeaseView:
+        """Extends an active lease by its TTL from now. `principal`, when
+        given (authentication on), must be the lease's own."""
 
         def extend(lease: lease_model.Lease, grants: list, now: float) -> None:
             lease.expire_time = now + lease.ttl
@@ -323,23 +333,23 @@ class Leases:
                         kind=json.loads(grant.snapshot)["kind"],
                         lease_id=lease.id,
                         fencing_token=grant.fencing_token,
-                        actor=lease.holder,
+                        actor=principal_of(lease),
                     )
                     for grant in grants
                 )
             )
 
-        return self._change(lease_id, secret, extend)
+        return self._change(lease_id, secret, extend, principal)
 
-    def release(self, lease_id: str, secret: str) -> LeaseView:
-        """Ends a lease at its holder's request and frees its resources."""
+    def release(self, lease_id: str, secret: str, principal: str | None = None) -> LeaseView:
+        """Ends a lease at its holder's request and frees its resources;
+        `principal` as for `renew`."""
 
         def end(lease: lease_model.Lease, grants: list, now: float) -> None:
-            self.end(
-                lease, grants, LeaseState.RELEASED, now, "released by its holder", lease.holder
-            )
+            actor = principal_of(lease)
+            self.end(lease, grants, LeaseState.RELEASED, now, "released by its holder", actor)
 
-        return self._change(lease_id, secret, end)
+        return self._change(lease_id, secret, end, principal)
 
     def revoke(self, lease_id: str, reason: str, actor: str = "") -> LeaseView:
         """Ends someone's lease, recording why."""
@@ -353,10 +363,13 @@ class Leases:
 
         return self._change(lease_id, None, end)
 
-    def _change(self, lease_id: str, secret: str | None, change) -> LeaseView:
+    def _change(
+        self, lease_id: str, secret: str | None, change, principal: str | None = None
+    ) -> LeaseView:
         """Applies `change` to an active lease after checking the secret
-        (None: no secret needed). A lease found past its TTL is expired and
-        committed first, then reported."""
+        (None: no secret needed) and, if given, that `principal` holds it:
+        a secret that leaked is of no use to another principal. A lease
+        found past its TTL is expired and committed first, then reported."""
         if not lease_id:
             raise InvalidArgumentError.of("lease_id", "is required")
         with self.transaction() as now:
@@ -372,6 +385,11 @@ class Leases:
                     raise PermissionDeniedError(
                         f"the secret given is not lease {lease_id}'s: only its holder may act on it"
                     )
+            if principal is not None and principal != principal_of(lease):
+                raise PermissionDeniedError(
+                    f"lease {lease_id} is held by another principal: only its holder may act "
+                    "on it, even with its secret"
+                )
             grants = lease_model.grants_of([lease.id])
             if lease.state == LeaseState.ACTIVE and lease.expire_time <= now:
                 self.end(lease, grants[lease.id], LeaseState.EXPIRED, now, "its TTL ran out", "")
@@ -534,7 +552,7 @@ class Leases:
                 view = from_snapshot(grant.resource_name, grant.snapshot, grant.fencing_token)
                 if lease.state == LeaseState.ACTIVE:
                     kind = self.kinds.find(view.kind)
-                    owner = lease.holder if kind is None or kind.ownable else ""
+                    owner = principal_of(lease) if kind is None or kind.ownable else ""
                     view = dataclasses.replace(view, owner=owner, lease_ids=(lease.id,))
                 grant_views.append(
                     GrantView(grant.requirement_index, grant.label, view, grant.fencing_token)

@@ -70,6 +70,7 @@ class WaitQueue:
                 "request_digest": replay.digest if replay else None,
                 "lease_id": lease_id,
                 "holder": request.holder,
+                "principal": request.who,
                 "priority": request.priority,
                 "requirements": encode_requirements(request.requirements),
                 "ttl": ttl,
@@ -110,16 +111,18 @@ class WaitQueue:
                 queue_model.end_waiter(waiter.id, WaiterState.CANCELLED, now)
                 continue
             ownable = [need for need in needs if need.kind.ownable]
-            key = (waiter.requirements, waiter.holder if per_holder else "")
+            who = waiter.principal or waiter.holder
+            key = (waiter.requirements, who if per_holder else "")
             if key in fruitless or (ownable and not any(free.get(n.kind.name) for n in ownable)):
                 continue  # nothing it could use is free: no grant, nothing to reserve
-            plan = self.granter.plan(needs, waiter.holder, now, excluded=reserved)
+            plan = self.granter.plan(needs, who, now, excluded=reserved)
             if plan.matching.complete:
                 self.granted[waiter.id] = self.granter.commit(
                     plan,
                     lease_id=waiter.lease_id,
                     ttl=waiter.ttl,
                     holder=waiter.holder,
+                    principal=who,
                     now=now,
                     replay=(
                         Replay(waiter.request_key, waiter.request_digest)

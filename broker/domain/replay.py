@@ -4,7 +4,7 @@ A client that lost an acquire's reply retries it with the same `request_id`
 and must get the same lease (and secret), or go on waiting in its place.
 Whoever else learns the id must get nothing from it: so the broker stores
 only a keyed hash of the id (to find the earlier request) and a keyed hash
-of what was asked (requirements, holder, session, TTL), and honours a retry
+of what was asked (requirements, holder, principal, session, TTL), and honours a retry
 only when it repeats the request exactly. Both hashes use the database's
 secret key, so reading the database reveals neither the ids nor a way to
 test guesses of them.
@@ -49,6 +49,7 @@ def replay_of(secret: bytes, request: AcquireRequest, ttl: float) -> Replay | No
         [
             [dataclasses.asdict(r) for r in request.requirements],
             request.holder,
+            request.who,
             request.session_id,
             repr(float(ttl)),
         ],

@@ -57,6 +57,30 @@ class EventType(enum.StrEnum):
     LEASE_EXPIRED = "lease_expired"
     LEASE_REVOKED = "lease_revoked"
     LEASE_RENEWED = "lease_renewed"
+    TOKEN_CREATED = "token_created"
+    TOKEN_REVOKED = "token_revoked"
+
+
+class Role(enum.StrEnum):
+    """What a principal may do, each role including the ones before it:
+    `viewer` reads, `user` also holds leases, `admin` does everything."""
+
+    VIEWER = "viewer"
+    USER = "user"
+    ADMIN = "admin"
+
+    @property
+    def rank(self) -> int:
+        return list(Role).index(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Principal:
+    """A verified caller: the name, role and groups of the token it showed."""
+
+    name: str
+    role: Role
+    groups: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +147,13 @@ class AcquireRequest:
     priority: int = 0
     request_id: str = ""
     session_id: str = ""
+    # The verified caller; empty: the holder, as named (authentication off).
+    principal: str = ""
+
+    @property
+    def who(self) -> str:
+        """Whom the lease is for: ownership and `reserved_for` go by it."""
+        return self.principal or self.holder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,6 +227,7 @@ class LeaseView:
     end_time: float | None
     end_reason: str
     session_id: str = ""
+    principal: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,6 +281,7 @@ class WaiterView:
     blocked_requirement_index: int
     enqueue_time: float
     deadline: float
+    principal: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

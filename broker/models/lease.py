@@ -26,6 +26,9 @@ class Lease(BaseModel):
     id = peewee.CharField(max_length=36, primary_key=True)
     secret_hash = peewee.CharField(max_length=64)
     holder = peewee.CharField(max_length=128, default="")
+    # The verified caller that acquired it (empty on leases from before
+    # principals were recorded: their holder).
+    principal = peewee.CharField(max_length=128, default="")
     state = peewee.SmallIntegerField()
     ttl = peewee.DoubleField()
     create_time = peewee.DoubleField()

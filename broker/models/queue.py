@@ -24,6 +24,7 @@ class Waiter(BaseModel):
     request_digest = peewee.CharField(max_length=64, null=True)
     lease_id = peewee.CharField(max_length=36, unique=True)
     holder = peewee.CharField(max_length=128, default="")
+    principal = peewee.CharField(max_length=128, default="")
     priority = peewee.IntegerField(default=0)
     requirements = peewee.TextField()
     ttl = peewee.DoubleField()

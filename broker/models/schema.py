@@ -20,13 +20,15 @@ from broker.models.queue import Waiter
 from broker.models.resource import Resource
 from broker.models.session import Session
 from broker.models.setting import Setting
+from broker.models.token import Token
 
 # The layout this broker writes: 1 had resources and leases, 2 added the wait
 # queue, sessions and lock-delays, 3 keeps keyed hashes of request ids
-# instead of the ids, 4 gives events their kind and reason and keeps the
-# fencing numbers of grants deleted by retention. Bump it with every change of
-# the layout.
-SCHEMA_VERSION = 4
+# instead of the ids, 4 records leases' and waiters' principals and keeps
+# API tokens, 5 gives events their kind and reason and keeps the fencing
+# numbers of grants deleted by retention. Bump it with every change of the
+# layout.
+SCHEMA_VERSION = 5
 SCHEMA_VERSION_KEY = "schema_version"
 # PostgreSQL keeps the first 63 bytes of a longer name.
 POSTGRES_NAME_BYTES = 63
@@ -45,6 +47,7 @@ CORE_MODELS: tuple[type[BaseModel], ...] = (
     Event,
     Waiter,
     Session,
+    Token,
 )
 
 

@@ -47,6 +47,10 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     """A lease's holder renewed it (`RenewLease`), pushing its expiry; renewals
     by a session's keep-alives are not recorded.
     """
+    EVENT_TYPE_TOKEN_CREATED: _EventType.ValueType  # 10
+    """An API token was made for a principal (`detail.name`, `detail.role`)."""
+    EVENT_TYPE_TOKEN_REVOKED: _EventType.ValueType  # 11
+    """A principal's API token was revoked (`detail.name`)."""
 
 class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
     """What kind of change an event records."""
@@ -73,6 +77,10 @@ EVENT_TYPE_LEASE_RENEWED: EventType.ValueType  # 9
 """A lease's holder renewed it (`RenewLease`), pushing its expiry; renewals
 by a session's keep-alives are not recorded.
 """
+EVENT_TYPE_TOKEN_CREATED: EventType.ValueType  # 10
+"""An API token was made for a principal (`detail.name`, `detail.role`)."""
+EVENT_TYPE_TOKEN_REVOKED: EventType.ValueType  # 11
+"""A principal's API token was revoked (`detail.name`)."""
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
 @_typing.final
@@ -98,9 +106,10 @@ class Event(_message.Message):
     type: Global___EventType.ValueType
     """What changed."""
     actor: _builtins.str
-    """Who made the change: the lease's holder for grants and releases, the
-    revoker for revokes; empty for the broker's own changes (expiries) and
-    for changes to the inventory.
+    """Who made the change: the verified principal when authentication is on;
+    otherwise the lease's holder for grants, renewals and releases and the
+    caller's name for other changes. Empty for the broker's own changes
+    (expiries).
     """
     reason: _builtins.str
     """Why, where the change has a reason: a lease's end reason."""

@@ -219,16 +219,24 @@ class Lease(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     END_REASON_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
     lease_id: _builtins.str
     """Output only. The lease's id."""
     holder: _builtins.str
-    """Output only. Who holds it, as named in the acquire request."""
+    """Output only. The acquire request's description of its holder, e.g. a CI
+    job's URL: free text of the caller's, not a verified identity.
+    """
     state: Global___LeaseState.ValueType
     """Output only. Where the lease is in its life."""
     end_reason: _builtins.str
     """Output only. Why the lease ended, e.g. the reason given to a revoke."""
     session_id: _builtins.str
     """Output only. The session the lease is bound to, if any."""
+    principal: _builtins.str
+    """Output only. Who holds it: the principal of the token that acquired it
+    (with authentication off, the holder as named in the request). Only this
+    principal may renew or release it.
+    """
     @_builtins.property
     def grants(self) -> _containers.RepeatedCompositeFieldContainer[Global___Grant]:
         """Output only. The resources granted, one per required resource."""
@@ -262,10 +270,11 @@ class Lease(_message.Message):
         end_time: _timestamp_pb2.Timestamp | None = ...,
         end_reason: _builtins.str = ...,
         session_id: _builtins.str = ...,
+        principal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "expire_time", b"expire_time", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_reason", b"end_reason", "end_time", b"end_time", "expire_time", b"expire_time", "grants", b"grants", "holder", b"holder", "lease_id", b"lease_id", "session_id", b"session_id", "state", b"state", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_reason", b"end_reason", "end_time", b"end_time", "expire_time", b"expire_time", "grants", b"grants", "holder", b"holder", "lease_id", b"lease_id", "principal", b"principal", "session_id", b"session_id", "state", b"state", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -399,16 +408,21 @@ class Waiter(_message.Message):
     BLOCKED_REQUIREMENT_INDEX_FIELD_NUMBER: _builtins.int
     ENQUEUE_TIME_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
     waiter_id: _builtins.int
     """The waiting request's id, which also orders arrivals."""
     holder: _builtins.str
-    """Who waits."""
+    """The request's description of its holder (free text)."""
     priority: _builtins.int
     """Its priority: higher is served first."""
     position: _builtins.int
     """How many waiting requests will be served before it."""
     blocked_requirement_index: _builtins.int
     """The index of the first requirement it cannot get now."""
+    principal: _builtins.str
+    """Who waits: the principal of the token that asked (with authentication
+    off, the holder as named in the request).
+    """
     @_builtins.property
     def requirements(self) -> _containers.RepeatedCompositeFieldContainer[Global___Requirement]:
         """What it asks for."""
@@ -432,10 +446,11 @@ class Waiter(_message.Message):
         blocked_requirement_index: _builtins.int = ...,
         enqueue_time: _timestamp_pb2.Timestamp | None = ...,
         deadline: _timestamp_pb2.Timestamp | None = ...,
+        principal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "enqueue_time", b"enqueue_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked_requirement_index", b"blocked_requirement_index", "deadline", b"deadline", "enqueue_time", b"enqueue_time", "holder", b"holder", "position", b"position", "priority", b"priority", "requirements", b"requirements", "waiter_id", b"waiter_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked_requirement_index", b"blocked_requirement_index", "deadline", b"deadline", "enqueue_time", b"enqueue_time", "holder", b"holder", "position", b"position", "principal", b"principal", "priority", b"priority", "requirements", b"requirements", "waiter_id", b"waiter_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

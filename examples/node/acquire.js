@@ -1,6 +1,7 @@
 // Acquires a lease on one Calculator by name from Node.js, then releases it.
 //   cd examples/node && npm install --no-audit --no-fund
 //   node acquire.js [ADDRESS] [RESOURCE]   (or BROKER_ADDRESS, BROKER_RESOURCE; default 127.0.0.1:50051 calc)
+// With auth on, BROKER_TOKEN is sent on every call as `authorization: Bearer <token>`.
 'use strict';
 
 const path = require('node:path');
@@ -10,6 +11,8 @@ const protoLoader = require('@grpc/proto-loader');
 const PROTOS = path.join(__dirname, '..', '..', 'protos');
 const address = process.argv[2] || process.env.BROKER_ADDRESS || '127.0.0.1:50051';
 const resource = process.argv[3] || process.env.BROKER_RESOURCE || 'calc';
+const metadata = new grpc.Metadata();
+if (process.env.BROKER_TOKEN) metadata.set('authorization', `Bearer ${process.env.BROKER_TOKEN}`);
 
 const definition = protoLoader.loadSync(path.join(PROTOS, 'broker/v1/lease_service.proto'), {
   includeDirs: [PROTOS],
@@ -24,7 +27,7 @@ const leases = new LeaseService(address, grpc.credentials.createInsecure());
 function call(method, request) {
   return new Promise((resolve, reject) => {
     const deadline = Date.now() + 10_000;
-    leases[method](request, { deadline }, (error, response) =>
+    leases[method](request, metadata, { deadline }, (error, response) =>
       error ? reject(error) : resolve(response),
     );
   });

@@ -242,7 +242,7 @@ def subprocess_env() -> dict[str, str]:
     return {
         key: value
         for key, value in os.environ.items()
-        if key not in ("BROKER_ADDRESS", "BROKER_DATABASE_URL")
+        if key not in ("BROKER_ADDRESS", "BROKER_DATABASE_URL", "BROKER_TOKEN")
     }
 
 

@@ -520,7 +520,7 @@ def test_acquire_whose_wait_ends_fails_and_leaves_the_queue(run, sdk_client):
     assert [lease.holder for lease in sdk_client.list_leases()] == ["checker@bench"]
 
 
-def test_ctrl_c_while_acquire_waits_exits_130_and_leaves_the_queue(run, sdk_client):
+def test_ctrl_c_while_acquire_waits_exits_130_and_leaves_the_queue(run, sdk_client, default_sigint):
     add_calculator(run)
     sdk_client.acquire([calc_requirement()])
     main = threading.main_thread()

@@ -23,6 +23,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from broker.api import waits
 from broker.api.server import backlog_options, build_server
 from broker.config import ServerConfig
+from broker.domain.values import SessionState
+from broker.models.session import Session
 from broker.v1 import lease_service_pb2, lease_service_pb2_grpc
 from tests.conftest import RPC_TIMEOUT, wait_serving
 from tests.integration.helpers import (
@@ -36,7 +38,7 @@ from tests.integration.helpers import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-WAITERS = 300
+WAITERS = 500
 BURST = 3_000  # more than gRPC's default backlog of calls not yet picked up
 MAX_BYTES_PER_WAITER = 10 * 1024
 # Dicts and sets keep the size their tables grew to: what stays is that, not
@@ -151,6 +153,13 @@ def test_a_burst_of_sessions_is_served_whole(broker, flood):
     sessions = flood("sessions", BURST, channels=4)
 
     assert sessions.outcomes() == {"session": BURST}
+    sessions.end()
+    wait_until(lambda: open_sessions() == 0, FLOOD_TIMEOUT, "every session closed")
+
+
+def open_sessions() -> int:
+    """Sessions still open, as the broker in this process stored them."""
+    return Session.select().where(Session.state == SessionState.OPEN).count()
 
 
 @pytest.mark.parametrize("limit", [10, 4096, 20_000])

@@ -5,15 +5,23 @@ releases a lease."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
+import grpc
 import pytest
 
-from broker.v1 import lease_pb2, lease_service_pb2
+from broker.v1 import (
+    inventory_service_pb2,
+    inventory_service_pb2_grpc,
+    lease_pb2,
+    lease_service_pb2,
+)
 from tests.conftest import RPC_TIMEOUT
+from tests.integration.auth_helpers import metadata_of
 from tests.integration.helpers import calculator, create_resource
 
 pytestmark = pytest.mark.skipif(
@@ -60,10 +68,16 @@ def node_example(tmp_path_factory) -> Path:
     return copy
 
 
-def run_example(directory: Path, address: str, resource: str) -> subprocess.CompletedProcess:
+def run_example(
+    directory: Path, address: str, resource: str, token: str = ""
+) -> subprocess.CompletedProcess:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("BROKER_")}
+    if token:
+        env["BROKER_TOKEN"] = token
     return subprocess.run(
         ["node", "acquire.js", address, resource],
         cwd=directory,
+        env=env,
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT,
@@ -95,3 +109,21 @@ def test_node_client_reports_grpc_errors(node_example, broker):
 
     assert run.returncode != 0
     assert run.stderr.startswith("FAILED_PRECONDITION: "), run.stderr
+
+
+def test_node_client_sends_broker_token(node_example, auth_broker):
+    server, tokens = auth_broker
+    with grpc.insecure_channel(server.address) as channel:
+        inventory_service_pb2_grpc.InventoryServiceStub(channel).CreateResource(
+            inventory_service_pb2.CreateResourceRequest(resource=calculator("calc")),
+            timeout=RPC_TIMEOUT,
+            metadata=metadata_of(tokens["admin"]),
+        )
+
+    anonymous = run_example(node_example, server.address, "calc")
+    assert anonymous.returncode != 0
+    assert anonymous.stderr.startswith("UNAUTHENTICATED: "), anonymous.stderr
+
+    run = run_example(node_example, server.address, "calc", token=tokens["alice"])
+    assert run.returncode == 0, run.stderr
+    assert "is LEASE_STATE_RELEASED" in run.stdout

@@ -113,3 +113,26 @@ def test_a_port_in_use_is_a_clear_error(tmp_path, database_args):
     assert f"cannot listen on {address}" in result.stderr
     assert "Traceback" not in result.stderr
     assert "listening on" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("document", "told"),
+    [
+        pytest.param({}, "broker tokens create admin --role admin", id="auth-off"),
+        pytest.param({"auth": {"enabled": True}}, "server.allow_insecure", id="auth-on-no-tls"),
+    ],
+)
+def test_a_network_address_without_its_safeguards_stops_start_up(
+    tmp_path, database_args, document, told
+):
+    # A documentation address (RFC 5737): refused before anything binds it.
+    config = write_config(tmp_path / "exposed.yml", document)
+
+    result = run_serve(
+        "--config", str(config), *database_args, "--address", "192.0.2.1:50051", cwd=tmp_path
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert "server.address: 192.0.2.1:50051 is not a loopback address" in result.stderr
+    assert told in result.stderr
+    assert "cannot listen" not in result.stderr and "listening" not in result.stdout

@@ -21,6 +21,7 @@ import contextlib
 import selectors
 import socket
 import threading
+from urllib.parse import urlparse, urlunparse
 
 CHUNK = 65536
 JOIN_TIMEOUT = 5.0
@@ -44,6 +45,13 @@ class TcpProxy:
         self.restore()
 
     # ------------------------------------------------------------- control
+
+    def url_for(self, database_url: str) -> str:
+        """`database_url` with this proxy's address in place of the server's."""
+        parsed = urlparse(database_url)
+        userinfo = parsed.netloc.rpartition("@")[0]
+        netloc = f"{userinfo}@127.0.0.1:{self.port}" if userinfo else f"127.0.0.1:{self.port}"
+        return urlunparse(parsed._replace(netloc=netloc))
 
     def restore(self) -> None:
         """Listens again after a cut (on the same port once one was chosen),

@@ -20,10 +20,9 @@ import concurrent.futures
 import contextlib
 import threading
 import time
-from urllib.parse import parse_qs, urlparse, urlunparse
+from urllib.parse import parse_qs, urlparse
 
 import grpc
-import pytest
 
 from broker.api.server import DATABASE_WORKERS
 from broker.api.waits import POLL_SECONDS
@@ -51,22 +50,6 @@ CALL_TIMEOUT = 8.0
 HEALTH_TIMEOUT = 5.0
 # Concurrent calls: more than the broker's database worker threads.
 BURST = 40
-
-
-@pytest.fixture
-def proxy(postgres_url):
-    parsed = urlparse(postgres_url)
-    proxy = TcpProxy((parsed.hostname or "127.0.0.1", parsed.port or 5432))
-    yield proxy
-    proxy.close()
-
-
-def through(proxy: TcpProxy, database_url: str) -> str:
-    """The database URL with the proxy's address in place of the server's."""
-    parsed = urlparse(database_url)
-    userinfo = parsed.netloc.rpartition("@")[0]
-    netloc = f"{userinfo}@127.0.0.1:{proxy.port}" if userinfo else f"127.0.0.1:{proxy.port}"
-    return urlunparse(parsed._replace(netloc=netloc))
 
 
 def outcome(call, request, timeout: float = CALL_TIMEOUT) -> tuple[grpc.StatusCode, float, str]:
@@ -190,7 +173,7 @@ def test_a_broker_cut_off_from_its_database_answers_unavailable_and_recovers(
 ):
     fleet = make_fleet(leases={"expiry_interval": 0.2})
     direct = fleet.start()  # broker B, straight to PostgreSQL (lays out the schema)
-    cut_off = fleet.start(through(proxy, postgres_url))  # broker A, through the proxy
+    cut_off = fleet.start(proxy.url_for(postgres_url))  # broker A, through the proxy
     for n in (1, 2):
         create_resource(cut_off.inventory, calculator(f"calc-{n}", f"10.0.0.{n}"))
     held = acquire(cut_off.leases, requirement("Calculator", name="calc-1"), ttl=60.0)
@@ -299,7 +282,7 @@ def test_after_a_quiet_outage_every_call_succeeds_once_serving_again(
     worker, none of them tripping over a connection broken in the outage."""
     fleet = make_fleet()
     fleet.start()  # lays out the schema
-    broker = fleet.start(through(proxy, postgres_url))
+    broker = fleet.start(proxy.url_for(postgres_url))
     create_resource(broker.inventory, calculator("calc-1"))
     held = acquire(broker.leases, requirement("Calculator", name="calc-1"), ttl=60.0)
     assert failed(on_every_worker(broker, held, postgres_admin, proxy, postgres_url)) == []

@@ -48,8 +48,7 @@ from tests.multibroker.fleet import (
     schema_of,
     wait_health,
 )
-from tests.multibroker.tcp_proxy import TcpProxy
-from tests.multibroker.test_database_outage import through, write_lock_held
+from tests.multibroker.test_database_outage import write_lock_held
 
 # database.stall_timeout of the fleets here, in seconds: the server ends A's
 # idle transaction after half of it, and A's health probe gives up after
@@ -61,14 +60,6 @@ NAMES = ["calc-1", "calc-2", "calc-3"]
 HELD = "calc-held"
 # Grants both brokers make on the same resources afterwards.
 AFTERWARDS = 20
-
-
-@pytest.fixture
-def proxy(postgres_url):
-    parsed = urlparse(postgres_url)
-    proxy = TcpProxy((parsed.hostname or "127.0.0.1", parsed.port or 5432))
-    yield proxy
-    proxy.close()
 
 
 def backend_blocked_by(admin, pid: int) -> int | None:
@@ -228,7 +219,7 @@ def test_a_broker_whose_database_link_fails_does_not_stop_the_other(
     """`blackhole`: the link carries nothing, connections stay open (a
     stalled network). `cut`: connections break, new ones are refused."""
     fleet = make_fleet(stall_timeout=STALL)
-    cut_off, healthy = start_pair(fleet, through(proxy, postgres_url))
+    cut_off, healthy = start_pair(fleet, proxy.url_for(postgres_url))
     loop = GrantLoop(healthy, NAMES, "healthy").start()
     wait_until(lambda: len(loop.grants) >= 5, 10.0, "the healthy broker to grant")
 

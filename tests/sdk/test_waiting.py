@@ -131,7 +131,7 @@ def test_a_higher_priority_waiter_is_served_first(broker, client, calc, pool):
     assert utc(high_lease.create_time) <= utc(high_lease.end_time) <= utc(low_lease.create_time)
 
 
-def test_ctrl_c_while_waiting_leaves_the_queue(client, other, calc):
+def test_ctrl_c_while_waiting_leaves_the_queue(client, other, calc, default_sigint):
     assert threading.current_thread() is threading.main_thread()
     recorder = WaitRecorder()
 

@@ -165,18 +165,8 @@ def test_probe_bounds_follow_the_stall_bound(postgres, tmp_path):
     assert (sqlite.timeout, sqlite.interval) == (4.0, 1.0)
 
 
-@pytest.fixture
-def proxy(postgres_url):
-    parsed = urlparse(postgres_url)
-    proxy = TcpProxy((parsed.hostname or "127.0.0.1", parsed.port or 5432))
-    yield proxy
-    proxy.close()
-
-
 def proxied(postgres_url: str, proxy: TcpProxy) -> PostgresqlDatabase:
-    parsed = urlparse(postgres_url)
-    url = parsed._replace(netloc=f"{parsed.username}@127.0.0.1:{proxy.port}").geturl()
-    return open_database(url, stall_timeout=STALL)
+    return open_database(proxy.url_for(postgres_url), stall_timeout=STALL)
 
 
 def test_the_postgresql_probe_fails_while_the_link_is_blackholed_or_cut(postgres_url, proxy):

@@ -1,0 +1,125 @@
+"""Bearer-token authentication of every broker call.
+
+The interceptor (`broker.api.errors.ErrorInterceptor`) asks `Authenticator`
+who a call is, from its `authorization: Bearer <token>` metadata and nothing
+else. Looking a token up reads the database, so it runs on threads of the
+authenticator's own, off the event loop; a verified token is then trusted
+for `cache_seconds` (a revoke takes effect within that bound), while an
+expiry is checked on every call.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+from broker.api.permissions import authorize
+from broker.api.runner import ThreadRunner
+from broker.domain.errors import UnauthenticatedError
+from broker.domain.tokens import Tokens, TokenView, hash_token
+from broker.domain.values import Principal
+
+AUTHORIZATION_METADATA = "authorization"
+# Threads that look tokens up.
+AUTH_WORKERS = 2
+# Tokens remembered at once; the least recently verified go first.
+CACHE_LIMIT = 4096
+
+HOW_TO = (
+    "send the metadata `authorization: Bearer <token>` (BrokerClient(token=...), "
+    "`broker --token`, or BROKER_TOKEN); an administrator makes tokens with "
+    "`broker tokens create NAME --role ROLE`"
+)
+
+
+def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
+    """The token of the call's `authorization` metadata; UNAUTHENTICATED if
+    there is none or it is not `Bearer <token>`."""
+    for key, value in metadata or ():
+        if key != AUTHORIZATION_METADATA:
+            continue
+        text = value if isinstance(value, str) else value.decode(errors="replace")
+        scheme, _, token = text.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise UnauthenticatedError(
+                f"the authorization metadata is not `Bearer <token>`: {HOW_TO}", "BAD_CREDENTIAL"
+            )
+        return token.strip()
+    raise UnauthenticatedError(f"this broker needs a token: {HOW_TO}", "NO_CREDENTIAL")
+
+
+class Authenticator:
+    """Verifies tokens against the token table, with a short-lived cache."""
+
+    def __init__(
+        self,
+        tokens: Tokens,
+        cache_seconds: float,
+        *,
+        workers: int = AUTH_WORKERS,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ):
+        self.tokens = tokens
+        self.cache_seconds = cache_seconds
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self._run = ThreadRunner(workers)
+        self._cache: OrderedDict[str, tuple[TokenView | None, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._run.close()
+
+    async def authenticate(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> Principal:
+        """The call's principal; UNAUTHENTICATED, saying what to do, for no
+        token or a bad, revoked or expired one."""
+        token = bearer_token(metadata)
+        key = hash_token(token)
+        view = self._cached(key)
+        if view is False:
+            view = await self._run(self.tokens.find, token)
+            self._remember(key, view)
+        if view is None:
+            raise UnauthenticatedError(
+                f"the token is not one this broker knows: {HOW_TO}", "BAD_CREDENTIAL"
+            )
+        state = view.state(self.wall_clock())
+        if state == "revoked":
+            raise UnauthenticatedError(
+                f"the token of {view.name} was revoked: ask an administrator for a new one",
+                "TOKEN_REVOKED",
+            )
+        if state == "expired":
+            raise UnauthenticatedError(
+                f"the token of {view.name} has expired: ask an administrator for a new one",
+                "TOKEN_EXPIRED",
+            )
+        return view.principal
+
+    def _cached(self, key: str) -> TokenView | bool | None:
+        """The cached record (None: unknown token), or False if it must be
+        read again."""
+        with self._lock:
+            entry = self._cache.get(key)
+            if entry is None or self.clock() - entry[1] >= self.cache_seconds:
+                return False
+            self._cache.move_to_end(key)
+            return entry[0]
+
+    def _remember(self, key: str, view: TokenView | None) -> None:
+        with self._lock:
+            self._cache[key] = (view, self.clock())
+            self._cache.move_to_end(key)
+            while len(self._cache) > CACHE_LIMIT:
+                self._cache.popitem(last=False)
+
+    async def admit(self, method: str, metadata: Sequence[tuple[str, str | bytes]] | None):
+        """The interceptor's gate: the principal of a call to `method`, if
+        its role allows the method (`broker.api.permissions`), decided
+        before the call looks anything up."""
+        principal = await self.authenticate(metadata)
+        authorize(method, principal)
+        return principal

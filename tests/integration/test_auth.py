@@ -1,0 +1,284 @@
+"""Authentication and authorisation over the wire: every method against
+every kind of caller, checked against the role table; ownership by
+principal; the token commands of the CLI; the SDK's token."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+
+import grpc
+import pytest
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from broker import cli
+from broker.api.server import build_server
+from broker.config import AuthConfig
+from broker.domain.values import EventType
+from broker.models.event import Event
+from broker.v1 import (
+    inventory_service_pb2,
+    inventory_service_pb2_grpc,
+    lease_pb2,
+    lease_service_pb2,
+    lease_service_pb2_grpc,
+)
+from sdk import BrokerClient
+from sdk.errors import UnauthenticatedError
+from tests.conftest import RPC_TIMEOUT, wait_serving
+from tests.integration.auth_helpers import CACHE_SECONDS, REFUSED, create, metadata_of
+from tests.integration.helpers import (
+    acquire_request,
+    broker_command,
+    calculator,
+    requirement,
+    subprocess_env,
+    wait_until,
+    write_config,
+)
+
+
+def test_refusals_say_why_and_what_to_do(auth_broker):
+    server, tokens = auth_broker
+    with grpc.insecure_channel(server.address) as channel:
+        stub = inventory_service_pb2_grpc.InventoryServiceStub(channel)
+        texts = {}
+        for caller in REFUSED:
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.ListKinds(
+                    inventory_service_pb2.ListKindsRequest(),
+                    timeout=RPC_TIMEOUT,
+                    metadata=metadata_of(tokens.get(caller)),
+                )
+            assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            texts[caller] = raised.value.details()
+    assert "Bearer <token>" in texts["no credential"]
+    assert "broker tokens create" in texts["bad token"]
+    assert "carol" in texts["expired token"] and "expired" in texts["expired token"]
+    assert "dave" in texts["revoked token"] and "revoked" in texts["revoked token"]
+
+
+def test_health_and_reflection_need_no_credential(auth_broker):
+    server, _ = auth_broker
+    wait_serving(server.address)
+    with grpc.insecure_channel(server.address) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        [answer] = list(stub.ServerReflectionInfo(iter([request]), timeout=RPC_TIMEOUT))
+    names = {service.name for service in answer.list_services_response.service}
+    assert "broker.v1.LeaseService" in names
+
+
+def test_two_principals_on_one_holder_never_share_a_lease(auth_broker):
+    server, tokens = auth_broker
+    with grpc.insecure_channel(server.address) as channel:
+        inventory = inventory_service_pb2_grpc.InventoryServiceStub(channel)
+        leases = lease_service_pb2_grpc.LeaseServiceStub(channel)
+        inventory.CreateResource(
+            create("calc-1", "Calculator"),
+            timeout=RPC_TIMEOUT,
+            metadata=metadata_of(tokens["admin"]),
+        )
+        held = leases.AcquireLease(
+            acquire_request(requirement("Calculator"), holder="ci@bench-3"),
+            timeout=RPC_TIMEOUT,
+            metadata=metadata_of(tokens["alice"]),
+        )
+        assert (held.lease.principal, held.lease.holder) == ("alice", "ci@bench-3")
+        assert held.lease.grants[0].resource.owner == "alice"
+        for method, request in (
+            (leases.RenewLease, lease_service_pb2.RenewLeaseRequest),
+            (leases.ReleaseLease, lease_service_pb2.ReleaseLeaseRequest),
+        ):
+            with pytest.raises(grpc.RpcError) as raised:
+                method(
+                    request(lease_id=held.lease.lease_id, secret=held.secret),
+                    timeout=RPC_TIMEOUT,
+                    metadata=metadata_of(tokens["bob"]),
+                )
+            assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "another principal" in raised.value.details()
+        listed = leases.ListLeases(
+            lease_service_pb2.ListLeasesRequest(),
+            timeout=RPC_TIMEOUT,
+            metadata=metadata_of(tokens["viewer"]),
+        ).leases
+        assert [(lease.principal, lease.holder) for lease in listed] == [("alice", "ci@bench-3")]
+        released = leases.ReleaseLease(
+            lease_service_pb2.ReleaseLeaseRequest(lease_id=held.lease.lease_id, secret=held.secret),
+            timeout=RPC_TIMEOUT,
+            metadata=metadata_of(tokens["alice"]),
+        )
+        assert released.lease.state == lease_pb2.LEASE_STATE_RELEASED
+
+
+def test_a_reservation_goes_by_the_verified_principal_not_the_holder(auth_broker):
+    server, tokens = auth_broker
+    with grpc.insecure_channel(server.address) as channel:
+        inventory = inventory_service_pb2_grpc.InventoryServiceStub(channel)
+        leases = lease_service_pb2_grpc.LeaseServiceStub(channel)
+        reserved = calculator("calc-r", reserved_for="alice")
+        inventory.CreateResource(
+            inventory_service_pb2.CreateResourceRequest(resource=reserved),
+            timeout=RPC_TIMEOUT,
+            metadata=metadata_of(tokens["admin"]),
+        )
+        with pytest.raises(grpc.RpcError) as raised:
+            leases.AcquireLease(
+                acquire_request(requirement("Calculator"), holder="alice"),
+                timeout=RPC_TIMEOUT,
+                metadata=metadata_of(tokens["bob"]),
+            )
+        assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        held = leases.AcquireLease(
+            acquire_request(requirement("Calculator")),
+            timeout=RPC_TIMEOUT,
+            metadata=metadata_of(tokens["alice"]),
+        )
+        assert held.lease.principal == "alice"
+
+
+def test_events_name_the_verified_principal(auth_broker):
+    server, tokens = auth_broker
+    with grpc.insecure_channel(server.address) as channel:
+        inventory = inventory_service_pb2_grpc.InventoryServiceStub(channel)
+        leases = lease_service_pb2_grpc.LeaseServiceStub(channel)
+        inventory.CreateResource(
+            create("calc-1", "Calculator"),
+            timeout=RPC_TIMEOUT,
+            metadata=metadata_of(tokens["admin"]),
+        )
+        held = leases.AcquireLease(
+            acquire_request(requirement("Calculator"), holder="admin"),
+            timeout=RPC_TIMEOUT,
+            metadata=metadata_of(tokens["alice"]),
+        )
+        leases.RevokeLease(
+            lease_service_pb2.RevokeLeaseRequest(lease_id=held.lease.lease_id, reason="bench"),
+            timeout=RPC_TIMEOUT,
+            metadata=metadata_of(tokens["admin"]),
+        )
+    actors = {event.type: event.actor for event in Event.select().where(Event.resource == "calc-1")}
+    assert actors == {
+        EventType.RESOURCE_CREATED.value: "admin",
+        EventType.LEASE_GRANTED.value: "alice",
+        EventType.LEASE_REVOKED.value: "admin",
+    }
+
+
+# ------------------------------------------------------------ the CLI and SDK
+
+
+def broker_cli(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [broker_command(), *args],
+        cwd=cwd,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_token_commands_work_offline_and_a_revoke_reaches_a_running_broker(
+    tmp_path, database_url, config
+):
+    path = write_config(
+        tmp_path / "rotest.yml",
+        {"database": {"url": database_url}, "kinds": list(config.kinds)},
+    )
+    made = broker_cli(
+        "tokens",
+        "create",
+        "erin",
+        "--role",
+        "user",
+        "--group",
+        "lab",
+        "--config",
+        str(path),
+        cwd=tmp_path,
+    )
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip().splitlines()[-1]
+    assert token.startswith("rbk_") and len(token) > 40
+    again = broker_cli(
+        "tokens", "create", "erin", "--role", "user", "--config", str(path), cwd=tmp_path
+    )
+    assert again.returncode == 1 and "already exists" in again.stderr
+
+    listing = broker_cli("tokens", "list", "--config", str(path), cwd=tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    assert "erin" in listing.stdout and "active" in listing.stdout
+    assert token not in listing.stdout
+
+    auth_config = dataclasses.replace(
+        config, base_dir=".", auth=AuthConfig(enabled=True, cache_seconds=CACHE_SECONDS)
+    )
+    server = build_server(auth_config, "127.0.0.1:0")
+    server.start()
+    try:
+        with BrokerClient(server.address, token=token, session=False) as client:
+            assert client.list_kinds()
+            revoked = broker_cli("tokens", "revoke", "erin", "--config", str(path), cwd=tmp_path)
+            assert revoked.returncode == 0, revoked.stderr
+
+            def refused() -> bool:
+                try:
+                    client.list_kinds()
+                except UnauthenticatedError:
+                    return True
+                return False
+
+            wait_until(refused, CACHE_SECONDS + RPC_TIMEOUT, "the revoked token to be refused")
+    finally:
+        server.stop(0)
+    listing = broker_cli("tokens", "list", "--config", str(path), cwd=tmp_path)
+    assert "revoked" in listing.stdout
+    recorded = [(event.type, event.actor) for event in Event.select().order_by(Event.id)]
+    assert [kind for kind, _ in recorded] == [
+        EventType.TOKEN_CREATED.value,
+        EventType.TOKEN_REVOKED.value,
+    ]
+    assert all(actor.startswith("local:") for _, actor in recorded)
+
+
+def test_the_sdk_sends_its_token_or_broker_token(auth_broker, monkeypatch):
+    server, tokens = auth_broker
+    monkeypatch.delenv("BROKER_TOKEN", raising=False)
+    with (
+        BrokerClient(server.address, session=False) as anonymous,
+        pytest.raises(UnauthenticatedError),
+    ):
+        anonymous.list_kinds()
+    with BrokerClient(server.address, token=tokens["viewer"], session=False) as client:
+        assert client.list_kinds()
+    with BrokerClient(server.address, token=tokens["admin"], session=False) as admin:
+        admin.create_resource("Licence", "lic", {"product": "matlab"})
+    monkeypatch.setenv("BROKER_TOKEN", tokens["alice"])
+    client = BrokerClient(server.address)
+    # Read once, at construction: a later change is not picked up.
+    monkeypatch.setenv("BROKER_TOKEN", tokens["viewer"])
+    with client:
+        session = client.open_session()
+        lease, secret = client.acquire([requirement("Licence")], session_id=session.session_id)
+        assert lease.principal == "alice"
+        assert client.renew(lease.lease_id, secret).principal == "alice"
+        session.close(RPC_TIMEOUT)
+
+
+def test_the_cli_calls_with_its_token_or_broker_token(auth_broker, capsys, monkeypatch):
+    server, tokens = auth_broker
+    target = ("--target", server.address)
+    monkeypatch.delenv("BROKER_TOKEN", raising=False)
+    assert cli.main([*target, "kinds"]) == cli.EXIT_BROKER
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
+    assert cli.main([*target, "--token", tokens["viewer"], "kinds"]) == cli.EXIT_OK
+    assert "Calculator" in capsys.readouterr().out
+    monkeypatch.setenv("BROKER_TOKEN", tokens["viewer"])
+    assert cli.main([*target, "kinds"]) == cli.EXIT_OK
+    add = ("resources", "add", "Calculator", "calc-9", "--set", "ip_address=127.0.0.1")
+    assert cli.main([*target, *add]) == cli.EXIT_BROKER
+    assert "PERMISSION_DENIED" in capsys.readouterr().err
+    assert cli.main([*target, "--token", tokens["admin"], *add]) == cli.EXIT_OK

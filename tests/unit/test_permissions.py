@@ -1,0 +1,41 @@
+"""The role table covers every method the broker serves, and decides by
+role alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.api.permissions import METHOD_ROLES, authorize, required_role
+from broker.api.server import SERVICE_NAMES
+from broker.domain.errors import PermissionDeniedError
+from broker.domain.values import Principal, Role
+from broker.v1 import event_service_pb2, inventory_service_pb2, lease_service_pb2
+
+SERVED = {
+    f"/{service.full_name}/{method.name}"
+    for module in (inventory_service_pb2, lease_service_pb2, event_service_pb2)
+    for service in module.DESCRIPTOR.services_by_name.values()
+    for method in service.methods
+}
+
+
+def test_every_served_method_is_in_the_table_and_nothing_else():
+    assert {path.split("/")[1] for path in SERVED} == set(SERVICE_NAMES)
+    assert set(METHOD_ROLES) == SERVED
+
+
+def test_a_method_missing_from_the_table_is_for_administrators():
+    assert required_role("/broker.v1.LeaseService/SomethingNew") == Role.ADMIN
+
+
+@pytest.mark.parametrize("method", sorted(METHOD_ROLES))
+@pytest.mark.parametrize("role", list(Role))
+def test_a_role_may_call_what_its_rank_reaches(method, role):
+    principal = Principal("p", role)
+    if role.rank >= METHOD_ROLES[method].rank:
+        authorize(method, principal)
+    else:
+        with pytest.raises(PermissionDeniedError) as raised:
+            authorize(method, principal)
+        assert raised.value.reason == "ROLE_NOT_ALLOWED"
+        assert role.value in raised.value.message
