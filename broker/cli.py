@@ -1,5 +1,5 @@
 """The `broker` command: run a broker, check its configuration, and administer
-one over gRPC (kinds, resources, leases) like any other client.
+one over gRPC (kinds, resources, leases, events) like any other client.
 
 Every remote command goes through `sdk.BrokerClient`, so the command line
 sees exactly what programs see. `--set` and `--where` values are typed from
@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
+from google.protobuf import timestamp_pb2
+
 from broker import cli_output as output
 from broker import cli_tokens
 from broker.cli_values import UsageError, kind_field_types, parse_set, parse_where
-from broker.v1 import lease_pb2
+from broker.v1 import event_pb2, event_service_pb2, lease_pb2
 from sdk.client import BrokerClient
 from sdk.errors import BrokerError, UnavailableError
 from sdk.requirements import to_constraints
@@ -34,6 +37,12 @@ LEASE_STATES = {
     "released": lease_pb2.LEASE_STATE_RELEASED,
     "expired": lease_pb2.LEASE_STATE_EXPIRED,
     "revoked": lease_pb2.LEASE_STATE_REVOKED,
+}
+
+EVENT_TYPES = {
+    name.removeprefix("EVENT_TYPE_").lower(): number
+    for name, number in event_pb2.EventType.items()
+    if number != event_pb2.EVENT_TYPE_UNSPECIFIED
 }
 
 # --------------------------------------------------------------- commands
@@ -125,6 +134,61 @@ def cmd_resources_delete(client: BrokerClient, args: argparse.Namespace) -> int:
     client.delete_resource(args.name, etag=args.etag)
     print(f"deleted {args.name}")
     return EXIT_OK
+
+
+def cmd_events(client: BrokerClient, args: argparse.Namespace) -> int:
+    """Prints the events after `--after`, one line each, then with `--follow`
+    each new one as it happens, until Ctrl-C."""
+    event_filter = event_service_pb2.EventFilter(
+        resource=args.resource,
+        kind=args.kind,
+        lease_id=args.lease,
+        actor=args.actor,
+        types=[EVENT_TYPES[name] for name in args.type],
+        start_time=args.since,
+        end_time=args.until,
+    )
+    if args.follow:
+        events = client.watch_events(event_filter, args.after)
+    else:
+        events = client.list_events(event_filter, args.after)
+    for event in events:
+        print(output.event_line(event), flush=True)
+    return EXIT_OK
+
+
+def cmd_stats(client: BrokerClient, args: argparse.Namespace) -> int:
+    stats = client.usage_stats(
+        args.resource,
+        args.kind,
+        args.since.ToDatetime(datetime.UTC) if args.since else None,
+        args.until.ToDatetime(datetime.UTC) if args.until else None,
+        by_kind=args.by_kind,
+    )
+    print(output.usage_table(stats))
+    return EXIT_OK
+
+
+def time_arg(text: str) -> timestamp_pb2.Timestamp:
+    """An ISO 8601 time (local unless it names its zone)."""
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time like 2026-05-01T09:30"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.astimezone()
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text) if text.isdigit() else -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 0")
+    return value
 
 
 def cmd_leases_list(client: BrokerClient, args: argparse.Namespace) -> int:
@@ -245,8 +309,47 @@ def build_parser() -> argparse.ArgumentParser:
     _add_resource_commands(commands)
     _add_lease_commands(commands)
     _remote(commands, "queue", cmd_queue, "list the waiting requests in the order they are served")
+    _add_event_command(commands)
+    stats = _remote(
+        commands,
+        "stats",
+        cmd_stats,
+        "usage per resource or kind: grants, time held, waits, expiries, revokes",
+    )
+    stats.add_argument("--resource", default="", help="only this resource")
+    stats.add_argument("--kind", default="", help="only resources of this kind")
+    stats.add_argument("--by-kind", action="store_true", help="one row per kind")
+    stats.add_argument("--since", type=time_arg, metavar="TIME", help="from TIME on")
+    stats.add_argument("--until", type=time_arg, metavar="TIME", help="before TIME")
     cli_tokens.add_commands(commands, _command)
     return parser
+
+
+def _add_event_command(commands: argparse._SubParsersAction) -> None:
+    events = _remote(commands, "events", cmd_events, "print the audit trail, one line per event")
+    events.add_argument(
+        "--follow", action="store_true", help="then print each new event as it happens"
+    )
+    events.add_argument(
+        "--after",
+        type=non_negative_int,
+        default=0,
+        metavar="SEQ",
+        help="only events after this sequence (the first number of a line), to resume",
+    )
+    events.add_argument("--resource", default="", help="only events about this resource")
+    events.add_argument("--kind", default="", help="only events about resources of this kind")
+    events.add_argument("--lease", default="", metavar="ID", help="only events of this lease")
+    events.add_argument("--actor", default="", help="only events made by this actor")
+    events.add_argument(
+        "--type",
+        action="append",
+        default=[],
+        choices=list(EVENT_TYPES),
+        help="only events of this type; repeat for several",
+    )
+    events.add_argument("--since", type=time_arg, metavar="TIME", help="only events from TIME on")
+    events.add_argument("--until", type=time_arg, metavar="TIME", help="only events before TIME")
 
 
 def _add_resource_commands(commands: argparse._SubParsersAction) -> None:

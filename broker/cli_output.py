@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from broker.api.field_values import from_field_value
-from broker.v1 import lease_pb2, resource_pb2
+from broker.v1 import event_pb2, event_service_pb2, lease_pb2, resource_pb2
 from sdk.errors import BrokerError, FailedPreconditionError, InvalidArgumentError, ResourceBusyError
 from sdk.text import NONE, holder_text, local_time, queue_status_text, requirement_text
 from sdk.waiting import Waiting
@@ -45,6 +45,64 @@ def value_text(value: resource_pb2.FieldValue) -> str:
 def enum_text(name: str, prefix: str) -> str:
     """`LEASE_STATE_ACTIVE` -> `active`."""
     return name.removeprefix(prefix).lower()
+
+
+def event_line(event: event_pb2.Event) -> str:
+    """One line per event: its sequence (to resume after), local time, type,
+    resource and kind, then whatever else it records."""
+    parts = [
+        str(event.sequence),
+        local_time(event.time),
+        enum_text(event_pb2.EventType.Name(event.type), "EVENT_TYPE_"),
+        event.resource or NONE,
+        event.kind or NONE,
+    ]
+    for key, value in (
+        ("actor", event.actor),
+        ("lease", event.lease_id),
+        ("token", str(event.fencing_token) if event.fencing_token else ""),
+        ("reason", event.reason),
+    ):
+        if value:
+            parts.append(f"{key}={value}")
+    for key, value in sorted(event.detail.items()):
+        parts.append(f"{key}={value}")
+    return "  ".join(parts)
+
+
+def usage_table(stats: Iterable[event_service_pb2.UsageStats]) -> str:
+    """One row per resource (or kind); times in seconds."""
+    return table(
+        (
+            "RESOURCE",
+            "KIND",
+            "GRANTS",
+            "HELD",
+            "MEAN HELD",
+            "WAIT P50",
+            "WAIT P95",
+            "EXPIRIES",
+            "REVOKES",
+        ),
+        (
+            (
+                row.resource or NONE,
+                row.kind,
+                str(row.grants),
+                _seconds(row.total_held),
+                _seconds(row.mean_held),
+                _seconds(row.wait_p50),
+                _seconds(row.wait_p95),
+                str(row.expiries),
+                str(row.revokes),
+            )
+            for row in stats
+        ),
+    )
+
+
+def _seconds(span) -> str:
+    return f"{span.ToNanoseconds() / 1e9:.3f}s"
 
 
 def kinds_table(kinds: Iterable[resource_pb2.Kind]) -> str:

@@ -80,6 +80,28 @@ class SessionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EventsConfig:
+    """Watching the audit trail: how many events a watcher may fall behind
+    before it is cut off, and the seconds between the safety reads that
+    catch what no wake-up announced."""
+
+    watch_buffer: int = 1000
+    poll_interval: float = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RetentionConfig:
+    """How long, in seconds, events and ended leases, waits and sessions
+    are kept, and how often the retention sweep runs."""
+
+    events: float = 30 * 86400.0
+    leases: float = 30 * 86400.0
+    waiters: float = 7 * 86400.0
+    sessions: float = 7 * 86400.0
+    sweep_interval: float = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
 class AuthConfig:
     """Bearer-token authentication, and how many seconds a broker may go on
     trusting a token it verified (so a revoke takes effect within that)."""
@@ -100,6 +122,8 @@ class Config:
     sessions: SessionConfig = SessionConfig()
     kinds: tuple[str, ...] = ("resources.calculator.data.CalculatorData",)
     base_dir: str = "."
+    events: EventsConfig = EventsConfig()
+    retention: RetentionConfig = RetentionConfig()
     auth: AuthConfig = AuthConfig()
 
     def kind_models(self) -> tuple[type[ResourceData], ...]:
@@ -172,7 +196,19 @@ def _with_overrides(raw: Any, environ: Mapping[str, str]) -> Any:
 def parse_config(raw: Any, base_dir: str = ".") -> Config:
     """Builds a `Config` from the parsed YAML document."""
     top = _mapping(
-        "(top level)", raw, {"server", "database", "leases", "queue", "sessions", "kinds", "auth"}
+        "(top level)",
+        raw,
+        {
+            "server",
+            "database",
+            "leases",
+            "queue",
+            "sessions",
+            "kinds",
+            "events",
+            "retention",
+            "auth",
+        },
     )
     server = _section("server", top.get("server"), ServerConfig)
     database = _section("database", top.get("database"), DatabaseConfig)
@@ -203,10 +239,27 @@ def parse_config(raw: Any, base_dir: str = ".") -> Config:
         raise ConfigError(
             "sessions.keepalive_timeout", "must not exceed sessions.max_keepalive_timeout"
         )
+    events = _section("events", top.get("events"), EventsConfig)
+    _check_positive("events.watch_buffer", events.watch_buffer)
+    _check_positive("events.poll_interval", events.poll_interval)
+    retention = _section("retention", top.get("retention"), RetentionConfig)
+    for key in ("events", "leases", "waiters", "sessions", "sweep_interval"):
+        _check_positive(f"retention.{key}", getattr(retention, key))
     kinds = top.get("kinds", Config.kinds)
     if not isinstance(kinds, list | tuple) or not all(isinstance(k, str) for k in kinds):
         raise ConfigError("kinds", "must be a list of dotted paths to ResourceData models")
-    return Config(server, database, leases, queue, sessions, tuple(kinds), base_dir, auth)
+    return Config(
+        server,
+        database,
+        leases,
+        queue,
+        sessions,
+        tuple(kinds),
+        base_dir,
+        events=events,
+        retention=retention,
+        auth=auth,
+    )
 
 
 def _mapping(key: str, value: Any, allowed: set[str]) -> Mapping[str, Any]:

@@ -18,7 +18,7 @@ import threading
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from broker.v1 import inventory_service_pb2_grpc, lease_service_pb2_grpc
+from broker.v1 import event_service_pb2_grpc, inventory_service_pb2_grpc, lease_service_pb2_grpc
 from sdk import calls
 from sdk.channel import addresses_of, open_channel
 
@@ -35,6 +35,7 @@ class Broker:
     inventory: inventory_service_pb2_grpc.InventoryServiceStub
     leases: lease_service_pb2_grpc.LeaseServiceStub
     health: health_pb2_grpc.HealthStub
+    events: event_service_pb2_grpc.EventServiceStub
 
     def answers(self, timeout: float) -> bool:
         """Whether the broker answers its health check SERVING within
@@ -79,6 +80,7 @@ class Brokers:
                     inventory_service_pb2_grpc.InventoryServiceStub(channel),
                     lease_service_pb2_grpc.LeaseServiceStub(channel),
                     health_pb2_grpc.HealthStub(channel),
+                    event_service_pb2_grpc.EventServiceStub(channel),
                 )
                 self._open[index] = broker
             return broker

@@ -32,6 +32,8 @@ from google.protobuf import duration_pb2, field_mask_pb2
 
 from broker.api.field_values import Scalar, to_field_value
 from broker.v1 import (
+    event_pb2,
+    event_service_pb2,
     inventory_service_pb2,
     lease_pb2,
     lease_service_pb2,
@@ -474,6 +476,64 @@ class BrokerClient:
             kind=ONCE,
         )
         return response.lease
+
+    # ---------------------------------------------------------------- events
+
+    def list_events(
+        self, filter: event_service_pb2.EventFilter | None = None, after_sequence: int = 0
+    ) -> Iterator[event_pb2.Event]:
+        """Every event after `after_sequence` that passes `filter`, oldest
+        first, fetching pages as it is iterated."""
+        return self._paged(
+            lambda broker: broker.events.ListEvents,
+            event_service_pb2.ListEventsRequest(filter=filter, after_sequence=after_sequence),
+            lambda page: page.events,
+        )
+
+    def watch_events(
+        self, filter: event_service_pb2.EventFilter | None = None, after_sequence: int = 0
+    ) -> Iterator[event_pb2.Event]:
+        """The events after `after_sequence` that pass `filter`: those
+        stored, then each new one, for as long as it is iterated (closing
+        the generator ends the watch). Raises `OutOfRangeError` for a cursor
+        older than the broker keeps, and `ResourceBusyError`
+        (RESOURCE_EXHAUSTED) when this reader fell too far behind: resume
+        after the last sequence read."""
+        message = event_service_pb2.WatchEventsRequest(filter=filter, after_sequence=after_sequence)
+        broker = self._brokers.current()
+        call = broker.events.WatchEvents(message)
+        try:
+            for response in calls.responses(call):
+                yield response.event
+        except grpc.RpcError as rpc_error:
+            raise from_rpc_error(rpc_error) from rpc_error
+        finally:
+            call.cancel()
+
+    def usage_stats(
+        self,
+        resource: str = "",
+        kind: str = "",
+        start_time: datetime.datetime | None = None,
+        end_time: datetime.datetime | None = None,
+        by_kind: bool = False,
+    ) -> list[event_service_pb2.UsageStats]:
+        """How resources were used in [start_time, end_time), per resource or
+        (`by_kind`) per kind: grants, held time, waits, expiries, revokes."""
+        message = event_service_pb2.GetUsageStatsRequest(
+            resource=resource,
+            kind=kind,
+            group_by=(
+                event_service_pb2.USAGE_GROUPING_KIND
+                if by_kind
+                else event_service_pb2.USAGE_GROUPING_RESOURCE
+            ),
+        )
+        if start_time is not None:
+            message.start_time.FromDatetime(start_time)
+        if end_time is not None:
+            message.end_time.FromDatetime(end_time)
+        return list(self._call(lambda broker: broker.events.GetUsageStats, message).stats)
 
     # -------------------------------------------------------------- sessions
 

@@ -144,6 +144,11 @@ class DeadlineExceededError(BrokerError):
     """The call's deadline passed before the broker answered."""
 
 
+class OutOfRangeError(BrokerError):
+    """A position given lies outside what the broker keeps (an event cursor
+    older than its retention); the message names the oldest kept."""
+
+
 class InternalError(BrokerError):
     """The broker failed; its log has the request id."""
 
@@ -160,6 +165,7 @@ ERRORS_BY_CODE: dict[grpc.StatusCode, type[BrokerError]] = {
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.INTERNAL: InternalError,
+    grpc.StatusCode.OUT_OF_RANGE: OutOfRangeError,
 }
 
 

@@ -6,7 +6,15 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from broker.api.field_values import from_field_value, to_field_value
 from broker.domain import values
-from broker.v1 import inventory_service_pb2, lease_pb2, lease_service_pb2, resource_pb2
+from broker.domain.errors import InvalidArgumentError
+from broker.v1 import (
+    event_pb2,
+    event_service_pb2,
+    inventory_service_pb2,
+    lease_pb2,
+    lease_service_pb2,
+    resource_pb2,
+)
 
 
 def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
@@ -237,3 +245,56 @@ def lease_to_proto(view: values.LeaseView) -> lease_pb2.Lease:
 def lease_state(number: int) -> values.LeaseState | None:
     """UNSPECIFIED (0) means any state."""
     return None if number == 0 else values.LeaseState(number)
+
+
+def event_filter(message: event_service_pb2.EventFilter) -> values.EventFilter:
+    """UNSPECIFIED among `types` is the caller's error, named by its index."""
+    types = []
+    for index, number in enumerate(message.types):
+        if number == event_pb2.EVENT_TYPE_UNSPECIFIED:
+            raise InvalidArgumentError.of(f"filter.types[{index}]", "must name an event type")
+        types.append(values.EventType[event_pb2.EventType.Name(number)[len("EVENT_TYPE_") :]])
+    return values.EventFilter(
+        resource=message.resource,
+        kind=message.kind,
+        lease_id=message.lease_id,
+        actor=message.actor,
+        types=tuple(types),
+        start_time=seconds_at(message.start_time) if message.HasField("start_time") else None,
+        end_time=seconds_at(message.end_time) if message.HasField("end_time") else None,
+    )
+
+
+def seconds_at(stamp: timestamp_pb2.Timestamp) -> float:
+    return stamp.ToNanoseconds() / 1e9
+
+
+def event_to_proto(view: values.EventView) -> event_pb2.Event:
+    message = event_pb2.Event(
+        sequence=view.sequence,
+        time=timestamp(view.time),
+        type=event_pb2.EventType.Value("EVENT_TYPE_" + view.type.name),
+        actor=view.actor,
+        reason=view.reason,
+        resource=view.resource,
+        kind=view.kind,
+        lease_id=view.lease_id,
+        fencing_token=view.fencing_token,
+    )
+    if view.detail:
+        message.detail.update(view.detail)
+    return message
+
+
+def usage_to_proto(view: values.UsageView) -> event_service_pb2.UsageStats:
+    return event_service_pb2.UsageStats(
+        resource=view.resource,
+        kind=view.kind,
+        grants=view.grants,
+        total_held=duration(view.total_held),
+        mean_held=duration(view.mean_held),
+        wait_p50=duration(view.wait_p50),
+        wait_p95=duration(view.wait_p95),
+        expiries=view.expiries,
+        revokes=view.revokes,
+    )

@@ -134,6 +134,7 @@ STATUS_TABLE: tuple[tuple[type[Exception], int, Callable[[Exception], list]], ..
     (errors.DeadlineExceededError, code_pb2.DEADLINE_EXCEEDED, _none),
     (errors.ConflictError, code_pb2.ABORTED, _error_info("CONFLICT")),
     (errors.UnavailableError, code_pb2.UNAVAILABLE, _none),
+    (errors.OutOfRangeError, code_pb2.OUT_OF_RANGE, _none),
     # The database refusing work (unreachable, locked past the busy timeout) is
     # transient: the caller may retry.
     (peewee.OperationalError, code_pb2.UNAVAILABLE, _none),

@@ -9,6 +9,7 @@ from broker.domain.values import Principal, Role
 
 _INVENTORY = "/broker.v1.InventoryService/"
 _LEASES = "/broker.v1.LeaseService/"
+_EVENTS = "/broker.v1.EventService/"
 
 METHOD_ROLES: dict[str, Role] = {
     _INVENTORY + "ListKinds": Role.VIEWER,
@@ -20,6 +21,9 @@ METHOD_ROLES: dict[str, Role] = {
     _LEASES + "GetLease": Role.VIEWER,
     _LEASES + "ListLeases": Role.VIEWER,
     _LEASES + "ListWaiters": Role.VIEWER,
+    _EVENTS + "ListEvents": Role.VIEWER,
+    _EVENTS + "WatchEvents": Role.VIEWER,
+    _EVENTS + "GetUsageStats": Role.VIEWER,
     # A user's own leases: renew and release also need the lease's secret
     # and its principal (`broker.domain.leasing`).
     _LEASES + "AcquireLease": Role.USER,

@@ -16,7 +16,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -28,22 +28,29 @@ from grpc_reflection.v1alpha import reflection
 from broker.api import memory
 from broker.api.auth import Authenticator
 from broker.api.errors import ErrorInterceptor
+from broker.api.event_feed import EventFeed
+from broker.api.event_servicer import EventServicer
 from broker.api.exposure import check_exposure
 from broker.api.inventory_servicer import InventoryServicer
 from broker.api.lease_servicer import LeaseServicer
 from broker.api.runner import InlineRunner, Runner, ThreadRunner, renew_connections
 from broker.api.waits import WaitBoard
 from broker.config import Config, ConfigError, load_config, with_database_url
+from broker.domain.events import EventLog
 from broker.domain.inventory import Inventory
 from broker.domain.kinds import KindDeclarationError, KindRegistry
 from broker.domain.leasing import Leases
+from broker.domain.retention import Ages, Retention
 from broker.domain.sessions import Sessions
 from broker.domain.tokens import Tokens
+from broker.models import event as event_model
 from broker.models.database import DatabaseURLError, bind, close_database, open_database
 from broker.models.notify import GrantListener
 from broker.models.probe import probe_for
 from broker.models.schema import SchemaVersionError, create_tables
 from broker.v1 import (
+    event_service_pb2,
+    event_service_pb2_grpc,
     inventory_service_pb2,
     inventory_service_pb2_grpc,
     lease_service_pb2,
@@ -55,6 +62,7 @@ log = logging.getLogger("broker")
 SERVICE_NAMES = (
     inventory_service_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name,
     lease_service_pb2.DESCRIPTOR.services_by_name["LeaseService"].full_name,
+    event_service_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
 )
 
 # Worker threads for domain calls on a networked database (one pooled
@@ -93,6 +101,8 @@ class BrokerServer:
         self._sweeper: asyncio.Task | None = None
         self._watcher: asyncio.Task | None = None
         self._trimmer: asyncio.Task | None = None
+        self._pruner: asyncio.Task | None = None
+        self._stop_feed: Callable[[], None] = lambda: None
         # The health probe's own thread: never queued behind domain calls.
         self._probe_thread = ThreadPoolExecutor(1, thread_name_prefix="db-probe")
         try:
@@ -140,10 +150,25 @@ class BrokerServer:
         create_tables(kinds.models)
         self.board = WaitBoard(asyncio.get_running_loop())
         self.run = runner_for(self.database)
+        self.events = EventLog()
+        retention = config.retention
+        self.retention = Retention(
+            self.events,
+            Ages(retention.events, retention.leases, retention.waiters, retention.sessions),
+        )
+        self.feed = EventFeed(
+            asyncio.get_running_loop(),
+            self.events,
+            self.run,
+            buffer=config.events.watch_buffer,
+            poll=config.events.poll_interval,
+        )
         self.listener = (
             None
             if isinstance(self.database, peewee.SqliteDatabase)
-            else GrantListener(self.database, self.board.announce)
+            else GrantListener(
+                self.database, self.board.announce, {event_model.CHANNEL: self.feed.announce}
+            )
         )
         self.leases = Leases(
             kinds,
@@ -177,6 +202,9 @@ class BrokerServer:
         )
         self.lease_servicer = LeaseServicer(self.leases, sessions, self.board, self.run)
         lease_service_pb2_grpc.add_LeaseServiceServicer_to_server(self.lease_servicer, self.server)
+        event_service_pb2_grpc.add_EventServiceServicer_to_server(
+            EventServicer(self.events, self.feed, self.run), self.server
+        )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -191,12 +219,15 @@ class BrokerServer:
         return port
 
     async def _start(self) -> None:
+        self._stop_feed = event_model.on_commit(self.feed.wake)
+        self.feed.start()
         if self.listener is not None:
             self.listener.start()
         await self.server.start()
         self._sweeper = asyncio.create_task(self._sweep_expired())
         self._watcher = asyncio.create_task(self._watch_database())
         self._trimmer = asyncio.create_task(self._return_memory())
+        self._pruner = asyncio.create_task(self._retain())
         await self._set_health(True)
 
     async def _stop(self, grace: float | None) -> None:
@@ -206,7 +237,9 @@ class BrokerServer:
         # the queue) finishes before the database closes.
         await self.lease_servicer.drain(DRAIN_SECONDS)
         await self.board.drain(DRAIN_SECONDS)
-        for task in (self._sweeper, self._watcher, self._trimmer):
+        self._stop_feed()
+        await self.feed.close()
+        for task in (self._sweeper, self._watcher, self._trimmer, self._pruner):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -237,6 +270,22 @@ class BrokerServer:
                 log.warning("lease expiry sweep failed on the database: %s", error)
             except Exception:
                 log.exception("lease expiry sweep failed; retrying in %.1f s", interval)
+
+    async def _retain(self) -> None:
+        """Deletes what is older than `retention.*` (events, ended leases,
+        waits and sessions), a bounded number of small transactions per
+        table and sweep, every `retention.sweep_interval`."""
+        while True:
+            await asyncio.sleep(self.config.retention.sweep_interval)
+            try:
+                deleted = await self.run(self.retention.sweep, RETENTION_BATCHES)
+                if any(deleted.values()):
+                    log.info(
+                        "retention deleted %s",
+                        ", ".join(f"{count} {name}" for name, count in deleted.items() if count),
+                    )
+            except Exception as error:
+                log.warning("retention sweep failed (%s); retrying at the next", error)
 
     async def _return_memory(self) -> None:
         """Gives the heap freed by ended calls back to the system, now and
@@ -292,6 +341,10 @@ class BrokerServer:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, status)
 
+
+# Transactions of `events.PRUNE_BATCH` deletions one retention sweep makes at
+# most, per table.
+RETENTION_BATCHES = 10
 
 # How long, at shutdown, the work that ended calls left may still take.
 DRAIN_SECONDS = 5.0

@@ -138,3 +138,8 @@ class ConflictError(BrokerError):
 
 class UnavailableError(BrokerError):
     """The broker cannot serve now (shutting down, database unreachable)."""
+
+
+class OutOfRangeError(BrokerError):
+    """A position the caller gave lies outside what is kept (an event cursor
+    older than retention)."""

@@ -273,11 +273,13 @@ class Granter:
         replay: Replay | None = None,
         session_id: str = "",
         principal: str = "",
+        waited: float = 0.0,
     ) -> Granted:
         """Records the grant of a complete plan: the lease, the claims (a
         conditional update, so a resource taken meanwhile aborts the grant),
-        the fencing numbers, the grants and their events. The resources'
-        owner is `principal` (empty: the holder)."""
+        the fencing numbers, the grants and their events (with the seconds
+        the request `waited` in the queue, if it did). The resources' owner
+        is `principal` (empty: the holder)."""
         principal = principal or holder
         secret = self.secret_for(lease_id)
         lease = lease_model.insert_lease(
@@ -329,9 +331,11 @@ class Granter:
                     EventType.LEASE_GRANTED,
                     now,
                     resource=row.name,
+                    kind=kind.name,
                     lease_id=lease_id,
                     fencing_token=row.fencing_token,
                     actor=principal,
+                    detail={"waited": round(waited, 6)} if waited > 0 else None,
                 )
             )
         lease_model.insert_grants(grant_rows)

@@ -96,7 +96,13 @@ class Inventory:
                 values["fencing_token"] = lease_model.highest_fencing_token(new.name)
                 row = resource_model.insert_resource(values, kind.model, fields)
                 events.record(
-                    events.event(EventType.RESOURCE_CREATED, now, resource=new.name, actor=actor)
+                    events.event(
+                        EventType.RESOURCE_CREATED,
+                        now,
+                        resource=new.name,
+                        kind=kind.name,
+                        actor=actor,
+                    )
                 )
         except peewee.IntegrityError:
             raise AlreadyExistsError("resource", new.name) from None
@@ -174,6 +180,7 @@ class Inventory:
                     EventType.RESOURCE_UPDATED,
                     now,
                     resource=row.name,
+                    kind=row.kind,
                     actor=actor,
                     detail={"paths": list(patch.paths)},
                 )
@@ -184,6 +191,7 @@ class Inventory:
                         EventType.RESOURCE_MARKED_UNUSABLE,
                         now,
                         resource=row.name,
+                        kind=row.kind,
                         actor=actor,
                         detail={"comment": patch.comment},
                     )
@@ -214,7 +222,11 @@ class Inventory:
                 )
             if not resource_model.delete_free_resource(row.id, row.version):
                 raise ConflictError(f"resource {name!r} changed while it was deleted")
-            events.record(events.event(EventType.RESOURCE_DELETED, now, resource=name, actor=actor))
+            events.record(
+                events.event(
+                    EventType.RESOURCE_DELETED, now, resource=name, kind=row.kind, actor=actor
+                )
+            )
 
     def _typed_fields(self, kind: Kind, given: dict, complete: bool) -> dict:
         """Checks typed field values; with `complete`, fills defaults and

@@ -324,6 +324,20 @@ class Leases:
         def extend(lease: lease_model.Lease, grants: list, now: float) -> None:
             lease.expire_time = now + lease.ttl
             lease_model.extend_lease(lease.id, lease.expire_time)
+            events.record(
+                *(
+                    events.event(
+                        EventType.LEASE_RENEWED,
+                        now,
+                        resource=grant.resource_name,
+                        kind=json.loads(grant.snapshot)["kind"],
+                        lease_id=lease.id,
+                        fencing_token=grant.fencing_token,
+                        actor=principal_of(lease),
+                    )
+                    for grant in grants
+                )
+            )
 
         return self._change(lease_id, secret, extend, principal)
 
@@ -472,10 +486,11 @@ class Leases:
                     event_type,
                     now,
                     resource=grant.resource_name,
+                    kind=json.loads(grant.snapshot)["kind"],
                     lease_id=lease.id,
                     fencing_token=grant.fencing_token,
                     actor=actor,
-                    detail={"reason": reason} if state == LeaseState.REVOKED else None,
+                    reason=reason,
                 )
                 for grant in grants
             )

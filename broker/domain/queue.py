@@ -130,6 +130,7 @@ class WaitQueue:
                         else None
                     ),
                     session_id=waiter.session_id or "",
+                    waited=now - waiter.enqueue_time,
                 )
                 queue_model.end_waiter(waiter.id, WaiterState.GRANTED, now, keep_request_key=True)
                 taken = plan.assigned_ownable()

@@ -56,6 +56,7 @@ class EventType(enum.StrEnum):
     LEASE_RELEASED = "lease_released"
     LEASE_EXPIRED = "lease_expired"
     LEASE_REVOKED = "lease_revoked"
+    LEASE_RENEWED = "lease_renewed"
     TOKEN_CREATED = "token_created"
     TOKEN_REVOKED = "token_revoked"
 
@@ -291,6 +292,63 @@ class SessionView:
     holder: str
     keepalive_timeout: float
     expire_time: float
+
+
+@dataclasses.dataclass(frozen=True)
+class EventView:
+    """One recorded change; `detail` holds the type's extra facts."""
+
+    sequence: int
+    time: float
+    type: EventType
+    actor: str
+    reason: str
+    resource: str
+    kind: str
+    lease_id: str
+    fencing_token: int
+    detail: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class EventFilter:
+    """Which events to read: each attribute set must match; `types` empty
+    means every type; times are a half-open range [start_time, end_time)."""
+
+    resource: str = ""
+    kind: str = ""
+    lease_id: str = ""
+    actor: str = ""
+    types: tuple[EventType, ...] = ()
+    start_time: float | None = None
+    end_time: float | None = None
+
+    def matches(self, event: EventView) -> bool:
+        return (
+            (not self.resource or event.resource == self.resource)
+            and (not self.kind or event.kind == self.kind)
+            and (not self.lease_id or event.lease_id == self.lease_id)
+            and (not self.actor or event.actor == self.actor)
+            and (not self.types or event.type in self.types)
+            and (self.start_time is None or event.time >= self.start_time)
+            and (self.end_time is None or event.time < self.end_time)
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class UsageView:
+    """The use of one resource (or of a kind's resources, `resource` empty);
+    times in seconds."""
+
+    resource: str
+    kind: str
+    grants: int
+    total_held: float
+    mean_held: float
+    wait_p50: float
+    wait_p95: float
+    expiries: int
+    revokes: int
 
 
 T = TypeVar("T")

@@ -29,7 +29,7 @@ import math
 import os
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import parse_qs, unquote, urlparse
 
 import peewee
@@ -199,22 +199,48 @@ def bind(database: peewee.Database) -> None:
 _sqlite_writer = threading.RLock()
 
 
+# The callbacks to run once this thread's outermost write transaction commits.
+_commit = threading.local()
+
+
 @contextlib.contextmanager
 def write_transaction() -> Iterator[None]:
     """One atomic write. On SQLite it takes the write lock up front
     (`BEGIN IMMEDIATE`) so that two writers never deadlock on a lock upgrade,
     and writers of this process take turns on a lock first; on PostgreSQL it
-    takes the brokers' advisory write lock."""
+    takes the brokers' advisory write lock. What `after_commit` registered
+    inside it runs once the outermost one commits (nothing if it fails)."""
     database = database_proxy.obj
-    if isinstance(database, peewee.SqliteDatabase):
-        with _sqlite_writer, database.atomic("IMMEDIATE"):
-            yield
-    else:
-        with database.atomic():
-            database.execute_sql(
-                "SELECT pg_advisory_xact_lock(%s, %s)", (WRITE_LOCK_KEY, schema_key(database))
-            )
-            yield
+    outermost = getattr(_commit, "callbacks", None) is None
+    if outermost:
+        _commit.callbacks = {}
+    try:
+        if isinstance(database, peewee.SqliteDatabase):
+            with _sqlite_writer, database.atomic("IMMEDIATE"):
+                yield
+        else:
+            with database.atomic():
+                database.execute_sql(
+                    "SELECT pg_advisory_xact_lock(%s, %s)", (WRITE_LOCK_KEY, schema_key(database))
+                )
+                yield
+        callbacks = list(_commit.callbacks.values()) if outermost else []
+    finally:
+        if outermost:
+            _commit.callbacks = None
+    for callback in callbacks:
+        callback()
+
+
+def after_commit(key: str, callback: Callable[[], None]) -> bool:
+    """Inside a write transaction: runs `callback` once it commits, once per
+    `key`; True if `key` is new in this transaction."""
+    callbacks = getattr(_commit, "callbacks", None)
+    if callbacks is None:
+        raise RuntimeError("after_commit outside a write transaction")
+    fresh = key not in callbacks
+    callbacks.setdefault(key, callback)
+    return fresh
 
 
 def close_database(database: peewee.Database) -> None:

@@ -1,17 +1,46 @@
 """Storage of events: every change to a resource or lease, in commit order.
 
-Events are written in the same transaction as the change they record, so
-their ids give a total order that matches what really happened.
+Events are written in the same transaction as the change they record, and an
+event's id is its `sequence` in the audit trail. A watcher that has read
+every event up to N and later asks for those after N must never miss one
+that commits after its read with an id of N or less. That holds because ids
+are assigned in commit order:
+
+- Every transaction that records events is a `database.write_transaction`.
+  On SQLite only one runs at a time (the database's write lock, taken up
+  front). On PostgreSQL each one first takes the brokers' one advisory write
+  lock and holds it until it has committed, so the id sequence (`nextval`,
+  called by the insert, after the lock) hands out larger ids to a
+  transaction that takes the lock later, and a transaction is visible to
+  readers before the next one can take the lock. Ids rolled back leave gaps,
+  which readers simply skip. The sequence thus relies on the global write
+  lock: a writer of events outside it would break it.
+- Ids never go back: PostgreSQL's sequence never does, and on SQLite (where
+  an id is one more than the largest stored) retention always keeps the
+  newest event, so the largest id stays stored.
+
+Retention deletes the oldest events in batches and records the largest
+sequence it deleted (`pruned_through`), so a cursor older than that is known
+to have lost events. After each commit that recorded events, the callbacks
+given to `on_commit` run in this process (to wake its watchers), and on
+PostgreSQL a NOTIFY on `CHANNEL`, carrying the newest id, wakes the watchers
+of every broker.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable, Sequence
 
 import peewee
 
 from broker.models import statements
 from broker.models.base import BaseModel
+from broker.models.database import after_commit, database_proxy
+from broker.models.setting import Setting
+
+CHANNEL = "broker_events"
+PRUNED_KEY = "events_pruned_through"
 
 
 class Event(BaseModel):
@@ -25,8 +54,138 @@ class Event(BaseModel):
     fencing_token = peewee.BigIntegerField(default=0)
     actor = peewee.CharField(max_length=128, default="")
     detail = peewee.TextField(default="")
+    kind = peewee.CharField(max_length=128, default="")
+    reason = peewee.TextField(default="")
+
+
+_listeners: list[Callable[[int], None]] = []
+_listeners_lock = threading.Lock()
+# The newest id this thread's write transaction recorded.
+_newest = threading.local()
+
+
+def on_commit(callback: Callable[[int], None]) -> Callable[[], None]:
+    """Calls `callback` with the newest id (on the committing thread) after
+    every commit of this process that recorded events; returns what stops
+    it."""
+    with _listeners_lock:
+        _listeners.append(callback)
+
+    def stop() -> None:
+        with _listeners_lock:
+            if callback in _listeners:
+                _listeners.remove(callback)
+
+    return stop
+
+
+def _committed() -> None:
+    newest, _newest.id = _newest.id, 0
+    with _listeners_lock:
+        listeners = list(_listeners)
+    for callback in listeners:
+        callback(newest)
 
 
 def record(rows: Iterable[dict]) -> None:
-    """Stores events given as field dicts (every field but `id`)."""
-    statements.insert_rows(Event, list(rows))
+    """Stores events given as field dicts (every field but `id`), inside the
+    write transaction of their change."""
+    rows = list(rows)
+    if not rows:
+        return
+    cursor = statements.insert_rows(Event, rows)
+    if isinstance(database_proxy.obj, peewee.SqliteDatabase):
+        newest = cursor.lastrowid
+    else:
+        # The payload is the newest id inserted, so that a broker whose
+        # feed has read that far already skips the wake-up.
+        newest = statements.run(
+            "SELECT lastval(), pg_notify(?, lastval()::text)", [CHANNEL]
+        ).fetchone()[0]
+    if after_commit(CHANNEL, _committed):
+        _newest.id = 0
+    _newest.id = max(_newest.id, newest)
+
+
+def list_events(
+    after: int,
+    limit: int,
+    *,
+    upto: int | None = None,
+    resource: str = "",
+    kind: str = "",
+    lease_id: str = "",
+    actor: str = "",
+    types: Sequence[str] = (),
+    start_time: float | None = None,
+    end_time: float | None = None,
+) -> list[Event]:
+    """Up to `limit` events with an id above `after` (and at most `upto`)
+    that match every filter given, oldest first."""
+    conditions = [Event.id > after]
+    if upto is not None:
+        conditions.append(Event.id <= upto)
+    for field, value in (
+        (Event.resource, resource),
+        (Event.kind, kind),
+        (Event.lease_id, lease_id),
+        (Event.actor, actor),
+    ):
+        if value:
+            conditions.append(field == value)
+    if types:
+        conditions.append(Event.type.in_(list(types)))
+    if start_time is not None:
+        conditions.append(Event.time >= start_time)
+    if end_time is not None:
+        conditions.append(Event.time < end_time)
+    return list(Event.select().where(*conditions).order_by(Event.id).limit(limit))
+
+
+def latest_sequence() -> int:
+    """The largest id stored, 0 if none."""
+    return Event.select(peewee.fn.MAX(Event.id)).scalar() or 0
+
+
+def oldest_sequence() -> int:
+    """The smallest id stored, 0 if none."""
+    return Event.select(peewee.fn.MIN(Event.id)).scalar() or 0
+
+
+def pruned_through() -> int:
+    """The largest id retention has deleted, 0 if none."""
+    row = Setting.get_or_none(Setting.name == PRUNED_KEY)
+    return int(row.value) if row is not None else 0
+
+
+def delete_older(cutoff: float, limit: int) -> int:
+    """Inside a write transaction: of the `limit` oldest events, deletes those
+    recorded before `cutoff`, never the newest event; returns how many. It
+    reads at most `limit` rows, by the primary key, whatever the table holds."""
+    newest = latest_sequence()
+    oldest = Event.select(Event.id, Event.time).order_by(Event.id).limit(limit)
+    ids = [row.id for row in oldest if row.time < cutoff and row.id < newest]
+    if not ids:
+        return 0
+    Event.delete().where(Event.id.in_(ids)).execute()
+    through = str(max(max(ids), pruned_through()))
+    Setting.insert(name=PRUNED_KEY, value=through).on_conflict(
+        conflict_target=[Setting.name], update={Setting.value: through}
+    ).execute()
+    return len(ids)
+
+
+def end_times(lease_ids: Sequence[str], types: Sequence[str]) -> dict[tuple[str, str], float]:
+    """When each (lease, resource) of these leases ended, by an event of
+    one of `types`."""
+    ends: dict[tuple[str, str], float] = {}
+    ids = list(dict.fromkeys(lease_ids))
+    for start in range(0, len(ids), 500):
+        rows = (
+            Event.select(Event.lease_id, Event.resource, Event.time)
+            .where(Event.lease_id.in_(ids[start : start + 500]), Event.type.in_(list(types)))
+            .tuples()
+        )
+        for lease_id, resource, time in rows:
+            ends[(lease_id, resource)] = time
+    return ends

@@ -212,6 +212,14 @@ def leases_by_id(lease_ids: Sequence[str]) -> dict[str, Lease]:
     return {row.id: row for row in Lease.select().where(Lease.id.in_(list(lease_ids)))}
 
 
+class FencingFloor(BaseModel):
+    """The highest fencing number of a resource name among the grants that
+    retention deleted, so that numbers keep growing without them."""
+
+    resource_name = peewee.CharField(max_length=128, primary_key=True)
+    fencing_token = peewee.BigIntegerField()
+
+
 def highest_fencing_token(resource_name: str) -> int:
     """The highest number ever granted for a resource of this name, so that a
     resource deleted and created again keeps numbering upwards."""
@@ -220,4 +228,47 @@ def highest_fencing_token(resource_name: str) -> int:
         .where(LeaseGrant.resource_name == resource_name)
         .scalar()
     )
-    return highest or 0
+    floor = FencingFloor.get_or_none(FencingFloor.resource_name == resource_name)
+    return max(highest or 0, floor.fencing_token if floor else 0)
+
+
+def delete_ended_leases(ended_states: Sequence[int], cutoff: float, limit: int) -> int:
+    """Inside a write transaction: deletes up to `limit` leases in
+    `ended_states` that ended before `cutoff`, with their grants, keeping
+    each resource name's highest fencing number (`FencingFloor`); returns
+    how many. The (state, expire_time) index bounds the read: a lease
+    released or revoked ended before its expiry, and one that expired ended
+    after it."""
+    ids = [
+        row.id
+        for row in Lease.select(Lease.id)
+        .where(
+            Lease.state.in_(list(ended_states)),
+            Lease.expire_time < cutoff,
+            Lease.end_time < cutoff,
+        )
+        .limit(limit)
+    ]
+    if not ids:
+        return 0
+    highest = (
+        LeaseGrant.select(LeaseGrant.resource_name, peewee.fn.MAX(LeaseGrant.fencing_token))
+        .where(LeaseGrant.lease.in_(ids))
+        .group_by(LeaseGrant.resource_name)
+        .tuples()
+    )
+    highest = dict(highest)
+    floors = {
+        row.resource_name: row.fencing_token
+        for row in FencingFloor.select().where(FencingFloor.resource_name.in_(list(highest)))
+    }
+    for name, token in highest.items():
+        if name not in floors:
+            FencingFloor.insert(resource_name=name, fencing_token=token).execute()
+        elif token > floors[name]:
+            FencingFloor.update(fencing_token=token).where(
+                FencingFloor.resource_name == name
+            ).execute()
+    LeaseGrant.delete().where(LeaseGrant.lease.in_(ids)).execute()
+    Lease.delete().where(Lease.id.in_(ids)).execute()
+    return len(ids)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import select
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import peewee
 import psycopg2
@@ -38,11 +38,19 @@ def announce_grants(waiter_ids: list[int]) -> None:
 class GrantListener:
     """Listens for grants announced by any broker and hands their waiter ids
     to `callback`, on a thread and a connection of its own, reconnecting
-    after a failure."""
+    after a failure. Notes on the other `channels` (e.g. new events) hand
+    their payloads to their own callback, on the same connection; each is
+    called with none after (re)connecting, for what came before."""
 
-    def __init__(self, database: peewee.PostgresqlDatabase, callback: Callable[[list[int]], None]):
+    def __init__(
+        self,
+        database: peewee.PostgresqlDatabase,
+        callback: Callable[[list[int]], None],
+        channels: Mapping[str, Callable[[list[str]], None]] | None = None,
+    ):
         self.database = database
         self.callback = callback
+        self.channels = dict(channels or {})
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="grant-listener", daemon=True)
 
@@ -71,17 +79,28 @@ class GrantListener:
         connection = self.connect()
         try:
             with connection.cursor() as cursor:
-                cursor.execute(f"LISTEN {CHANNEL}")
+                for channel in (*self.channels, CHANNEL):
+                    cursor.execute(f"LISTEN {channel}")
+            # Whatever was announced before listening began is read anew by
+            # whoever relies on it (a waiting call's poll, the event feed).
+            for callback in self.channels.values():
+                callback([])
             while not self._stop.is_set():
                 if select.select([connection], [], [], 0.5)[0]:
                     connection.poll()
+                    notes = list(connection.notifies)
+                    connection.notifies.clear()
                     ids = [
                         int(waiter_id)
-                        for note in connection.notifies
+                        for note in notes
+                        if note.channel == CHANNEL
                         for waiter_id in note.payload.split(",")
                     ]
-                    connection.notifies.clear()
                     if ids:
                         self.callback(ids)
+                    for channel, callback in self.channels.items():
+                        payloads = [note.payload for note in notes if note.channel == channel]
+                        if payloads:
+                            callback(payloads)
         finally:
             connection.close()

@@ -36,7 +36,7 @@ class Waiter(BaseModel):
     end_time = peewee.DoubleField(null=True)
 
     class Meta:
-        indexes = ((("state", "priority", "id"), False),)
+        indexes = ((("state", "priority", "id"), False), (("state", "end_time"), False))
 
 
 def insert_waiter(values: dict) -> int:
@@ -150,3 +150,17 @@ def cancel_session_waiters(session_id: str, waiting_state: int, state: int, now:
         ' "request_digest" = NULL WHERE "session_id" = ? AND "state" = ?',
         [state, now, session_id, waiting_state],
     )
+
+
+def delete_ended_waiters(ended_states: Sequence[int], cutoff: float, limit: int) -> int:
+    """Inside a write transaction: deletes up to `limit` requests in
+    `ended_states` that left the queue before `cutoff`; returns how many."""
+    ids = [
+        row.id
+        for row in Waiter.select(Waiter.id)
+        .where(Waiter.state.in_(list(ended_states)), Waiter.end_time < cutoff)
+        .limit(limit)
+    ]
+    if ids:
+        Waiter.delete().where(Waiter.id.in_(ids)).execute()
+    return len(ids)

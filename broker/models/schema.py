@@ -15,7 +15,7 @@ from playhouse.migrate import SchemaMigrator, migrate
 from broker.models.base import BaseModel
 from broker.models.database import LAYOUT_LOCK_KEY, database_proxy, schema_key
 from broker.models.event import Event
-from broker.models.lease import Lease, LeaseGrant
+from broker.models.lease import FencingFloor, Lease, LeaseGrant
 from broker.models.queue import Waiter
 from broker.models.resource import Resource
 from broker.models.session import Session
@@ -25,8 +25,10 @@ from broker.models.token import Token
 # The layout this broker writes: 1 had resources and leases, 2 added the wait
 # queue, sessions and lock-delays, 3 keeps keyed hashes of request ids
 # instead of the ids, 4 records leases' and waiters' principals and keeps
-# API tokens. Bump it with every change of the layout.
-SCHEMA_VERSION = 4
+# API tokens, 5 gives events their kind and reason and keeps the fencing
+# numbers of grants deleted by retention. Bump it with every change of the
+# layout.
+SCHEMA_VERSION = 5
 SCHEMA_VERSION_KEY = "schema_version"
 # PostgreSQL keeps the first 63 bytes of a longer name.
 POSTGRES_NAME_BYTES = 63
@@ -41,6 +43,7 @@ CORE_MODELS: tuple[type[BaseModel], ...] = (
     Resource,
     Lease,
     LeaseGrant,
+    FencingFloor,
     Event,
     Waiter,
     Session,

@@ -3,6 +3,8 @@ its keep-alives push forward."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import peewee
 
 from broker.models import statements
@@ -76,3 +78,23 @@ def keep_alive(session_id: str, expire_time: float, now: float, active_state: in
         'UPDATE "lease" SET "expire_time" = ? + "ttl" WHERE "session_id" = ? AND "state" = ?',
         [now, session_id, active_state],
     )
+
+
+def delete_ended_sessions(ended_states: Sequence[int], cutoff: float, limit: int) -> int:
+    """Inside a write transaction: deletes up to `limit` sessions in
+    `ended_states` that ended before `cutoff`; returns how many. The (state,
+    expire_time) index bounds the read: a session closed before its
+    deadline, or expired after it."""
+    ids = [
+        row.id
+        for row in Session.select(Session.id)
+        .where(
+            Session.state.in_(list(ended_states)),
+            Session.expire_time < cutoff,
+            Session.end_time < cutoff,
+        )
+        .limit(limit)
+    ]
+    if ids:
+        Session.delete().where(Session.id.in_(ids)).execute()
+    return len(ids)

@@ -72,11 +72,12 @@ def insert_sql(model: type[peewee.Model], rows: int) -> str:
     return f"INSERT INTO {quoted(model._meta.table_name)} ({names}) VALUES {values}"
 
 
-def insert_rows(model: type[peewee.Model], rows: Sequence[dict[str, Any]]) -> None:
+def insert_rows(model: type[peewee.Model], rows: Sequence[dict[str, Any]]):
     """Inserts rows given as field-name dicts (every field but an
-    auto-increment key), converting values as the fields do."""
+    auto-increment key), converting values as the fields do; returns the
+    cursor (None for no rows)."""
     if not rows:
-        return
+        return None
     fields = [f for f in columns_of(model) if not isinstance(f, peewee.AutoField)]
     params = [field.db_value(row[field.name]) for row in rows for field in fields]
-    run(insert_sql(model, len(rows)), params)
+    return run(insert_sql(model, len(rows)), params)

@@ -84,9 +84,9 @@ class Recorded:
 
 def event_violations(events: Sequence[Recorded]) -> list[str]:
     """What is wrong with the broker's own history (in id order): a grant of a
-    resource before the previous grant's release, a release by a lease that
-    did not hold it, an ending other than a release, a fencing token that
-    does not grow, a resource still held at the end."""
+    resource before the previous grant's release, a renewal or release by a
+    lease that did not hold it, an ending other than a release, a fencing
+    token that does not grow, a resource still held at the end."""
     problems = []
     holding: dict[str, Recorded] = {}
     last_token: dict[str, int] = {}
@@ -104,6 +104,12 @@ def event_violations(events: Sequence[Recorded]) -> list[str]:
                 )
             holding[event.resource] = event
             last_token[event.resource] = max(event.fencing_token, last_token.get(event.resource, 0))
+        elif event.type == "lease_renewed":
+            held = holding.get(event.resource)
+            if held is None or held.lease_id != event.lease_id:
+                problems.append(
+                    f"{event.resource}: renewed by {event.lease_id}, which did not hold it"
+                )
         elif event.type.startswith("lease_"):
             held = holding.get(event.resource)
             if event.type != "lease_released":
@@ -213,6 +219,15 @@ def test_event_checker_accepts_a_clean_history():
             ],
             "calc-1: lease_released by b, which did not hold it",
             id="release-by-another",
+        ),
+        pytest.param(
+            [
+                Recorded("lease_granted", "calc-1", "a", 1),
+                Recorded("lease_renewed", "calc-1", "b", 1),
+                Recorded("lease_released", "calc-1", "a", 1),
+            ],
+            "calc-1: renewed by b, which did not hold it",
+            id="renewal-by-another",
         ),
         pytest.param(
             [

@@ -10,6 +10,8 @@ from google.protobuf import field_mask_pb2
 
 from broker.api.permissions import METHOD_ROLES, required_role
 from broker.v1 import (
+    event_service_pb2,
+    event_service_pb2_grpc,
     inventory_service_pb2,
     inventory_service_pb2_grpc,
     lease_service_pb2,
@@ -32,6 +34,7 @@ class Calls:
     def __init__(self, channel: grpc.Channel, tokens: dict[str, str]):
         self.inventory = inventory_service_pb2_grpc.InventoryServiceStub(channel)
         self.leases = lease_service_pb2_grpc.LeaseServiceStub(channel)
+        self.events = event_service_pb2_grpc.EventServiceStub(channel)
         self.tokens = tokens
         self.count = 0
         self.call(self.inventory.CreateResource, "admin", create("lic", "Licence", product="x"))
@@ -111,7 +114,28 @@ class Calls:
             return grpc.StatusCode.OK
         if method == "OpenSession":
             return self.open_session(metadata)
+        if method == "ListEvents":
+            request = event_service_pb2.ListEventsRequest()
+            return self.call(self.events.ListEvents, caller, request)
+        if method == "GetUsageStats":
+            request = event_service_pb2.GetUsageStatsRequest()
+            return self.call(self.events.GetUsageStats, caller, request)
+        if method == "WatchEvents":
+            return self.watch_events(metadata)
         raise AssertionError(f"no call of {method} in this test: add one")
+
+    def watch_events(self, metadata) -> grpc.StatusCode:
+        """The first event of a watch (the resources created are events)."""
+        calls = self.events.WatchEvents(
+            event_service_pb2.WatchEventsRequest(), timeout=RPC_TIMEOUT, metadata=metadata
+        )
+        try:
+            first = next(calls)
+        except grpc.RpcError as error:
+            return error.code()
+        assert first.event.sequence
+        calls.cancel()
+        return grpc.StatusCode.OK
 
     def open_session(self, metadata) -> grpc.StatusCode:
         sent = [lease_service_pb2.OpenSessionRequest()]

@@ -489,8 +489,13 @@ def test_revoke_ends_the_lease_frees_and_records_the_reason(inventory, leases, c
     assert revoked.end_time == clock.now
     assert holders_of(inventory, "p1") == ()
     [event] = events_of(EventType.LEASE_REVOKED)
-    assert (event.resource, event.lease_id, event.actor) == ("p1", revoked.lease_id, "admin")
-    assert json.loads(event.detail) == {"reason": "bench rewired"}
+    assert (event.resource, event.kind, event.lease_id, event.actor) == (
+        "p1",
+        "Phone",
+        revoked.lease_id,
+        "admin",
+    )
+    assert event.reason == "bench rewired"
 
 
 @pytest.mark.parametrize("reason", ["", "   ", "x" * 1025])

@@ -9,11 +9,11 @@ from broker.api.permissions import METHOD_ROLES, authorize, required_role
 from broker.api.server import SERVICE_NAMES
 from broker.domain.errors import PermissionDeniedError
 from broker.domain.values import Principal, Role
-from broker.v1 import inventory_service_pb2, lease_service_pb2
+from broker.v1 import event_service_pb2, inventory_service_pb2, lease_service_pb2
 
 SERVED = {
     f"/{service.full_name}/{method.name}"
-    for module in (inventory_service_pb2, lease_service_pb2)
+    for module in (inventory_service_pb2, lease_service_pb2, event_service_pb2)
     for service in module.DESCRIPTOR.services_by_name.values()
     for method in service.methods
 }
