@@ -14,18 +14,17 @@ import random
 
 import grpc
 import pytest
-from google.protobuf import message_factory
+from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
 from broker.api.errors import Throttled
-from broker.v1 import inventory_service_pb2, lease_service_pb2
+from broker.api.server import SERVICE_NAMES
 from broker.v1 import inventory_service_pb2 as inv
+from broker.v1 import lease_service_pb2
 from tests.conftest import RPC_TIMEOUT
 
-SERVICES = (
-    inventory_service_pb2.DESCRIPTOR.services_by_name["InventoryService"],
-    lease_service_pb2.DESCRIPTOR.services_by_name["LeaseService"],
-)
+# Every service the broker serves (health and reflection aside).
+SERVICES = tuple(descriptor_pool.Default().FindServiceByName(name) for name in SERVICE_NAMES)
 METHODS = [method for service in SERVICES for method in service.methods]
 
 # Tag 0x07 is field 0 with wire type 7: neither exists, whatever follows.
