@@ -69,95 +69,86 @@ def test_health_and_reflection_need_no_credential(auth_broker):
     assert "broker.v1.LeaseService" in names
 
 
-def test_two_principals_on_one_holder_never_share_a_lease(auth_broker):
-    server, tokens = auth_broker
-    with grpc.insecure_channel(server.address) as channel:
-        inventory = inventory_service_pb2_grpc.InventoryServiceStub(channel)
-        leases = lease_service_pb2_grpc.LeaseServiceStub(channel)
-        inventory.CreateResource(
-            create("calc-1", "Calculator"),
-            timeout=RPC_TIMEOUT,
-            metadata=metadata_of(tokens["admin"]),
-        )
-        held = leases.AcquireLease(
-            acquire_request(requirement("Calculator"), holder="ci@bench-3"),
-            timeout=RPC_TIMEOUT,
-            metadata=metadata_of(tokens["alice"]),
-        )
-        assert (held.lease.principal, held.lease.holder) == ("alice", "ci@bench-3")
-        assert held.lease.grants[0].resource.owner == "alice"
-        for method, request in (
-            (leases.RenewLease, lease_service_pb2.RenewLeaseRequest),
-            (leases.ReleaseLease, lease_service_pb2.ReleaseLeaseRequest),
-        ):
-            with pytest.raises(grpc.RpcError) as raised:
-                method(
-                    request(lease_id=held.lease.lease_id, secret=held.secret),
-                    timeout=RPC_TIMEOUT,
-                    metadata=metadata_of(tokens["bob"]),
-                )
-            assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
-            assert "another principal" in raised.value.details()
-        listed = leases.ListLeases(
-            lease_service_pb2.ListLeasesRequest(),
-            timeout=RPC_TIMEOUT,
-            metadata=metadata_of(tokens["viewer"]),
-        ).leases
-        assert [(lease.principal, lease.holder) for lease in listed] == [("alice", "ci@bench-3")]
-        released = leases.ReleaseLease(
-            lease_service_pb2.ReleaseLeaseRequest(lease_id=held.lease.lease_id, secret=held.secret),
-            timeout=RPC_TIMEOUT,
-            metadata=metadata_of(tokens["alice"]),
-        )
-        assert released.lease.state == lease_pb2.LEASE_STATE_RELEASED
+class Caller:
+    """The broker's stubs on one channel; `as_(who, method, request)` makes
+    the call with `who`'s token."""
+
+    def __init__(self, channel: grpc.Channel, tokens: dict[str, str]):
+        self.inventory = inventory_service_pb2_grpc.InventoryServiceStub(channel)
+        self.leases = lease_service_pb2_grpc.LeaseServiceStub(channel)
+        self.tokens = tokens
+
+    def as_(self, who: str, method, request):
+        return method(request, timeout=RPC_TIMEOUT, metadata=metadata_of(self.tokens[who]))
 
 
-def test_a_reservation_goes_by_the_verified_principal_not_the_holder(auth_broker):
+@pytest.fixture
+def caller(auth_broker) -> Caller:
     server, tokens = auth_broker
     with grpc.insecure_channel(server.address) as channel:
-        inventory = inventory_service_pb2_grpc.InventoryServiceStub(channel)
-        leases = lease_service_pb2_grpc.LeaseServiceStub(channel)
-        reserved = calculator("calc-r", reserved_for="alice")
-        inventory.CreateResource(
-            inventory_service_pb2.CreateResourceRequest(resource=reserved),
-            timeout=RPC_TIMEOUT,
-            metadata=metadata_of(tokens["admin"]),
-        )
+        yield Caller(channel, tokens)
+
+
+def test_two_principals_on_one_holder_never_share_a_lease(caller):
+    leases = caller.leases
+    caller.as_("admin", caller.inventory.CreateResource, create("calc-1", "Calculator"))
+    held = caller.as_(
+        "alice",
+        leases.AcquireLease,
+        acquire_request(requirement("Calculator"), holder="ci@bench-3"),
+    )
+    assert (held.lease.principal, held.lease.holder) == ("alice", "ci@bench-3")
+    assert held.lease.grants[0].resource.owner == "alice"
+    for method, request in (
+        (leases.RenewLease, lease_service_pb2.RenewLeaseRequest),
+        (leases.ReleaseLease, lease_service_pb2.ReleaseLeaseRequest),
+    ):
         with pytest.raises(grpc.RpcError) as raised:
-            leases.AcquireLease(
-                acquire_request(requirement("Calculator"), holder="alice"),
-                timeout=RPC_TIMEOUT,
-                metadata=metadata_of(tokens["bob"]),
-            )
-        assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        held = leases.AcquireLease(
-            acquire_request(requirement("Calculator")),
-            timeout=RPC_TIMEOUT,
-            metadata=metadata_of(tokens["alice"]),
-        )
-        assert held.lease.principal == "alice"
+            caller.as_("bob", method, request(lease_id=held.lease.lease_id, secret=held.secret))
+        assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "another principal" in raised.value.details()
+    listed = caller.as_("viewer", leases.ListLeases, lease_service_pb2.ListLeasesRequest()).leases
+    assert [(lease.principal, lease.holder) for lease in listed] == [("alice", "ci@bench-3")]
+    released = caller.as_(
+        "alice",
+        leases.ReleaseLease,
+        lease_service_pb2.ReleaseLeaseRequest(lease_id=held.lease.lease_id, secret=held.secret),
+    )
+    assert released.lease.state == lease_pb2.LEASE_STATE_RELEASED
 
 
-def test_events_name_the_verified_principal(auth_broker):
-    server, tokens = auth_broker
-    with grpc.insecure_channel(server.address) as channel:
-        inventory = inventory_service_pb2_grpc.InventoryServiceStub(channel)
-        leases = lease_service_pb2_grpc.LeaseServiceStub(channel)
-        inventory.CreateResource(
-            create("calc-1", "Calculator"),
-            timeout=RPC_TIMEOUT,
-            metadata=metadata_of(tokens["admin"]),
+def test_a_reservation_goes_by_the_verified_principal_not_the_holder(caller):
+    reserved = calculator("calc-r", reserved_for="alice")
+    caller.as_(
+        "admin",
+        caller.inventory.CreateResource,
+        inventory_service_pb2.CreateResourceRequest(resource=reserved),
+    )
+    with pytest.raises(grpc.RpcError) as raised:
+        caller.as_(
+            "bob",
+            caller.leases.AcquireLease,
+            acquire_request(requirement("Calculator"), holder="alice"),
         )
-        held = leases.AcquireLease(
-            acquire_request(requirement("Calculator"), holder="admin"),
-            timeout=RPC_TIMEOUT,
-            metadata=metadata_of(tokens["alice"]),
-        )
-        leases.RevokeLease(
-            lease_service_pb2.RevokeLeaseRequest(lease_id=held.lease.lease_id, reason="bench"),
-            timeout=RPC_TIMEOUT,
-            metadata=metadata_of(tokens["admin"]),
-        )
+    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    held = caller.as_(
+        "alice", caller.leases.AcquireLease, acquire_request(requirement("Calculator"))
+    )
+    assert held.lease.principal == "alice"
+
+
+def test_events_name_the_verified_principal(caller):
+    caller.as_("admin", caller.inventory.CreateResource, create("calc-1", "Calculator"))
+    held = caller.as_(
+        "alice",
+        caller.leases.AcquireLease,
+        acquire_request(requirement("Calculator"), holder="admin"),
+    )
+    caller.as_(
+        "admin",
+        caller.leases.RevokeLease,
+        lease_service_pb2.RevokeLeaseRequest(lease_id=held.lease.lease_id, reason="bench"),
+    )
     actors = {event.type: event.actor for event in Event.select().where(Event.resource == "calc-1")}
     assert actors == {
         EventType.RESOURCE_CREATED.value: "admin",
