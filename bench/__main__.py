@@ -7,18 +7,27 @@ On SQLite, one broker:
 2. hand-off (`bench.handoff`): 16 client processes queueing for one
    resource: hand-off latency p50/p99 and Jain's fairness index;
 3. SIGKILL to re-grant (`bench.regrant`): a session holder is killed, how
-   soon its waiter is granted.
+   soon its waiter is granted;
+4. auth (`bench.auth`): the cycle of 1 at 1 and 4 clients with
+   authentication off and on (two brokers, one after the other), and the
+   ratios on/off;
+5. events (`bench.events`): event rows per cycle, and the time of writing
+   them as a share of the cycle's (on a broker of its own);
+6. fan-out (`bench.fanout`): 100 `WatchEvents` streams on one broker (of
+   its own) while a client runs cycles: events/s produced and delivered,
+   lags, the broker's CPU.
 
 On PostgreSQL (`--postgres`, env BENCH_POSTGRES, default the local server's
 `test` database), each broker layout in a fresh schema `bench_<random>`,
 dropped at the end whatever happens:
 
-4. throughput as in 1 on one broker, and on two brokers sharing the
+7. throughput as in 1 on one broker, and on two brokers sharing the
    database (clients dealt round robin over them);
-5. hand-off as in 2 with the waiting processes split over two brokers, so
+8. hand-off as in 2 with the waiting processes split over two brokers, so
    a release on one hands off to waiters on the other (LISTEN/NOTIFY);
-6. freeze (`bench.freeze`): grants/s of three brokers before, during and
-   after one of them is SIGSTOPped while it holds the write lock.
+9. freeze (`bench.freeze`): grants/s of three brokers before, during and
+   after one of them is SIGSTOPped while it holds the write lock;
+10. events and fan-out as in 5 and 6, each on one broker of its own.
 
 Their points' names end in `_postgresql_1broker` / `_postgresql_2brokers`.
 If PostgreSQL cannot be reached, one line says those points are skipped and
@@ -34,6 +43,8 @@ status 1 if any point had errors (missed targets are printed, not failed).
     .venv/bin/python -m bench --only handoff,regrant --handoff-duration 3
     .venv/bin/python -m bench --databases postgresql --only throughput
     .venv/bin/python -m bench --only freeze --freeze-seconds 16
+    .venv/bin/python -m bench --only auth
+    .venv/bin/python -m bench --only fanout --databases sqlite --watchers 100
 """
 
 from __future__ import annotations
@@ -56,7 +67,9 @@ from bench.broker_process import (
     start_broker,
 )
 
-SUITES = ("throughput", "handoff", "regrant", "freeze")
+SUITES = ("throughput", "handoff", "regrant", "freeze", "auth", "events", "fanout")
+# The suites that share the one SQLite broker.
+SHARED_SQLITE = ("throughput", "handoff", "regrant")
 DATABASES = ("sqlite", "postgresql")
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 # How many brokers share the PostgreSQL database for each point.
@@ -106,7 +119,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--databases",
         type=choices(DATABASES),
         default=",".join(DATABASES),
-        help="on which backends (regrant runs on SQLite only)",
+        help="on which backends (regrant and auth run on SQLite only)",
     )
     option(
         "--postgres",
@@ -122,6 +135,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     option("--hold-ms", type=float, default=1.0, help="how long each hand-off client holds")
     option("--regrant-trials", type=int, default=5, help="SIGKILLs of a session holder")
     option("--freeze-seconds", type=positive, default=10.0, help="how long one broker stays frozen")
+    option("--auth-clients", type=client_counts, default="1,4", help="auth points")
+    option(
+        "--events-cycles", type=int, default=2000, help="cycles' events written again in process"
+    )
+    option("--watchers", type=int, default=100, help="WatchEvents streams of the fan-out")
     option(
         "--json",
         default=os.environ.get("BENCH_JSON", "bench-results.json"),
@@ -130,6 +148,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.handoff_clients < 2 or args.regrant_trials < 1 or args.hold_ms < 0:
         parser.error("--handoff-clients >= 2, --regrant-trials >= 1 and --hold-ms >= 0")
+    if args.events_cycles < 1 or args.watchers < 1:
+        parser.error("--events-cycles >= 1 and --watchers >= 1")
     if "postgresql" in args.databases and (problem := loopback_problem(args.postgres)):
         parser.error(f"--postgres: {problem}")
     return args
@@ -143,17 +163,19 @@ def write_points(points: list[dict], json_path: str) -> None:
 
 @contextlib.contextmanager
 def brokers(
-    workdir: str, database_url: str | None, count: int, names: Sequence[str]
+    workdir: str, database_url: str | None, count: int, names: Sequence[str], auth: bool = False
 ) -> Iterator[Broker]:
     """`count` brokers on `database_url` (None: SQLite in `workdir`) with
-    `names` seeded, described in one line; stopped at the end."""
+    `names` seeded, described in one line; stopped at the end. With `auth`,
+    authentication is on (see `start_broker`)."""
     import grpc
 
     os.makedirs(workdir, exist_ok=True)
-    broker = start_broker(workdir, database_url, count)
+    broker = start_broker(workdir, database_url, count, auth=auth)
     try:
-        seed(broker.address, names)
+        seed(broker.address, names, broker.token)
         where = database_url.split("?", 1)[-1] if database_url else "SQLite"
+        where += ", authentication on" if auth else ""
         listing = ", ".join(
             f"pid {pid} on {address}"
             for pid, address in zip(broker.pids, broker.addresses, strict=True)
@@ -184,11 +206,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so the brokers and the clients are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    from bench import freeze, handoff, regrant, throughput
+    from bench import auth, events, fanout, freeze, handoff, regrant, throughput
 
     points: list[dict] = []
     errors = 0
-    names = [f"bench-{i:03d}" for i in range(max(args.clients))]
+    names = [f"bench-{i:03d}" for i in range(max(*args.clients, *args.auth_clients))]
     freeze_names = [f"bench-{i:03d}" for i in range(freeze.CLIENTS)]
 
     def record(result) -> None:
@@ -233,17 +255,57 @@ def main(argv: Sequence[str] | None = None) -> int:
         record(result)
         print(result.targets(), flush=True)
 
+    def events_point(workdir: str, database_url: str | None, backend: str) -> None:
+        print(events.header(args.duration, args.warmup, args.events_cycles), flush=True)
+        with brokers(workdir, database_url, 1, names[:1]) as broker:
+            cycle = events.run_cycles(broker, names, duration=args.duration, warmup=args.warmup)
+        record(events.measure_writes(broker.database_url, backend, cycle, args.events_cycles))
+
+    def fanout_point(
+        workdir: str, database_url: str | None, where: str = "", variant: str = ""
+    ) -> None:
+        print(fanout.header(args.watchers, args.duration, args.warmup, where), flush=True)
+        with brokers(workdir, database_url, 1, names[:1]) as broker:
+            record(
+                fanout.run_fanout(
+                    broker,
+                    names,
+                    args.watchers,
+                    duration=args.duration,
+                    warmup=args.warmup,
+                    variant=variant,
+                )
+            )
+
     def on_sqlite(workdir: str) -> None:
-        with brokers(workdir, None, 1, [*names, handoff.RESOURCE, regrant.RESOURCE]) as broker:
-            if "throughput" in args.only:
-                throughput_points(broker)
-            if "handoff" in args.only:
-                handoff_point(broker)
-            if "regrant" in args.only:
-                print(regrant.HEADER, flush=True)
-                result = regrant.run_regrant(broker, args.regrant_trials)
-                record(result)
-                print(result.targets(), flush=True)
+        if any(suite in args.only for suite in SHARED_SQLITE):
+            with brokers(workdir, None, 1, [*names, handoff.RESOURCE, regrant.RESOURCE]) as broker:
+                if "throughput" in args.only:
+                    throughput_points(broker)
+                if "handoff" in args.only:
+                    handoff_point(broker)
+                if "regrant" in args.only:
+                    print(regrant.HEADER, flush=True)
+                    result = regrant.run_regrant(broker, args.regrant_trials)
+                    record(result)
+                    print(result.targets(), flush=True)
+        if "auth" in args.only:
+            print(auth.header(args.auth_clients, args.duration, args.warmup), flush=True)
+            record(
+                auth.run_auth(
+                    lambda where, seeded, on: brokers(where, None, 1, seeded, auth=on),
+                    workdir,
+                    names,
+                    args.auth_clients,
+                    duration=args.duration,
+                    warmup=args.warmup,
+                    max_processes=max(1, args.processes),
+                )
+            )
+        if "events" in args.only:
+            events_point(os.path.join(workdir, "events"), None, "sqlite")
+        if "fanout" in args.only:
+            fanout_point(os.path.join(workdir, "fanout"), None)
 
     def on_postgres(workdir: str) -> None:
         layouts = {
@@ -254,7 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for count in sorted({*POSTGRES_THROUGHPUT_BROKERS, POSTGRES_HANDOFF_BROKERS})
         }
         wants_freeze = "freeze" in args.only
-        if not wants_freeze and not any(any(wanted) for wanted in layouts.values()):
+        own_broker = [suite for suite in ("events", "fanout") if suite in args.only]
+        if not (wants_freeze or own_broker) and not any(any(wanted) for wanted in layouts.values()):
             return
         problem = postgres_problem(args.postgres)
         if problem:
@@ -295,6 +358,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 record(result)
                 print(result.targets(), flush=True)
+        where, variant = on_postgresql(1)
+        for suite in own_broker:
+            with postgres_schema(args.postgres) as url:
+                suite_dir = os.path.join(workdir, f"postgresql-{suite}")
+                if suite == "events":
+                    events_point(suite_dir, url, "postgresql")
+                else:
+                    fanout_point(suite_dir, url, where, variant)
 
     with tempfile.TemporaryDirectory(prefix="broker-bench-") as workdir:
         try:

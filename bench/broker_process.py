@@ -10,7 +10,7 @@ configuration sets only what the bench needs; everything else (the session
 keep-alive timeout, the expiry sweep's interval, the queue's longest wait,
 PostgreSQL's pool and timeouts) is the broker's default. Clients talk to the
 brokers over 127.0.0.1 only, through the generated stubs (`broker.v1`), never
-the SDK.
+the SDK (but for its interceptor that sends a token, `open_channel`).
 """
 
 from __future__ import annotations
@@ -43,10 +43,14 @@ server:
   max_concurrent_rpcs: 4096
   grace_seconds: 1.0
 database:
-  url: sqlite:///broker.sqlite3
+  url: {database_url}
+auth:
+  enabled: {auth}
 kinds:
   - {kind_model}
 """
+# The principal of the token a broker with authentication on is started with.
+TOKEN_NAME = "bench"
 
 
 @dataclasses.dataclass
@@ -57,6 +61,8 @@ class Broker:
     processes: list[subprocess.Popen]
     addresses: list[str]
     log_paths: list[str]
+    database_url: str = ""
+    token: str = ""  # an admin's token if authentication is on, else ""
 
     @property
     def address(self) -> str:
@@ -92,18 +98,27 @@ def broker_command() -> list[str]:
     return [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "broker"]
 
 
-def start_broker(workdir: str, database_url: str | None = None, count: int = 1) -> Broker:
+def start_broker(
+    workdir: str, database_url: str | None = None, count: int = 1, *, auth: bool = False
+) -> Broker:
     """Starts `count` brokers (`broker serve` on 127.0.0.1:0) on `database_url`,
     by default a fresh SQLite file in `workdir`, one after the other (each
     creates or checks the tables on start-up); returns once every one has
     printed the address it listens on. Several brokers need a database they
-    can share (PostgreSQL)."""
+    can share (PostgreSQL). With `auth`, authentication is on and an admin's
+    token is made first, offline (`broker tokens create`), as an operator
+    would; it is the broker's `token`."""
     config_path = os.path.join(workdir, "rotest.yml")
-    with open(config_path, "w", encoding="utf-8") as stream:
-        stream.write(CONFIG_YAML.format(kind_model=KIND_MODEL))
     database_url = database_url or "sqlite:///" + os.path.join(workdir, "broker.sqlite3")
+    with open(config_path, "w", encoding="utf-8") as stream:
+        stream.write(
+            CONFIG_YAML.format(
+                kind_model=KIND_MODEL, database_url=database_url, auth=str(auth).lower()
+            )
+        )
     env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))
+    token = make_token(config_path, workdir, env) if auth else ""
     command = [
         *broker_command(),
         "serve",
@@ -111,7 +126,7 @@ def start_broker(workdir: str, database_url: str | None = None, count: int = 1) 
         "--address", "127.0.0.1:0",
         "--database", database_url,
     ]  # fmt: skip
-    broker = Broker([], [], [])
+    broker = Broker([], [], [], database_url, token)
     try:
         for index in range(count):
             log_path = os.path.join(workdir, "broker.log" if count == 1 else f"broker-{index}.log")
@@ -127,6 +142,34 @@ def start_broker(workdir: str, database_url: str | None = None, count: int = 1) 
         broker.stop()
         raise
     return broker
+
+
+def make_token(config_path: str, workdir: str, env: dict[str, str]) -> str:
+    """An admin's token in the configuration's database, made by `broker
+    tokens create` (which prints the token last)."""
+    done = subprocess.run(
+        [*broker_command(), "tokens", "create", TOKEN_NAME, "--role", "admin",
+         "--config", config_path],
+        capture_output=True, text=True, cwd=workdir, env=env, timeout=START_TIMEOUT,
+    )  # fmt: skip
+    lines = done.stdout.split()
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"broker tokens create exited {done.returncode}: {done.stderr[-2000:]}")
+    return lines[-1]
+
+
+def open_channel(address: str, token: str = "", options=CHANNEL_OPTIONS):
+    """A blocking channel to `address`; with a `token`, every call on it
+    carries `authorization: Bearer <token>`, added by the SDK's own
+    interceptor so that the bench pays what an SDK client pays."""
+    import grpc
+
+    channel = grpc.insecure_channel(address, options=options)
+    if not token:
+        return channel
+    from sdk.channel import BearerToken
+
+    return grpc.intercept_channel(channel, BearerToken(token))
 
 
 def wait_listening(process: subprocess.Popen, log_path: str) -> str:
@@ -212,13 +255,14 @@ def postgres_schema(url: str) -> Iterator[str]:
             cursor.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
-def seed(address: str, names: Sequence[str]) -> list[str]:
-    """Creates a Calculator resource for each of `names`; returns them."""
+def seed(address: str, names: Sequence[str], token: str = "") -> list[str]:
+    """Creates a Calculator resource for each of `names` (as the admin of
+    `token`, if authentication is on); returns them."""
     import grpc
 
     from broker.v1 import inventory_service_pb2, inventory_service_pb2_grpc, resource_pb2
 
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address, token, options=()) as channel:
         grpc.channel_ready_future(channel).result(timeout=START_TIMEOUT)
         stub = inventory_service_pb2_grpc.InventoryServiceStub(channel)
         for name in names:

@@ -44,11 +44,11 @@ import time
 from collections.abc import Callable, Sequence
 
 from bench.broker_process import (
-    CHANNEL_OPTIONS,
     RPC_TIMEOUT,
     START_TIMEOUT,
     Broker,
     acquire_request,
+    open_channel,
     percentile,
     stop_processes,
 )
@@ -116,14 +116,15 @@ def client_process(
     go,
     schedule,
     results: multiprocessing.Queue,
+    token: str = "",
 ) -> None:
     """One client process: a thread per name, each with a channel to the
-    broker at the same place in `addresses`. Says it is ready
+    broker at the same place in `addresses` (sending `token`, if any). Says it is ready
     once every channel is connected, waits for `go`, runs `worker` in each
     thread over the window in `schedule`, and sends back what they measured."""
     import grpc
 
-    channels = [grpc.insecure_channel(address, options=CHANNEL_OPTIONS) for address in addresses]
+    channels = [open_channel(address, token) for address in addresses]
     try:
         for channel in channels:
             grpc.channel_ready_future(channel).result(timeout=START_TIMEOUT)
@@ -168,6 +169,7 @@ class PointResult:
     first_error: str
     server_cpu: float  # cores the broker(s) used during the window
     variant: str = ""  # appended to the points' names, e.g. "_postgresql_2brokers"
+    window: tuple[float, float] = (0.0, 0.0)  # wall-clock times when cycles counted
 
     @property
     def rate(self) -> float:
@@ -214,8 +216,9 @@ def run_point(
 ) -> PointResult:
     """Runs `clients` concurrent clients, the i-th on `names[i]` through
     `broker.address_for(i)` (spread evenly over the brokers), in
-    min(clients, max_processes) spawned processes; measures `duration`
-    seconds after `warmup` seconds."""
+    min(clients, max_processes) spawned processes, each call with the
+    broker's token if it has one; measures `duration` seconds after
+    `warmup` seconds."""
     context = multiprocessing.get_context("spawn")
     processes = min(clients, max_processes)
     ready, results = context.Queue(), context.Queue()
@@ -233,6 +236,7 @@ def run_point(
                 go,
                 schedule,
                 results,
+                broker.token,
             ),
             daemon=True,
         )
@@ -270,7 +274,15 @@ def run_point(
     finally:
         stop_processes(members)
     return PointResult(
-        clients, processes, duration, sorted(latencies), errors, first_error, server_cpu, variant
+        clients,
+        processes,
+        duration,
+        sorted(latencies),
+        errors,
+        first_error,
+        server_cpu,
+        variant,
+        (schedule[0], schedule[1]),
     )
 
 
