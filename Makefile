@@ -17,7 +17,7 @@ help:
 	@echo "make serve   start the broker ($(CONFIG), SQLite by default)"
 	@echo "make test    run the whole test suite"
 	@echo "make lint    ruff, buf lint, and the generated-code freshness check"
-	@echo "make bench   measure acquire+release throughput and latency"
+	@echo "make bench   benchmarks: throughput, latency, auth, events, fan-out"
 	@echo "make proto   regenerate broker/v1 from protos/"
 	@echo "make clean   remove the virtual environment and caches"
 

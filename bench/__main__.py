@@ -255,10 +255,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         record(result)
         print(result.targets(), flush=True)
 
-    def events_point(workdir: str, database_url: str | None, backend: str) -> None:
+    def events_point(
+        workdir: str, database_url: str | None, backend: str, variant: str = ""
+    ) -> None:
         print(events.header(args.duration, args.warmup, args.events_cycles), flush=True)
         with brokers(workdir, database_url, 1, names[:1]) as broker:
-            cycle = events.run_cycles(broker, names, duration=args.duration, warmup=args.warmup)
+            cycle = events.run_cycles(
+                broker, names, duration=args.duration, warmup=args.warmup, variant=variant
+            )
         record(events.measure_writes(broker.database_url, backend, cycle, args.events_cycles))
 
     def fanout_point(
@@ -363,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with postgres_schema(args.postgres) as url:
                 suite_dir = os.path.join(workdir, f"postgresql-{suite}")
                 if suite == "events":
-                    events_point(suite_dir, url, "postgresql")
+                    events_point(suite_dir, url, "postgresql", variant)
                 else:
                     fanout_point(suite_dir, url, where, variant)
 

@@ -57,11 +57,7 @@ class AuthResult:
         return "\n".join(lines)
 
     def points(self) -> list[dict]:
-        every = []
-        for suffix, points in (("_auth_off", self.off), ("_auth_on", self.on)):
-            for point in points:
-                point.variant = suffix
-                every.extend(point.points())
+        every = [row for point in (*self.off, *self.on) for row in point.points()]
         every.extend(
             {
                 "name": "auth_cycles_ratio_on_off",
@@ -99,7 +95,13 @@ def run_auth(
         with brokers(os.path.join(workdir, f"auth-{'on' if auth else 'off'}"), names, auth) as b:
             measured[auth] = [
                 throughput.run_point(
-                    b, names, count, duration=duration, warmup=warmup, max_processes=max_processes
+                    b,
+                    names,
+                    count,
+                    duration=duration,
+                    warmup=warmup,
+                    max_processes=max_processes,
+                    variant=f"_auth_{'on' if auth else 'off'}",
                 )
                 for count in clients
             ]

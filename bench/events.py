@@ -88,7 +88,7 @@ class EventsResult:
 
     def points(self) -> list[dict]:
         return [
-            {"name": f"{name}_{self.backend}", "clients": 1, "value": value, "unit": unit}
+            {"name": name + self.cycle.variant, "clients": 1, "value": value, "unit": unit}
             for name, value, unit in (
                 ("events_per_cycle", round(self.events_per_cycle, 3), "events"),
                 ("events_cycle_time", round(self.cycle_us, 1), "us"),
@@ -178,10 +178,12 @@ def write_again(groups: Sequence[Sequence[dict]], cycles: int) -> tuple[int, flo
 
 
 def run_cycles(
-    broker: Broker, names: Sequence[str], *, duration: float, warmup: float
+    broker: Broker, names: Sequence[str], *, duration: float, warmup: float, variant: str = ""
 ) -> throughput.PointResult:
     """Step 1's cycles on `broker` (stop it before `measure_writes`)."""
-    return throughput.run_point(broker, names, 1, duration=duration, warmup=warmup, max_processes=1)
+    return throughput.run_point(
+        broker, names, 1, duration=duration, warmup=warmup, max_processes=1, variant=variant
+    )
 
 
 def measure_writes(

@@ -1,15 +1,15 @@
 """Event fan-out: many `WatchEvents` streams on one broker while a client
 runs lease cycles.
 
-`--watchers` streams (100 by default) are opened from `PROCESSES` spawned
-processes, each running them on one asyncio channel (streams on one HTTP/2
-connection are cheap; a thread per stream would not be). Each watches every
-event from the first stored on, and is ready once it has the seeded
-resources' events. Then the throughput points' cycle
-(`bench.throughput.run_point`, one client) runs for a warm-up and
-`--duration` seconds; afterwards the bench lists the events the broker
-stored and waits (at most `DRAIN_SECONDS`) until every watcher has the
-newest one.
+First the throughput points' cycle (`bench.throughput.run_point`, one
+client) runs alone for a warm-up and `--duration` seconds, for comparison.
+Then `--watchers` streams (100 by default) are opened from `PROCESSES`
+spawned processes, each running them on one asyncio channel (streams on one
+HTTP/2 connection are cheap; a thread per stream would not be). Each watches
+every event after those stored so far, and is ready once it has the event of
+one more resource created for that. Then the same cycle runs again; after
+it, the bench lists the events the broker stored and waits (at most
+`DRAIN_SECONDS`) until every watcher has the newest one.
 
 Counting only events whose time falls in the measured window: events/s the
 broker produced, events/s delivered to all watchers together (ideally
@@ -21,7 +21,8 @@ watcher had the newest event. The broker's CPU seconds per second (user+system, 
 /proc/<pid>/stat of the subprocess) are given over the window and over the
 whole run until the last watcher caught up. A watcher that falls more than
 `events.watch_buffer` (1000) events behind is cut off with
-RESOURCE_EXHAUSTED: that is counted as an error.
+RESOURCE_EXHAUSTED: that is counted as an error. Last, the cycles/s with the
+watchers as a ratio of those without.
 
     .venv/bin/python -m bench --only fanout --databases sqlite
     .venv/bin/python -m bench --only fanout --watchers 200 --duration 5
@@ -45,12 +46,15 @@ from bench.broker_process import (
     START_TIMEOUT,
     Broker,
     percentile,
+    seed,
     stop_processes,
 )
 
 PROCESSES = 2  # watcher processes
 DRAIN_SECONDS = 15.0  # longest wait for the watchers to catch up
 LIST_PAGE = 1000
+# Created once the streams are open: its event tells each stream is ready.
+READY_RESOURCE = "bench-fanout-ready"
 
 
 @dataclasses.dataclass
@@ -81,16 +85,17 @@ async def watch(stub, request, tally: Watch, first: asyncio.Event) -> None:
         first.set()
 
 
-async def watch_all(address: str, count: int, ready, final, results) -> None:
-    """`count` streams on one channel; reports once each has sequence
-    `final.value` (set by the bench after the cycles) or the drain ends."""
+async def watch_all(address: str, count: int, after: int, ready, final, results) -> None:
+    """`count` streams on one channel of the events after sequence `after`;
+    reports once each has sequence `final.value` (set by the bench after the
+    cycles) or the drain ends."""
     import grpc
 
     from broker.v1 import event_service_pb2, event_service_pb2_grpc
 
     async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
         stub = event_service_pb2_grpc.EventServiceStub(channel)
-        request = event_service_pb2.WatchEventsRequest()
+        request = event_service_pb2.WatchEventsRequest(after_sequence=after)
         tallies = [Watch() for _ in range(count)]
         firsts = [asyncio.Event() for _ in range(count)]
         tasks = [
@@ -129,8 +134,8 @@ async def watch_all(address: str, count: int, ready, final, results) -> None:
         )
 
 
-def watcher_process(address: str, count: int, ready, final, results) -> None:
-    asyncio.run(watch_all(address, count, ready, final, results))
+def watcher_process(address: str, count: int, after: int, ready, final, results) -> None:
+    asyncio.run(watch_all(address, count, after, ready, final, results))
 
 
 def stored_events(address: str) -> tuple[list[float], int]:
@@ -158,7 +163,8 @@ def stored_events(address: str) -> tuple[list[float], int]:
 @dataclasses.dataclass
 class FanoutResult:
     watchers: int
-    driver: throughput.PointResult
+    alone: throughput.PointResult  # the cycles without watchers
+    driver: throughput.PointResult  # the cycles with them
     produced: int  # events stored whose time is in the window
     delivered: int  # of those, deliveries to all watchers together
     lags: list[float]  # every delivery's lag in the window, sorted
@@ -173,6 +179,10 @@ class FanoutResult:
     @property
     def duration(self) -> float:
         return self.driver.duration
+
+    @property
+    def cycles_ratio(self) -> float:
+        return self.driver.rate / self.alone.rate if self.alone.rate else float("nan")
 
     def row(self) -> str:
         """The table's header, then this result."""
@@ -191,6 +201,8 @@ class FanoutResult:
                 f"{self.cpu_window:>7.2f} {self.cpu_run:>7.2f}"
                 f"\n         every watcher had the newest event {self.caught_up:.3f} s after "
                 f"its time; watchers short of it: {self.behind}; errors: {self.errors}"
+                f"\n         without watchers: {self.alone.rate:.0f} cycles/s, broker CPU "
+                f"{self.alone.server_cpu:.2f} s/s; cycles/s with/without: {self.cycles_ratio:.3f}"
             )
         )
 
@@ -201,6 +213,7 @@ class FanoutResult:
             ("fanout_lag_p99", round(percentile(self.lags, 0.99) * 1e3, 2), "ms"),
             ("fanout_slowest_lag_max", round(percentile(self.slowest, 1.0) * 1e3, 2), "ms"),
             ("fanout_broker_cpu", round(self.cpu_run, 3), "cpu s/s"),
+            ("fanout_cycles_ratio_with_without", round(self.cycles_ratio, 3), "ratio"),
         )
         return [
             {"name": name + self.driver.variant, "clients": self.watchers, "value": v, "unit": u}
@@ -216,10 +229,11 @@ TABLE_HEADER = (
 
 def header(watchers: int, duration: float, warmup: float, where: str) -> str:
     return (
-        f"# fanout{where}: {watchers} WatchEvents streams from {PROCESSES} processes (asyncio "
-        f"channels) while 1 client runs acquire+release for {duration:g} s after {warmup:g} s "
-        f"warm-up; lags in ms, of every delivery, then of the slowest watcher (slow*); broker "
-        f"CPU in s/s over the window (w) and over the run until every watcher caught up (r)"
+        f"# fanout{where}: 1 client runs acquire+release for {duration:g} s after {warmup:g} s "
+        f"warm-up, alone, then again with {watchers} WatchEvents streams open from "
+        f"{PROCESSES} processes (asyncio channels); lags in ms, of every delivery, then of "
+        f"the slowest watcher (slow*); broker CPU in s/s over the window (w) and over the run "
+        f"until every watcher caught up (r)"
     )
 
 
@@ -234,6 +248,10 @@ def run_fanout(
 ) -> FanoutResult:
     """Opens the streams, runs the cycles, waits for the streams to catch
     up; see the module."""
+    alone = throughput.run_point(
+        broker, names, 1, duration=duration, warmup=warmup, max_processes=1, variant=variant
+    )
+    _, after = stored_events(broker.address)
     context = multiprocessing.get_context("spawn")
     ready, results = context.Queue(), context.Queue()
     final = context.Value("q", 0, lock=False)
@@ -241,7 +259,7 @@ def run_fanout(
     members = [
         context.Process(
             target=watcher_process,
-            args=(broker.address, share, ready, final, results),
+            args=(broker.address, share, after, ready, final, results),
             daemon=True,
         )
         for share in shares
@@ -250,6 +268,7 @@ def run_fanout(
     try:
         for member in members:
             member.start()
+        seed(broker.address, [READY_RESOURCE], broker.token)
         deadline = time.monotonic() + START_TIMEOUT * 2
         for count in range(len(members)):
             try:
@@ -300,6 +319,7 @@ def run_fanout(
             first_error = first_error or tally["error"]
     return FanoutResult(
         watchers=watchers,
+        alone=alone,
         driver=driver,
         produced=len(in_window),
         delivered=delivered,
