@@ -3,13 +3,20 @@ one domain call through the runner; watching is the `EventFeed`'s."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from broker.api import convert
 from broker.api.event_feed import EventFeed
 from broker.api.runner import Runner
 from broker.domain.events import EventLog
 from broker.domain.usage import Usage
+from broker.domain.values import EventView
 from broker.v1 import event_service_pb2 as pb
 from broker.v1 import event_service_pb2_grpc
+
+# Responses kept for the newest events: every watch that follows the feed is
+# handed the same event within about one buffer, so each is built once.
+SHARED_RESPONSES = 2048
 
 
 class EventServicer(event_service_pb2_grpc.EventServiceServicer):
@@ -18,6 +25,10 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         self.usage = Usage(events)
         self.feed = feed
         self.run = run
+        self._responses: OrderedDict[int, pb.WatchEventsResponse] = OrderedDict()
+        # How many watch responses were built: one per event, whatever the
+        # number of watches it went to.
+        self.responses_built = 0
 
     async def ListEvents(self, request, context):
         page = await self.run(
@@ -35,7 +46,19 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
     async def WatchEvents(self, request, context):
         wanted = convert.event_filter(request.filter)
         async for view in self.feed.watch(wanted, request.after_sequence):
-            yield pb.WatchEventsResponse(event=convert.event_to_proto(view))
+            yield self._response(view)
+
+    def _response(self, view: EventView) -> pb.WatchEventsResponse:
+        """The response for an event, built once and shared by the watches it
+        goes to (on the event loop only, so without a lock; never mutated)."""
+        response = self._responses.get(view.sequence)
+        if response is None:
+            response = pb.WatchEventsResponse(event=convert.event_to_proto(view))
+            self.responses_built += 1
+            self._responses[view.sequence] = response
+            if len(self._responses) > SHARED_RESPONSES:
+                self._responses.popitem(last=False)
+        return response
 
     async def GetUsageStats(self, request, context):
         views = await self.run(

@@ -202,9 +202,8 @@ class BrokerServer:
         )
         self.lease_servicer = LeaseServicer(self.leases, sessions, self.board, self.run)
         lease_service_pb2_grpc.add_LeaseServiceServicer_to_server(self.lease_servicer, self.server)
-        event_service_pb2_grpc.add_EventServiceServicer_to_server(
-            EventServicer(self.events, self.feed, self.run), self.server
-        )
+        self.event_servicer = EventServicer(self.events, self.feed, self.run)
+        event_service_pb2_grpc.add_EventServiceServicer_to_server(self.event_servicer, self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -361,6 +361,7 @@ def test_one_read_serves_every_watcher_of_a_broker(make_broker, stubs_of):
     watchers = [Collector(stubs.events) for _ in range(25)]
     wait_until(lambda: broker.feed.watching() == 25, WAIT, "every watch to follow the feed")
     reads_before = broker.feed.reads
+    built_before = broker.event_servicer.responses_built
     changes = 20
     for n in range(changes):
         stubs.inventory.CreateResource(
@@ -372,6 +373,8 @@ def test_one_read_serves_every_watcher_of_a_broker(make_broker, stubs_of):
     # At most one read per commit (fewer when commits come together), and
     # one more for the wake-up of the last watch to join; never one per watcher.
     assert broker.feed.reads - reads_before <= changes + 1
+    # Each event's response is built once and shared by the 25 watches.
+    assert broker.event_servicer.responses_built - built_before == changes
     for watcher in watchers:
         watcher.stop()
 
