@@ -10,11 +10,14 @@ import json
 import time
 from pathlib import Path
 
+import grpc
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+
+from sdk import TlsOptions
 
 DAY = datetime.timedelta(days=1)
 
@@ -94,6 +97,29 @@ class CertificateAuthority:
         issued.cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
         issued.key_file.write_bytes(_pem_key(key))
         return issued
+
+
+class Pki:
+    """The lab's CA with the broker's certificate and two clients' (`alice`,
+    a user, and `ci-runner`, made an admin by the brokers' `auth.mtls`), and
+    another CA with a client of its own (`mallory`)."""
+
+    def __init__(self, directory: Path):
+        self.ca = CertificateAuthority(directory, "Lab CA")
+        self.other_ca = CertificateAuthority(directory, "Other CA")
+        self.server = self.ca.issue("broker", server=True)
+        self.alice = self.ca.issue("alice")
+        self.runner = self.ca.issue("ci-runner")
+        self.mallory = self.other_ca.issue("mallory")
+
+    def options(self, who: Issued | None = None) -> TlsOptions:
+        """The SDK's options trusting the lab's CA, showing `who`'s certificate."""
+        if who is None:
+            return TlsOptions(ca_file=str(self.ca.cert_file))
+        return TlsOptions(str(self.ca.cert_file), str(who.cert_file), str(who.key_file))
+
+    def credentials(self, who: Issued | None = None) -> grpc.ChannelCredentials:
+        return self.options(who).credentials()
 
 
 class SigningKey:

@@ -4,80 +4,15 @@ naming principals whose roles come from the configuration."""
 
 from __future__ import annotations
 
-import dataclasses
-
-import grpc
 import pytest
 
 from broker import cli
-from broker.api.server import build_server
-from broker.config import AuthConfig, MtlsConfig, ServerConfig, TlsConfig
 from sdk import BrokerClient, TlsOptions
 from sdk.errors import PermissionDeniedError, UnavailableError
-from tests.conftest import make_config, wait_serving
-from tests.integration.auth_helpers import CACHE_SECONDS, make_tokens
-from tests.integration.certs import CertificateAuthority
 from tests.integration.helpers import requirement
 
 # Seconds a call that cannot get past the TLS handshake is given.
 REFUSED_TIMEOUT = 2.0
-
-
-@dataclasses.dataclass
-class Pki:
-    ca: CertificateAuthority
-    other_ca: CertificateAuthority
-
-    def __post_init__(self):
-        self.server = self.ca.issue("broker", server=True)
-        self.alice = self.ca.issue("alice")
-        self.runner = self.ca.issue("ci-runner")
-        self.mallory = self.other_ca.issue("mallory")
-
-    def options(self, who=None) -> TlsOptions:
-        if who is None:
-            return TlsOptions(ca_file=str(self.ca.cert_file))
-        return TlsOptions(str(self.ca.cert_file), str(who.cert_file), str(who.key_file))
-
-    def credentials(self, who=None) -> grpc.ChannelCredentials:
-        return self.options(who).credentials()
-
-
-@pytest.fixture
-def pki(tmp_path) -> Pki:
-    return Pki(CertificateAuthority(tmp_path, "Lab CA"), CertificateAuthority(tmp_path, "Other CA"))
-
-
-def start(tmp_path, pki: Pki, *, mutual: bool, who=None):
-    tls = TlsConfig(
-        str(pki.server.cert_file),
-        str(pki.server.key_file),
-        str(pki.ca.cert_file) if mutual else "",
-    )
-    mtls = MtlsConfig(roles={"ci-runner": "admin"}, groups={"ci-runner": ("ci",)})
-    config = dataclasses.replace(
-        make_config(tmp_path),
-        server=ServerConfig(tls=tls),
-        auth=AuthConfig(enabled=True, cache_seconds=CACHE_SECONDS, mtls=mtls),
-    )
-    server = build_server(config, "127.0.0.1:0")
-    server.start()
-    wait_serving(server.address, credentials=pki.credentials(who))
-    return server
-
-
-@pytest.fixture
-def tls_broker(tmp_path, pki):
-    server = start(tmp_path, pki, mutual=False)
-    yield server, make_tokens()
-    server.stop(0)
-
-
-@pytest.fixture
-def mtls_broker(tmp_path, pki):
-    server = start(tmp_path, pki, mutual=True, who=pki.alice)
-    yield server, make_tokens()
-    server.stop(0)
 
 
 def held_by(client: BrokerClient) -> str:
