@@ -9,7 +9,7 @@ import pytest
 from broker import cli
 from sdk import BrokerClient, TlsOptions
 from sdk.errors import PermissionDeniedError, UnavailableError
-from tests.integration.helpers import requirement
+from tests.integration.helpers import requirement, write_config
 
 # Seconds a call that cannot get past the TLS handshake is given.
 REFUSED_TIMEOUT = 2.0
@@ -97,3 +97,39 @@ def test_mutual_tls_refuses_a_client_without_a_certificate_of_its_ca(mtls_broker
     )
     with client, pytest.raises(UnavailableError):
         client.list_kinds()
+
+
+def test_broker_serve_takes_tls_files_from_its_configuration_files_directory(
+    tmp_path, pki, start_broker
+):
+    # The files are in tmp_path, the configuration in tmp_path/etc, and the
+    # broker runs in tmp_path: only paths taken from etc/ find the files.
+    document = {
+        "server": {
+            "tls": {
+                "cert_file": f"../{pki.server.cert_file.name}",
+                "key_file": f"../{pki.server.key_file.name}",
+                "client_ca_file": f"../{pki.ca.cert_file.name}",
+            }
+        },
+        "auth": {
+            "enabled": True,
+            "mtls": {"default_role": "viewer", "roles": {"ci-runner": "admin"}},
+        },
+        "kinds": ["resources.calculator.data.CalculatorData"],
+    }
+    (tmp_path / "etc").mkdir()
+    config = write_config(tmp_path / "etc" / "rotest.yml", document)
+    database = f"sqlite:///{tmp_path / 'serve.sqlite3'}"
+    process = start_broker(
+        "--config", str(config), "--database", database, "--address", "127.0.0.1:0"
+    )
+    address = process.wait_listening()
+    assert "TLS is on" in process.stderr and "mutual TLS" in process.stderr
+
+    with BrokerClient(address, tls=pki.options(pki.runner), session=False, token="") as admin:
+        admin.create_resource("Calculator", "calc", {"ip_address": "127.0.0.1"})
+    with BrokerClient(address, tls=pki.options(pki.alice), session=False, token="") as viewer:
+        assert [r.name for r in viewer.list_resources()] == ["calc"]
+        with pytest.raises(PermissionDeniedError):
+            viewer.delete_resource("calc")
