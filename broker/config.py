@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from broker.models.database import DEFAULT_STALL_TIMEOUT
 from broker.models.resource import ResourceData
@@ -355,12 +357,42 @@ def _tls(raw: Any, base_dir: str) -> TlsConfig:
         raise ConfigError(
             "server.tls.client_ca_file", "needs server.tls.cert_file and server.tls.key_file"
         )
-    return TlsConfig(
+    tls = TlsConfig(
         **{
             name: _path(f"server.tls.{name}", value, base_dir) if value else ""
             for name, value in dataclasses.asdict(tls).items()
         }
     )
+    if tls.enabled:
+        _check_pem(tls)
+    return tls
+
+
+def _check_pem(tls: TlsConfig) -> None:
+    """The certificate files hold PEM certificates, the key file a PEM
+    private key (unencrypted) of the first certificate."""
+
+    def certificates(key: str, path: str) -> list:
+        try:
+            with open(path, "rb") as stream:
+                return x509.load_pem_x509_certificates(stream.read())
+        except ValueError as error:
+            raise ConfigError(key, f"{path} holds no PEM certificate: {error}") from error
+
+    public = certificates("server.tls.cert_file", tls.cert_file)[0].public_key()
+    try:
+        with open(tls.key_file, "rb") as stream:
+            private = serialization.load_pem_private_key(stream.read(), password=None)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(
+            "server.tls.key_file", f"{tls.key_file} holds no unencrypted PEM private key"
+        ) from error
+    if private.public_key() != public:
+        raise ConfigError(
+            "server.tls.key_file", f"{tls.key_file} is not the key of {tls.cert_file}"
+        )
+    if tls.client_ca_file:
+        certificates("server.tls.client_ca_file", tls.client_ca_file)
 
 
 def _role(key: str, value: Any) -> str:

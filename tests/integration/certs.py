@@ -105,6 +105,7 @@ class Pki:
     another CA with a client of its own (`mallory`)."""
 
     def __init__(self, directory: Path):
+        directory.mkdir(parents=True, exist_ok=True)
         self.ca = CertificateAuthority(directory, "Lab CA")
         self.other_ca = CertificateAuthority(directory, "Other CA")
         self.server = self.ca.issue("broker", server=True)

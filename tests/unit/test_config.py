@@ -12,6 +12,7 @@ import yaml
 
 from broker.config import Config, ConfigError, load_config, parse_config, with_database_url
 from resources.calculator.data import CalculatorData
+from tests.integration.certs import Pki
 from tests.kinds import PhoneData
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -239,9 +240,18 @@ def test_config_is_frozen():
 
 @pytest.fixture
 def pem_files(tmp_path) -> Path:
-    """A directory of (placeholder) PEM files, beside the configuration."""
-    for name in ("cert.pem", "key.pem", "ca.pem", "jwks.json"):
-        (tmp_path / name).write_text("placeholder\n")
+    """A directory of a certificate, its key, a CA, another key, a file
+    that holds no PEM, and a (placeholder) JWKS, beside the configuration."""
+    pki = Pki(tmp_path / "pki")
+    for name, source in {
+        "cert.pem": pki.server.cert_file,
+        "key.pem": pki.server.key_file,
+        "ca.pem": pki.ca.cert_file,
+        "alien.pem": pki.alice.key_file,
+    }.items():
+        (tmp_path / name).write_bytes(source.read_bytes())
+    (tmp_path / "junk.pem").write_text("not PEM\n")
+    (tmp_path / "jwks.json").write_text("{}\n")
     return tmp_path
 
 
@@ -302,6 +312,15 @@ OIDC = {"issuer": "https://ci.example", "audience": "lab", "jwks_url": "https://
         ({"tls": {"cert_file": "nope.pem", "key_file": "key.pem"}}, {}, "server.tls.cert_file"),
         ({"tls": {"cert_file": "cert.pem", "key_file": "."}}, {}, "server.tls.key_file"),
         ({"tls": {"cert_file": 1}}, {}, "server.tls.cert_file"),
+        ({"tls": {"cert_file": "junk.pem", "key_file": "key.pem"}}, {}, "server.tls.cert_file"),
+        ({"tls": {"cert_file": "cert.pem", "key_file": "junk.pem"}}, {}, "server.tls.key_file"),
+        ({"tls": {"cert_file": "cert.pem", "key_file": "ca.pem"}}, {}, "server.tls.key_file"),
+        ({"tls": {"cert_file": "cert.pem", "key_file": "alien.pem"}}, {}, "server.tls.key_file"),
+        (
+            {"tls": {"cert_file": "cert.pem", "key_file": "key.pem", "client_ca_file": "junk.pem"}},
+            {"enabled": True},
+            "server.tls.client_ca_file",
+        ),
         ({"tls": {"certificate": "cert.pem"}}, {}, "server.tls.certificate"),
         ({"tls": "cert.pem"}, {}, "server.tls"),
         (
