@@ -133,3 +133,15 @@ def test_broker_serve_takes_tls_files_from_its_configuration_files_directory(
         assert [r.name for r in viewer.list_resources()] == ["calc"]
         with pytest.raises(PermissionDeniedError):
             viewer.delete_resource("calc")
+
+
+def test_the_cli_shows_a_client_certificate_to_a_mtls_broker(mtls_broker, pki, capsys):
+    server, _ = mtls_broker
+    target = ["--target", server.address, "--timeout", str(REFUSED_TIMEOUT)]
+    ca = ["--ca-file", str(pki.ca.cert_file)]
+    alice = ["--cert", str(pki.alice.cert_file), "--key", str(pki.alice.key_file)]
+    assert cli.main([*target, "--token", "", *ca, *alice, "kinds"]) == cli.EXIT_OK
+    assert "Licence" in capsys.readouterr().out
+    assert cli.main([*target, "--token", "", *ca, "kinds"]) == cli.EXIT_UNREACHABLE
+    assert cli.main([*target, *ca, alice[0], alice[1], "kinds"]) == cli.EXIT_USAGE
+    assert "key" in capsys.readouterr().err
