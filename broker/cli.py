@@ -24,6 +24,7 @@ from broker import cli_output as output
 from broker import cli_tokens
 from broker.cli_values import UsageError, kind_field_types, parse_set, parse_where
 from broker.v1 import event_pb2, event_service_pb2, lease_pb2
+from sdk import TlsOptions
 from sdk.client import BrokerClient
 from sdk.errors import BrokerError, UnavailableError
 from sdk.requirements import to_constraints
@@ -295,6 +296,31 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("BROKER_TOKEN") or None,
         help="the API token to call with, for a broker with auth on (env BROKER_TOKEN)",
     )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="call over TLS, checking the broker's certificate against the system's roots "
+        "(implied by --ca-file and --cert)",
+    )
+    parser.add_argument(
+        "--ca-file",
+        default=os.environ.get("BROKER_CA_FILE") or None,
+        metavar="PEM",
+        help="call over TLS, checking the broker's certificate against this CA (env "
+        "BROKER_CA_FILE)",
+    )
+    parser.add_argument(
+        "--cert",
+        default=os.environ.get("BROKER_CERT_FILE") or None,
+        metavar="PEM",
+        help="the client certificate, for a broker with mutual TLS (env BROKER_CERT_FILE)",
+    )
+    parser.add_argument(
+        "--key",
+        default=os.environ.get("BROKER_KEY_FILE") or None,
+        metavar="PEM",
+        help="the client certificate's key (env BROKER_KEY_FILE)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = _command(commands, "serve", cmd_serve, "run a broker until SIGTERM or SIGINT")
@@ -478,6 +504,16 @@ def _etag_option(command: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------------- main
 
 
+def tls_of(args: argparse.Namespace) -> TlsOptions | bool:
+    """The TLS options the global options give (False: plain TCP)."""
+    if not (args.tls or args.ca_file or args.cert or args.key):
+        return False
+    try:
+        return TlsOptions(args.ca_file or "", args.cert or "", args.key or "")
+    except ValueError as error:
+        raise UsageError(f"--ca-file/--cert/--key: {error}") from error
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs one command; returns the exit status."""
     parser = build_parser()
@@ -488,10 +524,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if hasattr(args, "local"):
             return args.local(args)
+        tls = tls_of(args)
         try:
             # No session: a lease acquired from the shell outlives this process.
             client = BrokerClient(
-                args.target, timeout=args.timeout, session=False, token=args.token or ""
+                args.target, timeout=args.timeout, session=False, token=args.token or "", tls=tls
             )
         except ValueError as error:
             raise UsageError(f"--target: {error}") from error

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from broker.models.database import DEFAULT_STALL_TIMEOUT
 from broker.models.resource import ResourceData
@@ -35,14 +37,34 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class TlsConfig:
+    """The server's certificate and key (PEM files, made absolute at load);
+    a client CA also asks every client for a certificate signed by it
+    (mutual TLS)."""
+
+    cert_file: str = ""
+    key_file: str = ""
+    client_ca_file: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file)
+
+    @property
+    def mutual(self) -> bool:
+        return bool(self.client_ca_file)
+
+
+@dataclasses.dataclass(frozen=True)
 class ServerConfig:
     """Where and how the gRPC server listens."""
 
     address: str = "127.0.0.1:50051"
     max_concurrent_rpcs: int = 4096
     grace_seconds: float = 5.0
-    # Serve tokens over plain TCP on a non-loopback address (no TLS yet).
+    # Serve tokens over plain TCP on a non-loopback address, without TLS.
     allow_insecure: bool = False
+    tls: TlsConfig = TlsConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,13 +123,49 @@ class RetentionConfig:
     sweep_interval: float = 60.0
 
 
+ROLE_NAMES = ("viewer", "user", "admin")
+
+
+@dataclasses.dataclass(frozen=True)
+class OidcConfig:
+    """JWTs of one OpenID Connect issuer (a CI's identity tokens), checked
+    against its keys (`jwks_file`, made absolute at load, or `jwks_url`).
+    Claims name the principal, its groups and its role; a role claim that is
+    not a role gives `roles[principal or group]` (the highest), else
+    `default_role`. `leeway` is the clock skew, in seconds, allowed."""
+
+    issuer: str = ""
+    audience: str = ""
+    jwks_file: str = ""
+    jwks_url: str = ""
+    principal_claim: str = "sub"
+    groups_claim: str = "groups"
+    role_claim: str = "role"
+    default_role: str = "user"
+    roles: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    leeway: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class MtlsConfig:
+    """Client certificates (`server.tls.client_ca_file`): the subject's
+    common name is the principal; its role and groups come from here."""
+
+    default_role: str = "user"
+    roles: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    groups: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+
 @dataclasses.dataclass(frozen=True)
 class AuthConfig:
-    """Bearer-token authentication, and how many seconds a broker may go on
-    trusting a token it verified (so a revoke takes effect within that)."""
+    """Authentication: API tokens, and OIDC tokens and client certificates
+    when configured; and how many seconds a broker may go on trusting an
+    API token it verified (so a revoke takes effect within that)."""
 
     enabled: bool = False
     cache_seconds: float = 5.0
+    oidc: OidcConfig | None = None
+    mtls: MtlsConfig = MtlsConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,12 +268,19 @@ def parse_config(raw: Any, base_dir: str = ".") -> Config:
             "auth",
         },
     )
-    server = _section("server", top.get("server"), ServerConfig)
+    server_raw = _mapping("server", top.get("server"), _field_names(ServerConfig))
+    server = _section("server", _without(server_raw, "tls"), ServerConfig)
+    server = dataclasses.replace(server, tls=_tls(server_raw.get("tls"), base_dir))
     database = _section("database", top.get("database"), DatabaseConfig)
     leases = _section("leases", top.get("leases"), LeaseConfig)
     queue = _section("queue", top.get("queue"), QueueConfig)
     sessions = _section("sessions", top.get("sessions"), SessionConfig)
-    auth = _section("auth", top.get("auth"), AuthConfig)
+    auth = _auth(top.get("auth"), base_dir)
+    if server.tls.mutual and not auth.enabled:
+        raise ConfigError(
+            "server.tls.client_ca_file",
+            "client certificates name principals only with `auth: {enabled: true}`",
+        )
     _check_positive("auth.cache_seconds", auth.cache_seconds, allow_zero=True)
     _check_positive("server.max_concurrent_rpcs", server.max_concurrent_rpcs)
     _check_positive("server.grace_seconds", server.grace_seconds, allow_zero=True)
@@ -260,6 +325,134 @@ def parse_config(raw: Any, base_dir: str = ".") -> Config:
         retention=retention,
         auth=auth,
     )
+
+
+def _field_names(cls: type) -> set[str]:
+    return {field.name for field in dataclasses.fields(cls)}
+
+
+def _without(values: Mapping[str, Any], *names: str) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if key not in names}
+
+
+def _path(key: str, value: str, base_dir: str) -> str:
+    """`value` made absolute from `base_dir`; a `ConfigError` unless it is
+    a readable file."""
+    path = os.path.join(base_dir, os.path.expanduser(value))
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        raise ConfigError(key, f"{path} is not a readable file")
+    return path
+
+
+def _tls(raw: Any, base_dir: str) -> TlsConfig:
+    """`server.tls`: a certificate and its key, both or neither; a client CA
+    only with them; every file readable."""
+    tls = _section("server.tls", raw, TlsConfig)
+    if bool(tls.cert_file) != bool(tls.key_file):
+        missing = "key_file" if tls.cert_file else "cert_file"
+        raise ConfigError(
+            f"server.tls.{missing}", "the certificate and its key go together: give both"
+        )
+    if tls.client_ca_file and not tls.cert_file:
+        raise ConfigError(
+            "server.tls.client_ca_file", "needs server.tls.cert_file and server.tls.key_file"
+        )
+    tls = TlsConfig(
+        **{
+            name: _path(f"server.tls.{name}", value, base_dir) if value else ""
+            for name, value in dataclasses.asdict(tls).items()
+        }
+    )
+    if tls.enabled:
+        _check_pem(tls)
+    return tls
+
+
+def _check_pem(tls: TlsConfig) -> None:
+    """The certificate files hold PEM certificates, the key file a PEM
+    private key (unencrypted) of the first certificate."""
+
+    def certificates(key: str, path: str) -> list:
+        try:
+            with open(path, "rb") as stream:
+                return x509.load_pem_x509_certificates(stream.read())
+        except ValueError as error:
+            raise ConfigError(key, f"{path} holds no PEM certificate: {error}") from error
+
+    public = certificates("server.tls.cert_file", tls.cert_file)[0].public_key()
+    try:
+        with open(tls.key_file, "rb") as stream:
+            private = serialization.load_pem_private_key(stream.read(), password=None)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(
+            "server.tls.key_file", f"{tls.key_file} holds no unencrypted PEM private key"
+        ) from error
+    if private.public_key() != public:
+        raise ConfigError(
+            "server.tls.key_file", f"{tls.key_file} is not the key of {tls.cert_file}"
+        )
+    if tls.client_ca_file:
+        certificates("server.tls.client_ca_file", tls.client_ca_file)
+
+
+def _role(key: str, value: Any) -> str:
+    if value not in ROLE_NAMES:
+        raise ConfigError(key, f"{value!r} is not a role (roles: {', '.join(ROLE_NAMES)})")
+    return value
+
+
+def _roles(key: str, raw: Any) -> dict[str, str]:
+    """A mapping of names to roles."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(key, f"must be a mapping of names to roles, not {raw!r}")
+    return {str(name): _role(f"{key}.{name}", role) for name, role in raw.items()}
+
+
+def _auth(raw: Any, base_dir: str) -> AuthConfig:
+    values = _mapping("auth", raw, _field_names(AuthConfig))
+    auth = _section("auth", _without(values, "oidc", "mtls"), AuthConfig)
+    oidc = None if values.get("oidc") is None else _oidc(values["oidc"], base_dir)
+    mtls = _mtls(values.get("mtls"))
+    if oidc is not None and not auth.enabled:
+        raise ConfigError("auth.oidc", "needs `auth: {enabled: true}`")
+    return dataclasses.replace(auth, oidc=oidc, mtls=mtls)
+
+
+def _oidc(raw: Any, base_dir: str) -> OidcConfig:
+    values = _mapping("auth.oidc", raw, _field_names(OidcConfig))
+    oidc = _section("auth.oidc", _without(values, "roles"), OidcConfig)
+    for key in ("issuer", "audience"):
+        if not getattr(oidc, key):
+            raise ConfigError(f"auth.oidc.{key}", "is required")
+    if bool(oidc.jwks_file) == bool(oidc.jwks_url):
+        raise ConfigError("auth.oidc.jwks_file", "give exactly one of jwks_file and jwks_url")
+    if oidc.jwks_url and not oidc.jwks_url.startswith(("https://", "http://")):
+        raise ConfigError("auth.oidc.jwks_url", f"{oidc.jwks_url!r} is not an http(s) URL")
+    _role("auth.oidc.default_role", oidc.default_role)
+    _check_positive("auth.oidc.leeway", oidc.leeway, allow_zero=True)
+    return dataclasses.replace(
+        oidc,
+        jwks_file=_path("auth.oidc.jwks_file", oidc.jwks_file, base_dir) if oidc.jwks_file else "",
+        roles=_roles("auth.oidc.roles", values.get("roles")),
+    )
+
+
+def _mtls(raw: Any) -> MtlsConfig:
+    values = _mapping("auth.mtls", raw, _field_names(MtlsConfig))
+    default_role = _role("auth.mtls.default_role", values.get("default_role", "user"))
+    groups_raw = values.get("groups") or {}
+    if not isinstance(groups_raw, Mapping):
+        raise ConfigError("auth.mtls.groups", "must map common names to lists of groups")
+    groups = {}
+    for name, listed in groups_raw.items():
+        if not isinstance(listed, list) or not all(isinstance(g, str) for g in listed):
+            raise ConfigError(
+                f"auth.mtls.groups.{name}", f"must be a list of groups, not {listed!r}"
+            )
+        groups[str(name)] = tuple(listed)
+    return MtlsConfig(default_role, _roles("auth.mtls.roles", values.get("roles")), groups)
 
 
 def _mapping(key: str, value: Any, allowed: set[str]) -> Mapping[str, Any]:

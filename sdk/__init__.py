@@ -9,6 +9,7 @@ with BrokerClient("127.0.0.1:50051") as client:
 """
 
 from sdk.base_resource import BaseResource, StateError, check_active
+from sdk.channel import TlsOptions
 from sdk.client import BrokerClient
 from sdk.errors import (
     AbortedError,
@@ -49,6 +50,7 @@ __all__ = [
     "ResourceRequest",
     "Session",
     "StateError",
+    "TlsOptions",
     "UnauthenticatedError",
     "UnavailableError",
     "Waiting",

@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from broker.v1 import event_service_pb2_grpc, inventory_service_pb2_grpc, lease_service_pb2_grpc
 from sdk import calls
-from sdk.channel import addresses_of, open_channel
+from sdk.channel import TlsOptions, addresses_of, open_channel
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +53,10 @@ class Brokers:
     """The brokers at `address` (see `sdk.channel.addresses_of`); safe to
     use from several threads."""
 
-    def __init__(self, address: str, token: str = "") -> None:
+    def __init__(self, address: str, token: str = "", tls: TlsOptions | None = None) -> None:
         self.addresses = addresses_of(address)
         self._token = token
+        self._tls = tls
         self._open: dict[int, Broker] = {}
         self._current = 0
         self._closed = False
@@ -72,7 +73,7 @@ class Brokers:
             index = self._current
             broker = self._open.get(index)
             if broker is None:
-                channel = open_channel(self.addresses[index], self._token)
+                channel = open_channel(self.addresses[index], self._token, self._tls)
                 broker = Broker(
                     index,
                     self.addresses[index],

@@ -13,13 +13,25 @@ fails with UNAVAILABLE within seconds and the SDK can retry or report the
 session lost. The broker accepts pings every 5 s or more, idle or not
 (`SERVER_OPTIONS` in `broker/api/server.py`); pinging more often would make
 it answer GOAWAY (`too_many_pings`) and drop the connection.
+
+With TLS (`TlsOptions`), the channel checks the broker's certificate against
+a CA file or the system's roots, may show a client certificate (mutual
+TLS), and sends the token as gRPC call credentials; without it, the token
+travels as plain metadata, for a broker on loopback.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
+import os
+from collections.abc import Mapping
 
 import grpc
+
+CA_FILE_VARIABLE = "BROKER_CA_FILE"
+CERT_FILE_VARIABLE = "BROKER_CERT_FILE"
+KEY_FILE_VARIABLE = "BROKER_KEY_FILE"
 
 # Ping the broker after 10 s without any frame on the connection: twice the
 # broker's minimum ping interval of 5 s, so pings are never refused.
@@ -56,14 +68,81 @@ def addresses_of(address: str) -> tuple[str, ...]:
     return addresses
 
 
-def open_channel(address: str, token: str = "") -> grpc.Channel:
-    """An insecure channel to the one broker at `address` (`host:port`)
-    with `CHANNEL_OPTIONS`; with a `token`, every call on it carries the
-    metadata `authorization: Bearer <token>`."""
-    channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-    if not token:
-        return channel
-    return grpc.intercept_channel(channel, BearerToken(token))
+@dataclasses.dataclass(frozen=True)
+class TlsOptions:
+    """TLS to the broker. `ca_file`: the PEM file of the CA that signed the
+    broker's certificate ("": the system's roots); `cert_file` and
+    `key_file`: this client's certificate and key, for a broker asking for
+    one (mutual TLS); `server_name`: the name to expect in the broker's
+    certificate instead of the address's host. The files are read once,
+    when the options are made (a `ValueError` naming one that cannot be)."""
+
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    server_name: str = ""
+    _pem: tuple[bytes | None, ...] = dataclasses.field(
+        default=(), init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("a client certificate needs its key: give cert_file and key_file")
+        pem = tuple(_read(path) for path in (self.ca_file, self.key_file, self.cert_file))
+        object.__setattr__(self, "_pem", pem)
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> TlsOptions | None:
+        """The options `BROKER_CA_FILE`, `BROKER_CERT_FILE` and
+        `BROKER_KEY_FILE` give; None if none of them is set."""
+        environ = os.environ if environ is None else environ
+        names = (CA_FILE_VARIABLE, CERT_FILE_VARIABLE, KEY_FILE_VARIABLE)
+        values = [environ.get(name, "") for name in names]
+        return cls(*values) if any(values) else None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        root_certificates, private_key, certificate_chain = self._pem
+        return grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
+
+
+def tls_options(tls: bool | TlsOptions | None) -> TlsOptions | None:
+    """`BrokerClient`'s `tls=`: True is TLS with the system's roots, False
+    plain TCP, None whatever the environment says (`TlsOptions.from_environment`)."""
+    if tls is None:
+        return TlsOptions.from_environment()
+    if isinstance(tls, bool):
+        return TlsOptions() if tls else None
+    if isinstance(tls, TlsOptions):
+        return tls
+    raise TypeError(f"tls is True, False, None or a TlsOptions, not {tls!r}")
+
+
+def _read(path: str) -> bytes | None:
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as stream:
+            return stream.read()
+    except OSError as error:
+        raise ValueError(f"cannot read the TLS file {path}: {error.strerror}") from error
+
+
+def open_channel(address: str, token: str = "", tls: TlsOptions | None = None) -> grpc.Channel:
+    """A channel to the one broker at `address` (`host:port`) with
+    `CHANNEL_OPTIONS`: plain TCP, or TLS with `tls`. With a `token`, every
+    call on it carries the metadata `authorization: Bearer <token>`."""
+    if tls is None:
+        channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        return grpc.intercept_channel(channel, BearerToken(token)) if token else channel
+    credentials = tls.credentials()
+    if token:
+        credentials = grpc.composite_channel_credentials(
+            credentials, grpc.access_token_call_credentials(token)
+        )
+    options = CHANNEL_OPTIONS
+    if tls.server_name:
+        options = (*options, ("grpc.ssl_target_name_override", tls.server_name))
+    return grpc.secure_channel(address, credentials, options=options)
 
 
 class _Details(
@@ -82,9 +161,8 @@ class BearerToken(
     grpc.StreamUnaryClientInterceptor,
     grpc.StreamStreamClientInterceptor,
 ):
-    """Adds `authorization: Bearer <token>` to every call, unary or stream.
-    (gRPC's call credentials need a TLS channel, which the broker does not
-    serve yet, so the token travels as plain metadata.)"""
+    """Adds `authorization: Bearer <token>` to every call, unary or stream,
+    on a plain-TCP channel (gRPC's call credentials need TLS)."""
 
     def __init__(self, token: str):
         self._metadata = (("authorization", f"Bearer {token}"),)

@@ -42,6 +42,7 @@ from broker.v1 import (
 from sdk import calls
 from sdk.base_resource import BaseResource
 from sdk.brokers import Broker, Brokers
+from sdk.channel import TlsOptions, tls_options
 from sdk.errors import (
     BrokerError,
     FailedPreconditionError,
@@ -101,6 +102,13 @@ class BrokerClient:
             `authorization: Bearer <token>`), for a broker with
             authentication on; None reads `BROKER_TOKEN` from the environment
             once, now; "" sends none.
+        tls: TLS to the broker: True checks its certificate against the
+            system's roots; `sdk.TlsOptions(ca_file=..., cert_file=...,
+            key_file=...)` against a CA file, showing a client certificate
+            for mutual TLS; False is plain TCP; None reads `BROKER_CA_FILE`,
+            `BROKER_CERT_FILE` and `BROKER_KEY_FILE` from the environment
+            once, now (plain TCP if none is set). The files are read once,
+            when the options are made; nothing is reloaded later.
     """
 
     def __init__(
@@ -112,6 +120,7 @@ class BrokerClient:
         holder: str | None = None,
         session: bool = True,
         token: str | None = None,
+        tls: bool | TlsOptions | None = None,
     ) -> None:
         for name, value in (("timeout", timeout), ("try_timeout", try_timeout)):
             if not value > 0:
@@ -122,7 +131,9 @@ class BrokerClient:
         self.holder = holder or default_holder()
         # Read once: a token is never swapped behind the caller's back.
         self._brokers = Brokers(
-            address, os.environ.get(TOKEN_VARIABLE, "") if token is None else token
+            address,
+            os.environ.get(TOKEN_VARIABLE, "") if token is None else token,
+            tls_options(tls),
         )
         self._use_session = session
         self._session: Session | None = None

@@ -155,9 +155,17 @@ def leases(database, kinds, clock, config) -> Leases:
     )
 
 
-def wait_serving(address: str, timeout: float = RPC_TIMEOUT) -> None:
-    """Blocks until the broker at `address` answers health SERVING."""
-    with grpc.insecure_channel(address) as channel:
+def wait_serving(
+    address: str, timeout: float = RPC_TIMEOUT, credentials: grpc.ChannelCredentials | None = None
+) -> None:
+    """Blocks until the broker at `address` answers health SERVING (over TLS
+    with `credentials`)."""
+    channel = (
+        grpc.insecure_channel(address)
+        if credentials is None
+        else grpc.secure_channel(address, credentials)
+    )
+    with channel:
         response = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=""), timeout=timeout, wait_for_ready=True
         )

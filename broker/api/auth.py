@@ -1,11 +1,14 @@
-"""Bearer-token authentication of every broker call.
+"""Authentication of every broker call.
 
 The interceptor (`broker.api.errors.ErrorInterceptor`) asks `Authenticator`
-who a call is, from its `authorization: Bearer <token>` metadata and nothing
-else. Looking a token up reads the database, so it runs on threads of the
-authenticator's own, off the event loop; a verified token is then trusted
-for `cache_seconds` (a revoke takes effect within that bound), while an
-expiry is checked on every call.
+who a call is, from its `authorization: Bearer <token>` metadata, else from
+the client certificate TLS verified (mutual TLS), and nothing else. A bearer
+that is a JWT goes to the OIDC verifier when `auth.oidc` is configured;
+any other is an API token. Looking a token up reads the database (or, for a
+JWT, may fetch the issuer's keys), so it runs on threads of the
+authenticator's own, off the event loop; a verified API token is then
+trusted for `cache_seconds` (a revoke takes effect within that bound),
+while an expiry is checked on every call.
 """
 
 from __future__ import annotations
@@ -13,13 +16,19 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
+from broker.api.oidc import OidcVerifier, looks_like_jwt
 from broker.api.permissions import authorize
 from broker.api.runner import ThreadRunner
+from broker.config import MtlsConfig
 from broker.domain.errors import UnauthenticatedError
 from broker.domain.tokens import Tokens, TokenView, hash_token
-from broker.domain.values import Principal
+from broker.domain.values import Principal, Role
+
+Metadata = Sequence[tuple[str, str | bytes]] | None
+# What `grpc.aio.ServicerContext.auth_context()` gives: property -> values.
+AuthContext = Mapping[str, Sequence[bytes]] | None
 
 AUTHORIZATION_METADATA = "authorization"
 # Threads that look tokens up.
@@ -34,7 +43,7 @@ HOW_TO = (
 )
 
 
-def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
+def bearer_token(metadata: Metadata) -> str:
     """The token of the call's `authorization` metadata; UNAUTHENTICATED if
     there is none or it is not `Bearer <token>`."""
     for key, value in metadata or ():
@@ -50,20 +59,36 @@ def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
     raise UnauthenticatedError(f"this broker needs a token: {HOW_TO}", "NO_CREDENTIAL")
 
 
+def has_bearer(metadata: Metadata) -> bool:
+    return any(key == AUTHORIZATION_METADATA for key, _ in metadata or ())
+
+
+def certificate_name(auth_context: AuthContext) -> str | None:
+    """The common name of the client certificate TLS verified, if any."""
+    names = (auth_context or {}).get("x509_common_name") or ()
+    return names[0].decode(errors="replace") if names else None
+
+
 class Authenticator:
-    """Verifies tokens against the token table, with a short-lived cache."""
+    """Verifies API tokens against the token table (with a short-lived
+    cache), OIDC tokens with `oidc`, and client certificates with `mtls`
+    (None: certificates name no one)."""
 
     def __init__(
         self,
         tokens: Tokens,
         cache_seconds: float,
         *,
+        oidc: OidcVerifier | None = None,
+        mtls: MtlsConfig | None = None,
         workers: int = AUTH_WORKERS,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ):
         self.tokens = tokens
         self.cache_seconds = cache_seconds
+        self.oidc = oidc
+        self.mtls = mtls
         self.clock = clock
         self.wall_clock = wall_clock
         self._run = ThreadRunner(workers)
@@ -73,10 +98,27 @@ class Authenticator:
     def close(self) -> None:
         self._run.close()
 
-    async def authenticate(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> Principal:
-        """The call's principal; UNAUTHENTICATED, saying what to do, for no
-        token or a bad, revoked or expired one."""
+    async def authenticate(self, metadata: Metadata, auth_context: AuthContext = None) -> Principal:
+        """The call's principal: its bearer token's if it has one, else its
+        verified client certificate's; UNAUTHENTICATED, saying what to do,
+        for no credential or a bad, revoked or expired one."""
+        if self.mtls is not None and not has_bearer(metadata):
+            name = certificate_name(auth_context)
+            if name:
+                return self.certificate_principal(name)
         token = bearer_token(metadata)
+        if self.oidc is not None and looks_like_jwt(token):
+            return await self._run(self.oidc.verify, token)
+        return await self._api_token(token)
+
+    def certificate_principal(self, name: str) -> Principal:
+        """The principal a client certificate's common name stands for."""
+        mtls = self.mtls
+        return Principal(
+            name, Role(mtls.roles.get(name, mtls.default_role)), mtls.groups.get(name, ())
+        )
+
+    async def _api_token(self, token: str) -> Principal:
         key = hash_token(token)
         view = self._cached(key)
         if view is False:
@@ -116,10 +158,10 @@ class Authenticator:
             while len(self._cache) > CACHE_LIMIT:
                 self._cache.popitem(last=False)
 
-    async def admit(self, method: str, metadata: Sequence[tuple[str, str | bytes]] | None):
+    async def admit(self, method: str, metadata: Metadata, auth_context: AuthContext = None):
         """The interceptor's gate: the principal of a call to `method`, if
         its role allows the method (`broker.api.permissions`), decided
         before the call looks anything up."""
-        principal = await self.authenticate(metadata)
+        principal = await self.authenticate(metadata, auth_context)
         authorize(method, principal)
         return principal

@@ -216,15 +216,16 @@ def _status_for(error: Exception, rpc: str) -> status_pb2.Status:
 Check = Callable[[object], Awaitable[None]]
 """Checks one request message (or `Undecodable`), raising INVALID_ARGUMENT."""
 
-Gate = Callable[[str, object], Awaitable[Principal]]
+Gate = Callable[[str, object, object], Awaitable[Principal]]
 """Admits a call to a method (`broker.api.auth`): its principal, from the
-call's metadata, or UNAUTHENTICATED / PERMISSION_DENIED."""
+call's metadata and its TLS peer, or UNAUTHENTICATED / PERMISSION_DENIED."""
 
 
 async def _admit(gate: Gate | None, rpc: str, context: grpc.aio.ServicerContext) -> None:
     """Makes the call's verified principal the one its servicer sees."""
     if gate is not None:
-        identity.current.set(await gate(rpc, context.invocation_metadata()))
+        principal = await gate(rpc, context.invocation_metadata(), context.auth_context())
+        identity.current.set(principal)
 
 
 def guarded(

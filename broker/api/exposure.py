@@ -2,9 +2,10 @@
 against authentication, made before anything binds.
 
 Without authentication anyone who reaches the port may act as anyone, so
-the broker listens only on loopback addresses. With it, tokens travel in
-clear text until TLS is built, so a non-loopback address also needs
-`server.allow_insecure: true`, which is logged as a warning at every start.
+the broker listens only on loopback addresses. With it, a non-loopback
+address also needs TLS (`server.tls`), else tokens would cross the network
+in clear text; `server.allow_insecure: true` accepts that, and is logged as
+a warning at every start.
 """
 
 from __future__ import annotations
@@ -45,12 +46,15 @@ def check_exposure(config: Config, address: str) -> None:
             f"rotest.yml, after making the first token with `{FIRST_TOKEN}`), or listen on "
             "127.0.0.1",
         )
+    if config.server.tls.enabled:
+        return
     if not config.server.allow_insecure:
         raise ConfigError(
             "server.address",
-            f"{address} is not a loopback address, and this broker has no TLS yet, so tokens "
-            "would cross the network in clear text: set `server.allow_insecure: true` to "
-            "accept that on a network you trust, or listen on 127.0.0.1",
+            f"{address} is not a loopback address, and TLS is off, so tokens would cross "
+            "the network in clear text: give the server a certificate (`server.tls: "
+            "{cert_file: ..., key_file: ...}`), set `server.allow_insecure: true` to accept "
+            "clear text on a network you trust, or listen on 127.0.0.1",
         )
     log.warning(
         "server.allow_insecure is set: tokens reach %s in clear text (no TLS); anyone who "

@@ -1,7 +1,8 @@
 """Who is calling. With authentication on, the verified principal of the
-call's token (set by the interceptor, `broker.api.auth`); the request's
-`holder` is then only a description. With it off, a caller names itself:
-the request's `holder` field, else the `x-broker-holder` metadata."""
+call's credential, a token or a client certificate (set by the interceptor,
+`broker.api.auth`); the request's `holder` is then only a description. With
+it off, a caller names itself: the request's `holder` field, else the
+`x-broker-holder` metadata."""
 
 from __future__ import annotations
 

@@ -33,9 +33,10 @@ from broker.api.event_servicer import EventServicer
 from broker.api.exposure import check_exposure
 from broker.api.inventory_servicer import InventoryServicer
 from broker.api.lease_servicer import LeaseServicer
+from broker.api.oidc import OidcVerifier
 from broker.api.runner import InlineRunner, Runner, ThreadRunner, renew_connections
 from broker.api.waits import WaitBoard
-from broker.config import Config, ConfigError, load_config, with_database_url
+from broker.config import Config, ConfigError, TlsConfig, load_config, with_database_url
 from broker.domain.events import EventLog
 from broker.domain.inventory import Inventory
 from broker.domain.kinds import KindDeclarationError, KindRegistry
@@ -182,9 +183,7 @@ class BrokerServer:
             keepalive_timeout=config.sessions.keepalive_timeout,
             max_keepalive_timeout=config.sessions.max_keepalive_timeout,
         )
-        self.authenticator = (
-            Authenticator(Tokens(), config.auth.cache_seconds) if config.auth.enabled else None
-        )
+        self.authenticator = authenticator_for(config)
         self.interceptor = ErrorInterceptor(
             max_calls=config.server.max_concurrent_rpcs,
             gate=None if self.authenticator is None else self.authenticator.admit,
@@ -210,7 +209,11 @@ class BrokerServer:
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
         try:
-            port = self.server.add_insecure_port(address)
+            credentials = server_credentials(config.server.tls)
+            if credentials is None:
+                port = self.server.add_insecure_port(address)
+            else:
+                port = self.server.add_secure_port(address, credentials)
         except RuntimeError as error:
             raise OSError(f"cannot listen on {address}: {error}") from error
         if port == 0:
@@ -363,6 +366,44 @@ def backlog_options(max_calls: int) -> tuple[tuple[str, int], ...]:
         ("grpc.server.max_pending_requests", depth),
         ("grpc.server.max_pending_requests_hard_limit", depth),
     )
+
+
+def authenticator_for(config: Config) -> Authenticator | None:
+    """The gate of a broker with authentication on: API tokens, OIDC tokens
+    with `auth.oidc`, client certificates with `server.tls.client_ca_file`."""
+    if not config.auth.enabled:
+        return None
+    oidc = None if config.auth.oidc is None else OidcVerifier(config.auth.oidc)
+    mtls = config.auth.mtls if config.server.tls.mutual else None
+    return Authenticator(Tokens(), config.auth.cache_seconds, oidc=oidc, mtls=mtls)
+
+
+def _read(key: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as stream:
+            return stream.read()
+    except OSError as error:
+        raise ConfigError(key, f"cannot read {path}: {error.strerror}") from error
+
+
+def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials | None:
+    """TLS with the configured certificate and key (None: plain TCP); with a
+    client CA, every client must show a certificate it signed."""
+    if not tls.enabled:
+        return None
+    client_ca = _read("server.tls.client_ca_file", tls.client_ca_file) if tls.mutual else None
+    key = _read("server.tls.key_file", tls.key_file)
+    credentials = grpc.ssl_server_credentials(
+        [(key, _read("server.tls.cert_file", tls.cert_file))],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+    log.info(
+        "TLS is on (%s)%s",
+        tls.cert_file,
+        f"; mutual TLS: clients need a certificate of {tls.client_ca_file}" if tls.mutual else "",
+    )
+    return credentials
 
 
 def runner_for(database: peewee.Database) -> Runner:

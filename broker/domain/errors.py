@@ -71,7 +71,9 @@ class AlreadyExistsError(BrokerError):
 
 class UnauthenticatedError(BrokerError):
     """The call carries no credential the broker accepts; `reason` says why
-    (`NO_CREDENTIAL`, `BAD_CREDENTIAL`, `TOKEN_EXPIRED`, `TOKEN_REVOKED`)."""
+    (`NO_CREDENTIAL`, `BAD_CREDENTIAL`, `TOKEN_EXPIRED`, `TOKEN_REVOKED`;
+    for OIDC tokens also `WRONG_AUDIENCE`, `WRONG_ISSUER`, `BAD_SIGNATURE`,
+    `UNKNOWN_KEY`, `JWKS_UNAVAILABLE`)."""
 
     def __init__(self, message: str, reason: str):
         super().__init__(message)

@@ -76,7 +76,8 @@ class Role(enum.StrEnum):
 
 @dataclasses.dataclass(frozen=True)
 class Principal:
-    """A verified caller: the name, role and groups of the token it showed."""
+    """A verified caller: the name, role and groups of the credential it
+    showed (an API token, an OIDC token or a client certificate)."""
 
     name: str
     role: Role

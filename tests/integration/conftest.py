@@ -7,10 +7,11 @@ import dataclasses
 
 import pytest
 
-from broker.api.server import build_server
-from broker.config import AuthConfig
-from tests.conftest import wait_serving
+from broker.api.server import BrokerServer, build_server
+from broker.config import AuthConfig, MtlsConfig, ServerConfig, TlsConfig
+from tests.conftest import make_config, wait_serving
 from tests.integration.auth_helpers import CACHE_SECONDS, make_tokens
+from tests.integration.certs import Issued, Pki
 from tests.integration.helpers import BrokerProcess, create_calculators
 
 
@@ -46,5 +47,45 @@ def auth_broker(config):
     server = build_server(config, "127.0.0.1:0")
     server.start()
     wait_serving(server.address)
+    yield server, make_tokens()
+    server.stop(0)
+
+
+@pytest.fixture
+def pki(tmp_path) -> Pki:
+    return Pki(tmp_path)
+
+
+def start_tls_broker(tmp_path, pki: Pki, *, mutual: bool, who: Issued | None) -> BrokerServer:
+    """A broker with authentication and TLS on (SQLite: how a caller is
+    verified does not depend on the database); with `mutual`, clients need
+    a certificate of the lab's CA, `ci-runner` being an admin."""
+    tls = TlsConfig(
+        str(pki.server.cert_file), str(pki.server.key_file), str(pki.ca.cert_file) if mutual else ""
+    )
+    mtls = MtlsConfig(roles={"ci-runner": "admin"}, groups={"ci-runner": ("ci",)})
+    config = dataclasses.replace(
+        make_config(tmp_path),
+        server=ServerConfig(tls=tls),
+        auth=AuthConfig(enabled=True, cache_seconds=CACHE_SECONDS, mtls=mtls),
+    )
+    server = build_server(config, "127.0.0.1:0")
+    server.start()
+    wait_serving(server.address, credentials=pki.credentials(who))
+    return server
+
+
+@pytest.fixture
+def tls_broker(tmp_path, pki):
+    """A TLS broker with authentication on, and the tokens of `auth_helpers`."""
+    server = start_tls_broker(tmp_path, pki, mutual=False, who=None)
+    yield server, make_tokens()
+    server.stop(0)
+
+
+@pytest.fixture
+def mtls_broker(tmp_path, pki):
+    """The same with mutual TLS."""
+    server = start_tls_broker(tmp_path, pki, mutual=True, who=pki.alice)
     yield server, make_tokens()
     server.stop(0)

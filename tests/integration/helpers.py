@@ -242,7 +242,15 @@ def subprocess_env() -> dict[str, str]:
     return {
         key: value
         for key, value in os.environ.items()
-        if key not in ("BROKER_ADDRESS", "BROKER_DATABASE_URL", "BROKER_TOKEN")
+        if key
+        not in (
+            "BROKER_ADDRESS",
+            "BROKER_DATABASE_URL",
+            "BROKER_TOKEN",
+            "BROKER_CA_FILE",
+            "BROKER_CERT_FILE",
+            "BROKER_KEY_FILE",
+        )
     }
 
 

@@ -20,6 +20,7 @@ from broker.v1 import (
     lease_pb2,
     lease_service_pb2,
 )
+from sdk import BrokerClient
 from tests.conftest import RPC_TIMEOUT
 from tests.integration.auth_helpers import metadata_of
 from tests.integration.helpers import calculator, create_resource
@@ -69,11 +70,14 @@ def node_example(tmp_path_factory) -> Path:
 
 
 def run_example(
-    directory: Path, address: str, resource: str, token: str = ""
+    directory: Path, address: str, resource: str, token: str = "", **tls: str
 ) -> subprocess.CompletedProcess:
+    """Runs acquire.js; `tls` are BROKER_CA_FILE and the like, by their
+    names in lower case (`ca_file=...`)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("BROKER_")}
     if token:
         env["BROKER_TOKEN"] = token
+    env.update({f"BROKER_{name.upper()}": value for name, value in tls.items()})
     return subprocess.run(
         ["node", "acquire.js", address, resource],
         cwd=directory,
@@ -125,5 +129,42 @@ def test_node_client_sends_broker_token(node_example, auth_broker):
     assert anonymous.stderr.startswith("UNAUTHENTICATED: "), anonymous.stderr
 
     run = run_example(node_example, server.address, "calc", token=tokens["alice"])
+    assert run.returncode == 0, run.stderr
+    assert "is LEASE_STATE_RELEASED" in run.stdout
+
+
+def by_name(server) -> str:
+    """The broker's address by the name in its certificate: Node.js warns
+    when TLS checks a certificate for an IP address."""
+    return f"localhost:{server.port}"
+
+
+def test_node_client_calls_a_tls_broker_with_a_ca_file_and_token(node_example, tls_broker, pki):
+    server, tokens = tls_broker
+    with BrokerClient(server.address, token=tokens["admin"], tls=pki.options()) as admin:
+        admin.create_resource("Calculator", "calc", {"ip_address": "127.0.0.1"})
+
+    plain = run_example(node_example, by_name(server), "calc", token=tokens["alice"])
+    assert plain.returncode != 0
+    assert plain.stderr.startswith("UNAVAILABLE: "), plain.stderr
+
+    ca_file = str(pki.ca.cert_file)
+    run = run_example(node_example, by_name(server), "calc", token=tokens["alice"], ca_file=ca_file)
+    assert run.returncode == 0, run.stderr
+    assert "is LEASE_STATE_RELEASED" in run.stdout
+
+
+def test_node_client_shows_a_client_certificate_to_a_mtls_broker(node_example, mtls_broker, pki):
+    server, _ = mtls_broker
+    with BrokerClient(server.address, token="", tls=pki.options(pki.runner)) as admin:
+        admin.create_resource("Calculator", "calc", {"ip_address": "127.0.0.1"})
+    files = {"ca_file": str(pki.ca.cert_file)}
+    alice = {"cert_file": str(pki.alice.cert_file), "key_file": str(pki.alice.key_file)}
+
+    anonymous = run_example(node_example, by_name(server), "calc", **files)
+    assert anonymous.returncode != 0
+    assert anonymous.stderr.startswith("UNAVAILABLE: "), anonymous.stderr
+
+    run = run_example(node_example, by_name(server), "calc", **files, **alice)
     assert run.returncode == 0, run.stderr
     assert "is LEASE_STATE_RELEASED" in run.stdout

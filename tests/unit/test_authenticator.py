@@ -1,5 +1,5 @@
-"""The authenticator: bearer metadata, the cache's bound, and what each
-refusal says."""
+"""The authenticator: bearer metadata, the cache's bound, what each
+refusal says, and client certificates beside tokens."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from broker.api.auth import Authenticator, bearer_token
+from broker.config import MtlsConfig
 from broker.domain.errors import UnauthenticatedError
 from broker.domain.tokens import Tokens
 from broker.domain.values import Principal, Role
@@ -74,3 +75,44 @@ def test_an_expiry_is_checked_on_every_call_cached_or_not(authenticator, clock):
 def test_an_unknown_token_is_refused(authenticator):
     authenticator, _ = authenticator
     assert reason_of(authenticator, "rbk_never-made") == "BAD_CREDENTIAL"
+
+
+CERTIFICATE = {"x509_common_name": [b"ci-runner"], "transport_security_type": [b"ssl"]}
+
+
+@pytest.fixture
+def with_mtls(database, clock):
+    mtls = MtlsConfig(
+        default_role="viewer", roles={"ci-runner": "admin"}, groups={"ci-runner": ("ci",)}
+    )
+    authenticator = Authenticator(Tokens(clock), cache_seconds=5.0, mtls=mtls, wall_clock=clock)
+    yield authenticator
+    authenticator.close()
+
+
+def test_a_verified_certificate_names_the_principal_its_role_from_the_config(with_mtls):
+    principal = asyncio.run(with_mtls.authenticate((), CERTIFICATE))
+    assert principal == Principal("ci-runner", Role.ADMIN, ("ci",))
+    other = {"x509_common_name": [b"bench-7"]}
+    assert asyncio.run(with_mtls.authenticate((), other)) == Principal("bench-7", Role.VIEWER)
+
+
+def test_a_bearer_token_wins_over_the_certificate(with_mtls):
+    _, token = with_mtls.tokens.create("alice", "user")
+    metadata = (("authorization", f"Bearer {token}"),)
+    assert asyncio.run(with_mtls.authenticate(metadata, CERTIFICATE)).name == "alice"
+    bad = (("authorization", "Bearer rbk_never-made"),)
+    with pytest.raises(UnauthenticatedError):
+        asyncio.run(with_mtls.authenticate(bad, CERTIFICATE))
+
+
+def test_without_mutual_tls_a_certificate_names_no_one(authenticator):
+    authenticator, _ = authenticator
+    with pytest.raises(UnauthenticatedError) as raised:
+        asyncio.run(authenticator.authenticate((), CERTIFICATE))
+    assert raised.value.reason == "NO_CREDENTIAL"
+
+
+def test_without_oidc_a_jwt_is_just_an_unknown_token(authenticator):
+    authenticator, _ = authenticator
+    assert reason_of(authenticator, "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln") == "BAD_CREDENTIAL"

@@ -12,6 +12,7 @@ import yaml
 
 from broker.config import Config, ConfigError, load_config, parse_config, with_database_url
 from resources.calculator.data import CalculatorData
+from tests.integration.certs import Pki
 from tests.kinds import PhoneData
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -232,3 +233,120 @@ def test_another_database_url_keeps_the_other_database_settings(tmp_path):
 def test_config_is_frozen():
     with pytest.raises(AttributeError):
         Config().server.max_concurrent_rpcs = 3  # type: ignore[misc]
+
+
+# ------------------------------------------------------------ TLS, OIDC, mTLS
+
+
+@pytest.fixture
+def pem_files(tmp_path) -> Path:
+    """A directory of a certificate, its key, a CA, another key, a file
+    that holds no PEM, and a (placeholder) JWKS, beside the configuration."""
+    pki = Pki(tmp_path / "pki")
+    for name, source in {
+        "cert.pem": pki.server.cert_file,
+        "key.pem": pki.server.key_file,
+        "ca.pem": pki.ca.cert_file,
+        "alien.pem": pki.alice.key_file,
+    }.items():
+        (tmp_path / name).write_bytes(source.read_bytes())
+    (tmp_path / "junk.pem").write_text("not PEM\n")
+    (tmp_path / "jwks.json").write_text("{}\n")
+    return tmp_path
+
+
+def test_tls_and_oidc_paths_are_taken_from_the_configuration_files_directory(pem_files):
+    path = write_config(
+        pem_files,
+        {
+            "server": {
+                "tls": {"cert_file": "cert.pem", "key_file": "key.pem", "client_ca_file": "ca.pem"}
+            },
+            "auth": {
+                "enabled": True,
+                "oidc": {
+                    "issuer": "https://ci.example",
+                    "audience": "lab",
+                    "jwks_file": "jwks.json",
+                },
+                "mtls": {
+                    "default_role": "viewer",
+                    "roles": {"ci": "admin"},
+                    "groups": {"ci": ["a"]},
+                },
+            },
+        },
+    )
+    config = load_config(path, environ={})
+    tls = config.server.tls
+    assert (tls.cert_file, tls.key_file, tls.client_ca_file) == tuple(
+        str(pem_files / name) for name in ("cert.pem", "key.pem", "ca.pem")
+    )
+    assert tls.enabled and tls.mutual
+    oidc = config.auth.oidc
+    assert oidc.jwks_file == str(pem_files / "jwks.json")
+    assert (oidc.principal_claim, oidc.groups_claim, oidc.role_claim) == ("sub", "groups", "role")
+    assert (oidc.default_role, oidc.leeway) == ("user", 0.0)
+    mtls = config.auth.mtls
+    assert (mtls.default_role, mtls.roles, mtls.groups) == (
+        "viewer",
+        {"ci": "admin"},
+        {"ci": ("a",)},
+    )
+
+
+def test_tls_is_off_and_oidc_absent_by_default():
+    config = parse_config({})
+    assert not config.server.tls.enabled and config.auth.oidc is None
+
+
+OIDC = {"issuer": "https://ci.example", "audience": "lab", "jwks_url": "https://ci.example/jwks"}
+
+
+@pytest.mark.parametrize(
+    ("server", "auth", "key"),
+    [
+        ({"tls": {"cert_file": "cert.pem"}}, {}, "server.tls.key_file"),
+        ({"tls": {"key_file": "key.pem"}}, {}, "server.tls.cert_file"),
+        ({"tls": {"client_ca_file": "ca.pem"}}, {"enabled": True}, "server.tls.client_ca_file"),
+        ({"tls": {"cert_file": "nope.pem", "key_file": "key.pem"}}, {}, "server.tls.cert_file"),
+        ({"tls": {"cert_file": "cert.pem", "key_file": "."}}, {}, "server.tls.key_file"),
+        ({"tls": {"cert_file": 1}}, {}, "server.tls.cert_file"),
+        ({"tls": {"cert_file": "junk.pem", "key_file": "key.pem"}}, {}, "server.tls.cert_file"),
+        ({"tls": {"cert_file": "cert.pem", "key_file": "junk.pem"}}, {}, "server.tls.key_file"),
+        ({"tls": {"cert_file": "cert.pem", "key_file": "ca.pem"}}, {}, "server.tls.key_file"),
+        ({"tls": {"cert_file": "cert.pem", "key_file": "alien.pem"}}, {}, "server.tls.key_file"),
+        (
+            {"tls": {"cert_file": "cert.pem", "key_file": "key.pem", "client_ca_file": "junk.pem"}},
+            {"enabled": True},
+            "server.tls.client_ca_file",
+        ),
+        ({"tls": {"certificate": "cert.pem"}}, {}, "server.tls.certificate"),
+        ({"tls": "cert.pem"}, {}, "server.tls"),
+        (
+            {"tls": {"cert_file": "cert.pem", "key_file": "key.pem", "client_ca_file": "ca.pem"}},
+            {},
+            "server.tls.client_ca_file",
+        ),
+        ({}, {"oidc": OIDC}, "auth.oidc"),
+        ({}, {"enabled": True, "oidc": {**OIDC, "issuer": ""}}, "auth.oidc.issuer"),
+        ({}, {"enabled": True, "oidc": {**OIDC, "audience": ""}}, "auth.oidc.audience"),
+        ({}, {"enabled": True, "oidc": {**OIDC, "jwks_file": "jwks.json"}}, "auth.oidc.jwks_file"),
+        ({}, {"enabled": True, "oidc": {**OIDC, "jwks_url": ""}}, "auth.oidc.jwks_file"),
+        ({}, {"enabled": True, "oidc": {**OIDC, "jwks_url": "file:///x"}}, "auth.oidc.jwks_url"),
+        ({}, {"enabled": True, "oidc": {**OIDC, "default_role": "root"}}, "auth.oidc.default_role"),
+        ({}, {"enabled": True, "oidc": {**OIDC, "roles": {"ci": "root"}}}, "auth.oidc.roles.ci"),
+        ({}, {"enabled": True, "oidc": {**OIDC, "roles": ["ci"]}}, "auth.oidc.roles"),
+        ({}, {"enabled": True, "oidc": {**OIDC, "leeway": -1}}, "auth.oidc.leeway"),
+        ({}, {"enabled": True, "oidc": {**OIDC, "client_id": "x"}}, "auth.oidc.client_id"),
+        ({}, {"mtls": {"default_role": "owner"}}, "auth.mtls.default_role"),
+        ({}, {"mtls": {"roles": {"alice": "owner"}}}, "auth.mtls.roles.alice"),
+        ({}, {"mtls": {"groups": {"alice": "lab"}}}, "auth.mtls.groups.alice"),
+        ({}, {"mtls": {"groups": ["lab"]}}, "auth.mtls.groups"),
+    ],
+)
+def test_bad_tls_oidc_and_mtls_settings_name_their_key(pem_files, server, auth, key):
+    with pytest.raises(ConfigError) as error:
+        parse_config({"server": server, "auth": auth}, str(pem_files))
+    assert error.value.key == key
+    assert str(error.value).startswith(f"{key}: ")

@@ -1,5 +1,6 @@
 """Safe defaults: without authentication only loopback addresses; with it,
-a non-loopback address only with `server.allow_insecure`, warned about."""
+a non-loopback address only with TLS, or with `server.allow_insecure`,
+warned about."""
 
 from __future__ import annotations
 
@@ -9,14 +10,18 @@ import logging
 import pytest
 
 from broker.api.exposure import check_exposure, is_loopback
-from broker.config import AuthConfig, Config, ConfigError, ServerConfig
+from broker.config import AuthConfig, Config, ConfigError, ServerConfig, TlsConfig
 
 # A documentation address (RFC 5737): never bound by these tests.
 EXPOSED = "192.0.2.1:50051"
 
 
-def config_with(auth: bool = False, allow_insecure: bool = False) -> Config:
-    return Config(server=ServerConfig(allow_insecure=allow_insecure), auth=AuthConfig(enabled=auth))
+def config_with(auth: bool = False, allow_insecure: bool = False, tls: bool = False) -> Config:
+    server = ServerConfig(
+        allow_insecure=allow_insecure,
+        tls=TlsConfig("/etc/broker/cert.pem", "/etc/broker/key.pem") if tls else TlsConfig(),
+    )
+    return Config(server=server, auth=AuthConfig(enabled=auth))
 
 
 @pytest.mark.parametrize(
@@ -50,10 +55,24 @@ def test_without_auth_a_network_address_is_refused_saying_how_to_turn_auth_on():
     assert "auth" in str(raised.value) and "broker tokens create admin" in str(raised.value)
 
 
-def test_with_auth_a_network_address_needs_allow_insecure():
+def test_with_auth_a_network_address_needs_tls_or_allow_insecure():
     with pytest.raises(ConfigError) as raised:
         check_exposure(config_with(auth=True), EXPOSED)
-    assert "server.allow_insecure" in str(raised.value) and "TLS" in str(raised.value)
+    assert raised.value.key == "server.address"
+    message = str(raised.value)
+    assert "server.tls" in message and "server.allow_insecure" in message
+
+
+def test_with_auth_and_tls_a_network_address_is_served_without_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="broker"):
+        check_exposure(config_with(auth=True, tls=True), EXPOSED)
+    assert not caplog.records
+
+
+def test_tls_without_auth_still_keeps_to_loopback():
+    with pytest.raises(ConfigError) as raised:
+        check_exposure(config_with(tls=True), EXPOSED)
+    assert "authentication is off" in str(raised.value)
 
 
 def test_allow_insecure_is_warned_about_at_every_start(caplog):
