@@ -165,11 +165,13 @@ class EventFeed:
                 last = position = view.sequence
             if len(views) == READ_BATCH:
                 continue
+            # Never step back: a filtered replay knows only the last event it
+            # passed, and the feed may not have read as far as this replay.
             if bound is not None and self._watchers and self._head == bound:
-                position = bound
+                position = max(position, bound)
                 break
             if bound is None and not self._watchers:
-                self._head = position
+                self._head = max(self._head, position)
                 break
         watcher = _Watcher(wanted, position, self.buffer)
         self._watchers.add(watcher)
@@ -194,7 +196,10 @@ class EventFeed:
     async def _follow(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._woken.wait(), self.poll)
+                # Not `wait_for`: on Python 3.11 it can swallow a cancel
+                # that comes as the wait ends, and `close` would hang.
+                async with asyncio.timeout(self.poll):
+                    await self._woken.wait()
                 polled = False
             except TimeoutError:
                 polled = True

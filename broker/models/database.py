@@ -259,3 +259,14 @@ def schema_key(database: peewee.Database) -> int:
 
 def schema_lock_key(schema: str) -> int:
     return zlib.crc32(schema.encode()) - 2**31
+
+
+def notify_channel(base: str, database: peewee.Database) -> str:
+    """The NOTIFY channel `base` of the database's schema. Channels belong to
+    the whole database, so brokers serving other schemas of it use channels
+    of their own and never wake each other."""
+    return schema_channel(base, getattr(database, "schema", "public"))
+
+
+def schema_channel(base: str, schema: str) -> str:
+    return base if schema == "public" else f"{base}_{zlib.crc32(schema.encode()):08x}"

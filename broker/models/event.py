@@ -36,7 +36,7 @@ import peewee
 
 from broker.models import statements
 from broker.models.base import BaseModel
-from broker.models.database import after_commit, database_proxy
+from broker.models.database import after_commit, database_proxy, notify_channel
 from broker.models.setting import Setting
 
 CHANNEL = "broker_events"
@@ -100,7 +100,8 @@ def record(rows: Iterable[dict]) -> None:
         # The payload is the newest id inserted, so that a broker whose
         # feed has read that far already skips the wake-up.
         newest = statements.run(
-            "SELECT lastval(), pg_notify(?, lastval()::text)", [CHANNEL]
+            "SELECT lastval(), pg_notify(?, lastval()::text)",
+            [notify_channel(CHANNEL, database_proxy.obj)],
         ).fetchone()[0]
     if after_commit(CHANNEL, _committed):
         _newest.id = 0

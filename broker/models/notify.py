@@ -22,7 +22,7 @@ import peewee
 import psycopg2
 
 from broker.models import statements
-from broker.models.database import database_proxy
+from broker.models.database import database_proxy, notify_channel
 
 CHANNEL = "broker_grants"
 
@@ -32,7 +32,10 @@ log = logging.getLogger(__name__)
 def announce_grants(waiter_ids: list[int]) -> None:
     """Inside the granting transaction: tell the other brokers on commit."""
     if waiter_ids and not isinstance(database_proxy.obj, peewee.SqliteDatabase):
-        statements.run("SELECT pg_notify(?, ?)", [CHANNEL, ",".join(map(str, waiter_ids))])
+        statements.run(
+            "SELECT pg_notify(?, ?)",
+            [notify_channel(CHANNEL, database_proxy.obj), ",".join(map(str, waiter_ids))],
+        )
 
 
 class GrantListener:
@@ -76,10 +79,13 @@ class GrantListener:
         return connection
 
     def _listen(self) -> None:
+        grants = notify_channel(CHANNEL, self.database)
+        # The channels of this database's schema, by the name callers gave.
+        names = {notify_channel(channel, self.database): channel for channel in self.channels}
         connection = self.connect()
         try:
             with connection.cursor() as cursor:
-                for channel in (*self.channels, CHANNEL):
+                for channel in (*names, grants):
                     cursor.execute(f"LISTEN {channel}")
             # Whatever was announced before listening began is read anew by
             # whoever relies on it (a waiting call's poll, the event feed).
@@ -93,13 +99,14 @@ class GrantListener:
                     ids = [
                         int(waiter_id)
                         for note in notes
-                        if note.channel == CHANNEL
+                        if note.channel == grants
                         for waiter_id in note.payload.split(",")
                     ]
                     if ids:
                         self.callback(ids)
-                    for channel, callback in self.channels.items():
-                        payloads = [note.payload for note in notes if note.channel == channel]
+                    for listened, channel in names.items():
+                        callback = self.channels[channel]
+                        payloads = [note.payload for note in notes if note.channel == listened]
                         if payloads:
                             callback(payloads)
         finally:

@@ -26,7 +26,7 @@ import grpc
 
 from broker.api.server import DATABASE_WORKERS
 from broker.api.waits import POLL_SECONDS
-from broker.models.database import WRITE_LOCK_KEY, schema_lock_key
+from broker.models.database import WRITE_LOCK_KEY, schema_channel, schema_lock_key
 from broker.models.notify import CHANNEL
 from broker.v1 import (
     inventory_service_pb2,
@@ -74,7 +74,7 @@ def burst(broker: Broker, lease_id: str) -> list[tuple[grpc.StatusCode, float, s
 def write_lock_held(admin, url: str):
     """Holds the advisory write lock of the brokers on `url`'s schema from the
     test's own session."""
-    key = (WRITE_LOCK_KEY, schema_lock_key(parse_qs(urlparse(url).query)["schema"][0]))
+    key = (WRITE_LOCK_KEY, schema_lock_key(schema_of(url)))
     with admin.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_lock(%s, %s)", key)
         try:
@@ -155,15 +155,20 @@ def every_rpc(broker: Broker, held: lease_service_pb2.AcquireLeaseResponse) -> d
     }
 
 
-def listening_through(admin, proxy: TcpProxy) -> bool:
-    """Whether a connection through the proxy is LISTENing for grants."""
+def schema_of(url: str) -> str:
+    return parse_qs(urlparse(url).query)["schema"][0]
+
+
+def listening_through(admin, proxy: TcpProxy, url: str) -> bool:
+    """Whether a connection through the proxy is LISTENing for the grants of
+    the schema of `url`."""
     ports = proxy.upstream_ports()
     if not ports:
         return False
     with admin.cursor() as cursor:
         cursor.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE client_port = ANY(%s) AND query = %s",
-            (list(ports), f"LISTEN {CHANNEL}"),
+            (list(ports), f"LISTEN {schema_channel(CHANNEL, schema_of(url))}"),
         )
         return cursor.fetchone()[0] > 0
 
@@ -181,7 +186,9 @@ def test_a_broker_cut_off_from_its_database_answers_unavailable_and_recovers(
     token = held.lease.grants[0].fencing_token
     # Every database worker of A opens its connection before the outage.
     assert failed(on_every_worker(cut_off, held, postgres_admin, proxy, postgres_url)) == []
-    wait_until(lambda: listening_through(postgres_admin, proxy), 5.0, "A's grant listener")
+    wait_until(
+        lambda: listening_through(postgres_admin, proxy, postgres_url), 5.0, "A's grant listener"
+    )
 
     proxy.cut()
 
@@ -231,7 +238,11 @@ def test_a_broker_cut_off_from_its_database_answers_unavailable_and_recovers(
     )
 
     # A's grant listener is back: a release on B wakes a waiter on A at once.
-    wait_until(lambda: listening_through(postgres_admin, proxy), 5.0, "A's listener to return")
+    wait_until(
+        lambda: listening_through(postgres_admin, proxy, postgres_url),
+        5.0,
+        "A's listener to return",
+    )
     moved = acquire(direct.leases, requirement("Calculator", name="calc-2"), holder="mover")
     waiting = acquire_request(requirement("Calculator", name="calc-2"), holder="waiter")
     waiting.max_wait.FromSeconds(10)
