@@ -57,11 +57,13 @@ class DatabaseConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LeaseConfig:
-    """Lease lifetimes, in seconds."""
+    """Lease lifetimes, in seconds; `max_lifetime` bounds how long renewals
+    may keep a lease (0: no bound)."""
 
     default_ttl: float = 60.0
     max_ttl: float = 3600.0
     expiry_interval: float = 1.0
+    max_lifetime: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,6 +234,7 @@ def parse_config(raw: Any, base_dir: str = ".") -> Config:
         _check_positive(f"leases.{key}", getattr(leases, key))
     if leases.default_ttl > leases.max_ttl:
         raise ConfigError("leases.default_ttl", "must not exceed leases.max_ttl")
+    _check_positive("leases.max_lifetime", leases.max_lifetime, allow_zero=True)
     _check_positive("queue.max_wait", queue.max_wait)
     for key in ("keepalive_timeout", "max_keepalive_timeout"):
         _check_positive(f"sessions.{key}", getattr(sessions, key))

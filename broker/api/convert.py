@@ -239,6 +239,7 @@ def lease_to_proto(view: values.LeaseView) -> lease_pb2.Lease:
         end_reason=view.end_reason,
         session_id=view.session_id,
         principal=view.principal,
+        max_expire_time=None if view.max_expire_time is None else timestamp(view.max_expire_time),
     )
 
 

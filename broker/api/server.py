@@ -175,6 +175,7 @@ class BrokerServer:
             default_ttl=config.leases.default_ttl,
             max_ttl=config.leases.max_ttl,
             max_wait=config.queue.max_wait,
+            max_lifetime=config.leases.max_lifetime,
             on_granted=self.board.notify,
         )
         sessions = Sessions(

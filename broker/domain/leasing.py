@@ -35,6 +35,7 @@ from broker.domain.errors import (
 )
 from broker.domain.granting import (
     Granter,
+    capped,
     decode_requirements,
     hash_secret,
     lease_view,
@@ -91,11 +92,12 @@ class Leases:
         default_ttl: float,
         max_ttl: float,
         max_wait: float = 3600.0,
+        max_lifetime: float = 0.0,
         clock: Callable[[], float] = time.time,
         on_granted: Callable[[dict[int, Granted]], None] = lambda granted: None,
     ):
         self.kinds = kinds
-        self.granter = Granter(kinds, default_ttl, max_ttl)
+        self.granter = Granter(kinds, default_ttl, max_ttl, max_lifetime)
         self.queue = WaitQueue(self.granter)
         self.max_wait = max_wait
         self.clock = clock
@@ -318,11 +320,24 @@ class Leases:
     # ------------------------------------------------ renew, release, revoke
 
     def renew(self, lease_id: str, secret: str, principal: str | None = None) -> LeaseView:
-        """Extends an active lease by its TTL from now. `principal`, when
-        given (authentication on), must be the lease's own."""
+        """Extends an active lease by its TTL from now, but not past its
+        maximum lifetime: a renewal stops there, and once the lease is there
+        renewing is FAILED_PRECONDITION (only a new lease goes on).
+        `principal`, when given (authentication on), must be the lease's own."""
 
         def extend(lease: lease_model.Lease, grants: list, now: float) -> None:
-            lease.expire_time = now + lease.ttl
+            cap = lease.max_expire_time
+            if cap is not None and lease.expire_time >= cap:
+                raise FailedPreconditionError(
+                    PreconditionViolation(
+                        "MAX_LIFETIME",
+                        f"leases/{lease.id}",
+                        f"lease {lease.id}: the lease reached its maximum lifetime of "
+                        f"{cap - lease.create_time:g} s (leases.max_lifetime); release it "
+                        "and acquire again",
+                    )
+                )
+            lease.expire_time = capped(now + lease.ttl, cap)
             lease_model.extend_lease(lease.id, lease.expire_time)
             events.record(
                 *(

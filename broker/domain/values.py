@@ -228,6 +228,8 @@ class LeaseView:
     end_reason: str
     session_id: str = ""
     principal: str = ""
+    # The latest it may live however it is renewed; None: no limit.
+    max_expire_time: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)

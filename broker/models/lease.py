@@ -40,6 +40,9 @@ class Lease(BaseModel):
     request_key = peewee.CharField(max_length=64, null=True, unique=True)
     request_digest = peewee.CharField(max_length=64, null=True)
     session_id = peewee.CharField(max_length=36, null=True, index=True)
+    # The latest it may live however it is renewed (`leases.max_lifetime`
+    # after its grant, fixed then); None: no limit.
+    max_expire_time = peewee.DoubleField(null=True)
 
     class Meta:
         indexes = ((("state", "expire_time"), False), (("create_time", "id"), False))
