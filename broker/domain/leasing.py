@@ -82,6 +82,19 @@ _END_EVENTS = {
 }
 
 
+def _session_lost(
+    session: session_model.Session, now: float, reason: str, lease_ids: list[str]
+) -> dict:
+    """The event of a session that ended without its client closing it."""
+    return events.event(
+        EventType.SESSION_LOST,
+        now,
+        actor=session.holder,
+        reason=reason,
+        detail={"session_id": session.id, "principal": session.holder, "leases": lease_ids},
+    )
+
+
 class Leases:
     """Who holds what: semantics 1 to 6 of the design."""
 
@@ -431,37 +444,43 @@ class Leases:
         pass); returns how many leases ended."""
         with self.transaction() as now:
             expired = self._expire_due(now)
-            for session_id in session_model.orphaned_session_ids(SessionState.OPEN, now):
-                self.orphan_session(session_id, now)
+            for session in session_model.orphaned_sessions(SessionState.OPEN, now):
+                self.orphan_session(session, now)
             self.queue.dispatch(now)
         return expired
 
-    def orphan_session(self, session_id: str, now: float) -> None:
+    def orphan_session(self, session: session_model.Session, now: float) -> None:
         """Ends a session whose broker stopped attending it (its deadline
         passed by another timeout unnoticed): its leases stay, bound to
-        nothing, and live by their own TTL."""
-        session_model.end_session(
-            session_id, SessionState.EXPIRED, now, "its broker stopped attending it"
-        )
-        session_model.detach_leases(session_id, LeaseState.ACTIVE)
+        nothing, and live by their own TTL. The session is lost all the same."""
+        reason = "its broker stopped attending it"
+        session_model.end_session(session.id, SessionState.EXPIRED, now, reason)
+        session_model.detach_leases(session.id, LeaseState.ACTIVE)
         queue_model.cancel_session_waiters(
-            session_id, WaiterState.WAITING, WaiterState.CANCELLED, now
+            session.id, WaiterState.WAITING, WaiterState.CANCELLED, now
         )
+        events.record(_session_lost(session, now, reason, []))
 
-    def end_session(self, session_id: str, state: SessionState, now: float, reason: str) -> int:
+    def end_session(
+        self, session: session_model.Session, state: SessionState, now: float, reason: str
+    ) -> int:
         """Ends a session inside the caller's transaction: its leases end
         (released if it closed cleanly, else expired) and its waiting
-        requests leave the queue; returns how many leases ended."""
-        session_model.end_session(session_id, state, now, reason)
-        lease_ids = session_model.lease_ids_of(session_id, LeaseState.ACTIVE)
+        requests leave the queue; a session that did not close cleanly is
+        recorded as lost, with the leases it ended. Returns how many leases
+        ended."""
+        session_model.end_session(session.id, state, now, reason)
+        lease_ids = session_model.lease_ids_of(session.id, LeaseState.ACTIVE)
         leases = lease_model.leases_by_id(lease_ids)
         grants = lease_model.grants_of(lease_ids)
         lease_state = LeaseState.RELEASED if state == SessionState.CLOSED else LeaseState.EXPIRED
         for lease in leases.values():
             self.end(lease, grants[lease.id], lease_state, now, f"its session ended: {reason}", "")
         queue_model.cancel_session_waiters(
-            session_id, WaiterState.WAITING, WaiterState.CANCELLED, now
+            session.id, WaiterState.WAITING, WaiterState.CANCELLED, now
         )
+        if state != SessionState.CLOSED:
+            events.record(_session_lost(session, now, reason, sorted(leases)))
         return len(leases)
 
     def _expire_due(self, now: float) -> int:

@@ -59,6 +59,7 @@ class EventType(enum.StrEnum):
     LEASE_RENEWED = "lease_renewed"
     TOKEN_CREATED = "token_created"
     TOKEN_REVOKED = "token_revoked"
+    SESSION_LOST = "session_lost"
 
 
 class Role(enum.StrEnum):

@@ -27,14 +27,15 @@ class Session(BaseModel):
         indexes = ((("state", "expire_time"), False),)
 
 
-def orphaned_session_ids(open_state: int, now: float) -> list[str]:
+def orphaned_sessions(open_state: int, now: float) -> list[Session]:
     """Open sessions silent for twice their timeout: the broker holding their
     stream would have ended them after one, so it is gone."""
     cursor = statements.run(
-        'SELECT "id" FROM "session" WHERE "state" = ? AND "expire_time" + "keepalive_timeout" <= ?',
+        f'SELECT {statements.column_list(Session)} FROM "session"'
+        ' WHERE "state" = ? AND "expire_time" + "keepalive_timeout" <= ?',
         [open_state, now],
     )
-    return [row[0] for row in cursor.fetchall()]
+    return [statements.instance(Session, row) for row in cursor.fetchall()]
 
 
 def detach_leases(session_id: str, active_state: int) -> None:
