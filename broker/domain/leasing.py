@@ -181,6 +181,12 @@ class Leases:
                         f"session {clip(request.session_id)} is not open",
                     )
                 )
+            if request.verified and session.holder != request.principal:
+                return PermissionDeniedError(
+                    f"session {clip(request.session_id)} is not {clip(request.principal)}'s: "
+                    "a lease may be bound only to a session of the principal acquiring it",
+                    "NOT_SESSION_OWNER",
+                )
         plan = self.granter.plan(needs, request.who, now, behind_priority=request.priority)
         lease_id = str(uuid.uuid4())
         if plan.matching.complete:
@@ -547,6 +553,7 @@ class Leases:
         resource: str,
         page_size: int,
         page_token: str,
+        principal: str = "",
     ) -> Page[LeaseView]:
         size = paging.page_size(page_size)
         position = paging.decode_token(page_token, ("time", "id"))
@@ -556,7 +563,7 @@ class Leases:
                 raise InvalidArgumentError.of("page_token", "not a token returned by this listing")
             before = (float(position["time"]), position["id"])
         rows = lease_model.list_leases(
-            None if state is None else int(state), holder, resource, before, size + 1
+            None if state is None else int(state), holder, resource, before, size + 1, principal
         )
         more = len(rows) > size
         rows = rows[:size]

@@ -150,6 +150,9 @@ class AcquireRequest:
     session_id: str = ""
     # The verified caller; empty: the holder, as named (authentication off).
     principal: str = ""
+    # Whether `principal` was verified (authentication on): a session the
+    # lease is bound to must then be that principal's own.
+    verified: bool = False
 
     @property
     def who(self) -> str:

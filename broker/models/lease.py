@@ -184,14 +184,20 @@ def list_leases(
     resource: str,
     before: tuple[float, str] | None,
     limit: int,
+    principal: str = "",
 ) -> list[Lease]:
     """Leases newest first, optionally filtered, starting after `before`
-    (the (create_time, id) of the last lease of the previous page)."""
+    (the (create_time, id) of the last lease of the previous page). A lease
+    recorded before principals is its holder's."""
     query = Lease.select()
     if state is not None:
         query = query.where(Lease.state == state)
     if holder:
         query = query.where(Lease.holder == holder)
+    if principal:
+        query = query.where(
+            (Lease.principal == principal) | ((Lease.principal == "") & (Lease.holder == principal))
+        )
     if resource:
         granted = LeaseGrant.select(LeaseGrant.lease).where(LeaseGrant.resource_name == resource)
         query = query.where(Lease.id.in_(granted))
