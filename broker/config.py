@@ -74,6 +74,15 @@ class QueueConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class QuotaConfig:
+    """How many resources one principal may hold at once (0: no limit):
+    `max_resources` for everyone, `principals` overriding it by name."""
+
+    max_resources: int = 0
+    principals: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
 class SessionConfig:
     """Session keep-alives, in seconds."""
 
@@ -127,6 +136,7 @@ class Config:
     events: EventsConfig = EventsConfig()
     retention: RetentionConfig = RetentionConfig()
     auth: AuthConfig = AuthConfig()
+    quotas: QuotaConfig = QuotaConfig()
 
     def kind_models(self) -> tuple[type[ResourceData], ...]:
         """Imports the `ResourceData` models named by `kinds`."""
@@ -210,6 +220,7 @@ def parse_config(raw: Any, base_dir: str = ".") -> Config:
             "events",
             "retention",
             "auth",
+            "quotas",
         },
     )
     server = _section("server", top.get("server"), ServerConfig)
@@ -248,6 +259,7 @@ def parse_config(raw: Any, base_dir: str = ".") -> Config:
     retention = _section("retention", top.get("retention"), RetentionConfig)
     for key in ("events", "leases", "waiters", "sessions", "sweep_interval"):
         _check_positive(f"retention.{key}", getattr(retention, key))
+    quotas = _quotas(top.get("quotas"))
     kinds = top.get("kinds", Config.kinds)
     if not isinstance(kinds, list | tuple) or not all(isinstance(k, str) for k in kinds):
         raise ConfigError("kinds", "must be a list of dotted paths to ResourceData models")
@@ -262,7 +274,21 @@ def parse_config(raw: Any, base_dir: str = ".") -> Config:
         events=events,
         retention=retention,
         auth=auth,
+        quotas=quotas,
     )
+
+
+def _quotas(raw: Any) -> QuotaConfig:
+    quotas = _section("quotas", raw, QuotaConfig)
+    _check_positive("quotas.max_resources", quotas.max_resources, allow_zero=True)
+    for name, limit in quotas.principals.items():
+        key = f"quotas.principals.{name}"
+        if not isinstance(name, str) or not name:
+            raise ConfigError(key, "a principal's name must be a non-empty string")
+        if type(limit) is not int:
+            raise ConfigError(key, f"must be int, not {limit!r}")
+        _check_positive(key, limit, allow_zero=True)
+    return quotas
 
 
 def _mapping(key: str, value: Any, allowed: set[str]) -> Mapping[str, Any]:

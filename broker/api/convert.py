@@ -179,6 +179,7 @@ def queue_status_to_proto(waiting: values.Waiting) -> lease_pb2.QueueStatus:
         position=waiting.position,
         blocked=None if waiting.blocked is None else blocked_to_proto(waiting.blocked),
         deadline=timestamp(waiting.deadline),
+        quota=waiting.quota,
     )
 
 

@@ -43,6 +43,7 @@ from broker.domain.granting import (
 )
 from broker.domain.kinds import KindRegistry
 from broker.domain.queue import WaitQueue
+from broker.domain.quotas import Quotas
 from broker.domain.replay import Replay
 from broker.domain.values import (
     AcquireRequest,
@@ -106,12 +107,14 @@ class Leases:
         max_ttl: float,
         max_wait: float = 3600.0,
         max_lifetime: float = 0.0,
+        quotas: Quotas | None = None,
         clock: Callable[[], float] = time.time,
         on_granted: Callable[[dict[int, Granted]], None] = lambda granted: None,
     ):
         self.kinds = kinds
         self.granter = Granter(kinds, default_ttl, max_ttl, max_lifetime)
-        self.queue = WaitQueue(self.granter)
+        self.quotas = quotas or Quotas()
+        self.queue = WaitQueue(self.granter, self.quotas)
         self.max_wait = max_wait
         self.clock = clock
         self.on_granted = on_granted
@@ -137,10 +140,15 @@ class Leases:
         """Grants every requirement at once with distinct resources; or, if
         they are held now and the request may wait, queues it (`Waiting`);
         or raises: FAILED_PRECONDITION if no state of the inventory could
-        ever serve it, RESOURCE_EXHAUSTED if it is held now and may not wait.
-        A request id seen before returns that request's lease or wait."""
+        ever serve it (or it is bigger than its principal's quota),
+        RESOURCE_EXHAUSTED if it is held now, or would pass the quota now,
+        and may not wait. A request id seen before returns that request's
+        lease or wait."""
         needs, ttl = self.granter.check(request)
         self._check_waiting(request)
+        never = self.quotas.never(request.who, sum(need.count for need in needs))
+        if never is not None:
+            raise never
         with self.transaction() as now:
             # Waiting requests come before a newcomer to whatever came free
             # since the last pass: leases found expired, lock-delays ended.
@@ -188,8 +196,10 @@ class Leases:
                     "NOT_SESSION_OWNER",
                 )
         plan = self.granter.plan(needs, request.who, now, behind_priority=request.priority)
+        standing = self.quotas.standing(request.who, sum(need.count for need in needs))
+        over = standing is not None and standing.over
         lease_id = str(uuid.uuid4())
-        if plan.matching.complete:
+        if plan.matching.complete and not over:
             return self.granter.commit(
                 plan,
                 lease_id=lease_id,
@@ -200,11 +210,20 @@ class Leases:
                 replay=replay,
                 session_id=request.session_id,
             )
-        refusal = self.granter.refusal(needs, request.who, plan, now)
-        if not isinstance(refusal, ResourceBusyError) or request.max_wait <= 0:
-            return refusal
+        if not plan.matching.complete:
+            refusal = self.granter.refusal(needs, request.who, plan, now)
+            if not isinstance(refusal, ResourceBusyError):
+                return refusal
+            if request.max_wait <= 0:
+                return standing.exceeded() if over and standing else refusal
+        elif request.max_wait <= 0 and standing is not None:
+            return standing.exceeded()
         deadline = now + min(request.max_wait, self.max_wait)
-        waiter_id = self.queue.enqueue(request, replay, ttl, lease_id, now, deadline, plan)
+        # A request over its quota waits for its principal's releases and
+        # reserves nothing: it holds up no other principal.
+        waiter_id = self.queue.enqueue(
+            request, replay, ttl, lease_id, now, deadline, None if over else plan
+        )
         return self._waiting(queue_model.get_waiter(waiter_id), now)
 
     def _earlier(self, replay: Replay, now: float) -> Granted | Waiting | BrokerError | None:
@@ -250,8 +269,9 @@ class Leases:
                 PreconditionViolation(
                     "WAIT_CANCELLED",
                     f"waiters/{waiter_id}",
-                    "the request left the queue: its session ended, or its kind or "
-                    "field is no longer served; it holds nothing",
+                    "the request left the queue: its session ended, its kind or "
+                    "field is no longer served, or it asks for more than its principal's "
+                    "quota; it holds nothing",
                 )
             )
         raise DeadlineExceededError(
@@ -262,13 +282,12 @@ class Leases:
         request = AcquireRequest(decode_requirements(waiter.requirements), holder=waiter.holder)
         needs, _ = self.granter.check(request)
         who = waiter.principal or waiter.holder
+        position = queue_model.position(waiter, WaiterState.WAITING)
+        standing = self.quotas.standing(who, sum(need.count for need in needs))
+        if standing is not None and standing.over:
+            return Waiting(waiter.id, position, None, waiter.deadline, quota=standing.text())
         blocked = self.granter.blocked(needs, who, waiter.blocked_index, now)
-        return Waiting(
-            waiter.id,
-            queue_model.position(waiter, WaiterState.WAITING),
-            blocked,
-            waiter.deadline,
-        )
+        return Waiting(waiter.id, position, blocked, waiter.deadline)
 
     def abandon(self, waiter_id: int, timed_out: bool) -> Granted | None:
         """The waiting caller is gone (`timed_out` False) or its wait ended:

@@ -273,6 +273,8 @@ class Waiting:
     position: int
     blocked: Blocked | None
     deadline: float
+    # Set while it waits for its principal's quota, not for resources.
+    quota: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -45,7 +45,12 @@ class Lease(BaseModel):
     max_expire_time = peewee.DoubleField(null=True)
 
     class Meta:
-        indexes = ((("state", "expire_time"), False), (("create_time", "id"), False))
+        indexes = (
+            (("state", "expire_time"), False),
+            (("create_time", "id"), False),
+            # Counting what a principal holds (quotas).
+            (("principal", "state"), False),
+        )
 
 
 class LeaseGrant(BaseModel):
@@ -207,6 +212,17 @@ def list_leases(
             (Lease.create_time < time) | ((Lease.create_time == time) & (Lease.id < lease_id))
         )
     return list(query.order_by(Lease.create_time.desc(), Lease.id.desc()).limit(limit))
+
+
+def resources_held(principal: str, active_state: int) -> int:
+    """How many resources the principal's active leases were granted: one
+    read through the (principal, state) index and the grants' lease index."""
+    cursor = statements.run(
+        'SELECT COUNT(*) FROM "lease_grant" JOIN "lease" ON "lease_grant"."lease_id" = "lease"."id"'
+        ' WHERE "lease"."principal" = ? AND "lease"."state" = ?',
+        [principal, active_state],
+    )
+    return cursor.fetchone()[0]
 
 
 def lease_by_request_key(request_key: str) -> Lease | None:

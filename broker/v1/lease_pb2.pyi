@@ -375,10 +375,17 @@ class QueueStatus(_message.Message):
     POSITION_FIELD_NUMBER: _builtins.int
     BLOCKED_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
+    QUOTA_FIELD_NUMBER: _builtins.int
     waiter_id: _builtins.int
     """The waiting request's id in the queue."""
     position: _builtins.int
     """How many waiting requests will be served before it (0: it is next)."""
+    quota: _builtins.str
+    """Set while the request waits for its principal's quota rather than for
+    resources (`quotas.max_resources`): how many resources the principal
+    holds, its limit, and how many the request needs. `blocked` is then
+    unset; the request reserves nothing meanwhile.
+    """
     @_builtins.property
     def blocked(self) -> Global___AcquireBlocked:
         """What blocks it now: the first requirement it cannot get, and who holds
@@ -396,10 +403,11 @@ class QueueStatus(_message.Message):
         position: _builtins.int = ...,
         blocked: Global___AcquireBlocked | None = ...,
         deadline: _timestamp_pb2.Timestamp | None = ...,
+        quota: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["blocked", b"blocked", "deadline", b"deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked", b"blocked", "deadline", b"deadline", "position", b"position", "waiter_id", b"waiter_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked", b"blocked", "deadline", b"deadline", "position", b"position", "quota", b"quota", "waiter_id", b"waiter_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -74,7 +74,9 @@ class AcquireLeaseRequest(_message.Message):
     @_builtins.property
     def max_wait(self) -> _duration_pb2.Duration:
         """Optional. How long to wait in the queue when the resources exist but are
-        held now. Unset or zero does not wait: RESOURCE_EXHAUSTED at once. The
+        held now, or while the principal holds as many resources as its quota
+        allows (`quotas.max_resources`). Unset or zero does not wait:
+        RESOURCE_EXHAUSTED at once (with a `QuotaFailure` detail for a quota). The
         wait also ends at the call's deadline, and at the broker's
         `queue.max_wait`.
         """

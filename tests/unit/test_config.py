@@ -232,3 +232,33 @@ def test_another_database_url_keeps_the_other_database_settings(tmp_path):
 def test_config_is_frozen():
     with pytest.raises(AttributeError):
         Config().server.max_concurrent_rpcs = 3  # type: ignore[misc]
+
+
+def test_lifetime_and_quota_settings_are_kept():
+    config = parse_config(
+        {
+            "leases": {"max_lifetime": 7200},
+            "quotas": {"max_resources": 10, "principals": {"alice": 20, "ci": 0}},
+        }
+    )
+    assert config.leases.max_lifetime == 7200.0
+    assert (config.quotas.max_resources, config.quotas.principals) == (10, {"alice": 20, "ci": 0})
+    assert parse_config({}).leases.max_lifetime == 0.0
+    assert (parse_config({}).quotas.max_resources, parse_config({}).quotas.principals) == (0, {})
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"leases": {"max_lifetime": -1}}, "leases.max_lifetime"),
+        ({"quotas": {"max_resources": -1}}, "quotas.max_resources"),
+        ({"quotas": {"max_resources": 1.5}}, "quotas.max_resources"),
+        ({"quotas": {"principals": ["alice"]}}, "quotas.principals"),
+        ({"quotas": {"principals": {"alice": "10"}}}, "quotas.principals.alice"),
+        ({"quotas": {"principals": {"alice": -2}}}, "quotas.principals.alice"),
+        ({"quotas": {"principals": {"alice": True}}}, "quotas.principals.alice"),
+        ({"quotas": {"limit": 3}}, "quotas.limit"),
+    ],
+)
+def test_bad_lifetime_and_quota_settings_are_refused(raw, key):
+    assert refused_key(raw) == key
