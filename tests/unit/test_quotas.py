@@ -177,3 +177,20 @@ def test_leases_are_counted_through_the_principal_index(leases, database):
     details = " ".join(str(row[-1]) for row in plan)
     assert "lease_principal_state" in details
     assert "SCAN" not in details.replace("SCAN CONSTANT", "")
+
+
+def test_a_waiter_bigger_than_a_lowered_quota_leaves_the_queue(leases, phones, kinds, clock):
+    held = ask(leases, need("Phone", count=3), who="bob")
+    waiting = ask(leases, need("Phone", count=4), who="bob", max_wait=60)
+    assert isinstance(waiting, Waiting)
+    # The broker restarts with bob's quota lowered below what he waits for.
+    lowered = Leases(
+        kinds, default_ttl=30.0, max_ttl=600.0, quotas=Quotas(LIMIT, {"bob": 3}), clock=clock
+    )
+
+    lowered.release(held.lease.lease_id, held.secret)
+
+    with pytest.raises(FailedPreconditionError) as raised:
+        lowered.wait_status(waiting.waiter_id)
+    assert raised.value.violations[0].type == "WAIT_CANCELLED"
+    assert "quota" in raised.value.violations[0].description
