@@ -210,14 +210,14 @@ class Leases:
                 replay=replay,
                 session_id=request.session_id,
             )
-        if not plan.matching.complete:
-            refusal = self.granter.refusal(needs, request.who, plan, now)
-            if not isinstance(refusal, ResourceBusyError):
-                return refusal
-            if request.max_wait <= 0:
-                return standing.exceeded() if over and standing else refusal
-        elif request.max_wait <= 0 and standing is not None:
-            return standing.exceeded()
+        # Not granted now: busy, over the quota, or both; "never" beats both.
+        refusal = (
+            None if plan.matching.complete else self.granter.refusal(needs, request.who, plan, now)
+        )
+        if refusal is not None and not isinstance(refusal, ResourceBusyError):
+            return refusal
+        if request.max_wait <= 0:
+            return standing.exceeded() if standing is not None and over else refusal
         deadline = now + min(request.max_wait, self.max_wait)
         # A request over its quota waits for its principal's releases and
         # reserves nothing: it holds up no other principal.
