@@ -194,7 +194,11 @@ def non_negative_int(text: str) -> int:
 
 def cmd_leases_list(client: BrokerClient, args: argparse.Namespace) -> int:
     state = LEASE_STATES[args.state] if args.state else None
-    print(output.leases_table(client.list_leases(state, args.holder, args.resource)))
+    print(
+        output.leases_table(
+            client.list_leases(state, args.holder, args.resource, principal=args.principal)
+        )
+    )
     return EXIT_OK
 
 
@@ -422,6 +426,7 @@ def _add_lease_commands(commands: argparse._SubParsersAction) -> None:
     listing.add_argument("--state", choices=list(LEASE_STATES))
     listing.add_argument("--holder", default="")
     listing.add_argument("--resource", default="", help="only leases granted this resource")
+    listing.add_argument("--principal", default="", help="only leases held by this principal")
 
     show = _remote(leases, "show", cmd_leases_show, "show one lease")
     show.add_argument("lease_id", metavar="ID")

@@ -79,11 +79,13 @@ class DatabaseConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LeaseConfig:
-    """Lease lifetimes, in seconds."""
+    """Lease lifetimes, in seconds; `max_lifetime` bounds how long renewals
+    may keep a lease (0: no bound)."""
 
     default_ttl: float = 60.0
     max_ttl: float = 3600.0
     expiry_interval: float = 1.0
+    max_lifetime: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +93,15 @@ class QueueConfig:
     """Waiting for held resources, in seconds."""
 
     max_wait: float = 3600.0
+
+
+@dataclasses.dataclass(frozen=True)
+class QuotaConfig:
+    """How many resources one principal may hold at once (0: no limit):
+    `max_resources` for everyone, `principals` overriding it by name."""
+
+    max_resources: int = 0
+    principals: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,6 +194,7 @@ class Config:
     events: EventsConfig = EventsConfig()
     retention: RetentionConfig = RetentionConfig()
     auth: AuthConfig = AuthConfig()
+    quotas: QuotaConfig = QuotaConfig()
 
     def kind_models(self) -> tuple[type[ResourceData], ...]:
         """Imports the `ResourceData` models named by `kinds`."""
@@ -266,6 +278,7 @@ def parse_config(raw: Any, base_dir: str = ".") -> Config:
             "events",
             "retention",
             "auth",
+            "quotas",
         },
     )
     server_raw = _mapping("server", top.get("server"), _field_names(ServerConfig))
@@ -297,6 +310,7 @@ def parse_config(raw: Any, base_dir: str = ".") -> Config:
         _check_positive(f"leases.{key}", getattr(leases, key))
     if leases.default_ttl > leases.max_ttl:
         raise ConfigError("leases.default_ttl", "must not exceed leases.max_ttl")
+    _check_positive("leases.max_lifetime", leases.max_lifetime, allow_zero=True)
     _check_positive("queue.max_wait", queue.max_wait)
     for key in ("keepalive_timeout", "max_keepalive_timeout"):
         _check_positive(f"sessions.{key}", getattr(sessions, key))
@@ -310,6 +324,7 @@ def parse_config(raw: Any, base_dir: str = ".") -> Config:
     retention = _section("retention", top.get("retention"), RetentionConfig)
     for key in ("events", "leases", "waiters", "sessions", "sweep_interval"):
         _check_positive(f"retention.{key}", getattr(retention, key))
+    quotas = _quotas(top.get("quotas"))
     kinds = top.get("kinds", Config.kinds)
     if not isinstance(kinds, list | tuple) or not all(isinstance(k, str) for k in kinds):
         raise ConfigError("kinds", "must be a list of dotted paths to ResourceData models")
@@ -324,6 +339,7 @@ def parse_config(raw: Any, base_dir: str = ".") -> Config:
         events=events,
         retention=retention,
         auth=auth,
+        quotas=quotas,
     )
 
 
@@ -453,6 +469,19 @@ def _mtls(raw: Any) -> MtlsConfig:
             )
         groups[str(name)] = tuple(listed)
     return MtlsConfig(default_role, _roles("auth.mtls.roles", values.get("roles")), groups)
+
+
+def _quotas(raw: Any) -> QuotaConfig:
+    quotas = _section("quotas", raw, QuotaConfig)
+    _check_positive("quotas.max_resources", quotas.max_resources, allow_zero=True)
+    for name, limit in quotas.principals.items():
+        key = f"quotas.principals.{name}"
+        if not isinstance(name, str) or not name:
+            raise ConfigError(key, "a principal's name must be a non-empty string")
+        if type(limit) is not int:
+            raise ConfigError(key, f"must be int, not {limit!r}")
+        _check_positive(key, limit, allow_zero=True)
+    return quotas
 
 
 def _mapping(key: str, value: Any, allowed: set[str]) -> Mapping[str, Any]:

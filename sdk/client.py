@@ -471,10 +471,14 @@ class BrokerClient:
         state: lease_pb2.LeaseState.ValueType | None = None,
         holder: str = "",
         resource: str = "",
+        principal: str = "",
     ) -> Iterator[lease_pb2.Lease]:
         """Every matching lease, newest first, fetching pages as it is iterated."""
         message = lease_service_pb2.ListLeasesRequest(
-            state=state or lease_pb2.LEASE_STATE_UNSPECIFIED, holder=holder, resource=resource
+            state=state or lease_pb2.LEASE_STATE_UNSPECIFIED,
+            holder=holder,
+            resource=resource,
+            principal=principal,
         )
         return self._paged(
             lambda broker: broker.leases.ListLeases, message, lambda page: page.leases

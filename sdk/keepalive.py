@@ -8,6 +8,10 @@ that is not active (`LeaseNotActiveError`), marks the lease lost, so that the
 test holding it can notice it no longer owns its resources. A client given
 several brokers renews through whichever answers (`BrokerClient.renew` moves
 on from one that stopped answering), so the lease outlives its broker.
+
+A lease has a maximum lifetime when the broker sets one
+(`Lease.max_expire_time`): once a renewal reaches it, renewing stops and the
+lease ends then; it is not lost before.
 """
 
 from __future__ import annotations
@@ -18,7 +22,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from broker.v1 import lease_pb2
-from sdk.errors import BrokerError, FailedPreconditionError, NotFoundError, PermissionDeniedError
+from sdk.errors import (
+    BrokerError,
+    FailedPreconditionError,
+    NotFoundError,
+    PermissionDeniedError,
+    reason_of,
+)
 
 if TYPE_CHECKING:
     from sdk.client import BrokerClient
@@ -27,6 +37,15 @@ logger = logging.getLogger(__name__)
 
 # The broker refuses these renewals for good: the lease has ended.
 ENDED = (FailedPreconditionError, NotFoundError, PermissionDeniedError)
+# The broker's reason for a renewal refused at the lease's maximum lifetime.
+MAX_LIFETIME = "MAX_LIFETIME"
+
+
+def at_max_lifetime(lease: lease_pb2.Lease) -> bool:
+    """Whether renewing `lease` can extend it no further."""
+    return lease.HasField("max_expire_time") and (
+        lease.expire_time.ToNanoseconds() >= lease.max_expire_time.ToNanoseconds()
+    )
 
 
 class KeepAlive:
@@ -73,6 +92,9 @@ class KeepAlive:
             try:
                 lease = self._client.renew(self._lease_id, self._secret)
             except ENDED as error:
+                if reason_of(error) == MAX_LIFETIME:
+                    logger.warning("lease %s is not renewed any more: %s", self._lease_id, error)
+                    return
                 logger.error("lease %s is lost: %s", self._lease_id, error)
                 self._lost.set()
                 return
@@ -81,3 +103,10 @@ class KeepAlive:
                 continue
             if self._on_renew is not None:
                 self._on_renew(lease)
+            if at_max_lifetime(lease):
+                logger.warning(
+                    "lease %s reached its maximum lifetime: it ends at %s unless released",
+                    self._lease_id,
+                    lease.max_expire_time.ToJsonString(),
+                )
+                return

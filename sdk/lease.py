@@ -106,6 +106,15 @@ class Lease:
         return self._held().expire_time.ToDatetime(tzinfo=datetime.UTC)
 
     @property
+    def max_expire_time(self) -> datetime.datetime | None:
+        """The latest the lease may live however it is renewed (the broker's
+        `leases.max_lifetime`); None when unlimited. Renewing stops there."""
+        lease = self._held()
+        if not lease.HasField("max_expire_time"):
+            return None
+        return lease.max_expire_time.ToDatetime(tzinfo=datetime.UTC)
+
+    @property
     def fencing_tokens(self) -> dict[str, int]:
         """Resource name -> the fencing number of its grant."""
         return {grant.resource.name: grant.fencing_token for grant in self._held().grants}

@@ -38,6 +38,8 @@ def queue_status_text(status: lease_pb2.QueueStatus) -> str:
     """One line: the request's place in the queue and what blocks it."""
     text = f"waiting at position {status.position} (waiter {status.waiter_id}"
     text += f", until {local_time(status.deadline)})"
+    if status.quota:
+        return f"{text}: {status.quota}"
     if not status.HasField("blocked"):
         return text
     blocked = status.blocked

@@ -33,6 +33,12 @@ class Waiting:
         return self.status.blocked if self.status.HasField("blocked") else None
 
     @property
+    def quota(self) -> str:
+        """Set while it waits for its principal's quota rather than for
+        resources: how many the principal holds, its limit, what it needs."""
+        return self.status.quota
+
+    @property
     def holders(self) -> list[str]:
         """The holders of the resources it waits for."""
         return [holder.holder for holder in self.blocked.holders] if self.blocked else []

@@ -132,7 +132,10 @@ def requirement(message: lease_pb2.Requirement) -> values.Requirement:
 
 
 def acquire_request(
-    request: lease_service_pb2.AcquireLeaseRequest, holder: str, principal: str = ""
+    request: lease_service_pb2.AcquireLeaseRequest,
+    holder: str,
+    principal: str = "",
+    verified: bool = False,
 ) -> values.AcquireRequest:
     return values.AcquireRequest(
         requirements=tuple(requirement(r) for r in request.requirements),
@@ -143,6 +146,7 @@ def acquire_request(
         request_id=request.request_id,
         session_id=request.session_id,
         principal=principal,
+        verified=verified,
     )
 
 
@@ -175,6 +179,7 @@ def queue_status_to_proto(waiting: values.Waiting) -> lease_pb2.QueueStatus:
         position=waiting.position,
         blocked=None if waiting.blocked is None else blocked_to_proto(waiting.blocked),
         deadline=timestamp(waiting.deadline),
+        quota=waiting.quota,
     )
 
 
@@ -239,6 +244,7 @@ def lease_to_proto(view: values.LeaseView) -> lease_pb2.Lease:
         end_reason=view.end_reason,
         session_id=view.session_id,
         principal=view.principal,
+        max_expire_time=None if view.max_expire_time is None else timestamp(view.max_expire_time),
     )
 
 

@@ -117,6 +117,28 @@ def _quota_failure(error: errors.LimitExceededError):
     ]
 
 
+def _principal_quota(error: errors.QuotaExceededError):
+    return [
+        error_details_pb2.QuotaFailure(
+            violations=[
+                error_details_pb2.QuotaFailure.Violation(
+                    subject=f"principals/{error.principal}", description=error.message
+                )
+            ]
+        ),
+        error_details_pb2.ErrorInfo(
+            reason="QUOTA_EXCEEDED",
+            domain=ERROR_DOMAIN,
+            metadata={
+                "principal": error.principal,
+                "limit": str(error.limit),
+                "held": str(error.held),
+                "needed": str(error.needed),
+            },
+        ),
+    ]
+
+
 def _none(error: Exception):
     return []
 
@@ -130,6 +152,7 @@ STATUS_TABLE: tuple[tuple[type[Exception], int, Callable[[Exception], list]], ..
     (errors.PermissionDeniedError, code_pb2.PERMISSION_DENIED, _error_info("NOT_HOLDER")),
     (errors.FailedPreconditionError, code_pb2.FAILED_PRECONDITION, _precondition_failure),
     (errors.ResourceBusyError, code_pb2.RESOURCE_EXHAUSTED, _acquire_blocked),
+    (errors.QuotaExceededError, code_pb2.RESOURCE_EXHAUSTED, _principal_quota),
     (errors.LimitExceededError, code_pb2.RESOURCE_EXHAUSTED, _quota_failure),
     (errors.DeadlineExceededError, code_pb2.DEADLINE_EXCEEDED, _none),
     (errors.ConflictError, code_pb2.ABORTED, _error_info("CONFLICT")),

@@ -53,6 +53,7 @@ class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
             request,
             identity.holder(request.holder, context),
             identity.principal_name(request.holder, context),
+            identity.verified() is not None,
         )
         acquiring = asyncio.ensure_future(self.run(self.leases.acquire, asked))
         try:
@@ -162,6 +163,7 @@ class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
             request.resource,
             request.page_size,
             request.page_token,
+            request.principal,
         )
         return pb.ListLeasesResponse(
             leases=[convert.lease_to_proto(view) for view in page.items],

@@ -41,6 +41,7 @@ from broker.domain.events import EventLog
 from broker.domain.inventory import Inventory
 from broker.domain.kinds import KindDeclarationError, KindRegistry
 from broker.domain.leasing import Leases
+from broker.domain.quotas import Quotas
 from broker.domain.retention import Ages, Retention
 from broker.domain.sessions import Sessions
 from broker.domain.tokens import Tokens
@@ -176,6 +177,8 @@ class BrokerServer:
             default_ttl=config.leases.default_ttl,
             max_ttl=config.leases.max_ttl,
             max_wait=config.queue.max_wait,
+            max_lifetime=config.leases.max_lifetime,
+            quotas=Quotas(config.quotas.max_resources, config.quotas.principals),
             on_granted=self.board.notify,
         )
         sessions = Sessions(

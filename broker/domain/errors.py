@@ -122,6 +122,22 @@ class ResourceBusyError(BrokerError):
         self.holders = holders
 
 
+class QuotaExceededError(BrokerError):
+    """A principal holds so many resources that granting the request would
+    pass its quota; it may wait for its own releases."""
+
+    def __init__(self, principal: str, limit: int, held: int, needed: int):
+        self.principal = clip(principal)
+        self.limit = limit
+        self.held = held
+        self.needed = needed
+        super().__init__(
+            f"principal {self.principal!r} holds {held} of the {limit} resources its quota "
+            f"allows (quotas.max_resources) and this request needs {needed} more: release "
+            "some, or let the request wait (max_wait)"
+        )
+
+
 class LimitExceededError(BrokerError):
     """A limit of the broker's own was reached; `limit` names its setting."""
 

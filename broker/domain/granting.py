@@ -95,10 +95,14 @@ class Granter:
     """The rules of semantics 1, 2 and 6: distinct resources for all of a
     request or none, and a fencing number per grant."""
 
-    def __init__(self, kinds: KindRegistry, default_ttl: float, max_ttl: float):
+    def __init__(
+        self, kinds: KindRegistry, default_ttl: float, max_ttl: float, max_lifetime: float = 0.0
+    ):
         self.kinds = kinds
         self.default_ttl = default_ttl
         self.max_ttl = max_ttl
+        # Seconds a lease may live from its grant, however renewed; 0: no limit.
+        self.max_lifetime = max_lifetime
         self._key: bytes | None = None
 
     @property
@@ -282,6 +286,7 @@ class Granter:
         is `principal` (empty: the holder)."""
         principal = principal or holder
         secret = self.secret_for(lease_id)
+        max_expire_time = now + self.max_lifetime if self.max_lifetime > 0 else None
         lease = lease_model.insert_lease(
             {
                 "id": lease_id,
@@ -291,7 +296,8 @@ class Granter:
                 "state": int(LeaseState.ACTIVE),
                 "ttl": ttl,
                 "create_time": now,
-                "expire_time": now + ttl,
+                "expire_time": capped(now + ttl, max_expire_time),
+                "max_expire_time": max_expire_time,
                 "end_time": None,
                 "end_reason": "",
                 "request_key": replay.key if replay else None,
@@ -356,7 +362,13 @@ def lease_view(lease: lease_model.Lease, grants: list[GrantView]) -> LeaseView:
         end_reason=lease.end_reason,
         session_id=lease.session_id or "",
         principal=principal_of(lease),
+        max_expire_time=lease.max_expire_time,
     )
+
+
+def capped(expire_time: float, max_expire_time: float | None) -> float:
+    """An expiry no later than a lease's maximum lifetime allows."""
+    return expire_time if max_expire_time is None else min(expire_time, max_expire_time)
 
 
 def principal_of(lease: lease_model.Lease) -> str:

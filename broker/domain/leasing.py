@@ -35,6 +35,7 @@ from broker.domain.errors import (
 )
 from broker.domain.granting import (
     Granter,
+    capped,
     decode_requirements,
     hash_secret,
     lease_view,
@@ -42,6 +43,7 @@ from broker.domain.granting import (
 )
 from broker.domain.kinds import KindRegistry
 from broker.domain.queue import WaitQueue
+from broker.domain.quotas import Quotas
 from broker.domain.replay import Replay
 from broker.domain.values import (
     AcquireRequest,
@@ -81,6 +83,19 @@ _END_EVENTS = {
 }
 
 
+def _session_lost(
+    session: session_model.Session, now: float, reason: str, lease_ids: list[str]
+) -> dict:
+    """The event of a session that ended without its client closing it."""
+    return events.event(
+        EventType.SESSION_LOST,
+        now,
+        actor=session.holder,
+        reason=reason,
+        detail={"session_id": session.id, "principal": session.holder, "leases": lease_ids},
+    )
+
+
 class Leases:
     """Who holds what: semantics 1 to 6 of the design."""
 
@@ -91,12 +106,15 @@ class Leases:
         default_ttl: float,
         max_ttl: float,
         max_wait: float = 3600.0,
+        max_lifetime: float = 0.0,
+        quotas: Quotas | None = None,
         clock: Callable[[], float] = time.time,
         on_granted: Callable[[dict[int, Granted]], None] = lambda granted: None,
     ):
         self.kinds = kinds
-        self.granter = Granter(kinds, default_ttl, max_ttl)
-        self.queue = WaitQueue(self.granter)
+        self.granter = Granter(kinds, default_ttl, max_ttl, max_lifetime)
+        self.quotas = quotas or Quotas()
+        self.queue = WaitQueue(self.granter, self.quotas)
         self.max_wait = max_wait
         self.clock = clock
         self.on_granted = on_granted
@@ -122,10 +140,15 @@ class Leases:
         """Grants every requirement at once with distinct resources; or, if
         they are held now and the request may wait, queues it (`Waiting`);
         or raises: FAILED_PRECONDITION if no state of the inventory could
-        ever serve it, RESOURCE_EXHAUSTED if it is held now and may not wait.
-        A request id seen before returns that request's lease or wait."""
+        ever serve it (or it is bigger than its principal's quota),
+        RESOURCE_EXHAUSTED if it is held now, or would pass the quota now,
+        and may not wait. A request id seen before returns that request's
+        lease or wait."""
         needs, ttl = self.granter.check(request)
         self._check_waiting(request)
+        never = self.quotas.never(request.who, sum(need.count for need in needs))
+        if never is not None:
+            raise never
         with self.transaction() as now:
             # Waiting requests come before a newcomer to whatever came free
             # since the last pass: leases found expired, lock-delays ended.
@@ -166,9 +189,17 @@ class Leases:
                         f"session {clip(request.session_id)} is not open",
                     )
                 )
+            if request.verified and session.holder != request.principal:
+                return PermissionDeniedError(
+                    f"session {clip(request.session_id)} is not {clip(request.principal)}'s: "
+                    "a lease may be bound only to a session of the principal acquiring it",
+                    "NOT_SESSION_OWNER",
+                )
         plan = self.granter.plan(needs, request.who, now, behind_priority=request.priority)
+        standing = self.quotas.standing(request.who, sum(need.count for need in needs))
+        over = standing is not None and standing.over
         lease_id = str(uuid.uuid4())
-        if plan.matching.complete:
+        if plan.matching.complete and not over:
             return self.granter.commit(
                 plan,
                 lease_id=lease_id,
@@ -179,11 +210,20 @@ class Leases:
                 replay=replay,
                 session_id=request.session_id,
             )
-        refusal = self.granter.refusal(needs, request.who, plan, now)
-        if not isinstance(refusal, ResourceBusyError) or request.max_wait <= 0:
+        # Not granted now: busy, over the quota, or both; "never" beats both.
+        refusal = (
+            None if plan.matching.complete else self.granter.refusal(needs, request.who, plan, now)
+        )
+        if refusal is not None and not isinstance(refusal, ResourceBusyError):
             return refusal
+        if request.max_wait <= 0:
+            return standing.exceeded() if standing is not None and over else refusal
         deadline = now + min(request.max_wait, self.max_wait)
-        waiter_id = self.queue.enqueue(request, replay, ttl, lease_id, now, deadline, plan)
+        # A request over its quota waits for its principal's releases and
+        # reserves nothing: it holds up no other principal.
+        waiter_id = self.queue.enqueue(
+            request, replay, ttl, lease_id, now, deadline, None if over else plan
+        )
         return self._waiting(queue_model.get_waiter(waiter_id), now)
 
     def _earlier(self, replay: Replay, now: float) -> Granted | Waiting | BrokerError | None:
@@ -229,8 +269,9 @@ class Leases:
                 PreconditionViolation(
                     "WAIT_CANCELLED",
                     f"waiters/{waiter_id}",
-                    "the request left the queue: its session ended, or its kind or "
-                    "field is no longer served; it holds nothing",
+                    "the request left the queue: its session ended, its kind or "
+                    "field is no longer served, or it asks for more than its principal's "
+                    "quota; it holds nothing",
                 )
             )
         raise DeadlineExceededError(
@@ -241,13 +282,12 @@ class Leases:
         request = AcquireRequest(decode_requirements(waiter.requirements), holder=waiter.holder)
         needs, _ = self.granter.check(request)
         who = waiter.principal or waiter.holder
+        position = queue_model.position(waiter, WaiterState.WAITING)
+        standing = self.quotas.standing(who, sum(need.count for need in needs))
+        if standing is not None and standing.over:
+            return Waiting(waiter.id, position, None, waiter.deadline, quota=standing.text())
         blocked = self.granter.blocked(needs, who, waiter.blocked_index, now)
-        return Waiting(
-            waiter.id,
-            queue_model.position(waiter, WaiterState.WAITING),
-            blocked,
-            waiter.deadline,
-        )
+        return Waiting(waiter.id, position, blocked, waiter.deadline)
 
     def abandon(self, waiter_id: int, timed_out: bool) -> Granted | None:
         """The waiting caller is gone (`timed_out` False) or its wait ended:
@@ -318,11 +358,24 @@ class Leases:
     # ------------------------------------------------ renew, release, revoke
 
     def renew(self, lease_id: str, secret: str, principal: str | None = None) -> LeaseView:
-        """Extends an active lease by its TTL from now. `principal`, when
-        given (authentication on), must be the lease's own."""
+        """Extends an active lease by its TTL from now, but not past its
+        maximum lifetime: a renewal stops there, and once the lease is there
+        renewing is FAILED_PRECONDITION (only a new lease goes on).
+        `principal`, when given (authentication on), must be the lease's own."""
 
         def extend(lease: lease_model.Lease, grants: list, now: float) -> None:
-            lease.expire_time = now + lease.ttl
+            cap = lease.max_expire_time
+            if cap is not None and lease.expire_time >= cap:
+                raise FailedPreconditionError(
+                    PreconditionViolation(
+                        "MAX_LIFETIME",
+                        f"leases/{lease.id}",
+                        f"lease {lease.id}: the lease reached its maximum lifetime of "
+                        f"{cap - lease.create_time:g} s (leases.max_lifetime); release it "
+                        "and acquire again",
+                    )
+                )
+            lease.expire_time = capped(now + lease.ttl, cap)
             lease_model.extend_lease(lease.id, lease.expire_time)
             events.record(
                 *(
@@ -416,37 +469,43 @@ class Leases:
         pass); returns how many leases ended."""
         with self.transaction() as now:
             expired = self._expire_due(now)
-            for session_id in session_model.orphaned_session_ids(SessionState.OPEN, now):
-                self.orphan_session(session_id, now)
+            for session in session_model.orphaned_sessions(SessionState.OPEN, now):
+                self.orphan_session(session, now)
             self.queue.dispatch(now)
         return expired
 
-    def orphan_session(self, session_id: str, now: float) -> None:
+    def orphan_session(self, session: session_model.Session, now: float) -> None:
         """Ends a session whose broker stopped attending it (its deadline
         passed by another timeout unnoticed): its leases stay, bound to
-        nothing, and live by their own TTL."""
-        session_model.end_session(
-            session_id, SessionState.EXPIRED, now, "its broker stopped attending it"
-        )
-        session_model.detach_leases(session_id, LeaseState.ACTIVE)
+        nothing, and live by their own TTL. The session is lost all the same."""
+        reason = "its broker stopped attending it"
+        session_model.end_session(session.id, SessionState.EXPIRED, now, reason)
+        session_model.detach_leases(session.id, LeaseState.ACTIVE)
         queue_model.cancel_session_waiters(
-            session_id, WaiterState.WAITING, WaiterState.CANCELLED, now
+            session.id, WaiterState.WAITING, WaiterState.CANCELLED, now
         )
+        events.record(_session_lost(session, now, reason, []))
 
-    def end_session(self, session_id: str, state: SessionState, now: float, reason: str) -> int:
+    def end_session(
+        self, session: session_model.Session, state: SessionState, now: float, reason: str
+    ) -> int:
         """Ends a session inside the caller's transaction: its leases end
         (released if it closed cleanly, else expired) and its waiting
-        requests leave the queue; returns how many leases ended."""
-        session_model.end_session(session_id, state, now, reason)
-        lease_ids = session_model.lease_ids_of(session_id, LeaseState.ACTIVE)
+        requests leave the queue; a session that did not close cleanly is
+        recorded as lost, with the leases it ended. Returns how many leases
+        ended."""
+        session_model.end_session(session.id, state, now, reason)
+        lease_ids = session_model.lease_ids_of(session.id, LeaseState.ACTIVE)
         leases = lease_model.leases_by_id(lease_ids)
         grants = lease_model.grants_of(lease_ids)
         lease_state = LeaseState.RELEASED if state == SessionState.CLOSED else LeaseState.EXPIRED
         for lease in leases.values():
             self.end(lease, grants[lease.id], lease_state, now, f"its session ended: {reason}", "")
         queue_model.cancel_session_waiters(
-            session_id, WaiterState.WAITING, WaiterState.CANCELLED, now
+            session.id, WaiterState.WAITING, WaiterState.CANCELLED, now
         )
+        if state != SessionState.CLOSED:
+            events.record(_session_lost(session, now, reason, sorted(leases)))
         return len(leases)
 
     def _expire_due(self, now: float) -> int:
@@ -513,6 +572,7 @@ class Leases:
         resource: str,
         page_size: int,
         page_token: str,
+        principal: str = "",
     ) -> Page[LeaseView]:
         size = paging.page_size(page_size)
         position = paging.decode_token(page_token, ("time", "id"))
@@ -522,7 +582,7 @@ class Leases:
                 raise InvalidArgumentError.of("page_token", "not a token returned by this listing")
             before = (float(position["time"]), position["id"])
         rows = lease_model.list_leases(
-            None if state is None else int(state), holder, resource, before, size + 1
+            None if state is None else int(state), holder, resource, before, size + 1, principal
         )
         more = len(rows) > size
         rows = rows[:size]

@@ -9,7 +9,9 @@ may take those. So a later request is granted before an earlier one only
 with resources the earlier one does not need; an earlier request is never
 overtaken on a resource it needs, and a request for three resources gets
 them as they come free, however many single requests arrive after it.
-Nothing is held while waiting, so waiting cannot deadlock.
+Nothing is held while waiting, so waiting cannot deadlock. A request whose
+principal would pass its quota (`broker.domain.quotas`) is skipped, and
+reserves nothing, until its principal's releases make room.
 
 Every function runs inside the caller's write transaction; the requests
 granted are collected in `granted` (waiter id -> grant) for the caller to
@@ -28,6 +30,7 @@ from broker.domain.granting import (
     decode_requirements,
     encode_requirements,
 )
+from broker.domain.quotas import Quotas
 from broker.domain.replay import Replay
 from broker.domain.values import AcquireRequest, Granted, WaiterState
 from broker.models import queue as queue_model
@@ -37,8 +40,9 @@ from broker.models import resource as resource_model
 class WaitQueue:
     """The queue's rules; storage is `broker.models.queue`."""
 
-    def __init__(self, granter: Granter):
+    def __init__(self, granter: Granter, quotas: Quotas):
         self.granter = granter
+        self.quotas = quotas
         self._local = threading.local()
 
     @property
@@ -57,12 +61,13 @@ class WaitQueue:
         lease_id: str,
         now: float,
         deadline: float,
-        plan: Plan,
+        plan: Plan | None,
     ) -> int:
         """Puts a request in the queue; returns its id. `plan` is its best
         partial assignment against the current reservations: a newcomer that
         ranks last simply reserves it, one that outranks others makes the
-        reservations anew in a full pass."""
+        reservations anew in a full pass. No plan: it waits for its quota
+        and reserves nothing."""
         outranked = queue_model.lowest_waiting_priority(WaiterState.WAITING)
         waiter_id = queue_model.insert_waiter(
             {
@@ -78,12 +83,12 @@ class WaitQueue:
                 "state": int(WaiterState.WAITING),
                 "enqueue_time": now,
                 "deadline": deadline,
-                "blocked_index": plan.blocked_index,
+                "blocked_index": 0 if plan is None else plan.blocked_index,
             }
         )
         if outranked is not None and request.priority > outranked:
             self.dispatch(now)
-        else:
+        elif plan is not None:
             queue_model.reserve(plan.assigned_ownable(), waiter_id, request.priority)
         return waiter_id
 
@@ -102,6 +107,7 @@ class WaitQueue:
         reserved: set[int] = set()
         needs_of: dict[str, list[Need] | None] = {}
         fruitless: set[tuple[str, str]] = set()
+        held: dict[str, int] = {}  # resources held by principals with a quota
         for waiter in waiters:
             if waiter.deadline <= now:
                 queue_model.end_waiter(waiter.id, WaiterState.TIMED_OUT, now)
@@ -115,6 +121,13 @@ class WaitQueue:
             key = (waiter.requirements, who if per_holder else "")
             if key in fruitless or (ownable and not any(free.get(n.kind.name) for n in ownable)):
                 continue  # nothing it could use is free: no grant, nothing to reserve
+            size = sum(need.count for need in needs)
+            standing = self.quotas.standing(who, size, held)
+            if standing is not None and size > standing.limit:  # the quota shrank
+                queue_model.end_waiter(waiter.id, WaiterState.CANCELLED, now)
+                continue
+            if standing is not None and standing.over:
+                continue  # it waits for its principal's releases, reserving nothing
             plan = self.granter.plan(needs, who, now, excluded=reserved)
             if plan.matching.complete:
                 self.granted[waiter.id] = self.granter.commit(
@@ -133,6 +146,8 @@ class WaitQueue:
                     waited=now - waiter.enqueue_time,
                 )
                 queue_model.end_waiter(waiter.id, WaiterState.GRANTED, now, keep_request_key=True)
+                if who in held:
+                    held[who] += size
                 taken = plan.assigned_ownable()
             else:
                 taken = plan.assigned_ownable()

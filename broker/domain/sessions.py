@@ -103,7 +103,7 @@ class Sessions:
             if session is not None:
                 clean = ending == SessionEnding.CLOSED
                 state = SessionState.CLOSED if clean else SessionState.EXPIRED
-                self.leases.end_session(session_id, state, now, ending.value)
+                self.leases.end_session(session, state, now, ending.value)
                 self.leases.queue.dispatch(now)
 
     def _open_session(
@@ -123,10 +123,10 @@ class Sessions:
                 # Its broker was away (frozen, cut off) when the deadline
                 # passed: the client may have renewed its leases through
                 # another broker meanwhile, so they keep their own TTL.
-                self.leases.orphan_session(session_id, now)
+                self.leases.orphan_session(session, now)
             else:
                 self.leases.end_session(
-                    session_id, SessionState.EXPIRED, now, "its keep-alives stopped"
+                    session, SessionState.EXPIRED, now, "its keep-alives stopped"
                 )
             self.leases.queue.dispatch(now)
             return None

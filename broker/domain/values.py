@@ -59,6 +59,7 @@ class EventType(enum.StrEnum):
     LEASE_RENEWED = "lease_renewed"
     TOKEN_CREATED = "token_created"
     TOKEN_REVOKED = "token_revoked"
+    SESSION_LOST = "session_lost"
 
 
 class Role(enum.StrEnum):
@@ -150,6 +151,9 @@ class AcquireRequest:
     session_id: str = ""
     # The verified caller; empty: the holder, as named (authentication off).
     principal: str = ""
+    # Whether `principal` was verified (authentication on): a session the
+    # lease is bound to must then be that principal's own.
+    verified: bool = False
 
     @property
     def who(self) -> str:
@@ -229,6 +233,8 @@ class LeaseView:
     end_reason: str
     session_id: str = ""
     principal: str = ""
+    # The latest it may live however it is renewed; None: no limit.
+    max_expire_time: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,6 +274,8 @@ class Waiting:
     position: int
     blocked: Blocked | None
     deadline: float
+    # Set while it waits for its principal's quota, not for resources.
+    quota: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,9 +40,17 @@ class Lease(BaseModel):
     request_key = peewee.CharField(max_length=64, null=True, unique=True)
     request_digest = peewee.CharField(max_length=64, null=True)
     session_id = peewee.CharField(max_length=36, null=True, index=True)
+    # The latest it may live however it is renewed (`leases.max_lifetime`
+    # after its grant, fixed then); None: no limit.
+    max_expire_time = peewee.DoubleField(null=True)
 
     class Meta:
-        indexes = ((("state", "expire_time"), False), (("create_time", "id"), False))
+        indexes = (
+            (("state", "expire_time"), False),
+            (("create_time", "id"), False),
+            # Counting what a principal holds (quotas).
+            (("principal", "state"), False),
+        )
 
 
 class LeaseGrant(BaseModel):
@@ -181,14 +189,20 @@ def list_leases(
     resource: str,
     before: tuple[float, str] | None,
     limit: int,
+    principal: str = "",
 ) -> list[Lease]:
     """Leases newest first, optionally filtered, starting after `before`
-    (the (create_time, id) of the last lease of the previous page)."""
+    (the (create_time, id) of the last lease of the previous page). A lease
+    recorded before principals is its holder's."""
     query = Lease.select()
     if state is not None:
         query = query.where(Lease.state == state)
     if holder:
         query = query.where(Lease.holder == holder)
+    if principal:
+        query = query.where(
+            (Lease.principal == principal) | ((Lease.principal == "") & (Lease.holder == principal))
+        )
     if resource:
         granted = LeaseGrant.select(LeaseGrant.lease).where(LeaseGrant.resource_name == resource)
         query = query.where(Lease.id.in_(granted))
@@ -198,6 +212,17 @@ def list_leases(
             (Lease.create_time < time) | ((Lease.create_time == time) & (Lease.id < lease_id))
         )
     return list(query.order_by(Lease.create_time.desc(), Lease.id.desc()).limit(limit))
+
+
+def resources_held(principal: str, active_state: int) -> int:
+    """How many resources the principal's active leases were granted: one
+    read through the (principal, state) index and the grants' lease index."""
+    cursor = statements.run(
+        'SELECT COUNT(*) FROM "lease_grant" JOIN "lease" ON "lease_grant"."lease_id" = "lease"."id"'
+        ' WHERE "lease"."principal" = ? AND "lease"."state" = ?',
+        [principal, active_state],
+    )
+    return cursor.fetchone()[0]
 
 
 def lease_by_request_key(request_key: str) -> Lease | None:

@@ -27,14 +27,15 @@ class Session(BaseModel):
         indexes = ((("state", "expire_time"), False),)
 
 
-def orphaned_session_ids(open_state: int, now: float) -> list[str]:
+def orphaned_sessions(open_state: int, now: float) -> list[Session]:
     """Open sessions silent for twice their timeout: the broker holding their
     stream would have ended them after one, so it is gone."""
     cursor = statements.run(
-        'SELECT "id" FROM "session" WHERE "state" = ? AND "expire_time" + "keepalive_timeout" <= ?',
+        f'SELECT {statements.column_list(Session)} FROM "session"'
+        ' WHERE "state" = ? AND "expire_time" + "keepalive_timeout" <= ?',
         [open_state, now],
     )
-    return [row[0] for row in cursor.fetchall()]
+    return [statements.instance(Session, row) for row in cursor.fetchall()]
 
 
 def detach_leases(session_id: str, active_state: int) -> None:
@@ -70,13 +71,15 @@ def lock_session(session_id: str) -> Session | None:
 
 
 def keep_alive(session_id: str, expire_time: float, now: float, active_state: int) -> None:
-    """Moves a session's expiry and renews its active leases by their TTL."""
+    """Moves a session's expiry and renews its active leases by their TTL,
+    none past its maximum lifetime."""
     statements.run(
         'UPDATE "session" SET "expire_time" = ? WHERE "id" = ?', [expire_time, session_id]
     )
     statements.run(
-        'UPDATE "lease" SET "expire_time" = ? + "ttl" WHERE "session_id" = ? AND "state" = ?',
-        [now, session_id, active_state],
+        'UPDATE "lease" SET "expire_time" = CASE WHEN "max_expire_time" < ? + "ttl"'
+        ' THEN "max_expire_time" ELSE ? + "ttl" END WHERE "session_id" = ? AND "state" = ?',
+        [now, now, session_id, active_state],
     )
 
 

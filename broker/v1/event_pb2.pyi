@@ -51,6 +51,13 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     """An API token was made for a principal (`detail.name`, `detail.role`)."""
     EVENT_TYPE_TOKEN_REVOKED: _EventType.ValueType  # 11
     """A principal's API token was revoked (`detail.name`)."""
+    EVENT_TYPE_SESSION_LOST: _EventType.ValueType  # 17
+    """A session ended without its client closing it: its stream broke, or its
+    keep-alives stopped (also when no broker attended it any more). `actor`
+    is the session's principal; `detail.session_id` names it and
+    `detail.leases` lists the leases it ended (each also has its own
+    `LEASE_EXPIRED` events). A session its client closed is not lost.
+    """
 
 class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
     """What kind of change an event records."""
@@ -81,6 +88,13 @@ EVENT_TYPE_TOKEN_CREATED: EventType.ValueType  # 10
 """An API token was made for a principal (`detail.name`, `detail.role`)."""
 EVENT_TYPE_TOKEN_REVOKED: EventType.ValueType  # 11
 """A principal's API token was revoked (`detail.name`)."""
+EVENT_TYPE_SESSION_LOST: EventType.ValueType  # 17
+"""A session ended without its client closing it: its stream broke, or its
+keep-alives stopped (also when no broker attended it any more). `actor`
+is the session's principal; `detail.session_id` names it and
+`detail.leases` lists the leases it ended (each also has its own
+`LEASE_EXPIRED` events). A session its client closed is not lost.
+"""
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
 @_typing.final

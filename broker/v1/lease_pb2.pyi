@@ -220,6 +220,7 @@ class Lease(_message.Message):
     END_REASON_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
     PRINCIPAL_FIELD_NUMBER: _builtins.int
+    MAX_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     lease_id: _builtins.str
     """Output only. The lease's id."""
     holder: _builtins.str
@@ -257,6 +258,15 @@ class Lease(_message.Message):
     def end_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the lease ended; unset while active."""
 
+    @_builtins.property
+    def max_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only. The latest the lease may live, however it is renewed:
+        `create_time` plus the broker's `leases.max_lifetime`, fixed when it was
+        granted; unset when the broker set no maximum lifetime. A renewal that
+        would pass it stops at it; once `expire_time` reached it, renewals are
+        refused and the lease ends then.
+        """
+
     def __init__(
         self,
         *,
@@ -271,10 +281,11 @@ class Lease(_message.Message):
         end_reason: _builtins.str = ...,
         session_id: _builtins.str = ...,
         principal: _builtins.str = ...,
+        max_expire_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "expire_time", b"expire_time", "ttl", b"ttl"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "expire_time", b"expire_time", "max_expire_time", b"max_expire_time", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_reason", b"end_reason", "end_time", b"end_time", "expire_time", b"expire_time", "grants", b"grants", "holder", b"holder", "lease_id", b"lease_id", "principal", b"principal", "session_id", b"session_id", "state", b"state", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_reason", b"end_reason", "end_time", b"end_time", "expire_time", b"expire_time", "grants", b"grants", "holder", b"holder", "lease_id", b"lease_id", "max_expire_time", b"max_expire_time", "principal", b"principal", "session_id", b"session_id", "state", b"state", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -364,10 +375,17 @@ class QueueStatus(_message.Message):
     POSITION_FIELD_NUMBER: _builtins.int
     BLOCKED_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
+    QUOTA_FIELD_NUMBER: _builtins.int
     waiter_id: _builtins.int
     """The waiting request's id in the queue."""
     position: _builtins.int
     """How many waiting requests will be served before it (0: it is next)."""
+    quota: _builtins.str
+    """Set while the request waits for its principal's quota rather than for
+    resources (`quotas.max_resources`): how many resources the principal
+    holds, its limit, and how many the request needs. `blocked` is then
+    unset; the request reserves nothing meanwhile.
+    """
     @_builtins.property
     def blocked(self) -> Global___AcquireBlocked:
         """What blocks it now: the first requirement it cannot get, and who holds
@@ -385,10 +403,11 @@ class QueueStatus(_message.Message):
         position: _builtins.int = ...,
         blocked: Global___AcquireBlocked | None = ...,
         deadline: _timestamp_pb2.Timestamp | None = ...,
+        quota: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["blocked", b"blocked", "deadline", b"deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked", b"blocked", "deadline", b"deadline", "position", b"position", "waiter_id", b"waiter_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked", b"blocked", "deadline", b"deadline", "position", b"position", "quota", b"quota", "waiter_id", b"waiter_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

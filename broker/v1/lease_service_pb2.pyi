@@ -54,7 +54,10 @@ class AcquireLeaseRequest(_message.Message):
     characters.
     """
     session_id: _builtins.str
-    """Optional. An open session (from `OpenSession`) to bind the lease to."""
+    """Optional. An open session (from `OpenSession`) to bind the lease to;
+    with authentication on, one opened by the same principal
+    (PERMISSION_DENIED otherwise).
+    """
     @_builtins.property
     def requirements(self) -> _containers.RepeatedCompositeFieldContainer[_lease_pb2.Requirement]:
         """Required. What to grant: 1 to 16 requirements, each for one or more
@@ -71,7 +74,9 @@ class AcquireLeaseRequest(_message.Message):
     @_builtins.property
     def max_wait(self) -> _duration_pb2.Duration:
         """Optional. How long to wait in the queue when the resources exist but are
-        held now. Unset or zero does not wait: RESOURCE_EXHAUSTED at once. The
+        held now, or while the principal holds as many resources as its quota
+        allows (`quotas.max_resources`). Unset or zero does not wait:
+        RESOURCE_EXHAUSTED at once (with a `QuotaFailure` detail for a quota). The
         wait also ends at the call's deadline, and at the broker's
         `queue.max_wait`.
         """
@@ -471,6 +476,7 @@ class ListLeasesRequest(_message.Message):
     RESOURCE_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
     state: _lease_pb2.LeaseState.ValueType
     """Optional. Only leases in this state; unspecified lists every state."""
     holder: _builtins.str
@@ -481,6 +487,10 @@ class ListLeasesRequest(_message.Message):
     """Optional. The most leases to return: 0 to 1000; 0 means 100."""
     page_token: _builtins.str
     """Optional. The `next_page_token` of the previous page, to continue it."""
+    principal: _builtins.str
+    """Optional. Only leases held by this principal (`Lease.principal`: with
+    authentication off, the holder as named in the request).
+    """
     def __init__(
         self,
         *,
@@ -489,10 +499,11 @@ class ListLeasesRequest(_message.Message):
         resource: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        principal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["holder", b"holder", "page_size", b"page_size", "page_token", b"page_token", "resource", b"resource", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holder", b"holder", "page_size", b"page_size", "page_token", b"page_token", "principal", b"principal", "resource", b"resource", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

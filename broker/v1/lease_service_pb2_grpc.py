@@ -175,10 +175,12 @@ class LeaseServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RenewLease(self, request, context):
-        """Extends an active lease by its TTL from now. Errors: INVALID_ARGUMENT,
-        NOT_FOUND (no such lease), PERMISSION_DENIED (missing or wrong secret),
-        FAILED_PRECONDITION (the lease already expired, was released or was
-        revoked; the reason says which).
+        """Extends an active lease by its TTL from now, but never past its
+        `max_expire_time` (the renewal then stops there). Errors:
+        INVALID_ARGUMENT, NOT_FOUND (no such lease), PERMISSION_DENIED (missing
+        or wrong secret), FAILED_PRECONDITION (the lease already expired, was
+        released or was revoked, or reached its maximum lifetime; the reason
+        says which).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

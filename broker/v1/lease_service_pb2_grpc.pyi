@@ -86,10 +86,12 @@ class LeaseServiceStub:
     session ended).
     """
     RenewLease: _grpc.UnaryUnaryMultiCallable[_lease_service_pb2.RenewLeaseRequest, _lease_service_pb2.RenewLeaseResponse]
-    """Extends an active lease by its TTL from now. Errors: INVALID_ARGUMENT,
-    NOT_FOUND (no such lease), PERMISSION_DENIED (missing or wrong secret),
-    FAILED_PRECONDITION (the lease already expired, was released or was
-    revoked; the reason says which).
+    """Extends an active lease by its TTL from now, but never past its
+    `max_expire_time` (the renewal then stops there). Errors:
+    INVALID_ARGUMENT, NOT_FOUND (no such lease), PERMISSION_DENIED (missing
+    or wrong secret), FAILED_PRECONDITION (the lease already expired, was
+    released or was revoked, or reached its maximum lifetime; the reason
+    says which).
     """
     ReleaseLease: _grpc.UnaryUnaryMultiCallable[_lease_service_pb2.ReleaseLeaseRequest, _lease_service_pb2.ReleaseLeaseResponse]
     """Ends a lease and frees its resources. Errors: INVALID_ARGUMENT,
@@ -165,10 +167,12 @@ class LeaseServiceAsyncStub(LeaseServiceStub):
     session ended).
     """
     RenewLease: _aio.UnaryUnaryMultiCallable[_lease_service_pb2.RenewLeaseRequest, _lease_service_pb2.RenewLeaseResponse]  # type: ignore[assignment]
-    """Extends an active lease by its TTL from now. Errors: INVALID_ARGUMENT,
-    NOT_FOUND (no such lease), PERMISSION_DENIED (missing or wrong secret),
-    FAILED_PRECONDITION (the lease already expired, was released or was
-    revoked; the reason says which).
+    """Extends an active lease by its TTL from now, but never past its
+    `max_expire_time` (the renewal then stops there). Errors:
+    INVALID_ARGUMENT, NOT_FOUND (no such lease), PERMISSION_DENIED (missing
+    or wrong secret), FAILED_PRECONDITION (the lease already expired, was
+    released or was revoked, or reached its maximum lifetime; the reason
+    says which).
     """
     ReleaseLease: _aio.UnaryUnaryMultiCallable[_lease_service_pb2.ReleaseLeaseRequest, _lease_service_pb2.ReleaseLeaseResponse]  # type: ignore[assignment]
     """Ends a lease and frees its resources. Errors: INVALID_ARGUMENT,
@@ -271,10 +275,12 @@ class LeaseServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _lease_service_pb2.RenewLeaseRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_lease_service_pb2.RenewLeaseResponse, _abc.Awaitable[_lease_service_pb2.RenewLeaseResponse]]:
-        """Extends an active lease by its TTL from now. Errors: INVALID_ARGUMENT,
-        NOT_FOUND (no such lease), PERMISSION_DENIED (missing or wrong secret),
-        FAILED_PRECONDITION (the lease already expired, was released or was
-        revoked; the reason says which).
+        """Extends an active lease by its TTL from now, but never past its
+        `max_expire_time` (the renewal then stops there). Errors:
+        INVALID_ARGUMENT, NOT_FOUND (no such lease), PERMISSION_DENIED (missing
+        or wrong secret), FAILED_PRECONDITION (the lease already expired, was
+        released or was revoked, or reached its maximum lifetime; the reason
+        says which).
         """
 
     @_abc_1.abstractmethod

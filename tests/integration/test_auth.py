@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
+import threading
 
 import grpc
 import pytest
@@ -155,6 +156,70 @@ def test_events_name_the_verified_principal(caller):
         EventType.LEASE_GRANTED.value: "alice",
         EventType.LEASE_REVOKED.value: "admin",
     }
+
+
+def open_session(caller: Caller, who: str):
+    """Opens a session as `who`: its id, the stream (which stays open until
+    the event is set) and the event."""
+    done = threading.Event()
+
+    def requests():
+        yield lease_service_pb2.OpenSessionRequest(holder=who)
+        done.wait(RPC_TIMEOUT)
+
+    stream = caller.leases.OpenSession(
+        requests(), timeout=RPC_TIMEOUT, metadata=metadata_of(caller.tokens[who])
+    )
+    return next(stream).session_id, stream, done
+
+
+def test_a_lease_binds_only_to_a_session_of_its_own_principal(caller):
+    caller.as_("admin", caller.inventory.CreateResource, create("calc-1", "Calculator"))
+    bobs, _bob_stream, bob_done = open_session(caller, "bob")
+    alices, _alice_stream, alice_done = open_session(caller, "alice")
+    try:
+        bound = acquire_request(requirement("Calculator"), holder="bob")
+        bound.session_id = bobs
+        with pytest.raises(grpc.RpcError) as raised:
+            caller.as_("alice", caller.leases.AcquireLease, bound)
+        assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert f"session {bobs} is not alice's" in raised.value.details()
+        listed = caller.as_(
+            "viewer", caller.leases.ListLeases, lease_service_pb2.ListLeasesRequest()
+        )
+        assert list(listed.leases) == []
+        bound.session_id = alices
+        held = caller.as_("alice", caller.leases.AcquireLease, bound)
+        assert (held.lease.session_id, held.lease.principal) == (alices, "alice")
+    finally:
+        bob_done.set()
+        alice_done.set()
+
+
+def test_leases_are_listed_by_principal(caller):
+    for name in ("calc-1", "calc-2", "calc-3"):
+        caller.as_("admin", caller.inventory.CreateResource, create(name, "Calculator"))
+    alices = {
+        caller.as_(
+            "alice", caller.leases.AcquireLease, acquire_request(requirement("Calculator"))
+        ).lease.lease_id
+        for _ in range(2)
+    }
+    # A holder's name is only a description: it does not make the lease hers.
+    caller.as_(
+        "bob",
+        caller.leases.AcquireLease,
+        acquire_request(requirement("Calculator"), holder="alice"),
+    )
+
+    def listed(principal: str) -> set[str]:
+        request = lease_service_pb2.ListLeasesRequest(principal=principal)
+        leases = caller.as_("viewer", caller.leases.ListLeases, request).leases
+        return {lease.lease_id for lease in leases}
+
+    assert listed("alice") == alices
+    assert len(listed("bob")) == 1
+    assert len(listed("")) == 3
 
 
 # ------------------------------------------------------------ the CLI and SDK

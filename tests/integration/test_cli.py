@@ -19,6 +19,7 @@ from broker import cli
 from broker.api.field_values import from_field_value
 from broker.v1 import lease_pb2
 from sdk import BrokerClient, Waiting
+from sdk.client import default_holder
 from sdk.requirements import to_constraints
 from tests.integration.helpers import wait_until
 
@@ -347,6 +348,9 @@ def test_list_and_show_leases(run):
     assert set(released) == {ended}
     assert set(every) == {held, ended}
     assert set(rows(ok(run("leases", "list", "--resource", "calc-2")))) == {ended}
+    mine = rows(ok(run("leases", "list", "--principal", default_holder())))
+    assert set(mine) == {held, ended}
+    assert rows(ok(run("leases", "list", "--principal", "nobody@nowhere"))) == {}
     out = ok(run("leases", "show", held))
     shown = details(out)
     assert (shown["lease"], shown["state"]) == (held, "active")

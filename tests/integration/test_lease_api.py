@@ -70,6 +70,7 @@ def test_acquire_grants_the_named_resource_with_a_secret_and_a_fencing_token(
     assert lease.ttl.ToSeconds() == 45
     assert lease.expire_time.ToNanoseconds() - lease.create_time.ToNanoseconds() == 45 * 10**9
     assert not lease.HasField("end_time") and lease.end_reason == ""
+    assert not lease.HasField("max_expire_time")  # no leases.max_lifetime by default
     [grant] = lease.grants
     assert (grant.requirement_index, grant.label) == (0, "calc")
     assert grant.resource.name == "calc-2"

@@ -1,7 +1,8 @@
 """Sessions through the real server and the raw `OpenSession` stream: the
 session's keep-alives renew its leases, `close` releases them, a broken
 stream or silent keep-alives make them expire within a bounded time, and a
-session that is not open cannot take new leases."""
+session that is not open cannot take new leases. A session that ends
+without its client closing it is recorded as lost (SESSION_LOST)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,13 @@ import grpc
 import pytest
 
 from broker.api.convert import duration
-from broker.v1 import lease_pb2, lease_service_pb2
+from broker.v1 import (
+    event_pb2,
+    event_service_pb2,
+    event_service_pb2_grpc,
+    lease_pb2,
+    lease_service_pb2,
+)
 from tests.conftest import RPC_TIMEOUT
 from tests.integration.helpers import (
     acquire,
@@ -228,3 +235,62 @@ def test_keepalive_timeout_out_of_range_is_invalid(lease_stub, open_stream, time
     with pytest.raises(grpc.RpcError) as error:
         stream.opened()
     assert violation_fields(error.value) == ["keepalive_timeout"]
+
+
+# ------------------------------------------------------------ lost sessions
+
+
+def lost_sessions(channel) -> list[event_pb2.Event]:
+    request = event_service_pb2.ListEventsRequest(
+        filter=event_service_pb2.EventFilter(types=[event_pb2.EVENT_TYPE_SESSION_LOST])
+    )
+    stub = event_service_pb2_grpc.EventServiceStub(channel)
+    return list(stub.ListEvents(request, timeout=RPC_TIMEOUT).events)
+
+
+def ended(lease_stub, lease_id: str) -> bool:
+    return get_lease(lease_stub, lease_id).state != lease_pb2.LEASE_STATE_ACTIVE
+
+
+def test_a_broken_stream_records_the_session_lost(channel, lease_stub, calculators, open_stream):
+    stream = open_stream(keepalive_timeout=60, holder="alice")
+    session_id = stream.opened().session_id
+    lease_id = acquire_in(lease_stub, session_id, ttl=300).lease.lease_id
+
+    stream.cancel()
+    wait_until(lambda: lost_sessions(channel), ENDING_BOUND, "the session to be lost")
+
+    [lost] = lost_sessions(channel)
+    assert (lost.actor, lost.reason) == ("alice", "its client's stream broke")
+    assert dict(lost.detail) == {
+        "session_id": session_id,
+        "principal": "alice",
+        "leases": [lease_id],
+    }
+    assert ended(lease_stub, lease_id)
+
+
+def test_silent_keep_alives_record_the_session_lost(channel, lease_stub, calculators, open_stream):
+    stream = open_stream(keepalive_timeout=1, holder="alice")
+    session_id = stream.opened().session_id
+    lease_id = acquire_in(lease_stub, session_id, ttl=300).lease.lease_id
+
+    wait_until(lambda: lost_sessions(channel), 1 + ENDING_BOUND, "the session to be lost")
+
+    [lost] = lost_sessions(channel)
+    assert lost.reason == "its keep-alives stopped"
+    assert dict(lost.detail)["session_id"] == session_id
+    assert list(dict(lost.detail)["leases"]) == [lease_id]
+    with pytest.raises(grpc.RpcError):
+        list(stream.responses)
+
+
+def test_a_closed_session_is_not_lost(channel, lease_stub, calculators, open_stream):
+    stream = open_stream(keepalive_timeout=60, holder="alice")
+    session_id = stream.opened().session_id
+    lease_id = acquire_in(lease_stub, session_id).lease.lease_id
+
+    assert stream.close() == []
+
+    assert get_lease(lease_stub, lease_id).state == lease_pb2.LEASE_STATE_RELEASED
+    assert lost_sessions(channel) == []

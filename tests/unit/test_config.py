@@ -350,3 +350,33 @@ def test_bad_tls_oidc_and_mtls_settings_name_their_key(pem_files, server, auth, 
         parse_config({"server": server, "auth": auth}, str(pem_files))
     assert error.value.key == key
     assert str(error.value).startswith(f"{key}: ")
+
+
+def test_lifetime_and_quota_settings_are_kept():
+    config = parse_config(
+        {
+            "leases": {"max_lifetime": 7200},
+            "quotas": {"max_resources": 10, "principals": {"alice": 20, "ci": 0}},
+        }
+    )
+    assert config.leases.max_lifetime == 7200.0
+    assert (config.quotas.max_resources, config.quotas.principals) == (10, {"alice": 20, "ci": 0})
+    assert parse_config({}).leases.max_lifetime == 0.0
+    assert (parse_config({}).quotas.max_resources, parse_config({}).quotas.principals) == (0, {})
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"leases": {"max_lifetime": -1}}, "leases.max_lifetime"),
+        ({"quotas": {"max_resources": -1}}, "quotas.max_resources"),
+        ({"quotas": {"max_resources": 1.5}}, "quotas.max_resources"),
+        ({"quotas": {"principals": ["alice"]}}, "quotas.principals"),
+        ({"quotas": {"principals": {"alice": "10"}}}, "quotas.principals.alice"),
+        ({"quotas": {"principals": {"alice": -2}}}, "quotas.principals.alice"),
+        ({"quotas": {"principals": {"alice": True}}}, "quotas.principals.alice"),
+        ({"quotas": {"limit": 3}}, "quotas.limit"),
+    ],
+)
+def test_bad_lifetime_and_quota_settings_are_refused(raw, key):
+    assert refused_key(raw) == key

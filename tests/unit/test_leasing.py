@@ -672,6 +672,23 @@ def test_list_filters_by_state_holder_and_resource(leases, five_leases):
     assert lease_ids(leases.list(LeaseState.ACTIVE, "bob", "p1", 0, "")) == []
 
 
+def test_list_filters_by_principal(inventory, leases):
+    for name in ("p1", "p2", "p3"):
+        inventory.create(phone(name))
+    mine = leases.acquire(AcquireRequest((need("Phone"),), holder="ci@bench", principal="alice"))
+    leases.acquire(AcquireRequest((need("Phone"),), holder="alice", principal="bob"))
+    legacy = acquire(leases, need("Phone"), holder="alice")
+    # A lease recorded before principals is its holder's.
+    Lease.update(principal="").where(Lease.id == legacy.lease.lease_id).execute()
+
+    listed = leases.list(None, "", "", 0, "", principal="alice")
+
+    assert sorted(lease_ids(listed)) == sorted([mine.lease.lease_id, legacy.lease.lease_id])
+    assert {lease.principal for lease in listed.items} == {"alice"}
+    assert len(leases.list(None, "", "", 0, "", principal="bob").items) == 1
+    assert leases.list(None, "", "", 0, "", principal="carol").items == ()
+
+
 @pytest.mark.parametrize(
     "token",
     [
