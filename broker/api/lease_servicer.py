@@ -111,7 +111,10 @@ class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
         try:
             while True:
                 try:
-                    message = await asyncio.wait_for(anext(messages), session.keepalive_timeout)
+                    # Not `wait_for`, which on Python 3.11 can swallow the
+                    # cancel of a broken stream that comes as a message does.
+                    async with asyncio.timeout(session.keepalive_timeout):
+                        message = await anext(messages)
                 except TimeoutError:
                     ending = SessionEnding.SILENT
                     break
