@@ -212,15 +212,28 @@ def error_text(error: BrokerError) -> str:
     """`error: CODE: message`, then one line per detail worth reading."""
     lines = [f"error: {error.code.name}: {error.message}"]
     if isinstance(error, InvalidArgumentError):
-        lines += [f"  {field}: {description}" for field, description in error.field_violations]
-    if isinstance(error, FailedPreconditionError):
         lines += [
-            f"  {kind} {subject}: {description}" for kind, subject, description in error.violations
+            f"  {field}: {description}"
+            for field, description in error.field_violations
+            if description not in error.message
+        ]
+    if isinstance(error, FailedPreconditionError):
+        # The first violation is the message itself, and the message may
+        # quote the others: each line says something the message does not.
+        lines += [
+            f"  {kind} {subject}: {description}"
+            for kind, subject, description in error.violations
+            if description not in error.message
         ]
     if isinstance(error, ResourceBusyError) and error.blocked is not None:
         blocked = error.blocked
-        lines.append(f"  {requirement_text(blocked)}:")
-        lines += [f"  {holder_text(holder)}" for holder in blocked.holders]
+        if blocked.obstacles:
+            more = [o.text for o in blocked.obstacles if o.text not in error.message]
+        else:
+            more = [holder_text(holder) for holder in blocked.holders]
+        if more:
+            lines.append(f"  {requirement_text(blocked)}:")
+            lines += [f"  {text}" for text in more]
     return "\n".join(lines)
 
 

@@ -166,7 +166,9 @@ class Leases:
                         f"session {clip(request.session_id)} is not open",
                     )
                 )
-        plan = self.granter.plan(needs, request.who, now, behind_priority=request.priority)
+        plan = self.granter.plan(
+            needs, request.who, now, behind_priority=request.priority, groups=request.groups
+        )
         lease_id = str(uuid.uuid4())
         if plan.matching.complete:
             return self.granter.commit(
@@ -179,7 +181,7 @@ class Leases:
                 replay=replay,
                 session_id=request.session_id,
             )
-        refusal = self.granter.refusal(needs, request.who, plan, now)
+        refusal = self.granter.refusal(needs, request.who, plan, now, request.groups)
         if not isinstance(refusal, ResourceBusyError) or request.max_wait <= 0:
             return refusal
         deadline = now + min(request.max_wait, self.max_wait)
@@ -241,7 +243,9 @@ class Leases:
         request = AcquireRequest(decode_requirements(waiter.requirements), holder=waiter.holder)
         needs, _ = self.granter.check(request)
         who = waiter.principal or waiter.holder
-        blocked = self.granter.blocked(needs, who, waiter.blocked_index, now)
+        blocked = self.granter.blocked(
+            needs, who, waiter.blocked_index, now, queue_model.groups_of(waiter)
+        )
         return Waiting(
             waiter.id,
             queue_model.position(waiter, WaiterState.WAITING),

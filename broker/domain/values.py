@@ -59,6 +59,23 @@ class EventType(enum.StrEnum):
     LEASE_RENEWED = "lease_renewed"
     TOKEN_CREATED = "token_created"
     TOKEN_REVOKED = "token_revoked"
+    RESOURCE_OUT_OF_SERVICE = "resource_out_of_service"
+    RESOURCE_BACK_IN_SERVICE = "resource_back_in_service"
+    RESOURCE_QUARANTINED = "resource_quarantined"
+    RESOURCE_RESERVED = "resource_reserved"
+    RESOURCE_UNRESERVED = "resource_unreserved"
+
+
+class ObstacleCause(enum.IntEnum):
+    """Why a resource is not granted to a request (numbers match
+    `broker.v1.ObstacleCause`)."""
+
+    NO_SUCH_RESOURCE = 1
+    OUT_OF_SERVICE = 2
+    RESERVED = 3
+    HELD = 4
+    LOCK_DELAY = 5
+    QUEUED_AHEAD = 6
 
 
 class Role(enum.StrEnum):
@@ -149,6 +166,9 @@ class AcquireRequest:
     session_id: str = ""
     # The verified caller; empty: the holder, as named (authentication off).
     principal: str = ""
+    # The groups whose resources the caller may see and be granted; None:
+    # every group (an administrator, or authentication off).
+    groups: tuple[str, ...] | None = None
 
     @property
     def who(self) -> str:
@@ -173,6 +193,11 @@ class ResourceView:
     etag: str
     create_time: float
     update_time: float
+    reserved_until: float | None = None
+    reservation_reason: str = ""
+    service_reason: str = ""
+    setup_failures: int = 0
+    last_grant_time: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,6 +211,8 @@ class NewResource:
     comment: str = ""
     group: str = ""
     reserved_for: str = ""
+    reserved_until: float | None = None
+    reservation_reason: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,6 +227,8 @@ class ResourcePatch:
     comment: str = ""
     group: str = ""
     reserved_for: str = ""
+    reserved_until: float | None = None
+    reservation_reason: str = ""
     etag: str = ""
 
 
@@ -249,14 +278,27 @@ class HolderView:
 
 
 @dataclasses.dataclass(frozen=True)
+class Obstacle:
+    """Why one resource (none, for `NO_SUCH_RESOURCE`) is not granted to a
+    request: the cause, in words, and until when it lasts if known."""
+
+    resource: str
+    cause: ObstacleCause
+    text: str
+    until: float | None = None
+    principal: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class Blocked:
-    """The first requirement a request cannot get now, and who holds what it
-    could use."""
+    """The first requirement a request cannot get now, who holds what it
+    could use, and why each resource it could use is not granted."""
 
     requirement_index: int
     label: str
     kind: str
     holders: tuple[HolderView, ...]
+    obstacles: tuple[Obstacle, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -349,6 +391,7 @@ class UsageView:
     wait_p95: float
     expiries: int
     revokes: int
+    quarantines: int = 0
 
 
 T = TypeVar("T")

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62roker/v1/event.proto\x12\tbroker.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf8\x01\n\x05\x45vent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x04type\x18\x03 \x01(\x0e\x32\x14.broker.v1.EventType\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x10\n\x08resource\x18\x06 \x01(\t\x12\x0c\n\x04kind\x18\x07 \x01(\t\x12\x10\n\x08lease_id\x18\x08 \x01(\t\x12\x15\n\rfencing_token\x18\t \x01(\x04\x12\'\n\x06\x64\x65tail\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct*\x86\x03\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x45VENT_TYPE_RESOURCE_CREATED\x10\x01\x12\x1f\n\x1b\x45VENT_TYPE_RESOURCE_UPDATED\x10\x02\x12\'\n#EVENT_TYPE_RESOURCE_MARKED_UNUSABLE\x10\x03\x12\x1f\n\x1b\x45VENT_TYPE_RESOURCE_DELETED\x10\x04\x12\x1c\n\x18\x45VENT_TYPE_LEASE_GRANTED\x10\x05\x12\x1d\n\x19\x45VENT_TYPE_LEASE_RELEASED\x10\x06\x12\x1c\n\x18\x45VENT_TYPE_LEASE_EXPIRED\x10\x07\x12\x1c\n\x18\x45VENT_TYPE_LEASE_REVOKED\x10\x08\x12\x1c\n\x18\x45VENT_TYPE_LEASE_RENEWED\x10\t\x12\x1c\n\x18\x45VENT_TYPE_TOKEN_CREATED\x10\n\x12\x1c\n\x18\x45VENT_TYPE_TOKEN_REVOKED\x10\x0b\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62roker/v1/event.proto\x12\tbroker.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf8\x01\n\x05\x45vent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x04type\x18\x03 \x01(\x0e\x32\x14.broker.v1.EventType\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x10\n\x08resource\x18\x06 \x01(\t\x12\x0c\n\x04kind\x18\x07 \x01(\t\x12\x10\n\x08lease_id\x18\x08 \x01(\t\x12\x15\n\rfencing_token\x18\t \x01(\x04\x12\'\n\x06\x64\x65tail\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct*\xc2\x04\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x45VENT_TYPE_RESOURCE_CREATED\x10\x01\x12\x1f\n\x1b\x45VENT_TYPE_RESOURCE_UPDATED\x10\x02\x12\'\n#EVENT_TYPE_RESOURCE_MARKED_UNUSABLE\x10\x03\x12\x1f\n\x1b\x45VENT_TYPE_RESOURCE_DELETED\x10\x04\x12\x1c\n\x18\x45VENT_TYPE_LEASE_GRANTED\x10\x05\x12\x1d\n\x19\x45VENT_TYPE_LEASE_RELEASED\x10\x06\x12\x1c\n\x18\x45VENT_TYPE_LEASE_EXPIRED\x10\x07\x12\x1c\n\x18\x45VENT_TYPE_LEASE_REVOKED\x10\x08\x12\x1c\n\x18\x45VENT_TYPE_LEASE_RENEWED\x10\t\x12\x1c\n\x18\x45VENT_TYPE_TOKEN_CREATED\x10\n\x12\x1c\n\x18\x45VENT_TYPE_TOKEN_REVOKED\x10\x0b\x12&\n\"EVENT_TYPE_RESOURCE_OUT_OF_SERVICE\x10\x0c\x12\'\n#EVENT_TYPE_RESOURCE_BACK_IN_SERVICE\x10\r\x12#\n\x1f\x45VENT_TYPE_RESOURCE_QUARANTINED\x10\x0e\x12 \n\x1c\x45VENT_TYPE_RESOURCE_RESERVED\x10\x0f\x12\"\n\x1e\x45VENT_TYPE_RESOURCE_UNRESERVED\x10\x10\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,7 +34,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'broker.v1.event_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EVENTTYPE']._serialized_start=351
-  _globals['_EVENTTYPE']._serialized_end=741
+  _globals['_EVENTTYPE']._serialized_end=929
   _globals['_EVENT']._serialized_start=100
   _globals['_EVENT']._serialized_end=348
 # @@protoc_insertion_point(module_scope)

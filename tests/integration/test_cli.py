@@ -500,7 +500,7 @@ def test_acquire_waits_printing_where_it_stands_then_the_grant(run, sdk_client):
 
     out = ok(result)
     assert "waiting at position 0" in result.err
-    assert f"calc held by checker@bench (lease {held.lease_id}" in result.err
+    assert f"calc is held by checker@bench (lease {held.lease_id}" in result.err
     shown = details(out)
     assert shown["state"] == "active"
     assert sdk_client.get_lease(shown["lease"]).state == lease_pb2.LEASE_STATE_ACTIVE
@@ -549,7 +549,7 @@ def test_acquire_without_wait_is_busy_at_once(run, sdk_client):
 
     assert result.status == 1
     assert "RESOURCE_EXHAUSTED" in result.err
-    assert f"calc held by checker@bench (lease {held.lease_id}" in result.err
+    assert result.err.count(f"calc is held by checker@bench (lease {held.lease_id}") == 1
 
 
 @pytest.mark.parametrize(
@@ -607,3 +607,18 @@ def test_check_config_refuses_a_bad_file_naming_the_key(capsys, tmp_path, text, 
     assert status == 2
     assert captured.err.startswith(f"error: {key}:")
     assert captured.out == ""
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [("calx", "no Calculator resource is named 'calx'"), ("calc", "calc is out of service: flat")],
+)
+def test_a_refused_acquire_prints_why_once(run, name, why):
+    add_calculator(run)
+    ok(run("resources", "update", "calc", "--unusable", "--comment", "flat"))
+
+    result = run("leases", "acquire", "Calculator", "--where", f"name={name}")
+
+    assert result.status == 1
+    assert "FAILED_PRECONDITION" in result.err
+    assert result.err.count(why) == 1, result.err
