@@ -102,6 +102,15 @@ class RetentionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class QuarantineConfig:
+    """After how many failed setups in a row (reported by the holders'
+    `validate()` / `initialize()`) a resource is taken out of service; 0:
+    never."""
+
+    after_failures: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
 class AuthConfig:
     """Bearer-token authentication, and how many seconds a broker may go on
     trusting a token it verified (so a revoke takes effect within that)."""
@@ -125,6 +134,7 @@ class Config:
     events: EventsConfig = EventsConfig()
     retention: RetentionConfig = RetentionConfig()
     auth: AuthConfig = AuthConfig()
+    quarantine: QuarantineConfig = QuarantineConfig()
 
     def kind_models(self) -> tuple[type[ResourceData], ...]:
         """Imports the `ResourceData` models named by `kinds`."""
@@ -208,6 +218,7 @@ def parse_config(raw: Any, base_dir: str = ".") -> Config:
             "events",
             "retention",
             "auth",
+            "quarantine",
         },
     )
     server = _section("server", top.get("server"), ServerConfig)
@@ -245,6 +256,8 @@ def parse_config(raw: Any, base_dir: str = ".") -> Config:
     retention = _section("retention", top.get("retention"), RetentionConfig)
     for key in ("events", "leases", "waiters", "sessions", "sweep_interval"):
         _check_positive(f"retention.{key}", getattr(retention, key))
+    quarantine = _section("quarantine", top.get("quarantine"), QuarantineConfig)
+    _check_positive("quarantine.after_failures", quarantine.after_failures, allow_zero=True)
     kinds = top.get("kinds", Config.kinds)
     if not isinstance(kinds, list | tuple) or not all(isinstance(k, str) for k in kinds):
         raise ConfigError("kinds", "must be a list of dotted paths to ResourceData models")
@@ -259,6 +272,7 @@ def parse_config(raw: Any, base_dir: str = ".") -> Config:
         events=events,
         retention=retention,
         auth=auth,
+        quarantine=quarantine,
     )
 
 

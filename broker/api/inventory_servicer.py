@@ -52,3 +52,18 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
     async def DeleteResource(self, request, context):
         await self.run(self.inventory.delete, request.name, request.etag, identity.caller(context))
         return pb.DeleteResourceResponse()
+
+    async def SetOutOfService(self, request, context):
+        view = await self.run(
+            self.inventory.set_out_of_service,
+            request.name,
+            request.reason,
+            identity.caller(context),
+        )
+        return pb.SetOutOfServiceResponse(resource=convert.resource_to_proto(view))
+
+    async def ReturnToService(self, request, context):
+        view = await self.run(
+            self.inventory.return_to_service, request.name, identity.caller(context)
+        )
+        return pb.ReturnToServiceResponse(resource=convert.resource_to_proto(view))

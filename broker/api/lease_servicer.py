@@ -173,3 +173,17 @@ class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
             self.leases.revoke, request.lease_id, request.reason, identity.caller(context)
         )
         return pb.RevokeLeaseResponse(lease=convert.lease_to_proto(view))
+
+    async def ReportSetup(self, request, context):
+        report = await self.run(
+            self.leases.report_setup,
+            request.lease_id,
+            request.secret,
+            request.resource,
+            request.ok,
+            request.error,
+            identity.acting_principal(),
+        )
+        return pb.ReportSetupResponse(
+            setup_failures=report.setup_failures, quarantined=report.quarantined
+        )

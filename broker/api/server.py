@@ -175,6 +175,7 @@ class BrokerServer:
             default_ttl=config.leases.default_ttl,
             max_ttl=config.leases.max_ttl,
             max_wait=config.queue.max_wait,
+            quarantine_after=config.quarantine.after_failures,
             on_granted=self.board.notify,
         )
         sessions = Sessions(

@@ -52,6 +52,7 @@ from broker.domain.values import (
     LeaseView,
     Page,
     SessionState,
+    SetupReport,
     WaiterState,
     WaiterView,
     Waiting,
@@ -91,6 +92,7 @@ class Leases:
         default_ttl: float,
         max_ttl: float,
         max_wait: float = 3600.0,
+        quarantine_after: int = 0,
         clock: Callable[[], float] = time.time,
         on_granted: Callable[[dict[int, Granted]], None] = lambda granted: None,
     ):
@@ -98,6 +100,7 @@ class Leases:
         self.granter = Granter(kinds, default_ttl, max_ttl)
         self.queue = WaitQueue(self.granter)
         self.max_wait = max_wait
+        self.quarantine_after = quarantine_after
         self.clock = clock
         self.on_granted = on_granted
 
@@ -354,6 +357,63 @@ class Leases:
             self.end(lease, grants, LeaseState.RELEASED, now, "released by its holder", actor)
 
         return self._change(lease_id, secret, end, principal)
+
+    def report_setup(
+        self,
+        lease_id: str,
+        secret: str,
+        resource: str,
+        ok: bool,
+        error: str = "",
+        principal: str | None = None,
+    ) -> SetupReport:
+        """Counts how the setup of one of an active lease's resources went,
+        as its holder reports it (`principal` as for `renew`): after
+        `quarantine_after` failures in a row (0: never) the resource is
+        quarantined, out of service with the failure as its reason."""
+        if not resource:
+            raise InvalidArgumentError.of("resource", "is required")
+        if len(error) > MAX_REASON:
+            raise InvalidArgumentError.of("error", f"is longer than {MAX_REASON} characters")
+        outcome: list[SetupReport] = []
+
+        def count(lease: lease_model.Lease, grants: list, now: float) -> None:
+            grant = next((g for g in grants if g.resource_name == resource), None)
+            if grant is None or grant.resource_id is None:
+                raise FailedPreconditionError(
+                    PreconditionViolation(
+                        "NOT_IN_LEASE",
+                        f"resources/{clip(resource)}",
+                        f"lease {lease.id} does not hold {clip(resource)!r}: report only on "
+                        "the lease's own resources",
+                    )
+                )
+            failures = resource_model.count_setup(grant.resource_id, ok)
+            quarantined = bool(ok is False and self.quarantine_after) and (
+                failures == self.quarantine_after
+            )
+            if quarantined:
+                reason = (
+                    f"quarantined after {failures} failed setups in a row; the last: "
+                    f"{error or 'no error given'}"
+                )
+                resource_model.take_out_of_service(grant.resource_id, reason, now)
+                events.record(
+                    events.event(
+                        EventType.RESOURCE_QUARANTINED,
+                        now,
+                        resource=resource,
+                        kind=json.loads(grant.snapshot)["kind"],
+                        lease_id=lease.id,
+                        actor=principal_of(lease),
+                        reason=reason,
+                        detail={"failures": failures},
+                    )
+                )
+            outcome.append(SetupReport(failures, quarantined))
+
+        self._change(lease_id, secret, count, principal)
+        return outcome[0]
 
     def revoke(self, lease_id: str, reason: str, actor: str = "") -> LeaseView:
         """Ends someone's lease, recording why."""

@@ -268,6 +268,15 @@ class Granted:
 
 
 @dataclasses.dataclass(frozen=True)
+class SetupReport:
+    """What a reported setup did: the resource's failures in a row since,
+    and whether it was quarantined by this report."""
+
+    setup_failures: int
+    quarantined: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class HolderView:
     """Who holds a resource that a request is waiting for."""
 

@@ -328,3 +328,10 @@ def count_setup(resource_id: int, ok: bool) -> int:
     )
     row = cursor.fetchone()
     return 0 if row is None else row[0]
+
+
+def take_out_of_service(resource_id: int, reason: str, now: float) -> None:
+    """Makes a resource unusable, saying why, whatever its version."""
+    Resource.update(
+        is_usable=False, service_reason=reason, update_time=now, version=Resource.version + 1
+    ).where(Resource.id == resource_id).execute()
