@@ -83,6 +83,7 @@ def usage_table(stats: Iterable[event_service_pb2.UsageStats]) -> str:
             "WAIT P95",
             "EXPIRIES",
             "REVOKES",
+            "QUARANTINES",
         ),
         (
             (
@@ -95,6 +96,7 @@ def usage_table(stats: Iterable[event_service_pb2.UsageStats]) -> str:
                 _seconds(row.wait_p95),
                 str(row.expiries),
                 str(row.revokes),
+                str(row.quarantines),
             )
             for row in stats
         ),

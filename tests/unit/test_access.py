@@ -11,11 +11,14 @@ from broker.domain.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
     ResourceBusyError,
 )
+from broker.domain.events import EventLog
 from broker.domain.granting import when
 from broker.domain.inventory import Inventory
 from broker.domain.leasing import Leases
+from broker.domain.usage import Usage
 from broker.domain.values import (
     AcquireRequest,
     EventType,
@@ -231,3 +234,124 @@ def test_an_end_without_whom_is_refused(admin, clock):
         admin.create(calc("calc", reserved_until=clock() + 60))
 
     assert error.value.violations[0].field == "resource.reserved_until"
+
+
+# -------------------------------------------------------------- quarantine
+
+
+@pytest.fixture
+def strict(database, kinds, clock, config) -> Leases:
+    """Leases that quarantine a resource after three failed setups in a row."""
+    return Leases(
+        kinds,
+        default_ttl=config.leases.default_ttl,
+        max_ttl=config.leases.max_ttl,
+        quarantine_after=3,
+        clock=clock,
+    )
+
+
+def report(leases: Leases, ok: bool, error: str = "", resource: str = "calc", holder="alice"):
+    granted = acquire(leases, need("Calculator", name="calc"), holder=holder)
+    lease_id = granted.lease.lease_id
+    outcome = leases.report_setup(lease_id, granted.secret, resource, ok, error)
+    leases.release(lease_id, granted.secret)
+    return outcome
+
+
+def test_failed_setups_in_a_row_quarantine_the_resource(admin, strict):
+    admin.create(calc("calc"))
+
+    outcomes = [report(strict, False, f"timeout {n}") for n in range(3)]
+
+    assert [(o.setup_failures, o.quarantined) for o in outcomes] == [
+        (1, False),
+        (2, False),
+        (3, True),
+    ]
+    view = admin.get("calc")
+    assert not view.is_usable
+    assert "quarantined after 3 failed setups" in view.service_reason
+    assert "timeout 2" in view.service_reason
+    error = refused(strict, need("Calculator", name="calc"))
+    assert causes(error) == [("OUT_OF_SERVICE", "resources/calc")]
+    assert "quarantined" in error.message
+    [event] = events_of(EventType.RESOURCE_QUARANTINED)
+    assert (event.resource, event.actor) == ("calc", "alice")
+    admin.return_to_service("calc")
+    assert admin.get("calc").setup_failures == 0
+
+
+def test_a_successful_setup_resets_the_count(admin, strict):
+    admin.create(calc("calc"))
+
+    report(strict, False, "flaky")
+    report(strict, False, "flaky")
+    assert report(strict, True).setup_failures == 0
+    report(strict, False, "flaky")
+    report(strict, False, "flaky")
+
+    assert admin.get("calc").is_usable
+    assert admin.get("calc").setup_failures == 2
+    assert events_of(EventType.RESOURCE_QUARANTINED) == []
+
+
+def test_zero_failures_never_quarantines(admin, leases):
+    admin.create(calc("calc"))
+
+    for _ in range(5):
+        report(leases, False, "broken")
+
+    assert admin.get("calc").is_usable
+
+
+def test_reporting_on_a_resource_not_in_the_lease_is_refused(admin, strict):
+    admin.create(calc("calc"))
+    admin.create(calc("other"))
+
+    with pytest.raises(FailedPreconditionError) as error:
+        report(strict, False, "x", resource="other")
+
+    assert error.value.violations[0].type == "NOT_IN_LEASE"
+    assert admin.get("other").setup_failures == 0
+
+
+def test_reporting_needs_the_lease_secret(admin, strict):
+    admin.create(calc("calc"))
+    granted = acquire(strict, need("Calculator"))
+
+    with pytest.raises(PermissionDeniedError):
+        strict.report_setup(granted.lease.lease_id, "wrong", "calc", False, "x")
+
+    assert admin.get("calc").setup_failures == 0
+
+
+# ---------------------------------------------------- least recently granted
+
+
+def test_free_resources_are_granted_least_recently_granted_first(admin, leases, clock):
+    for name in ("calc-1", "calc-2", "calc-3"):
+        admin.create(calc(name))
+
+    order = []
+    for _ in range(6):
+        granted = acquire(leases, need("Calculator"))
+        order.append(granted.lease.grants[0].resource.name)
+        leases.release(granted.lease.lease_id, granted.secret)
+        clock.advance(1)
+
+    assert order == ["calc-1", "calc-2", "calc-3", "calc-1", "calc-2", "calc-3"]
+    assert admin.get("calc-3").last_grant_time == clock() - 1
+
+
+def test_quarantines_count_in_the_usage_statistics(admin, strict, clock):
+    admin.create(calc("calc"))
+    for _ in range(3):
+        report(strict, False, "dead")
+    admin.return_to_service("calc")
+    for _ in range(3):
+        report(strict, False, "dead again")
+
+    [stats] = Usage(EventLog(clock), clock).stats("calc", "", None, None, by_kind=False)
+
+    assert (stats.grants, stats.quarantines) == (6, 2)
