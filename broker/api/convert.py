@@ -145,7 +145,10 @@ def requirement(message: lease_pb2.Requirement) -> values.Requirement:
 
 
 def acquire_request(
-    request: lease_service_pb2.AcquireLeaseRequest, holder: str, principal: str = ""
+    request: lease_service_pb2.AcquireLeaseRequest,
+    holder: str,
+    principal: str = "",
+    groups: tuple[str, ...] | None = None,
 ) -> values.AcquireRequest:
     return values.AcquireRequest(
         requirements=tuple(requirement(r) for r in request.requirements),
@@ -156,6 +159,7 @@ def acquire_request(
         request_id=request.request_id,
         session_id=request.session_id,
         principal=principal,
+        groups=groups,
     )
 
 

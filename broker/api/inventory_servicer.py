@@ -27,7 +27,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         return pb.CreateResourceResponse(resource=convert.resource_to_proto(view))
 
     async def GetResource(self, request, context):
-        view = await self.run(self.inventory.get, request.name)
+        view = await self.run(self.inventory.get, request.name, identity.visible_groups())
         return pb.GetResourceResponse(resource=convert.resource_to_proto(view))
 
     async def ListResources(self, request, context):
@@ -37,6 +37,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
             [convert.constraint(c) for c in request.constraints],
             request.page_size,
             request.page_token,
+            identity.visible_groups(),
         )
         return pb.ListResourcesResponse(
             resources=[convert.resource_to_proto(view) for view in page.items],

@@ -53,6 +53,7 @@ class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
             request,
             identity.holder(request.holder, context),
             identity.principal_name(request.holder, context),
+            identity.visible_groups(),
         )
         acquiring = asyncio.ensure_future(self.run(self.leases.acquire, asked))
         try:
@@ -151,7 +152,7 @@ class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
         return pb.ReleaseLeaseResponse(lease=convert.lease_to_proto(view))
 
     async def GetLease(self, request, context):
-        view = await self.run(self.leases.get, request.lease_id)
+        view = await self.run(self.leases.get, request.lease_id, identity.visible_groups())
         return pb.GetLeaseResponse(lease=convert.lease_to_proto(view))
 
     async def ListLeases(self, request, context):
@@ -162,6 +163,7 @@ class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
             request.resource,
             request.page_size,
             request.page_token,
+            identity.visible_groups(),
         )
         return pb.ListLeasesResponse(
             leases=[convert.lease_to_proto(view) for view in page.items],

@@ -49,6 +49,12 @@ COMMON_UPDATABLE = ("is_usable", "comment", "group", "reserved_for", "reservatio
 MAX_REASON = 1024
 
 
+def visible(group: str, groups: tuple[str, ...] | None) -> bool:
+    """Whether a resource of `group` exists for a caller in `groups` (None:
+    every group); a resource without a group exists for everyone."""
+    return groups is None or not group or group in groups
+
+
 def check_name(name: str, path: str) -> None:
     if not name:
         raise InvalidArgumentError.of(path, "is required")
@@ -123,10 +129,12 @@ class Inventory:
         self.on_change()
         return self.get(row.name)
 
-    def get(self, name: str) -> ResourceView:
+    def get(self, name: str, groups: tuple[str, ...] | None = None) -> ResourceView:
+        """One resource; NOT_FOUND also for one of a group outside `groups`
+        (None: every group), which to such a caller does not exist."""
         check_name(name, "name")
         row = resource_model.get_resource(name)
-        if row is None:
+        if row is None or not visible(row.group, groups):
             raise NotFoundError("resource", name)
         return self._views([row])[0]
 
@@ -136,6 +144,7 @@ class Inventory:
         constraints: Sequence[Constraint],
         page_size: int,
         page_token: str,
+        groups: tuple[str, ...] | None = None,
     ) -> Page[ResourceView]:
         size = paging.page_size(page_size)
         position = paging.decode_token(page_token, ("after",))
@@ -149,6 +158,7 @@ class Inventory:
             resolved,
             position["after"] if position else "",
             size + 1,
+            groups,
         )
         more = len(rows) > size
         rows = rows[:size]

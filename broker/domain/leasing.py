@@ -40,6 +40,7 @@ from broker.domain.granting import (
     lease_view,
     principal_of,
 )
+from broker.domain.inventory import visible
 from broker.domain.kinds import KindRegistry
 from broker.domain.queue import WaitQueue
 from broker.domain.replay import Replay
@@ -562,13 +563,15 @@ class Leases:
 
     # ------------------------------------------------------------------ reads
 
-    def get(self, lease_id: str) -> LeaseView:
+    def get(self, lease_id: str, groups: tuple[str, ...] | None = None) -> LeaseView:
+        """One lease; its grants of resources outside `groups` (None: every
+        group) are left out."""
         if not lease_id:
             raise InvalidArgumentError.of("lease_id", "is required")
         lease = lease_model.leases_by_id([lease_id]).get(lease_id)
         if lease is None:
             raise NotFoundError("lease", lease_id)
-        return self._views([lease])[0]
+        return self._views([lease], groups=groups)[0]
 
     def list(
         self,
@@ -577,6 +580,7 @@ class Leases:
         resource: str,
         page_size: int,
         page_token: str,
+        groups: tuple[str, ...] | None = None,
     ) -> Page[LeaseView]:
         size = paging.page_size(page_size)
         position = paging.decode_token(page_token, ("time", "id"))
@@ -593,7 +597,7 @@ class Leases:
         token = (
             paging.encode_token({"time": rows[-1].create_time, "id": rows[-1].id}) if more else ""
         )
-        return Page(tuple(self._views(rows)), token)
+        return Page(tuple(self._views(rows, groups=groups)), token)
 
     def _lock_delay(self, grants: list[lease_model.LeaseGrant], now: float) -> None:
         for grant in grants:
@@ -605,8 +609,11 @@ class Leases:
         self,
         leases: list[lease_model.Lease],
         grants: dict[str, list[lease_model.LeaseGrant]] | None = None,
+        groups: tuple[str, ...] | None = None,
     ) -> list[LeaseView]:
-        """Views of leases; `grants` may bring their grants, already read."""
+        """Views of leases; `grants` may bring their grants, already read.
+        Grants of resources outside `groups` (None: every group) are left
+        out: to such a reader those resources do not exist."""
         if grants is None:
             grants = lease_model.grants_of([lease.id for lease in leases])
         views = []
@@ -614,6 +621,8 @@ class Leases:
             grant_views = []
             for grant in grants[lease.id]:
                 view = from_snapshot(grant.resource_name, grant.snapshot, grant.fencing_token)
+                if not visible(view.group, groups):
+                    continue
                 if lease.state == LeaseState.ACTIVE:
                     kind = self.kinds.find(view.kind)
                     owner = principal_of(lease) if kind is None or kind.ownable else ""

@@ -224,14 +224,18 @@ def list_resources(
     filters: list[Filter],
     after_name: str,
     limit: int,
+    groups: tuple[str, ...] | None = None,
 ) -> list[Resource]:
-    """Resources by name after `after_name`, optionally of one kind."""
+    """Resources by name after `after_name`, optionally of one kind, of no
+    group or of one of `groups` (None: of any)."""
     query = Resource.select(Resource)
     if kind_model is not None:
         query = _with_data(Resource.select(Resource, kind_model), kind_model).where(
             Resource.kind == kind
         )
     query = _where_filters(query, kind_model, filters)
+    if groups is not None:
+        query = query.where((Resource.group == "") | Resource.group.in_(list(groups)))
     if after_name:
         query = query.where(Resource.name > after_name)
     return list(query.order_by(Resource.name).limit(limit))
