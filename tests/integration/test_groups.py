@@ -11,16 +11,13 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from broker.api.convert import duration
 from broker.domain.tokens import Tokens
 from broker.v1 import (
     inventory_service_pb2,
-    inventory_service_pb2_grpc,
     lease_service_pb2,
-    lease_service_pb2_grpc,
 )
 from tests.conftest import RPC_TIMEOUT
-from tests.integration.auth_helpers import metadata_of
+from tests.integration.auth_helpers import Caller
 from tests.integration.helpers import (
     acquire_request,
     calculator,
@@ -31,44 +28,6 @@ from tests.integration.helpers import (
 )
 
 WAIT = 10.0
-
-
-class Caller:
-    """Stubs that present one principal's token."""
-
-    def __init__(self, channel: grpc.Channel, token: str):
-        self.inventory = inventory_service_pb2_grpc.InventoryServiceStub(channel)
-        self.leases = lease_service_pb2_grpc.LeaseServiceStub(channel)
-        self.metadata = metadata_of(token)
-
-    def acquire(self, *requirements, max_wait: float = 0.0):
-        request = acquire_request(*requirements)
-        if max_wait:
-            request.max_wait.CopyFrom(duration(max_wait))
-        return self.leases.AcquireLease(request, timeout=WAIT, metadata=self.metadata)
-
-    def release(self, granted) -> None:
-        self.leases.ReleaseLease(
-            lease_service_pb2.ReleaseLeaseRequest(
-                lease_id=granted.lease.lease_id, secret=granted.secret
-            ),
-            timeout=RPC_TIMEOUT,
-            metadata=self.metadata,
-        )
-
-    def names(self) -> list[str]:
-        response = self.inventory.ListResources(
-            inventory_service_pb2.ListResourcesRequest(),
-            timeout=RPC_TIMEOUT,
-            metadata=self.metadata,
-        )
-        return [resource.name for resource in response.resources]
-
-    def granted_names(self) -> list[str]:
-        response = self.leases.ListLeases(
-            lease_service_pb2.ListLeasesRequest(), timeout=RPC_TIMEOUT, metadata=self.metadata
-        )
-        return sorted(grant.resource.name for lease in response.leases for grant in lease.grants)
 
 
 @pytest.fixture
