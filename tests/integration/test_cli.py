@@ -622,3 +622,45 @@ def test_a_refused_acquire_prints_why_once(run, name, why):
     assert result.status == 1
     assert "FAILED_PRECONDITION" in result.err
     assert result.err.count(why) == 1, result.err
+
+
+def test_out_of_service_and_back_from_the_shell(run):
+    add_calculator(run)
+
+    shown = details(ok(run("resources", "out-of-service", "calc", "--reason", "fan broken")))
+    refused = run("leases", "acquire", "Calculator", "--where", "name=calc")
+    back = details(ok(run("resources", "return", "calc")))
+
+    assert (shown["usable"], shown["out of service"]) == ("no", "fan broken")
+    assert refused.err.count("calc is out of service: fan broken") == 1
+    assert (back["usable"], back["out of service"]) == ("yes", "-")
+    assert run("resources", "out-of-service", "calc").status == 2  # --reason is required
+
+
+def test_a_reservation_with_an_end_from_the_shell(run):
+    add_calculator(run)
+
+    shown = details(
+        ok(
+            run(
+                "resources",
+                "update",
+                "calc",
+                "--reserved-for",
+                "bob",
+                "--reserved-until",
+                "2999-01-01T00:00+00:00",
+                "--reservation-reason",
+                "demo",
+            )
+        )
+    )
+    refused = run("leases", "acquire", "Calculator", "--where", "name=calc")
+
+    assert (shown["reserved for"], shown["reservation reason"]) == ("bob", "demo")
+    assert shown["reserved until"].startswith("2999-01-01") or shown["reserved until"].startswith(
+        "2998-12-31"
+    )
+    assert refused.status == 1
+    assert "RESOURCE_EXHAUSTED" in refused.err
+    assert refused.err.count("calc is reserved for bob until 2999-01-01T00:00:00Z: demo") == 1
