@@ -192,6 +192,10 @@ class Inventory:
             values = {key: getattr(patch, key) for key in COMMON_UPDATABLE if key in patch.paths}
             if "reserved_until" in patch.paths:
                 values["reserved_until"] = patch.reserved_until
+            if values.get("is_usable") is True:
+                # Back in service: the reason it was out, and its failed
+                # setups, are forgotten.
+                values.update(service_reason="", setup_failures=0)
             if values.get("reserved_for") == "":
                 # No reservation: nothing of it is kept.
                 values.update(reserved_until=None, reservation_reason="")

@@ -355,3 +355,12 @@ def test_quarantines_count_in_the_usage_statistics(admin, strict, clock):
     [stats] = Usage(EventLog(clock), clock).stats("calc", "", None, None, by_kind=False)
 
     assert (stats.grants, stats.quarantines) == (6, 2)
+
+
+def test_usable_again_through_an_update_forgets_the_reason(admin):
+    admin.create(calc("calc"))
+    admin.set_out_of_service("calc", "broken")
+
+    view = admin.update(ResourcePatch("calc", ("is_usable",), {}, is_usable=True))
+
+    assert (view.is_usable, view.service_reason, view.setup_failures) == (True, "", 0)
