@@ -571,7 +571,10 @@ class Leases:
         lease = lease_model.leases_by_id([lease_id]).get(lease_id)
         if lease is None:
             raise NotFoundError("lease", lease_id)
-        return self._views([lease], groups=groups)[0]
+        views = self._views([lease], groups=groups)
+        if not views:
+            raise NotFoundError("lease", lease_id)
+        return views[0]
 
     def list(
         self,
@@ -613,7 +616,8 @@ class Leases:
     ) -> list[LeaseView]:
         """Views of leases; `grants` may bring their grants, already read.
         Grants of resources outside `groups` (None: every group) are left
-        out: to such a reader those resources do not exist."""
+        out, and so are leases of such resources only: to such a reader
+        those resources do not exist."""
         if grants is None:
             grants = lease_model.grants_of([lease.id for lease in leases])
         views = []
@@ -630,5 +634,6 @@ class Leases:
                 grant_views.append(
                     GrantView(grant.requirement_index, grant.label, view, grant.fencing_token)
                 )
-            views.append(lease_view(lease, grant_views))
+            if grant_views or not grants[lease.id]:
+                views.append(lease_view(lease, grant_views))
         return views

@@ -89,9 +89,19 @@ def test_a_request_only_a_grouped_resource_could_serve_fails_fast_for_others(lab
     assert [v.type for v in violations] == ["UNSATISFIABLE", "NO_SUCH_RESOURCE"]
     granted = gina.acquire(requirement("Calculator", name="lab-calc"))
     assert [g.resource.name for g in granted.lease.grants] == ["lab-calc"]
-    # Nor do others' leases show it.
+    # Nor do others' leases show it: to hank, a lease of it does not exist.
     assert hank.granted_names() == []
     assert gina.granted_names() == ["lab-calc"]
+    listed = hank.leases.ListLeases(
+        lease_service_pb2.ListLeasesRequest(), timeout=RPC_TIMEOUT, metadata=hank.metadata
+    )
+    assert list(listed.leases) == []
+    expect_error(
+        hank.leases.GetLease,
+        lease_service_pb2.GetLeaseRequest(lease_id=granted.lease.lease_id),
+        grpc.StatusCode.NOT_FOUND,
+        metadata=hank.metadata,
+    )
 
 
 def test_others_are_never_granted_a_grouped_resource_even_waiting(lab):
