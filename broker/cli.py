@@ -125,9 +125,23 @@ def cmd_resources_update(client: BrokerClient, args: argparse.Namespace) -> int:
         comment=args.comment,
         group=args.group,
         reserved_for=args.reserved_for,
+        reserved_until=(
+            None if args.reserved_until is None else args.reserved_until.ToNanoseconds() / 1e9
+        ),
+        reservation_reason=args.reservation_reason,
         etag=args.etag,
     )
     print(output.resource_details(resource))
+    return EXIT_OK
+
+
+def cmd_resources_out_of_service(client: BrokerClient, args: argparse.Namespace) -> int:
+    print(output.resource_details(client.set_out_of_service(args.name, args.reason)))
+    return EXIT_OK
+
+
+def cmd_resources_return(client: BrokerClient, args: argparse.Namespace) -> int:
+    print(output.resource_details(client.return_to_service(args.name)))
     return EXIT_OK
 
 
@@ -410,8 +424,24 @@ def _add_resource_commands(commands: argparse._SubParsersAction) -> None:
     usable.add_argument("--unusable", dest="usable", action="store_const", const=False)
     update.add_argument("--comment")
     update.add_argument("--group")
-    update.add_argument("--reserved-for", metavar="HOLDER")
+    update.add_argument("--reserved-for", metavar="HOLDER", help="empty: no reservation")
+    update.add_argument(
+        "--reserved-until", type=time_arg, metavar="TIME", help="when the reservation ends"
+    )
+    update.add_argument("--reservation-reason", metavar="TEXT")
     _etag_option(update)
+
+    out = _remote(
+        resources,
+        "out-of-service",
+        cmd_resources_out_of_service,
+        "take a resource out of service: it is never granted until returned",
+    )
+    out.add_argument("name")
+    out.add_argument("--reason", required=True, help="why, shown to whoever asks for it")
+
+    back = _remote(resources, "return", cmd_resources_return, "put a resource back in service")
+    back.add_argument("name")
 
     delete = _remote(resources, "delete", cmd_resources_delete, "delete a resource")
     delete.add_argument("name")

@@ -83,6 +83,7 @@ def usage_table(stats: Iterable[event_service_pb2.UsageStats]) -> str:
             "WAIT P95",
             "EXPIRIES",
             "REVOKES",
+            "QUARANTINES",
         ),
         (
             (
@@ -95,6 +96,7 @@ def usage_table(stats: Iterable[event_service_pb2.UsageStats]) -> str:
                 _seconds(row.wait_p95),
                 str(row.expiries),
                 str(row.revokes),
+                str(row.quarantines),
             )
             for row in stats
         ),
@@ -142,11 +144,16 @@ def resource_details(resource: resource_pb2.Resource) -> str:
             ("name", resource.name),
             ("kind", resource.kind),
             ("usable", _yes_no(_usable(resource))),
+            ("out of service", resource.service_reason or NONE),
+            ("failed setups", str(resource.setup_failures)),
             ("owner", resource.owner or NONE),
             ("leases", ", ".join(resource.lease_ids) or NONE),
             ("group", resource.group or NONE),
             ("comment", resource.comment or NONE),
             ("reserved for", resource.reserved_for or NONE),
+            ("reserved until", local_time(resource.reserved_until)),
+            ("reservation reason", resource.reservation_reason or NONE),
+            ("last granted", local_time(resource.last_grant_time)),
             ("fencing token", str(resource.fencing_token)),
             ("etag", resource.etag or NONE),
             ("created", local_time(resource.create_time)),
@@ -212,15 +219,28 @@ def error_text(error: BrokerError) -> str:
     """`error: CODE: message`, then one line per detail worth reading."""
     lines = [f"error: {error.code.name}: {error.message}"]
     if isinstance(error, InvalidArgumentError):
-        lines += [f"  {field}: {description}" for field, description in error.field_violations]
-    if isinstance(error, FailedPreconditionError):
         lines += [
-            f"  {kind} {subject}: {description}" for kind, subject, description in error.violations
+            f"  {field}: {description}"
+            for field, description in error.field_violations
+            if description not in error.message
+        ]
+    if isinstance(error, FailedPreconditionError):
+        # The first violation is the message itself, and the message may
+        # quote the others: each line says something the message does not.
+        lines += [
+            f"  {kind} {subject}: {description}"
+            for kind, subject, description in error.violations
+            if description not in error.message
         ]
     if isinstance(error, ResourceBusyError) and error.blocked is not None:
         blocked = error.blocked
-        lines.append(f"  {requirement_text(blocked)}:")
-        lines += [f"  {holder_text(holder)}" for holder in blocked.holders]
+        if blocked.obstacles:
+            more = [o.text for o in blocked.obstacles if o.text not in error.message]
+        else:
+            more = [holder_text(holder) for holder in blocked.holders]
+        if more:
+            lines.append(f"  {requirement_text(blocked)}:")
+            lines += [f"  {text}" for text in more]
     return "\n".join(lines)
 
 

@@ -168,6 +168,15 @@ class MtlsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class QuarantineConfig:
+    """After how many failed setups in a row (reported by the holders'
+    `validate()` / `initialize()`) a resource is taken out of service; 0:
+    never."""
+
+    after_failures: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
 class AuthConfig:
     """Authentication: API tokens, and OIDC tokens and client certificates
     when configured; and how many seconds a broker may go on trusting an
@@ -195,6 +204,7 @@ class Config:
     retention: RetentionConfig = RetentionConfig()
     auth: AuthConfig = AuthConfig()
     quotas: QuotaConfig = QuotaConfig()
+    quarantine: QuarantineConfig = QuarantineConfig()
 
     def kind_models(self) -> tuple[type[ResourceData], ...]:
         """Imports the `ResourceData` models named by `kinds`."""
@@ -279,6 +289,7 @@ def parse_config(raw: Any, base_dir: str = ".") -> Config:
             "retention",
             "auth",
             "quotas",
+            "quarantine",
         },
     )
     server_raw = _mapping("server", top.get("server"), _field_names(ServerConfig))
@@ -325,6 +336,8 @@ def parse_config(raw: Any, base_dir: str = ".") -> Config:
     for key in ("events", "leases", "waiters", "sessions", "sweep_interval"):
         _check_positive(f"retention.{key}", getattr(retention, key))
     quotas = _quotas(top.get("quotas"))
+    quarantine = _section("quarantine", top.get("quarantine"), QuarantineConfig)
+    _check_positive("quarantine.after_failures", quarantine.after_failures, allow_zero=True)
     kinds = top.get("kinds", Config.kinds)
     if not isinstance(kinds, list | tuple) or not all(isinstance(k, str) for k in kinds):
         raise ConfigError("kinds", "must be a list of dotted paths to ResourceData models")
@@ -340,6 +353,7 @@ def parse_config(raw: Any, base_dir: str = ".") -> Config:
         retention=retention,
         auth=auth,
         quotas=quotas,
+        quarantine=quarantine,
     )
 
 

@@ -266,10 +266,14 @@ class BrokerClient:
         comment: str | None = None,
         group: str | None = None,
         reserved_for: str | None = None,
+        reserved_until: float | None = None,
+        reservation_reason: str | None = None,
         etag: str = "",
     ) -> resource_pb2.Resource:
         """Changes only what is given (not None); with `etag`, only if the
-        resource has not changed since it was read (else `AbortedError`)."""
+        resource has not changed since it was read (else `AbortedError`).
+        `reserved_for` empty removes a reservation; `reserved_until` (epoch
+        seconds) ends one then."""
         resource = resource_pb2.Resource(name=name, fields=_field_values(fields or {}))
         paths = [f"fields.{field}" for field in fields or {}]
         for path, value in (
@@ -277,10 +281,14 @@ class BrokerClient:
             ("comment", comment),
             ("group", group),
             ("reserved_for", reserved_for),
+            ("reservation_reason", reservation_reason),
         ):
             if value is not None:
                 setattr(resource, path, value)
                 paths.append(path)
+        if reserved_until is not None:
+            resource.reserved_until.FromNanoseconds(round(reserved_until * 1e9))
+            paths.append("reserved_until")
         response = self._call(
             lambda broker: broker.inventory.UpdateResource,
             inventory_service_pb2.UpdateResourceRequest(
@@ -296,6 +304,25 @@ class BrokerClient:
             inventory_service_pb2.DeleteResourceRequest(name=name, etag=etag),
             kind=ONCE,
         )
+
+    def set_out_of_service(self, name: str, reason: str) -> resource_pb2.Resource:
+        """Takes a resource out of service (admins): never granted until
+        `return_to_service`."""
+        response = self._call(
+            lambda broker: broker.inventory.SetOutOfService,
+            inventory_service_pb2.SetOutOfServiceRequest(name=name, reason=reason),
+            kind=ONCE,
+        )
+        return response.resource
+
+    def return_to_service(self, name: str) -> resource_pb2.Resource:
+        """Puts a resource back in service (admins)."""
+        response = self._call(
+            lambda broker: broker.inventory.ReturnToService,
+            inventory_service_pb2.ReturnToServiceRequest(name=name),
+            kind=ONCE,
+        )
+        return response.resource
 
     # ---------------------------------------------------------------- leases
 
@@ -458,6 +485,19 @@ class BrokerClient:
             return released
         logger.info("lease %s was released by an earlier try of this release", lease_id)
         return self.get_lease(lease_id)
+
+    def report_setup(
+        self, lease_id: str, secret: str, resource: str, ok: bool, error: str = ""
+    ) -> lease_service_pb2.ReportSetupResponse:
+        """Tells the broker how the setup of one of a lease's resources went;
+        failures in a row quarantine it."""
+        return self._call(
+            lambda broker: broker.leases.ReportSetup,
+            lease_service_pb2.ReportSetupRequest(
+                lease_id=lease_id, secret=secret, resource=resource, ok=ok, error=error[:1024]
+            ),
+            kind=ONCE,
+        )
 
     def get_lease(self, lease_id: str) -> lease_pb2.Lease:
         response = self._call(

@@ -46,6 +46,20 @@ class BrokerError(Exception):
     def __str__(self) -> str:
         return f"{self.code.name}: {self.message}"
 
+    @property
+    def reasons(self) -> list[str]:
+        """Why, resource by resource, in words (a resource out of service,
+        reserved for someone, held; no resource of that name): from the
+        violations after the first, or from the blocked requirement's
+        obstacles. Empty when the broker gave none."""
+        for detail in self.details:
+            if isinstance(detail, lease_pb2.AcquireBlocked):
+                return [obstacle.text for obstacle in detail.obstacles]
+        for detail in self.details:
+            if isinstance(detail, error_details_pb2.PreconditionFailure):
+                return [violation.description for violation in detail.violations[1:]]
+        return []
+
 
 class InvalidArgumentError(BrokerError):
     """The request was malformed; nothing changed."""
@@ -128,7 +142,8 @@ class ResourceBusyError(BrokerError):
 
     @property
     def blocked(self) -> lease_pb2.AcquireBlocked | None:
-        """Which requirement is blocked and who holds what it could use."""
+        """Which requirement is blocked, who holds what it could use, and
+        why each resource is not granted (`blocked.obstacles`)."""
         return next((d for d in self.details if isinstance(d, lease_pb2.AcquireBlocked)), None)
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from broker.v1 import lease_pb2
 from sdk.base_resource import OPEN, BaseResource
+from sdk.errors import BrokerError
 from sdk.keepalive import KeepAlive
 from sdk.requirements import ResourceRequest
 from sdk.waiting import Waiting, wait_for_grant
@@ -126,7 +127,7 @@ class Lease:
         try:
             self._build()
             for resource in self._instances:
-                resource.setup(skip_init=self._skip_init, force_initialize=self._force_initialize)
+                self._set_up(resource)
             self._keepalive = KeepAlive(
                 self._client,
                 self._lease.lease_id,
@@ -150,6 +151,27 @@ class Lease:
         if exc is not None and self._save_state:
             self._store_states()
         self._close(exc)
+
+    def _set_up(self, resource: BaseResource) -> None:
+        """Runs a resource's setup and, unless `skip_init`, tells the broker
+        how it went: failures in a row quarantine the resource, so a broken
+        board stops being handed out. A report that fails is only logged:
+        the setup's own outcome is what the caller sees."""
+        try:
+            resource.setup(skip_init=self._skip_init, force_initialize=self._force_initialize)
+        except Exception as error:
+            self._report(resource, False, f"{type(error).__name__}: {error}")
+            raise
+        self._report(resource, True, "")
+
+    def _report(self, resource: BaseResource, ok: bool, error: str) -> None:
+        if self._skip_init or not self._secret:
+            return
+        lease = self._held()
+        try:
+            self._client.report_setup(lease.lease_id, self._secret, resource.name, ok, error)
+        except BrokerError as failure:
+            logger.warning("could not report the setup of %s: %s", resource.name, failure)
 
     def _acquire(self) -> tuple[lease_pb2.Lease, str]:
         """The lease, bound to the client's session if it has one; waiting

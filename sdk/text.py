@@ -43,5 +43,7 @@ def queue_status_text(status: lease_pb2.QueueStatus) -> str:
     if not status.HasField("blocked"):
         return text
     blocked = status.blocked
-    holders = "; ".join(holder_text(holder) for holder in blocked.holders)
-    return f"{text}: {requirement_text(blocked)}: {holders or 'reserved for requests ahead'}"
+    why = "; ".join(obstacle.text for obstacle in blocked.obstacles) or "; ".join(
+        holder_text(holder) for holder in blocked.holders
+    )
+    return f"{text}: {requirement_text(blocked)}: {why or 'reserved for requests ahead'}"

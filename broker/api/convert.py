@@ -76,7 +76,16 @@ def resource_to_proto(view: values.ResourceView) -> resource_pb2.Resource:
         etag=view.etag,
         create_time=timestamp(view.create_time),
         update_time=timestamp(view.update_time),
+        reserved_until=None if view.reserved_until is None else timestamp(view.reserved_until),
+        reservation_reason=view.reservation_reason,
+        service_reason=view.service_reason,
+        setup_failures=view.setup_failures,
+        last_grant_time=None if view.last_grant_time is None else timestamp(view.last_grant_time),
     )
+
+
+def _reserved_until(message: resource_pb2.Resource) -> float | None:
+    return seconds_at(message.reserved_until) if message.HasField("reserved_until") else None
 
 
 def _fields(message: resource_pb2.Resource) -> dict:
@@ -92,6 +101,8 @@ def new_resource(message: resource_pb2.Resource) -> values.NewResource:
         comment=message.comment,
         group=message.group,
         reserved_for=message.reserved_for,
+        reserved_until=_reserved_until(message),
+        reservation_reason=message.reservation_reason,
     )
 
 
@@ -105,6 +116,8 @@ def resource_patch(request: inventory_service_pb2.UpdateResourceRequest) -> valu
         comment=resource.comment,
         group=resource.group,
         reserved_for=resource.reserved_for,
+        reserved_until=_reserved_until(resource),
+        reservation_reason=resource.reservation_reason,
         etag=request.etag,
     )
 
@@ -136,6 +149,7 @@ def acquire_request(
     holder: str,
     principal: str = "",
     verified: bool = False,
+    groups: tuple[str, ...] | None = None,
 ) -> values.AcquireRequest:
     return values.AcquireRequest(
         requirements=tuple(requirement(r) for r in request.requirements),
@@ -147,6 +161,7 @@ def acquire_request(
         session_id=request.session_id,
         principal=principal,
         verified=verified,
+        groups=groups,
     )
 
 
@@ -170,6 +185,17 @@ def blocked_to_proto(blocked: values.Blocked) -> lease_pb2.AcquireBlocked:
             )
             for h in blocked.holders
         ],
+        obstacles=[obstacle_to_proto(o) for o in blocked.obstacles],
+    )
+
+
+def obstacle_to_proto(obstacle: values.Obstacle) -> lease_pb2.Obstacle:
+    return lease_pb2.Obstacle(
+        resource=obstacle.resource,
+        cause=int(obstacle.cause),
+        text=obstacle.text,
+        until=None if obstacle.until is None else timestamp(obstacle.until),
+        principal=obstacle.principal,
     )
 
 
@@ -303,4 +329,5 @@ def usage_to_proto(view: values.UsageView) -> event_service_pb2.UsageStats:
         wait_p95=duration(view.wait_p95),
         expiries=view.expiries,
         revokes=view.revokes,
+        quarantines=view.quarantines,
     )

@@ -97,7 +97,13 @@ def _precondition_failure(error: errors.FailedPreconditionError):
 
 
 def _acquire_blocked(error: errors.ResourceBusyError):
-    blocked = Blocked(error.requirement_index, error.label, error.kind, tuple(error.holders))
+    blocked = Blocked(
+        error.requirement_index,
+        error.label,
+        error.kind,
+        tuple(error.holders),
+        tuple(error.obstacles),
+    )
     return [
         blocked_to_proto(blocked),
         error_details_pb2.ErrorInfo(reason="RESOURCES_BUSY", domain=ERROR_DOMAIN),

@@ -10,7 +10,7 @@ import contextvars
 
 import grpc
 
-from broker.domain.values import Principal
+from broker.domain.values import Principal, Role
 
 HOLDER_METADATA = "x-broker-holder"
 
@@ -57,3 +57,13 @@ def acting_principal() -> str | None:
     release); None with authentication off, where the secret suffices."""
     principal = verified()
     return None if principal is None else principal.name
+
+
+def visible_groups() -> tuple[str, ...] | None:
+    """The groups whose resources the caller may see and be granted (and
+    every resource without a group); None: all of them, for an
+    administrator, or with authentication off (there are no groups then)."""
+    principal = verified()
+    if principal is None or principal.role == Role.ADMIN:
+        return None
+    return principal.groups

@@ -27,7 +27,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         return pb.CreateResourceResponse(resource=convert.resource_to_proto(view))
 
     async def GetResource(self, request, context):
-        view = await self.run(self.inventory.get, request.name)
+        view = await self.run(self.inventory.get, request.name, identity.visible_groups())
         return pb.GetResourceResponse(resource=convert.resource_to_proto(view))
 
     async def ListResources(self, request, context):
@@ -37,6 +37,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
             [convert.constraint(c) for c in request.constraints],
             request.page_size,
             request.page_token,
+            identity.visible_groups(),
         )
         return pb.ListResourcesResponse(
             resources=[convert.resource_to_proto(view) for view in page.items],
@@ -52,3 +53,18 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
     async def DeleteResource(self, request, context):
         await self.run(self.inventory.delete, request.name, request.etag, identity.caller(context))
         return pb.DeleteResourceResponse()
+
+    async def SetOutOfService(self, request, context):
+        view = await self.run(
+            self.inventory.set_out_of_service,
+            request.name,
+            request.reason,
+            identity.caller(context),
+        )
+        return pb.SetOutOfServiceResponse(resource=convert.resource_to_proto(view))
+
+    async def ReturnToService(self, request, context):
+        view = await self.run(
+            self.inventory.return_to_service, request.name, identity.caller(context)
+        )
+        return pb.ReturnToServiceResponse(resource=convert.resource_to_proto(view))

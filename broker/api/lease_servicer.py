@@ -54,6 +54,7 @@ class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
             identity.holder(request.holder, context),
             identity.principal_name(request.holder, context),
             identity.verified() is not None,
+            identity.visible_groups(),
         )
         acquiring = asyncio.ensure_future(self.run(self.leases.acquire, asked))
         try:
@@ -155,7 +156,7 @@ class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
         return pb.ReleaseLeaseResponse(lease=convert.lease_to_proto(view))
 
     async def GetLease(self, request, context):
-        view = await self.run(self.leases.get, request.lease_id)
+        view = await self.run(self.leases.get, request.lease_id, identity.visible_groups())
         return pb.GetLeaseResponse(lease=convert.lease_to_proto(view))
 
     async def ListLeases(self, request, context):
@@ -167,6 +168,7 @@ class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
             request.page_size,
             request.page_token,
             request.principal,
+            identity.visible_groups(),
         )
         return pb.ListLeasesResponse(
             leases=[convert.lease_to_proto(view) for view in page.items],
@@ -178,3 +180,17 @@ class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
             self.leases.revoke, request.lease_id, request.reason, identity.caller(context)
         )
         return pb.RevokeLeaseResponse(lease=convert.lease_to_proto(view))
+
+    async def ReportSetup(self, request, context):
+        report = await self.run(
+            self.leases.report_setup,
+            request.lease_id,
+            request.secret,
+            request.resource,
+            request.ok,
+            request.error,
+            identity.acting_principal(),
+        )
+        return pb.ReportSetupResponse(
+            setup_failures=report.setup_failures, quarantined=report.quarantined
+        )

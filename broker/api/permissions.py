@@ -18,6 +18,8 @@ METHOD_ROLES: dict[str, Role] = {
     _INVENTORY + "CreateResource": Role.ADMIN,
     _INVENTORY + "UpdateResource": Role.ADMIN,
     _INVENTORY + "DeleteResource": Role.ADMIN,
+    _INVENTORY + "SetOutOfService": Role.ADMIN,
+    _INVENTORY + "ReturnToService": Role.ADMIN,
     _LEASES + "GetLease": Role.VIEWER,
     _LEASES + "ListLeases": Role.VIEWER,
     _LEASES + "ListWaiters": Role.VIEWER,
@@ -31,6 +33,8 @@ METHOD_ROLES: dict[str, Role] = {
     _LEASES + "OpenSession": Role.USER,
     _LEASES + "RenewLease": Role.USER,
     _LEASES + "ReleaseLease": Role.USER,
+    # Also needs the lease's secret and its principal.
+    _LEASES + "ReportSetup": Role.USER,
     _LEASES + "RevokeLease": Role.ADMIN,
 }
 

@@ -179,6 +179,7 @@ class BrokerServer:
             max_wait=config.queue.max_wait,
             max_lifetime=config.leases.max_lifetime,
             quotas=Quotas(config.quotas.max_resources, config.quotas.principals),
+            quarantine_after=config.quarantine.after_failures,
             on_granted=self.board.notify,
         )
         sessions = Sessions(

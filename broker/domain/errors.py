@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from broker.domain.values import HolderView
+from broker.domain.values import HolderView, Obstacle
 
 # The most of any caller's input an error quotes: an error travels in the
 # response's trailing metadata, which is small.
@@ -102,24 +102,36 @@ class PreconditionViolation:
 class FailedPreconditionError(BrokerError):
     """The request can never succeed in the present state; waiting won't help."""
 
-    def __init__(self, violation: PreconditionViolation):
+    def __init__(self, violation: PreconditionViolation, *more: PreconditionViolation):
         super().__init__(violation.description)
-        self.violations = [violation]
+        self.violations = [violation, *more]
 
 
 class ResourceBusyError(BrokerError):
-    """The resources exist but are held now."""
+    """The resources exist but cannot be had now: held, reserved for a
+    while, kept for a request ahead; `obstacles` says why, resource by
+    resource."""
 
-    def __init__(self, requirement_index: int, label: str, kind: str, holders: list[HolderView]):
+    def __init__(
+        self,
+        requirement_index: int,
+        label: str,
+        kind: str,
+        holders: list[HolderView],
+        obstacles: list[Obstacle] | None = None,
+    ):
+        obstacles = obstacles or []
         who = ", ".join(f"{h.resource} by {h.holder or h.lease_id}" for h in holders[:3])
+        why = "; ".join(o.text for o in obstacles[:3])
         super().__init__(
             f"requirements[{requirement_index}] ({label or kind}) cannot be satisfied now"
-            + (f": held ({who})" if who else "")
+            + (f": {why}" if why else f": held ({who})" if who else "")
         )
         self.requirement_index = requirement_index
         self.label = label
         self.kind = kind
         self.holders = holders
+        self.obstacles = obstacles
 
 
 class QuotaExceededError(BrokerError):

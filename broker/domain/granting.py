@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import Set
 
 from broker.domain import events, filters
@@ -36,6 +37,8 @@ from broker.domain.values import (
     HolderView,
     LeaseState,
     LeaseView,
+    Obstacle,
+    ObstacleCause,
     Requirement,
 )
 from broker.domain.views import resource_view, snapshot
@@ -191,11 +194,13 @@ class Granter:
         free_only: bool = True,
         behind_priority: int | None = None,
         excluded: Set[int] = frozenset(),
+        groups: tuple[str, ...] | None = None,
     ) -> Plan:
         """The best assignment of free resources (or, without `free_only`, of
-        any usable ones) to the request's slots. Each requirement needs at most
-        as many candidates as the request has slots (see `matching`), plus
-        those `excluded` (reserved earlier in a queue pass)."""
+        any that could be granted once freed) visible to `groups` to the
+        request's slots. Each requirement needs at most as many candidates
+        as the request has slots (see `matching`), plus those `excluded`
+        (reserved earlier in a queue pass)."""
         total = sum(need.count for need in needs)
         candidates = [
             [
@@ -205,10 +210,15 @@ class Granter:
                     need.kind.name,
                     need.filters,
                     holder=holder,
-                    free_only=free_only and need.kind.ownable,
+                    mode=(
+                        resource_model.FREE
+                        if free_only and need.kind.ownable
+                        else resource_model.USABLE
+                    ),
                     limit=total + len(excluded),
                     now=now,
                     behind_priority=behind_priority,
+                    groups=groups,
                 )
                 if row.id not in excluded
             ][:total]
@@ -219,50 +229,128 @@ class Granter:
         matching = match([[row.id for row in candidates[n]] for n in slot_needs])
         return Plan(needs, slot_needs, matching, by_id, [len(rows) for rows in candidates])
 
-    def refusal(self, needs: list[Need], holder: str, busy: Plan, now: float) -> BrokerError:
+    def refusal(
+        self,
+        needs: list[Need],
+        holder: str,
+        busy: Plan,
+        now: float,
+        groups: tuple[str, ...] | None = None,
+    ) -> BrokerError:
         """Why a request cannot be granted now: never (FAILED_PRECONDITION)
-        or not yet (RESOURCE_EXHAUSTED, naming who holds what it needs)."""
-        usable = self.plan(needs, holder, now, free_only=False)
+        or not yet (RESOURCE_EXHAUSTED), saying for each resource it could
+        use why it does not get it (out of service, reserved, held)."""
+        usable = self.plan(needs, holder, now, free_only=False, groups=groups)
         if not usable.matching.complete:
             position = usable.slot_needs[usable.matching.first_unmatched]
             need = needs[position]
             path = f"requirements[{need.index}]"
+            found = self.obstacles(need, holder, now, groups, limit=MAX_HOLDERS_REPORTED)
+            lasting = [o for o in found if o.cause in _LASTING]
+            matched = usable.candidate_counts[position]
+            why = "; ".join(o.text for o in lasting)
+            if matched or not why:
+                why = (
+                    f"it needs {need.count} usable {need.kind.name} resource(s) matching its "
+                    f"constraints, distinct from the other requirements', and {matched} match"
+                ) + (f" ({why})" if why else "")
             return FailedPreconditionError(
                 PreconditionViolation(
                     "UNSATISFIABLE",
                     path,
-                    f"{path} ({need.label or need.kind.name}) can never be satisfied: "
-                    f"it needs {need.count} usable {need.kind.name} resource(s) matching its "
-                    f"constraints, distinct from the other requirements', and "
-                    f"{usable.candidate_counts[position]} match",
-                )
+                    f"{path} ({need.label or need.kind.name}) can never be satisfied: {why}",
+                ),
+                *(
+                    PreconditionViolation(
+                        o.cause.name,
+                        f"resources/{o.resource}" if o.resource else path,
+                        o.text,
+                    )
+                    for o in lasting
+                ),
             )
-        blocked = self.blocked(needs, holder, busy.blocked_index, now)
+        blocked = self.blocked(needs, holder, busy.blocked_index, now, groups)
         return ResourceBusyError(
-            blocked.requirement_index, blocked.label, blocked.kind, list(blocked.holders)
+            blocked.requirement_index,
+            blocked.label,
+            blocked.kind,
+            list(blocked.holders),
+            list(blocked.obstacles),
         )
 
-    def blocked(self, needs: list[Need], holder: str, index: int, now: float) -> Blocked:
-        """Who holds the resources that requirement `index` could use."""
+    def blocked(
+        self,
+        needs: list[Need],
+        holder: str,
+        index: int,
+        now: float,
+        groups: tuple[str, ...] | None = None,
+    ) -> Blocked:
+        """Who holds the resources that requirement `index` could use, and
+        why each of them is not granted now."""
         need = next(n for n in needs if n.index == index)
         total = sum(n.count for n in needs)
-        rows = resource_model.select_candidates(
-            need.kind.model,
-            need.kind.name,
-            need.filters,
-            holder=holder,
-            free_only=False,
-            limit=max(total, MAX_HOLDERS_REPORTED),
-            now=now,
-        )
-        held = [row for row in rows if row.lease_id][:MAX_HOLDERS_REPORTED]
+        limit = max(total, MAX_HOLDERS_REPORTED)
+        rows = self._visible(need, holder, now, groups, limit)
+        held = [row for row in rows if row.lease_id and row.is_usable][:MAX_HOLDERS_REPORTED]
         leases = lease_model.leases_by_id(sorted({row.lease_id for row in held}))
         holders = tuple(
             HolderView(row.name, row.lease_id, row.owner, leases[row.lease_id].expire_time)
             for row in held
             if row.lease_id in leases
         )
-        return Blocked(need.index, need.label, need.kind.name, holders)
+        obstacles = self._obstacles_of(need, rows, holder, now, holders)
+        return Blocked(need.index, need.label, need.kind.name, holders, obstacles)
+
+    def obstacles(
+        self,
+        need: Need,
+        holder: str,
+        now: float,
+        groups: tuple[str, ...] | None,
+        limit: int,
+    ) -> tuple[Obstacle, ...]:
+        """Why each resource `need` could use (visible to `groups`) is not
+        granted to `holder` now; `NO_SUCH_RESOURCE` if there is none."""
+        rows = self._visible(need, holder, now, groups, limit)
+        held = [row for row in rows if row.lease_id]
+        leases = lease_model.leases_by_id(sorted({row.lease_id for row in held}))
+        holders = tuple(
+            HolderView(row.name, row.lease_id, row.owner, leases[row.lease_id].expire_time)
+            for row in held
+            if row.lease_id in leases
+        )
+        return self._obstacles_of(need, rows, holder, now, holders)
+
+    def _visible(self, need: Need, holder: str, now: float, groups, limit: int) -> list[Resource]:
+        return resource_model.select_candidates(
+            need.kind.model,
+            need.kind.name,
+            need.filters,
+            holder=holder,
+            mode=resource_model.EVERY,
+            limit=limit,
+            now=now,
+            groups=groups,
+        )
+
+    def _obstacles_of(
+        self,
+        need: Need,
+        rows: list[Resource],
+        holder: str,
+        now: float,
+        holders: tuple[HolderView, ...],
+    ) -> tuple[Obstacle, ...]:
+        if not rows:
+            return (Obstacle("", ObstacleCause.NO_SUCH_RESOURCE, _no_such_text(need)),)
+        held = {h.resource: h for h in holders}
+        found = []
+        for row in rows:
+            obstacle = _obstacle(row, holder, now, held.get(row.name))
+            if obstacle is not None:
+                found.append(obstacle)
+        return tuple(found[:MAX_HOLDERS_REPORTED])
 
     # ------------------------------------------------------------ granting
 
@@ -309,7 +397,7 @@ class Granter:
         slot_kinds = [plan.needs[n].kind for n in plan.slot_needs]
         ownable = [row.id for row, kind in zip(chosen, slot_kinds, strict=True) if kind.ownable]
         shared = [row.id for row, kind in zip(chosen, slot_kinds, strict=True) if not kind.ownable]
-        tokens = lease_model.claim_ownable(ownable, lease_id, principal)
+        tokens = lease_model.claim_ownable(ownable, lease_id, principal, now)
         if len(tokens) != len(ownable):
             raise ConflictError("another lease took a resource first; retry")
         tokens.update(lease_model.bump_fencing(shared))
@@ -347,6 +435,69 @@ class Granter:
         lease_model.insert_grants(grant_rows)
         events.record(*event_rows)
         return Granted(lease_view(lease, grants), secret)
+
+
+# Causes that last until someone changes the inventory: a request that only
+# such resources could serve fails at once.
+_LASTING = (ObstacleCause.NO_SUCH_RESOURCE, ObstacleCause.OUT_OF_SERVICE, ObstacleCause.RESERVED)
+
+
+def when(seconds: float) -> str:
+    """A time as obstacles print it (UTC, to the second)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def _no_such_text(need: Need) -> str:
+    names = next((values for field, values in need.filters if field == "name"), None)
+    if names:
+        named = " or ".join(repr(clip(str(name))) for name in names)
+        return f"no {need.kind.name} resource is named {named}"
+    return f"no {need.kind.name} resource matches the constraints"
+
+
+def _obstacle(row: Resource, holder: str, now: float, held: HolderView | None) -> Obstacle | None:
+    """Why `row` is not granted to `holder` now; None if nothing keeps it."""
+    if not row.is_usable:
+        reason = row.service_reason or row.comment or "no reason given"
+        return Obstacle(
+            row.name, ObstacleCause.OUT_OF_SERVICE, f"{row.name} is out of service: {reason}"
+        )
+    until = row.reserved_until
+    if row.reserved_for and row.reserved_for != holder and (until is None or until > now):
+        text = f"{row.name} is reserved for {row.reserved_for}"
+        if until is not None:
+            text += f" until {when(until)}"
+        if row.reservation_reason:
+            text += f": {row.reservation_reason}"
+        return Obstacle(row.name, ObstacleCause.RESERVED, text, until, row.reserved_for)
+    if row.lease_id:
+        if held is None:
+            return Obstacle(
+                row.name, ObstacleCause.HELD, f"{row.name} is held by lease {row.lease_id}"
+            )
+        return Obstacle(
+            row.name,
+            ObstacleCause.HELD,
+            f"{row.name} is held by {held.holder or held.lease_id} "
+            f"(lease {held.lease_id}, until {when(held.expire_time)} unless renewed)",
+            held.expire_time,
+            held.holder,
+        )
+    if row.available_time is not None and row.available_time > now:
+        return Obstacle(
+            row.name,
+            ObstacleCause.LOCK_DELAY,
+            f"{row.name} is kept out of reach until {when(row.available_time)}: "
+            "its last holder vanished",
+            row.available_time,
+        )
+    if row.reserved_by is not None:
+        return Obstacle(
+            row.name,
+            ObstacleCause.QUEUED_AHEAD,
+            f"{row.name} is free but kept for a request ahead in the queue",
+        )
+    return None
 
 
 def lease_view(lease: lease_model.Lease, grants: list[GrantView]) -> LeaseView:

@@ -35,8 +35,24 @@ from broker.models import resource as resource_model
 from broker.models.database import write_transaction
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
-COMMON_LIMITS = {"comment": 4096, "group": 128, "reserved_for": 128}
-UPDATABLE = ("is_usable", "comment", "group", "reserved_for", "fields")
+COMMON_LIMITS = {"comment": 4096, "group": 128, "reserved_for": 128, "reservation_reason": 1024}
+UPDATABLE = (
+    "is_usable",
+    "comment",
+    "group",
+    "reserved_for",
+    "reserved_until",
+    "reservation_reason",
+    "fields",
+)
+COMMON_UPDATABLE = ("is_usable", "comment", "group", "reserved_for", "reservation_reason")
+MAX_REASON = 1024
+
+
+def visible(group: str, groups: tuple[str, ...] | None) -> bool:
+    """Whether a resource of `group` exists for a caller in `groups` (None:
+    every group); a resource without a group exists for everyone."""
+    return groups is None or not group or group in groups
 
 
 def check_name(name: str, path: str) -> None:
@@ -75,6 +91,7 @@ class Inventory:
             raise InvalidArgumentError.of("resource.kind", "is required")
         for key, limit in COMMON_LIMITS.items():
             check_text(getattr(new, key), f"resource.{key}", limit)
+        _check_reservation(new.reserved_for, new.reserved_until, new.reservation_reason)
         kind = self.kinds.get(new.kind)
         fields = self._typed_fields(kind, new.fields, complete=True)
         values = {
@@ -84,6 +101,8 @@ class Inventory:
             "comment": new.comment,
             "group": new.group,
             "reserved_for": new.reserved_for,
+            "reserved_until": new.reserved_until,
+            "reservation_reason": new.reservation_reason,
         }
         try:
             with write_transaction():
@@ -102,17 +121,20 @@ class Inventory:
                         resource=new.name,
                         kind=kind.name,
                         actor=actor,
-                    )
+                    ),
+                    *_reservation_events(row, ("", None), now, actor),
                 )
         except peewee.IntegrityError:
             raise AlreadyExistsError("resource", new.name) from None
         self.on_change()
         return self.get(row.name)
 
-    def get(self, name: str) -> ResourceView:
+    def get(self, name: str, groups: tuple[str, ...] | None = None) -> ResourceView:
+        """One resource; NOT_FOUND also for one of a group outside `groups`
+        (None: every group), which to such a caller does not exist."""
         check_name(name, "name")
         row = resource_model.get_resource(name)
-        if row is None:
+        if row is None or not visible(row.group, groups):
             raise NotFoundError("resource", name)
         return self._views([row])[0]
 
@@ -122,6 +144,7 @@ class Inventory:
         constraints: Sequence[Constraint],
         page_size: int,
         page_token: str,
+        groups: tuple[str, ...] | None = None,
     ) -> Page[ResourceView]:
         size = paging.page_size(page_size)
         position = paging.decode_token(page_token, ("after",))
@@ -135,6 +158,7 @@ class Inventory:
             resolved,
             position["after"] if position else "",
             size + 1,
+            groups,
         )
         more = len(rows) > size
         rows = rows[:size]
@@ -165,11 +189,20 @@ class Inventory:
                     f"(etag {clip(patch.etag)}, now {etag_of(row)})"
                 )
             kind = self.kinds.get(row.kind)
-            values = {
-                key: getattr(patch, key)
-                for key in ("is_usable", "comment", "group", "reserved_for")
-                if key in patch.paths
-            }
+            values = {key: getattr(patch, key) for key in COMMON_UPDATABLE if key in patch.paths}
+            if "reserved_until" in patch.paths:
+                values["reserved_until"] = patch.reserved_until
+            if values.get("is_usable") is True:
+                # Back in service: the reason it was out, and its failed
+                # setups, are forgotten.
+                values.update(service_reason="", setup_failures=0)
+            if values.get("reserved_for") == "":
+                # No reservation: nothing of it is kept.
+                values.update(reserved_until=None, reservation_reason="")
+            was = (row.reserved_for, row.reserved_until)
+            for key in ("reserved_for", "reserved_until", "reservation_reason"):
+                setattr(row, key, values.get(key, getattr(row, key)))
+            _check_reservation(row.reserved_for, row.reserved_until, row.reservation_reason)
             values["update_time"] = now
             fields = self._patched_fields(kind, patch)
             if not resource_model.update_resource(row.id, row.version, values):
@@ -196,9 +229,59 @@ class Inventory:
                         detail={"comment": patch.comment},
                     )
                 )
+            rows.extend(_reservation_events(row, was, now, actor))
             events.record(*rows)
         self.on_change()
         return self.get(patch.name)
+
+    def set_out_of_service(self, name: str, reason: str, actor: str = "") -> ResourceView:
+        """Takes a resource out of service for maintenance: it is never
+        granted until it is returned (a lease holding it keeps it)."""
+        check_name(name, "name")
+        if not reason.strip():
+            raise InvalidArgumentError.of(
+                "reason", "is required: say why the resource is out of service"
+            )
+        check_text(reason, "reason", MAX_REASON)
+        return self._set_service(
+            name,
+            {"is_usable": False, "service_reason": reason},
+            EventType.RESOURCE_OUT_OF_SERVICE,
+            actor,
+            reason,
+        )
+
+    def return_to_service(self, name: str, actor: str = "") -> ResourceView:
+        """Puts a resource back in service, forgetting its failed setups;
+        waiting requests may then be granted it."""
+        check_name(name, "name")
+        return self._set_service(
+            name,
+            {"is_usable": True, "service_reason": "", "setup_failures": 0},
+            EventType.RESOURCE_BACK_IN_SERVICE,
+            actor,
+            "",
+        )
+
+    def _set_service(
+        self, name: str, values: dict, event_type: EventType, actor: str, reason: str
+    ) -> ResourceView:
+        with write_transaction():
+            now = self.clock()
+            row = resource_model.get_resource(name)
+            if row is None:
+                raise NotFoundError("resource", name)
+            if not resource_model.update_resource(
+                row.id, row.version, {**values, "update_time": now}
+            ):
+                raise ConflictError(f"resource {name!r} changed while it was updated")
+            events.record(
+                events.event(
+                    event_type, now, resource=name, kind=row.kind, actor=actor, reason=reason
+                )
+            )
+        self.on_change()
+        return self.get(name)
 
     def delete(self, name: str, etag: str, actor: str = "") -> None:
         check_name(name, "name")
@@ -288,3 +371,49 @@ class Inventory:
             )
             for row in rows
         ]
+
+
+def _check_reservation(reserved_for: str, until: float | None, reason: str) -> None:
+    if until is not None and not reserved_for:
+        raise InvalidArgumentError.of(
+            "resource.reserved_until", "needs reserved_for: whom the resource is reserved for"
+        )
+    if reason and not reserved_for:
+        raise InvalidArgumentError.of(
+            "resource.reservation_reason", "needs reserved_for: whom the resource is reserved for"
+        )
+
+
+def _reservation_events(
+    row: resource_model.Resource, was: tuple[str, float | None], now: float, actor: str
+) -> list[dict]:
+    """RESERVED when a reservation begins or changes, UNRESERVED when one
+    is removed."""
+    before_for = was[0]
+    if row.reserved_for and (row.reserved_for, row.reserved_until) != was:
+        detail = {"reserved_for": row.reserved_for}
+        if row.reserved_until is not None:
+            detail["reserved_until"] = row.reserved_until
+        return [
+            events.event(
+                EventType.RESOURCE_RESERVED,
+                now,
+                resource=row.name,
+                kind=row.kind,
+                actor=actor,
+                reason=row.reservation_reason,
+                detail=detail,
+            )
+        ]
+    if before_for and not row.reserved_for:
+        return [
+            events.event(
+                EventType.RESOURCE_UNRESERVED,
+                now,
+                resource=row.name,
+                kind=row.kind,
+                actor=actor,
+                detail={"reserved_for": before_for},
+            )
+        ]
+    return []

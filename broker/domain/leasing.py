@@ -41,6 +41,7 @@ from broker.domain.granting import (
     lease_view,
     principal_of,
 )
+from broker.domain.inventory import visible
 from broker.domain.kinds import KindRegistry
 from broker.domain.queue import WaitQueue
 from broker.domain.quotas import Quotas
@@ -54,6 +55,7 @@ from broker.domain.values import (
     LeaseView,
     Page,
     SessionState,
+    SetupReport,
     WaiterState,
     WaiterView,
     Waiting,
@@ -108,6 +110,7 @@ class Leases:
         max_wait: float = 3600.0,
         max_lifetime: float = 0.0,
         quotas: Quotas | None = None,
+        quarantine_after: int = 0,
         clock: Callable[[], float] = time.time,
         on_granted: Callable[[dict[int, Granted]], None] = lambda granted: None,
     ):
@@ -116,6 +119,7 @@ class Leases:
         self.quotas = quotas or Quotas()
         self.queue = WaitQueue(self.granter, self.quotas)
         self.max_wait = max_wait
+        self.quarantine_after = quarantine_after
         self.clock = clock
         self.on_granted = on_granted
 
@@ -195,7 +199,9 @@ class Leases:
                     "a lease may be bound only to a session of the principal acquiring it",
                     "NOT_SESSION_OWNER",
                 )
-        plan = self.granter.plan(needs, request.who, now, behind_priority=request.priority)
+        plan = self.granter.plan(
+            needs, request.who, now, behind_priority=request.priority, groups=request.groups
+        )
         standing = self.quotas.standing(request.who, sum(need.count for need in needs))
         over = standing is not None and standing.over
         lease_id = str(uuid.uuid4())
@@ -212,7 +218,9 @@ class Leases:
             )
         # Not granted now: busy, over the quota, or both; "never" beats both.
         refusal = (
-            None if plan.matching.complete else self.granter.refusal(needs, request.who, plan, now)
+            None
+            if plan.matching.complete
+            else self.granter.refusal(needs, request.who, plan, now, request.groups)
         )
         if refusal is not None and not isinstance(refusal, ResourceBusyError):
             return refusal
@@ -286,7 +294,9 @@ class Leases:
         standing = self.quotas.standing(who, sum(need.count for need in needs))
         if standing is not None and standing.over:
             return Waiting(waiter.id, position, None, waiter.deadline, quota=standing.text())
-        blocked = self.granter.blocked(needs, who, waiter.blocked_index, now)
+        blocked = self.granter.blocked(
+            needs, who, waiter.blocked_index, now, queue_model.groups_of(waiter)
+        )
         return Waiting(waiter.id, position, blocked, waiter.deadline)
 
     def abandon(self, waiter_id: int, timed_out: bool) -> Granted | None:
@@ -403,6 +413,63 @@ class Leases:
             self.end(lease, grants, LeaseState.RELEASED, now, "released by its holder", actor)
 
         return self._change(lease_id, secret, end, principal)
+
+    def report_setup(
+        self,
+        lease_id: str,
+        secret: str,
+        resource: str,
+        ok: bool,
+        error: str = "",
+        principal: str | None = None,
+    ) -> SetupReport:
+        """Counts how the setup of one of an active lease's resources went,
+        as its holder reports it (`principal` as for `renew`): after
+        `quarantine_after` failures in a row (0: never) the resource is
+        quarantined, out of service with the failure as its reason."""
+        if not resource:
+            raise InvalidArgumentError.of("resource", "is required")
+        if len(error) > MAX_REASON:
+            raise InvalidArgumentError.of("error", f"is longer than {MAX_REASON} characters")
+        outcome: list[SetupReport] = []
+
+        def count(lease: lease_model.Lease, grants: list, now: float) -> None:
+            grant = next((g for g in grants if g.resource_name == resource), None)
+            if grant is None or grant.resource_id is None:
+                raise FailedPreconditionError(
+                    PreconditionViolation(
+                        "NOT_IN_LEASE",
+                        f"resources/{clip(resource)}",
+                        f"lease {lease.id} does not hold {clip(resource)!r}: report only on "
+                        "the lease's own resources",
+                    )
+                )
+            failures = resource_model.count_setup(grant.resource_id, ok)
+            quarantined = bool(ok is False and self.quarantine_after) and (
+                failures == self.quarantine_after
+            )
+            if quarantined:
+                reason = (
+                    f"quarantined after {failures} failed setups in a row; the last: "
+                    f"{error or 'no error given'}"
+                )
+                resource_model.take_out_of_service(grant.resource_id, reason, now)
+                events.record(
+                    events.event(
+                        EventType.RESOURCE_QUARANTINED,
+                        now,
+                        resource=resource,
+                        kind=json.loads(grant.snapshot)["kind"],
+                        lease_id=lease.id,
+                        actor=principal_of(lease),
+                        reason=reason,
+                        detail={"failures": failures},
+                    )
+                )
+            outcome.append(SetupReport(failures, quarantined))
+
+        self._change(lease_id, secret, count, principal)
+        return outcome[0]
 
     def revoke(self, lease_id: str, reason: str, actor: str = "") -> LeaseView:
         """Ends someone's lease, recording why."""
@@ -557,13 +624,18 @@ class Leases:
 
     # ------------------------------------------------------------------ reads
 
-    def get(self, lease_id: str) -> LeaseView:
+    def get(self, lease_id: str, groups: tuple[str, ...] | None = None) -> LeaseView:
+        """One lease; its grants of resources outside `groups` (None: every
+        group) are left out."""
         if not lease_id:
             raise InvalidArgumentError.of("lease_id", "is required")
         lease = lease_model.leases_by_id([lease_id]).get(lease_id)
         if lease is None:
             raise NotFoundError("lease", lease_id)
-        return self._views([lease])[0]
+        views = self._views([lease], groups=groups)
+        if not views:
+            raise NotFoundError("lease", lease_id)
+        return views[0]
 
     def list(
         self,
@@ -573,6 +645,7 @@ class Leases:
         page_size: int,
         page_token: str,
         principal: str = "",
+        groups: tuple[str, ...] | None = None,
     ) -> Page[LeaseView]:
         size = paging.page_size(page_size)
         position = paging.decode_token(page_token, ("time", "id"))
@@ -589,7 +662,7 @@ class Leases:
         token = (
             paging.encode_token({"time": rows[-1].create_time, "id": rows[-1].id}) if more else ""
         )
-        return Page(tuple(self._views(rows)), token)
+        return Page(tuple(self._views(rows, groups=groups)), token)
 
     def _lock_delay(self, grants: list[lease_model.LeaseGrant], now: float) -> None:
         for grant in grants:
@@ -601,8 +674,12 @@ class Leases:
         self,
         leases: list[lease_model.Lease],
         grants: dict[str, list[lease_model.LeaseGrant]] | None = None,
+        groups: tuple[str, ...] | None = None,
     ) -> list[LeaseView]:
-        """Views of leases; `grants` may bring their grants, already read."""
+        """Views of leases; `grants` may bring their grants, already read.
+        Grants of resources outside `groups` (None: every group) are left
+        out, and so are leases of such resources only: to such a reader
+        those resources do not exist."""
         if grants is None:
             grants = lease_model.grants_of([lease.id for lease in leases])
         views = []
@@ -610,6 +687,8 @@ class Leases:
             grant_views = []
             for grant in grants[lease.id]:
                 view = from_snapshot(grant.resource_name, grant.snapshot, grant.fencing_token)
+                if not visible(view.group, groups):
+                    continue
                 if lease.state == LeaseState.ACTIVE:
                     kind = self.kinds.find(view.kind)
                     owner = principal_of(lease) if kind is None or kind.ownable else ""
@@ -617,5 +696,6 @@ class Leases:
                 grant_views.append(
                     GrantView(grant.requirement_index, grant.label, view, grant.fencing_token)
                 )
-            views.append(lease_view(lease, grant_views))
+            if grant_views or not grants[lease.id]:
+                views.append(lease_view(lease, grant_views))
         return views

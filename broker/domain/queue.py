@@ -20,8 +20,10 @@ announce after its commit.
 
 from __future__ import annotations
 
+import json
 import threading
 
+from broker.domain import events
 from broker.domain.errors import BrokerError
 from broker.domain.granting import (
     Granter,
@@ -32,7 +34,7 @@ from broker.domain.granting import (
 )
 from broker.domain.quotas import Quotas
 from broker.domain.replay import Replay
-from broker.domain.values import AcquireRequest, Granted, WaiterState
+from broker.domain.values import AcquireRequest, EventType, Granted, WaiterState
 from broker.models import queue as queue_model
 from broker.models import resource as resource_model
 
@@ -84,6 +86,7 @@ class WaitQueue:
                 "enqueue_time": now,
                 "deadline": deadline,
                 "blocked_index": 0 if plan is None else plan.blocked_index,
+                "groups": None if request.groups is None else json.dumps(list(request.groups)),
             }
         )
         if outranked is not None and request.priority > outranked:
@@ -96,6 +99,7 @@ class WaitQueue:
         """One pass over the waiting requests in order: grant whoever can be
         served in full, reserve for the others."""
         resource_model.clear_passed_delays(now)
+        self._end_reservations(now)
         waiters = queue_model.waiting(WaiterState.WAITING)
         queue_model.clear_reservations()
         if not waiters:
@@ -103,7 +107,7 @@ class WaitQueue:
         free = queue_model.free_counts_by_kind(now)
         # Identical requests fare alike, unless a resource is reserved for a
         # holder: then who asks matters too.
-        per_holder = resource_model.any_reserved_for()
+        per_holder = resource_model.any_restricted()
         reserved: set[int] = set()
         needs_of: dict[str, list[Need] | None] = {}
         fruitless: set[tuple[str, str]] = set()
@@ -118,7 +122,8 @@ class WaitQueue:
                 continue
             ownable = [need for need in needs if need.kind.ownable]
             who = waiter.principal or waiter.holder
-            key = (waiter.requirements, who if per_holder else "")
+            groups = queue_model.groups_of(waiter)
+            key = (waiter.requirements, (who, groups) if per_holder else "")
             if key in fruitless or (ownable and not any(free.get(n.kind.name) for n in ownable)):
                 continue  # nothing it could use is free: no grant, nothing to reserve
             size = sum(need.count for need in needs)
@@ -128,7 +133,7 @@ class WaitQueue:
                 continue
             if standing is not None and standing.over:
                 continue  # it waits for its principal's releases, reserving nothing
-            plan = self.granter.plan(needs, who, now, excluded=reserved)
+            plan = self.granter.plan(needs, who, now, excluded=reserved, groups=groups)
             if plan.matching.complete:
                 self.granted[waiter.id] = self.granter.commit(
                     plan,
@@ -160,6 +165,23 @@ class WaitQueue:
             for resource_id in taken:
                 kind = plan.by_id[resource_id].kind
                 free[kind] = free.get(kind, 0) - 1
+
+    def _end_reservations(self, now: float) -> None:
+        """Ends the reservations whose time is up, recording each."""
+        ended = resource_model.end_passed_reservations(now)
+        events.record(
+            *(
+                events.event(
+                    EventType.RESOURCE_UNRESERVED,
+                    now,
+                    resource=name,
+                    kind=kind,
+                    reason="its reservation ended",
+                    detail={"reserved_for": reserved_for},
+                )
+                for name, kind, reserved_for in ended
+            )
+        )
 
     def _needs(self, waiter, cache: dict[str, list[Need] | None]) -> list[Need] | None:
         """A waiter's checked requirements, once per distinct request in a pass."""

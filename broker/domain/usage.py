@@ -1,6 +1,7 @@
 """Usage statistics, computed from the audit trail: per resource or per
 kind over a time range, how many grants, how long they held, how long their
-requests waited, how many expired or were revoked."""
+requests waited, how many expired or were revoked, how often the resource
+was quarantined."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class _Tally:
     waits: list[float] = dataclasses.field(default_factory=list)
     expiries: int = 0
     revokes: int = 0
+    quarantines: int = 0
 
 
 class Usage:
@@ -49,7 +51,12 @@ class Usage:
             EventFilter(
                 resource=resource,
                 kind=kind,
-                types=(EventType.LEASE_GRANTED, EventType.LEASE_EXPIRED, EventType.LEASE_REVOKED),
+                types=(
+                    EventType.LEASE_GRANTED,
+                    EventType.LEASE_EXPIRED,
+                    EventType.LEASE_REVOKED,
+                    EventType.RESOURCE_QUARANTINED,
+                ),
                 start_time=start_time,
                 end_time=end_time,
             ),
@@ -68,6 +75,8 @@ class Usage:
                     tally.waits.append(float(view.detail.get("waited", 0.0)))
                 elif view.type == EventType.LEASE_EXPIRED:
                     tally.expiries += 1
+                elif view.type == EventType.RESOURCE_QUARANTINED:
+                    tally.quarantines += 1
                 else:
                     tally.revokes += 1
             if len(views) < READ_BATCH:
@@ -94,6 +103,7 @@ def _view(tally: _Tally, ends: dict[tuple[str, str], float], now: float) -> Usag
         wait_p95=_percentile(waits, 0.95),
         expiries=tally.expiries,
         revokes=tally.revokes,
+        quarantines=tally.quarantines,
     )
 
 

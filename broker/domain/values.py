@@ -60,6 +60,23 @@ class EventType(enum.StrEnum):
     TOKEN_CREATED = "token_created"
     TOKEN_REVOKED = "token_revoked"
     SESSION_LOST = "session_lost"
+    RESOURCE_OUT_OF_SERVICE = "resource_out_of_service"
+    RESOURCE_BACK_IN_SERVICE = "resource_back_in_service"
+    RESOURCE_QUARANTINED = "resource_quarantined"
+    RESOURCE_RESERVED = "resource_reserved"
+    RESOURCE_UNRESERVED = "resource_unreserved"
+
+
+class ObstacleCause(enum.IntEnum):
+    """Why a resource is not granted to a request (numbers match
+    `broker.v1.ObstacleCause`)."""
+
+    NO_SUCH_RESOURCE = 1
+    OUT_OF_SERVICE = 2
+    RESERVED = 3
+    HELD = 4
+    LOCK_DELAY = 5
+    QUEUED_AHEAD = 6
 
 
 class Role(enum.StrEnum):
@@ -154,6 +171,9 @@ class AcquireRequest:
     # Whether `principal` was verified (authentication on): a session the
     # lease is bound to must then be that principal's own.
     verified: bool = False
+    # The groups whose resources the caller may see and be granted; None:
+    # every group (an administrator, or authentication off).
+    groups: tuple[str, ...] | None = None
 
     @property
     def who(self) -> str:
@@ -178,6 +198,11 @@ class ResourceView:
     etag: str
     create_time: float
     update_time: float
+    reserved_until: float | None = None
+    reservation_reason: str = ""
+    service_reason: str = ""
+    setup_failures: int = 0
+    last_grant_time: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,6 +216,8 @@ class NewResource:
     comment: str = ""
     group: str = ""
     reserved_for: str = ""
+    reserved_until: float | None = None
+    reservation_reason: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,6 +232,8 @@ class ResourcePatch:
     comment: str = ""
     group: str = ""
     reserved_for: str = ""
+    reserved_until: float | None = None
+    reservation_reason: str = ""
     etag: str = ""
 
 
@@ -246,6 +275,15 @@ class Granted:
 
 
 @dataclasses.dataclass(frozen=True)
+class SetupReport:
+    """What a reported setup did: the resource's failures in a row since,
+    and whether it was quarantined by this report."""
+
+    setup_failures: int
+    quarantined: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class HolderView:
     """Who holds a resource that a request is waiting for."""
 
@@ -256,14 +294,27 @@ class HolderView:
 
 
 @dataclasses.dataclass(frozen=True)
+class Obstacle:
+    """Why one resource (none, for `NO_SUCH_RESOURCE`) is not granted to a
+    request: the cause, in words, and until when it lasts if known."""
+
+    resource: str
+    cause: ObstacleCause
+    text: str
+    until: float | None = None
+    principal: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class Blocked:
-    """The first requirement a request cannot get now, and who holds what it
-    could use."""
+    """The first requirement a request cannot get now, who holds what it
+    could use, and why each resource it could use is not granted."""
 
     requirement_index: int
     label: str
     kind: str
     holders: tuple[HolderView, ...]
+    obstacles: tuple[Obstacle, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -358,6 +409,7 @@ class UsageView:
     wait_p95: float
     expiries: int
     revokes: int
+    quarantines: int = 0
 
 
 T = TypeVar("T")

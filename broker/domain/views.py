@@ -41,6 +41,11 @@ def resource_view(
         etag=etag_of(resource),
         create_time=resource.create_time,
         update_time=resource.update_time,
+        reserved_until=resource.reserved_until if resource.reserved_for else None,
+        reservation_reason=resource.reservation_reason,
+        service_reason=resource.service_reason,
+        setup_failures=resource.setup_failures,
+        last_grant_time=resource.last_grant_time or None,
     )
 
 

@@ -78,17 +78,21 @@ def insert_grants(rows: Sequence[dict]) -> None:
     statements.insert_rows(LeaseGrant, rows)
 
 
-def claim_ownable(resource_ids: Sequence[int], lease_id: str, owner: str) -> dict[int, int]:
-    """Gives free ownable resources to a lease and bumps their fencing numbers;
-    returns the new number of each resource taken. Fewer than asked means
-    another lease got there first, and the caller must roll back."""
+def claim_ownable(
+    resource_ids: Sequence[int], lease_id: str, owner: str, now: float
+) -> dict[int, int]:
+    """Gives free ownable resources to a lease, bumps their fencing numbers
+    and notes when they were granted; returns the new number of each
+    resource taken. Fewer than asked means another lease got there first,
+    and the caller must roll back."""
     if not resource_ids:
         return {}
     cursor = statements.run(
-        'UPDATE "resource" SET "lease_id" = ?, "owner" = ?, "fencing_token" = "fencing_token" + 1'
+        'UPDATE "resource" SET "lease_id" = ?, "owner" = ?, "fencing_token" = "fencing_token" + 1,'
+        ' "last_grant_time" = ?'
         f' WHERE "id" IN ({statements.marks(len(resource_ids))}) AND "lease_id" IS NULL'
         ' RETURNING "id", "fencing_token"',
-        [lease_id, owner, *resource_ids],
+        [lease_id, owner, now, *resource_ids],
     )
     return dict(cursor.fetchall())
 

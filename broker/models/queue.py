@@ -3,6 +3,7 @@ they will be served, and the reservations their waits hold on free resources."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import peewee
@@ -34,9 +35,16 @@ class Waiter(BaseModel):
     deadline = peewee.DoubleField()
     blocked_index = peewee.IntegerField(default=0)
     end_time = peewee.DoubleField(null=True)
+    # The groups whose resources it may be granted, as JSON; NULL: every group.
+    groups = peewee.TextField(null=True)
 
     class Meta:
         indexes = ((("state", "priority", "id"), False), (("state", "end_time"), False))
+
+
+def groups_of(waiter: Waiter) -> tuple[str, ...] | None:
+    """The groups whose resources a waiting request may be granted."""
+    return None if waiter.groups is None else tuple(json.loads(waiter.groups))
 
 
 def insert_waiter(values: dict) -> int:

@@ -40,10 +40,20 @@ class Resource(BaseModel):
     reserved_priority = peewee.IntegerField(null=True)
     # Not granted before this time: the lock-delay after its holder vanished.
     available_time = peewee.DoubleField(null=True, index=True)
+    # When the reservation for `reserved_for` ends (None: when removed).
+    reserved_until = peewee.DoubleField(null=True, index=True)
+    reservation_reason = peewee.TextField(default="")
+    # Why it is out of service (`is_usable` false): maintenance, quarantine.
+    service_reason = peewee.TextField(default="")
+    # Setups reported failed in a row; a success resets it.
+    setup_failures = peewee.IntegerField(default=0)
+    # When it was last granted (0: never): free ones go least recent first.
+    last_grant_time = peewee.DoubleField(default=0.0)
 
     class Meta:
-        # The candidate query: usable resources of a kind, free ones first.
-        indexes = ((("kind", "lease_id", "id"), False),)
+        # The candidate query: resources of a kind, free ones first, least
+        # recently granted first.
+        indexes = ((("kind", "lease_id", "last_grant_time", "id"), False),)
 
 
 class ResourceData(BaseModel):
@@ -97,28 +107,45 @@ def _with_data(query, kind_model: type[ResourceData]):
     return query.join(kind_model, on=(kind_model.resource == Resource.id), attr="data")
 
 
+FREE, USABLE, EVERY = "free", "usable", "every"
+"""Modes of `select_candidates`: grantable now; grantable in some state of
+the inventory (held or reserved for a while); every resource, whatever its
+state (to say why a request is refused)."""
+
+
 def select_candidates(
     kind_model: type[ResourceData],
     kind: str,
     filters: list[Filter],
     *,
     holder: str,
-    free_only: bool,
+    mode: str,
     limit: int,
     now: float = 0.0,
     behind_priority: int | None = None,
+    groups: tuple[str, ...] | None = None,
 ) -> list[Resource]:
-    """Usable resources of a kind that satisfy the filters and may go to
-    `holder`, in id order, at most `limit`. `free_only` leaves out those an
-    active lease holds or a lock-delay keeps until after `now`, and, given
-    `behind_priority`, those reserved by a waiting request of that priority
-    or higher. Each row carries its kind's fields as `.data`."""
+    """Resources of a kind that satisfy the filters and are visible to a
+    caller in `groups` (None: every group), at most `limit`. `FREE` ones may
+    go to `holder` now, least recently granted first: usable, reserved for
+    nobody else (or no longer), held by no active lease, past any
+    lock-delay and, given `behind_priority`, not reserved by a waiting
+    request of that priority or higher. `USABLE` ones may go to it once
+    freed: usable, and reserved for nobody else or for a while only.
+    `EVERY` takes all. Each row carries its kind's fields as `.data`."""
     shape = tuple((field, len(values)) for field, values in filters)
-    sql = _candidates_sql(kind_model, shape, free_only, behind_priority is not None)
-    params: list = [kind, True, holder]
-    if free_only:
-        params.append(now)
-        if behind_priority is not None:
+    respect_queue = mode == FREE and behind_priority is not None
+    sql = _candidates_sql(
+        kind_model, shape, mode, respect_queue, None if groups is None else len(groups)
+    )
+    params: list = [kind]
+    if groups is not None:
+        params.extend(groups)
+    if mode != EVERY:
+        params.extend([True, holder])
+    if mode == FREE:
+        params.extend([now, now])
+        if respect_queue:
             params.append(behind_priority)
     for field, values in filters:
         column = _COMMON_COLUMNS.get(field) or getattr(kind_model, field)
@@ -137,22 +164,30 @@ def select_candidates(
 def _candidates_sql(
     kind_model: type[ResourceData],
     shape: tuple[tuple[str, int], ...],
-    free_only: bool,
-    respect_reservations: bool,
+    mode: str,
+    respect_queue: bool,
+    group_count: int | None,
 ) -> str:
     kind_columns = [f for f in statements.columns_of(kind_model) if f.name != "resource"]
     selected = ", ".join(
         [statements.column_list(Resource, "r"), *(f'k."{f.column_name}"' for f in kind_columns)]
     )
-    where = [
-        'r."kind" = ?',
-        'r."is_usable" = ?',
-        '(r."reserved_for" = \'\' OR r."reserved_for" = ?)',
-    ]
-    if free_only:
+    where = ['r."kind" = ?']
+    if group_count is not None:
+        visible = "r.\"group_name\" = ''"
+        if group_count:
+            visible += f' OR r."group_name" IN ({statements.marks(group_count)})'
+        where.append(f"({visible})")
+    if mode != EVERY:
+        where.append('r."is_usable" = ?')
+        passing = "<= ?" if mode == FREE else "IS NOT NULL"
+        where.append(
+            f'(r."reserved_for" = \'\' OR r."reserved_for" = ? OR r."reserved_until" {passing})'
+        )
+    if mode == FREE:
         where.append('r."lease_id" IS NULL')
         where.append('(r."available_time" IS NULL OR r."available_time" <= ?)')
-        if respect_reservations:
+        if respect_queue:
             where.append('(r."reserved_by" IS NULL OR r."reserved_priority" < ?)')
     for field, count in shape:
         common = _COMMON_COLUMNS.get(field)
@@ -162,10 +197,11 @@ def _candidates_sql(
             else f'k."{getattr(kind_model, field).column_name}"'
         )
         where.append(f"{column} = ?" if count == 1 else f"{column} IN ({statements.marks(count)})")
+    order = 'r."last_grant_time", r."id"' if mode == FREE else 'r."id"'
     return (
         f'SELECT {selected} FROM "resource" AS r'
         f' JOIN "{kind_model._meta.table_name}" AS k ON k."resource_id" = r."id"'
-        f' WHERE {" AND ".join(where)} ORDER BY r."id" LIMIT ?'
+        f" WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?"
     )
 
 
@@ -188,14 +224,18 @@ def list_resources(
     filters: list[Filter],
     after_name: str,
     limit: int,
+    groups: tuple[str, ...] | None = None,
 ) -> list[Resource]:
-    """Resources by name after `after_name`, optionally of one kind."""
+    """Resources by name after `after_name`, optionally of one kind, of no
+    group or of one of `groups` (None: of any)."""
     query = Resource.select(Resource)
     if kind_model is not None:
         query = _with_data(Resource.select(Resource, kind_model), kind_model).where(
             Resource.kind == kind
         )
     query = _where_filters(query, kind_model, filters)
+    if groups is not None:
+        query = query.where((Resource.group == "") | Resource.group.in_(list(groups)))
     if after_name:
         query = query.where(Resource.name > after_name)
     return list(query.order_by(Resource.name).limit(limit))
@@ -240,8 +280,12 @@ def delay_until(resource_ids: list[int], until: float) -> None:
 
 
 def delays_passed(now: float) -> bool:
-    """Whether a lock-delay ended that no queue pass has seen yet."""
-    cursor = statements.run('SELECT 1 FROM "resource" WHERE "available_time" <= ? LIMIT 1', [now])
+    """Whether a lock-delay or a reservation ended that no queue pass has
+    seen yet."""
+    cursor = statements.run(
+        'SELECT 1 FROM "resource" WHERE "available_time" <= ? OR "reserved_until" <= ? LIMIT 1',
+        [now, now],
+    )
     return cursor.fetchone() is not None
 
 
@@ -251,7 +295,47 @@ def clear_passed_delays(now: float) -> None:
     )
 
 
-def any_reserved_for() -> bool:
-    """Whether any resource is reserved for a particular holder."""
-    cursor = statements.run('SELECT 1 FROM "resource" WHERE "reserved_for" <> ? LIMIT 1', [""])
+def end_passed_reservations(now: float) -> list[tuple[str, str, str]]:
+    """Removes the reservations whose time is up; returns (name, kind,
+    reserved_for) of each."""
+    ended = statements.run(
+        'SELECT "id", "name", "kind", "reserved_for" FROM "resource" WHERE "reserved_until" <= ?',
+        [now],
+    ).fetchall()
+    if ended:
+        statements.run(
+            'UPDATE "resource" SET "reserved_for" = \'\', "reserved_until" = NULL,'
+            f' "reservation_reason" = \'\' WHERE "id" IN ({statements.marks(len(ended))})',
+            [row[0] for row in ended],
+        )
+    return [tuple(row[1:]) for row in ended]
+
+
+def any_restricted() -> bool:
+    """Whether any resource is reserved for a particular holder or belongs
+    to a group: then who asks matters, not only what."""
+    cursor = statements.run(
+        'SELECT 1 FROM "resource" WHERE "reserved_for" <> ? OR "group_name" <> ? LIMIT 1',
+        ["", ""],
+    )
     return cursor.fetchone() is not None
+
+
+def count_setup(resource_id: int, ok: bool) -> int:
+    """Counts a reported setup of a resource: a failure adds one to its
+    failures in a row, a success resets them; returns the count."""
+    change = "0" if ok else '"setup_failures" + 1'
+    cursor = statements.run(
+        f'UPDATE "resource" SET "setup_failures" = {change} WHERE "id" = ?'
+        ' RETURNING "setup_failures"',
+        [resource_id],
+    )
+    row = cursor.fetchone()
+    return 0 if row is None else row[0]
+
+
+def take_out_of_service(resource_id: int, reason: str, now: float) -> None:
+    """Makes a resource unusable, saying why, whatever its version."""
+    Resource.update(
+        is_usable=False, service_reason=reason, update_time=now, version=Resource.version + 1
+    ).where(Resource.id == resource_id).execute()

@@ -26,9 +26,10 @@ from broker.models.token import Token
 # queue, sessions and lock-delays, 3 keeps keyed hashes of request ids
 # instead of the ids, 4 records leases' and waiters' principals and keeps
 # API tokens, 5 gives events their kind and reason and keeps the fencing
-# numbers of grants deleted by retention, 6 caps leases' lifetimes and
-# indexes active leases by principal (for quotas). Bump it with every change
-# of the layout.
+# numbers of grants deleted by retention, 6 caps leases' lifetimes, indexes
+# active leases by principal (for quotas), and keeps resources' reservation
+# ends and reasons, service reasons, failed setups and last grant times, and
+# waiters' groups. Bump it with every change of the layout.
 SCHEMA_VERSION = 6
 SCHEMA_VERSION_KEY = "schema_version"
 # PostgreSQL keeps the first 63 bytes of a longer name.

@@ -51,6 +51,20 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     """An API token was made for a principal (`detail.name`, `detail.role`)."""
     EVENT_TYPE_TOKEN_REVOKED: _EventType.ValueType  # 11
     """A principal's API token was revoked (`detail.name`)."""
+    EVENT_TYPE_RESOURCE_OUT_OF_SERVICE: _EventType.ValueType  # 12
+    """An administrator took a resource out of service; `reason` says why."""
+    EVENT_TYPE_RESOURCE_BACK_IN_SERVICE: _EventType.ValueType  # 13
+    """An administrator put a resource back in service."""
+    EVENT_TYPE_RESOURCE_QUARANTINED: _EventType.ValueType  # 14
+    """A resource was taken out of service after failed setups in a row
+    (`detail.failures`); `reason` says why.
+    """
+    EVENT_TYPE_RESOURCE_RESERVED: _EventType.ValueType  # 15
+    """A resource was reserved for a principal (`detail.reserved_for`, and
+    `detail.reserved_until` if it ends); `reason` says why.
+    """
+    EVENT_TYPE_RESOURCE_UNRESERVED: _EventType.ValueType  # 16
+    """A resource's reservation was removed (`detail.reserved_for` names whose)."""
     EVENT_TYPE_SESSION_LOST: _EventType.ValueType  # 17
     """A session ended without its client closing it: its stream broke, or its
     keep-alives stopped (also when no broker attended it any more). `actor`
@@ -88,6 +102,20 @@ EVENT_TYPE_TOKEN_CREATED: EventType.ValueType  # 10
 """An API token was made for a principal (`detail.name`, `detail.role`)."""
 EVENT_TYPE_TOKEN_REVOKED: EventType.ValueType  # 11
 """A principal's API token was revoked (`detail.name`)."""
+EVENT_TYPE_RESOURCE_OUT_OF_SERVICE: EventType.ValueType  # 12
+"""An administrator took a resource out of service; `reason` says why."""
+EVENT_TYPE_RESOURCE_BACK_IN_SERVICE: EventType.ValueType  # 13
+"""An administrator put a resource back in service."""
+EVENT_TYPE_RESOURCE_QUARANTINED: EventType.ValueType  # 14
+"""A resource was taken out of service after failed setups in a row
+(`detail.failures`); `reason` says why.
+"""
+EVENT_TYPE_RESOURCE_RESERVED: EventType.ValueType  # 15
+"""A resource was reserved for a principal (`detail.reserved_for`, and
+`detail.reserved_until` if it ends); `reason` says why.
+"""
+EVENT_TYPE_RESOURCE_UNRESERVED: EventType.ValueType  # 16
+"""A resource's reservation was removed (`detail.reserved_for` names whose)."""
 EVENT_TYPE_SESSION_LOST: EventType.ValueType  # 17
 """A session ended without its client closing it: its stream broke, or its
 keep-alives stopped (also when no broker attended it any more). `actor`

@@ -103,6 +103,7 @@ class UsageStats(_message.Message):
     WAIT_P95_FIELD_NUMBER: _builtins.int
     EXPIRIES_FIELD_NUMBER: _builtins.int
     REVOKES_FIELD_NUMBER: _builtins.int
+    QUARANTINES_FIELD_NUMBER: _builtins.int
     resource: _builtins.str
     """The resource, when grouped per resource; empty per kind."""
     kind: _builtins.str
@@ -113,6 +114,8 @@ class UsageStats(_message.Message):
     """How many grants ended by expiry in the range (TTL or session lost)."""
     revokes: _builtins.int
     """How many grants were revoked in the range."""
+    quarantines: _builtins.int
+    """How many times the resource was quarantined in the range."""
     @_builtins.property
     def total_held(self) -> _duration_pb2.Duration:
         """How long those grants held the resource in all: from the grant to its
@@ -145,10 +148,11 @@ class UsageStats(_message.Message):
         wait_p95: _duration_pb2.Duration | None = ...,
         expiries: _builtins.int = ...,
         revokes: _builtins.int = ...,
+        quarantines: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["mean_held", b"mean_held", "total_held", b"total_held", "wait_p50", b"wait_p50", "wait_p95", b"wait_p95"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expiries", b"expiries", "grants", b"grants", "kind", b"kind", "mean_held", b"mean_held", "resource", b"resource", "revokes", b"revokes", "total_held", b"total_held", "wait_p50", b"wait_p50", "wait_p95", b"wait_p95"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expiries", b"expiries", "grants", b"grants", "kind", b"kind", "mean_held", b"mean_held", "quarantines", b"quarantines", "resource", b"resource", "revokes", b"revokes", "total_held", b"total_held", "wait_p50", b"wait_p50", "wait_p95", b"wait_p95"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -28,7 +28,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!broker/v1/inventory_service.proto\x12\tbroker.v1\x1a\x15\x62roker/v1/lease.proto\x1a\x18\x62roker/v1/resource.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\"\x12\n\x10ListKindsRequest\"3\n\x11ListKindsResponse\x12\x1e\n\x05kinds\x18\x01 \x03(\x0b\x32\x0f.broker.v1.Kind\"D\n\x15\x43reateResourceRequest\x12+\n\x08resource\x18\x01 \x01(\x0b\x32\x13.broker.v1.ResourceB\x04\xe2\x41\x01\x02\"?\n\x16\x43reateResourceResponse\x12%\n\x08resource\x18\x01 \x01(\x0b\x32\x13.broker.v1.Resource\"(\n\x12GetResourceRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"<\n\x13GetResourceResponse\x12%\n\x08resource\x18\x01 \x01(\x0b\x32\x13.broker.v1.Resource\"\x8f\x01\n\x14ListResourcesRequest\x12\x12\n\x04kind\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x30\n\x0b\x63onstraints\x18\x02 \x03(\x0b\x32\x15.broker.v1.ConstraintB\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"X\n\x15ListResourcesResponse\x12&\n\tresources\x18\x01 \x03(\x0b\x32\x13.broker.v1.Resource\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8f\x01\n\x15UpdateResourceRequest\x12+\n\x08resource\x18\x01 \x01(\x0b\x32\x13.broker.v1.ResourceB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x02\x12\x12\n\x04\x65tag\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"?\n\x16UpdateResourceResponse\x12%\n\x08resource\x18\x01 \x01(\x0b\x32\x13.broker.v1.Resource\"?\n\x15\x44\x65leteResourceRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04\x65tag\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"\x18\n\x16\x44\x65leteResourceResponse2\x81\x04\n\x10InventoryService\x12\x46\n\tListKinds\x12\x1b.broker.v1.ListKindsRequest\x1a\x1c.broker.v1.ListKindsResponse\x12U\n\x0e\x43reateResource\x12 .broker.v1.CreateResourceRequest\x1a!.broker.v1.CreateResourceResponse\x12L\n\x0bGetResource\x12\x1d.broker.v1.GetResourceRequest\x1a\x1e.broker.v1.GetResourceResponse\x12R\n\rListResources\x12\x1f.broker.v1.ListResourcesRequest\x1a .broker.v1.ListResourcesResponse\x12U\n\x0eUpdateResource\x12 .broker.v1.UpdateResourceRequest\x1a!.broker.v1.UpdateResourceResponse\x12U\n\x0e\x44\x65leteResource\x12 .broker.v1.DeleteResourceRequest\x1a!.broker.v1.DeleteResourceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!broker/v1/inventory_service.proto\x12\tbroker.v1\x1a\x15\x62roker/v1/lease.proto\x1a\x18\x62roker/v1/resource.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\"\x12\n\x10ListKindsRequest\"3\n\x11ListKindsResponse\x12\x1e\n\x05kinds\x18\x01 \x03(\x0b\x32\x0f.broker.v1.Kind\"D\n\x15\x43reateResourceRequest\x12+\n\x08resource\x18\x01 \x01(\x0b\x32\x13.broker.v1.ResourceB\x04\xe2\x41\x01\x02\"?\n\x16\x43reateResourceResponse\x12%\n\x08resource\x18\x01 \x01(\x0b\x32\x13.broker.v1.Resource\"(\n\x12GetResourceRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"<\n\x13GetResourceResponse\x12%\n\x08resource\x18\x01 \x01(\x0b\x32\x13.broker.v1.Resource\"\x8f\x01\n\x14ListResourcesRequest\x12\x12\n\x04kind\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x30\n\x0b\x63onstraints\x18\x02 \x03(\x0b\x32\x15.broker.v1.ConstraintB\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"X\n\x15ListResourcesResponse\x12&\n\tresources\x18\x01 \x03(\x0b\x32\x13.broker.v1.Resource\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8f\x01\n\x15UpdateResourceRequest\x12+\n\x08resource\x18\x01 \x01(\x0b\x32\x13.broker.v1.ResourceB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x02\x12\x12\n\x04\x65tag\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"?\n\x16UpdateResourceResponse\x12%\n\x08resource\x18\x01 \x01(\x0b\x32\x13.broker.v1.Resource\"?\n\x15\x44\x65leteResourceRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04\x65tag\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"\x18\n\x16\x44\x65leteResourceResponse\"B\n\x16SetOutOfServiceRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"@\n\x17SetOutOfServiceResponse\x12%\n\x08resource\x18\x01 \x01(\x0b\x32\x13.broker.v1.Resource\",\n\x16ReturnToServiceRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"@\n\x17ReturnToServiceResponse\x12%\n\x08resource\x18\x01 \x01(\x0b\x32\x13.broker.v1.Resource2\xb5\x05\n\x10InventoryService\x12\x46\n\tListKinds\x12\x1b.broker.v1.ListKindsRequest\x1a\x1c.broker.v1.ListKindsResponse\x12U\n\x0e\x43reateResource\x12 .broker.v1.CreateResourceRequest\x1a!.broker.v1.CreateResourceResponse\x12L\n\x0bGetResource\x12\x1d.broker.v1.GetResourceRequest\x1a\x1e.broker.v1.GetResourceResponse\x12R\n\rListResources\x12\x1f.broker.v1.ListResourcesRequest\x1a .broker.v1.ListResourcesResponse\x12U\n\x0eUpdateResource\x12 .broker.v1.UpdateResourceRequest\x1a!.broker.v1.UpdateResourceResponse\x12U\n\x0e\x44\x65leteResource\x12 .broker.v1.DeleteResourceRequest\x1a!.broker.v1.DeleteResourceResponse\x12X\n\x0fSetOutOfService\x12!.broker.v1.SetOutOfServiceRequest\x1a\".broker.v1.SetOutOfServiceResponse\x12X\n\x0fReturnToService\x12!.broker.v1.ReturnToServiceRequest\x1a\".broker.v1.ReturnToServiceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -57,6 +57,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETERESOURCEREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
   _globals['_DELETERESOURCEREQUEST'].fields_by_name['etag']._loaded_options = None
   _globals['_DELETERESOURCEREQUEST'].fields_by_name['etag']._serialized_options = b'\342A\001\001'
+  _globals['_SETOUTOFSERVICEREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_SETOUTOFSERVICEREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_SETOUTOFSERVICEREQUEST'].fields_by_name['reason']._loaded_options = None
+  _globals['_SETOUTOFSERVICEREQUEST'].fields_by_name['reason']._serialized_options = b'\342A\001\002'
+  _globals['_RETURNTOSERVICEREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_RETURNTOSERVICEREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
   _globals['_LISTKINDSREQUEST']._serialized_start=164
   _globals['_LISTKINDSREQUEST']._serialized_end=182
   _globals['_LISTKINDSRESPONSE']._serialized_start=184
@@ -81,6 +87,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETERESOURCEREQUEST']._serialized_end=986
   _globals['_DELETERESOURCERESPONSE']._serialized_start=988
   _globals['_DELETERESOURCERESPONSE']._serialized_end=1012
-  _globals['_INVENTORYSERVICE']._serialized_start=1015
-  _globals['_INVENTORYSERVICE']._serialized_end=1528
+  _globals['_SETOUTOFSERVICEREQUEST']._serialized_start=1014
+  _globals['_SETOUTOFSERVICEREQUEST']._serialized_end=1080
+  _globals['_SETOUTOFSERVICERESPONSE']._serialized_start=1082
+  _globals['_SETOUTOFSERVICERESPONSE']._serialized_end=1146
+  _globals['_RETURNTOSERVICEREQUEST']._serialized_start=1148
+  _globals['_RETURNTOSERVICEREQUEST']._serialized_end=1192
+  _globals['_RETURNTOSERVICERESPONSE']._serialized_start=1194
+  _globals['_RETURNTOSERVICERESPONSE']._serialized_end=1258
+  _globals['_INVENTORYSERVICE']._serialized_start=1261
+  _globals['_INVENTORYSERVICE']._serialized_end=1954
 # @@protoc_insertion_point(module_scope)

@@ -244,8 +244,9 @@ class UpdateResourceRequest(_message.Message):
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Required. The fields to change: `is_usable`, `comment`, `group`,
-        `reserved_for`, or `fields.<name>` for a kind's own field (`fields`
-        alone replaces every typed field given).
+        `reserved_for`, `reserved_until`, `reservation_reason`, or
+        `fields.<name>` for a kind's own field (`fields` alone replaces every
+        typed field given).
         """
 
     def __init__(
@@ -331,3 +332,101 @@ class DeleteResourceResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteResourceResponse: _TypeAlias = DeleteResourceResponse  # noqa: Y015
+
+@_typing.final
+class SetOutOfServiceRequest(_message.Message):
+    """Request of `SetOutOfService`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Required. The resource's name."""
+    reason: _builtins.str
+    """Required. Why it is taken out of service, e.g. "screen broken, ticket
+    LAB-12": shown to whoever asks for it. At most 1024 characters.
+    """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetOutOfServiceRequest: _TypeAlias = SetOutOfServiceRequest  # noqa: Y015
+
+@_typing.final
+class SetOutOfServiceResponse(_message.Message):
+    """Response of `SetOutOfService`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def resource(self) -> _resource_pb2.Resource:
+        """The resource as stored after the change."""
+
+    def __init__(
+        self,
+        *,
+        resource: _resource_pb2.Resource | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resource", b"resource"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["resource", b"resource"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetOutOfServiceResponse: _TypeAlias = SetOutOfServiceResponse  # noqa: Y015
+
+@_typing.final
+class ReturnToServiceRequest(_message.Message):
+    """Request of `ReturnToService`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Required. The resource's name."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReturnToServiceRequest: _TypeAlias = ReturnToServiceRequest  # noqa: Y015
+
+@_typing.final
+class ReturnToServiceResponse(_message.Message):
+    """Response of `ReturnToService`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def resource(self) -> _resource_pb2.Resource:
+        """The resource as stored after the change."""
+
+    def __init__(
+        self,
+        *,
+        resource: _resource_pb2.Resource | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resource", b"resource"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["resource", b"resource"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReturnToServiceResponse: _TypeAlias = ReturnToServiceResponse  # noqa: Y015

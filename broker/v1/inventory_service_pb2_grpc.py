@@ -73,6 +73,16 @@ class InventoryServiceStub:
                 request_serializer=broker_dot_v1_dot_inventory__service__pb2.DeleteResourceRequest.SerializeToString,
                 response_deserializer=broker_dot_v1_dot_inventory__service__pb2.DeleteResourceResponse.FromString,
                 _registered_method=True)
+        self.SetOutOfService = channel.unary_unary(
+                '/broker.v1.InventoryService/SetOutOfService',
+                request_serializer=broker_dot_v1_dot_inventory__service__pb2.SetOutOfServiceRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_inventory__service__pb2.SetOutOfServiceResponse.FromString,
+                _registered_method=True)
+        self.ReturnToService = channel.unary_unary(
+                '/broker.v1.InventoryService/ReturnToService',
+                request_serializer=broker_dot_v1_dot_inventory__service__pb2.ReturnToServiceRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_inventory__service__pb2.ReturnToServiceResponse.FromString,
+                _registered_method=True)
 
 
 class InventoryServiceServicer:
@@ -136,6 +146,25 @@ class InventoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetOutOfService(self, request, context):
+        """Takes a resource out of service for maintenance, with a reason: it is
+        never granted until `ReturnToService` (the lease holding it, if any,
+        keeps it). Requests that only it could serve fail at once, saying why.
+        Errors: INVALID_ARGUMENT (no reason), NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReturnToService(self, request, context):
+        """Puts a resource back in service (after maintenance or a quarantine),
+        clearing its reason and its count of failed setups; waiting requests
+        may then be granted it. Errors: INVALID_ARGUMENT, NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InventoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -168,6 +197,16 @@ def add_InventoryServiceServicer_to_server(servicer, server):
                     servicer.DeleteResource,
                     request_deserializer=broker_dot_v1_dot_inventory__service__pb2.DeleteResourceRequest.FromString,
                     response_serializer=broker_dot_v1_dot_inventory__service__pb2.DeleteResourceResponse.SerializeToString,
+            ),
+            'SetOutOfService': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetOutOfService,
+                    request_deserializer=broker_dot_v1_dot_inventory__service__pb2.SetOutOfServiceRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_inventory__service__pb2.SetOutOfServiceResponse.SerializeToString,
+            ),
+            'ReturnToService': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReturnToService,
+                    request_deserializer=broker_dot_v1_dot_inventory__service__pb2.ReturnToServiceRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_inventory__service__pb2.ReturnToServiceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -341,6 +380,60 @@ class InventoryService:
             '/broker.v1.InventoryService/DeleteResource',
             broker_dot_v1_dot_inventory__service__pb2.DeleteResourceRequest.SerializeToString,
             broker_dot_v1_dot_inventory__service__pb2.DeleteResourceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetOutOfService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/broker.v1.InventoryService/SetOutOfService',
+            broker_dot_v1_dot_inventory__service__pb2.SetOutOfServiceRequest.SerializeToString,
+            broker_dot_v1_dot_inventory__service__pb2.SetOutOfServiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReturnToService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/broker.v1.InventoryService/ReturnToService',
+            broker_dot_v1_dot_inventory__service__pb2.ReturnToServiceRequest.SerializeToString,
+            broker_dot_v1_dot_inventory__service__pb2.ReturnToServiceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -65,6 +65,17 @@ class InventoryServiceStub:
     """Deletes a resource. Errors: INVALID_ARGUMENT, NOT_FOUND,
     FAILED_PRECONDITION (an active lease holds it), ABORTED (stale etag).
     """
+    SetOutOfService: _grpc.UnaryUnaryMultiCallable[_inventory_service_pb2.SetOutOfServiceRequest, _inventory_service_pb2.SetOutOfServiceResponse]
+    """Takes a resource out of service for maintenance, with a reason: it is
+    never granted until `ReturnToService` (the lease holding it, if any,
+    keeps it). Requests that only it could serve fail at once, saying why.
+    Errors: INVALID_ARGUMENT (no reason), NOT_FOUND.
+    """
+    ReturnToService: _grpc.UnaryUnaryMultiCallable[_inventory_service_pb2.ReturnToServiceRequest, _inventory_service_pb2.ReturnToServiceResponse]
+    """Puts a resource back in service (after maintenance or a quarantine),
+    clearing its reason and its count of failed setups; waiting requests
+    may then be granted it. Errors: INVALID_ARGUMENT, NOT_FOUND.
+    """
 
 @_typing.type_check_only
 class InventoryServiceAsyncStub(InventoryServiceStub):
@@ -102,6 +113,17 @@ class InventoryServiceAsyncStub(InventoryServiceStub):
     DeleteResource: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.DeleteResourceRequest, _inventory_service_pb2.DeleteResourceResponse]  # type: ignore[assignment]
     """Deletes a resource. Errors: INVALID_ARGUMENT, NOT_FOUND,
     FAILED_PRECONDITION (an active lease holds it), ABORTED (stale etag).
+    """
+    SetOutOfService: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.SetOutOfServiceRequest, _inventory_service_pb2.SetOutOfServiceResponse]  # type: ignore[assignment]
+    """Takes a resource out of service for maintenance, with a reason: it is
+    never granted until `ReturnToService` (the lease holding it, if any,
+    keeps it). Requests that only it could serve fail at once, saying why.
+    Errors: INVALID_ARGUMENT (no reason), NOT_FOUND.
+    """
+    ReturnToService: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.ReturnToServiceRequest, _inventory_service_pb2.ReturnToServiceResponse]  # type: ignore[assignment]
+    """Puts a resource back in service (after maintenance or a quarantine),
+    clearing its reason and its count of failed setups; waiting requests
+    may then be granted it. Errors: INVALID_ARGUMENT, NOT_FOUND.
     """
 
 class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -173,6 +195,29 @@ class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_inventory_service_pb2.DeleteResourceResponse, _abc.Awaitable[_inventory_service_pb2.DeleteResourceResponse]]:
         """Deletes a resource. Errors: INVALID_ARGUMENT, NOT_FOUND,
         FAILED_PRECONDITION (an active lease holds it), ABORTED (stale etag).
+        """
+
+    @_abc_1.abstractmethod
+    def SetOutOfService(
+        self,
+        request: _inventory_service_pb2.SetOutOfServiceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inventory_service_pb2.SetOutOfServiceResponse, _abc.Awaitable[_inventory_service_pb2.SetOutOfServiceResponse]]:
+        """Takes a resource out of service for maintenance, with a reason: it is
+        never granted until `ReturnToService` (the lease holding it, if any,
+        keeps it). Requests that only it could serve fail at once, saying why.
+        Errors: INVALID_ARGUMENT (no reason), NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def ReturnToService(
+        self,
+        request: _inventory_service_pb2.ReturnToServiceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inventory_service_pb2.ReturnToServiceResponse, _abc.Awaitable[_inventory_service_pb2.ReturnToServiceResponse]]:
+        """Puts a resource back in service (after maintenance or a quarantine),
+        clearing its reason and its count of failed setups; waiting requests
+        may then be granted it. Errors: INVALID_ARGUMENT, NOT_FOUND.
         """
 
 def add_InventoryServiceServicer_to_server(servicer: InventoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -58,6 +58,50 @@ LEASE_STATE_REVOKED: LeaseState.ValueType  # 4
 """An administrator revoked it; `end_reason` says why."""
 Global___LeaseState: _TypeAlias = LeaseState  # noqa: Y015
 
+class _ObstacleCause:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ObstacleCauseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ObstacleCause.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OBSTACLE_CAUSE_UNSPECIFIED: _ObstacleCause.ValueType  # 0
+    """Never used."""
+    OBSTACLE_CAUSE_NO_SUCH_RESOURCE: _ObstacleCause.ValueType  # 1
+    """No resource (visible to the caller) matches the requirement at all,
+    e.g. a mistyped name.
+    """
+    OBSTACLE_CAUSE_OUT_OF_SERVICE: _ObstacleCause.ValueType  # 2
+    """The resource is out of service (maintenance or quarantine)."""
+    OBSTACLE_CAUSE_RESERVED: _ObstacleCause.ValueType  # 3
+    """The resource is reserved for another principal."""
+    OBSTACLE_CAUSE_HELD: _ObstacleCause.ValueType  # 4
+    """Another lease holds the resource."""
+    OBSTACLE_CAUSE_LOCK_DELAY: _ObstacleCause.ValueType  # 5
+    """The resource is kept out of reach for its kind's lock-delay."""
+    OBSTACLE_CAUSE_QUEUED_AHEAD: _ObstacleCause.ValueType  # 6
+    """The resource is free but kept for a request ahead in the queue."""
+
+class ObstacleCause(_ObstacleCause, metaclass=_ObstacleCauseEnumTypeWrapper):
+    """Why a resource is not granted to a request."""
+
+OBSTACLE_CAUSE_UNSPECIFIED: ObstacleCause.ValueType  # 0
+"""Never used."""
+OBSTACLE_CAUSE_NO_SUCH_RESOURCE: ObstacleCause.ValueType  # 1
+"""No resource (visible to the caller) matches the requirement at all,
+e.g. a mistyped name.
+"""
+OBSTACLE_CAUSE_OUT_OF_SERVICE: ObstacleCause.ValueType  # 2
+"""The resource is out of service (maintenance or quarantine)."""
+OBSTACLE_CAUSE_RESERVED: ObstacleCause.ValueType  # 3
+"""The resource is reserved for another principal."""
+OBSTACLE_CAUSE_HELD: ObstacleCause.ValueType  # 4
+"""Another lease holds the resource."""
+OBSTACLE_CAUSE_LOCK_DELAY: ObstacleCause.ValueType  # 5
+"""The resource is kept out of reach for its kind's lock-delay."""
+OBSTACLE_CAUSE_QUEUED_AHEAD: ObstacleCause.ValueType  # 6
+"""The resource is free but kept for a request ahead in the queue."""
+Global___ObstacleCause: _TypeAlias = ObstacleCause  # noqa: Y015
+
 @_typing.final
 class FieldValueList(_message.Message):
     """A list of values, for set membership."""
@@ -339,6 +383,7 @@ class AcquireBlocked(_message.Message):
     LABEL_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     HOLDERS_FIELD_NUMBER: _builtins.int
+    OBSTACLES_FIELD_NUMBER: _builtins.int
     requirement_index: _builtins.int
     """The index of the first requirement that cannot be satisfied now."""
     label: _builtins.str
@@ -349,6 +394,12 @@ class AcquireBlocked(_message.Message):
     def holders(self) -> _containers.RepeatedCompositeFieldContainer[Global___Holder]:
         """Current holders of resources that would satisfy it, at most 16."""
 
+    @_builtins.property
+    def obstacles(self) -> _containers.RepeatedCompositeFieldContainer[Global___Obstacle]:
+        """Why each resource that could satisfy it is not granted now, in words
+        and as a cause, at most 16.
+        """
+
     def __init__(
         self,
         *,
@@ -356,14 +407,59 @@ class AcquireBlocked(_message.Message):
         label: _builtins.str = ...,
         kind: _builtins.str = ...,
         holders: _abc.Iterable[Global___Holder] | None = ...,
+        obstacles: _abc.Iterable[Global___Obstacle] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["holders", b"holders", "kind", b"kind", "label", b"label", "requirement_index", b"requirement_index"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holders", b"holders", "kind", b"kind", "label", b"label", "obstacles", b"obstacles", "requirement_index", b"requirement_index"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AcquireBlocked: _TypeAlias = AcquireBlocked  # noqa: Y015
+
+@_typing.final
+class Obstacle(_message.Message):
+    """One reason a request cannot have a resource now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    CAUSE_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    resource: _builtins.str
+    """The resource, empty for `OBSTACLE_CAUSE_NO_SUCH_RESOURCE`."""
+    cause: Global___ObstacleCause.ValueType
+    """What keeps it."""
+    text: _builtins.str
+    """The reason in words, e.g. "calc-1 is reserved for bob until
+    2026-12-02T10:00:00Z: demo".
+    """
+    principal: _builtins.str
+    """The principal it is reserved for or held by, if any."""
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """Until when the cause lasts, when known (a reservation's end, a lease's
+        expiry, a lock-delay's end).
+        """
+
+    def __init__(
+        self,
+        *,
+        resource: _builtins.str = ...,
+        cause: Global___ObstacleCause.ValueType = ...,
+        text: _builtins.str = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        principal: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "principal", b"principal", "resource", b"resource", "text", b"text", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Obstacle: _TypeAlias = Obstacle  # noqa: Y015
 
 @_typing.final
 class QueueStatus(_message.Message):

@@ -588,3 +588,69 @@ class RevokeLeaseResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RevokeLeaseResponse: _TypeAlias = RevokeLeaseResponse  # noqa: Y015
+
+@_typing.final
+class ReportSetupRequest(_message.Message):
+    """Request of `ReportSetup`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    OK_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    lease_id: _builtins.str
+    """Required. The lease's id."""
+    secret: _builtins.str
+    """Required. The lease's secret, as returned by `AcquireLease`."""
+    resource: _builtins.str
+    """Required. The name of one of the lease's resources."""
+    ok: _builtins.bool
+    """Optional. True: the setup succeeded; false: it failed."""
+    error: _builtins.str
+    """Optional. For a failure, what went wrong, e.g. the exception raised by
+    `initialize()`. At most 1024 characters.
+    """
+    def __init__(
+        self,
+        *,
+        lease_id: _builtins.str = ...,
+        secret: _builtins.str = ...,
+        resource: _builtins.str = ...,
+        ok: _builtins.bool = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "lease_id", b"lease_id", "ok", b"ok", "resource", b"resource", "secret", b"secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportSetupRequest: _TypeAlias = ReportSetupRequest  # noqa: Y015
+
+@_typing.final
+class ReportSetupResponse(_message.Message):
+    """Response of `ReportSetup`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETUP_FAILURES_FIELD_NUMBER: _builtins.int
+    QUARANTINED_FIELD_NUMBER: _builtins.int
+    setup_failures: _builtins.int
+    """The resource's failed setups in a row, after this report."""
+    quarantined: _builtins.bool
+    """Whether this report quarantined the resource."""
+    def __init__(
+        self,
+        *,
+        setup_failures: _builtins.int = ...,
+        quarantined: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["quarantined", b"quarantined", "setup_failures", b"setup_failures"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportSetupResponse: _TypeAlias = ReportSetupResponse  # noqa: Y015

@@ -101,6 +101,11 @@ class LeaseServiceStub:
                 request_serializer=broker_dot_v1_dot_lease__service__pb2.RevokeLeaseRequest.SerializeToString,
                 response_deserializer=broker_dot_v1_dot_lease__service__pb2.RevokeLeaseResponse.FromString,
                 _registered_method=True)
+        self.ReportSetup = channel.unary_unary(
+                '/broker.v1.LeaseService/ReportSetup',
+                request_serializer=broker_dot_v1_dot_lease__service__pb2.ReportSetupRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_lease__service__pb2.ReportSetupResponse.FromString,
+                _registered_method=True)
 
 
 class LeaseServiceServicer:
@@ -218,6 +223,19 @@ class LeaseServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportSetup(self, request, context):
+        """Reports how the setup (`validate()` / `initialize()`) of one of a lease's
+        resources went, by the lease's holder. After
+        `quarantine.after_failures` failures in a row the resource is
+        quarantined: out of service, its reason naming the failure; a success
+        resets the count. Errors: INVALID_ARGUMENT, NOT_FOUND (no such lease),
+        PERMISSION_DENIED (missing or wrong secret), FAILED_PRECONDITION (the
+        lease ended, or does not hold that resource).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LeaseServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -265,6 +283,11 @@ def add_LeaseServiceServicer_to_server(servicer, server):
                     servicer.RevokeLease,
                     request_deserializer=broker_dot_v1_dot_lease__service__pb2.RevokeLeaseRequest.FromString,
                     response_serializer=broker_dot_v1_dot_lease__service__pb2.RevokeLeaseResponse.SerializeToString,
+            ),
+            'ReportSetup': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportSetup,
+                    request_deserializer=broker_dot_v1_dot_lease__service__pb2.ReportSetupRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_lease__service__pb2.ReportSetupResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -532,6 +555,33 @@ class LeaseService:
             '/broker.v1.LeaseService/RevokeLease',
             broker_dot_v1_dot_lease__service__pb2.RevokeLeaseRequest.SerializeToString,
             broker_dot_v1_dot_lease__service__pb2.RevokeLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportSetup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/broker.v1.LeaseService/ReportSetup',
+            broker_dot_v1_dot_lease__service__pb2.ReportSetupRequest.SerializeToString,
+            broker_dot_v1_dot_lease__service__pb2.ReportSetupResponse.FromString,
             options,
             channel_credentials,
             insecure,

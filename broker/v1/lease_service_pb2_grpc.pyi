@@ -108,6 +108,15 @@ class LeaseServiceStub:
     Errors: INVALID_ARGUMENT (no reason), NOT_FOUND, FAILED_PRECONDITION
     (already ended).
     """
+    ReportSetup: _grpc.UnaryUnaryMultiCallable[_lease_service_pb2.ReportSetupRequest, _lease_service_pb2.ReportSetupResponse]
+    """Reports how the setup (`validate()` / `initialize()`) of one of a lease's
+    resources went, by the lease's holder. After
+    `quarantine.after_failures` failures in a row the resource is
+    quarantined: out of service, its reason naming the failure; a success
+    resets the count. Errors: INVALID_ARGUMENT, NOT_FOUND (no such lease),
+    PERMISSION_DENIED (missing or wrong secret), FAILED_PRECONDITION (the
+    lease ended, or does not hold that resource).
+    """
 
 @_typing.type_check_only
 class LeaseServiceAsyncStub(LeaseServiceStub):
@@ -188,6 +197,15 @@ class LeaseServiceAsyncStub(LeaseServiceStub):
     """Ends someone else's lease, recording why; its resources are freed.
     Errors: INVALID_ARGUMENT (no reason), NOT_FOUND, FAILED_PRECONDITION
     (already ended).
+    """
+    ReportSetup: _aio.UnaryUnaryMultiCallable[_lease_service_pb2.ReportSetupRequest, _lease_service_pb2.ReportSetupResponse]  # type: ignore[assignment]
+    """Reports how the setup (`validate()` / `initialize()`) of one of a lease's
+    resources went, by the lease's holder. After
+    `quarantine.after_failures` failures in a row the resource is
+    quarantined: out of service, its reason naming the failure; a success
+    resets the count. Errors: INVALID_ARGUMENT, NOT_FOUND (no such lease),
+    PERMISSION_DENIED (missing or wrong secret), FAILED_PRECONDITION (the
+    lease ended, or does not hold that resource).
     """
 
 class LeaseServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -320,6 +338,21 @@ class LeaseServiceServicer(metaclass=_abc_1.ABCMeta):
         """Ends someone else's lease, recording why; its resources are freed.
         Errors: INVALID_ARGUMENT (no reason), NOT_FOUND, FAILED_PRECONDITION
         (already ended).
+        """
+
+    @_abc_1.abstractmethod
+    def ReportSetup(
+        self,
+        request: _lease_service_pb2.ReportSetupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lease_service_pb2.ReportSetupResponse, _abc.Awaitable[_lease_service_pb2.ReportSetupResponse]]:
+        """Reports how the setup (`validate()` / `initialize()`) of one of a lease's
+        resources went, by the lease's holder. After
+        `quarantine.after_failures` failures in a row the resource is
+        quarantined: out of service, its reason naming the failure; a success
+        resets the count. Errors: INVALID_ARGUMENT, NOT_FOUND (no such lease),
+        PERMISSION_DENIED (missing or wrong secret), FAILED_PRECONDITION (the
+        lease ended, or does not hold that resource).
         """
 
 def add_LeaseServiceServicer_to_server(servicer: LeaseServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -237,6 +237,11 @@ class Resource(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    RESERVED_UNTIL_FIELD_NUMBER: _builtins.int
+    RESERVATION_REASON_FIELD_NUMBER: _builtins.int
+    SERVICE_REASON_FIELD_NUMBER: _builtins.int
+    SETUP_FAILURES_FIELD_NUMBER: _builtins.int
+    LAST_GRANT_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. The resource's name, unique across all kinds: 1 to 128
     characters of letters, digits, `.`, `_` and `-`. Immutable.
@@ -247,15 +252,21 @@ class Resource(_message.Message):
     """
     is_usable: _builtins.bool
     """Optional. False takes the resource out of service: it is never granted.
-    Defaults to true on create.
+    Defaults to true on create. `InventoryService.SetOutOfService` and
+    `ReturnToService` change it with a reason kept in `service_reason`.
     """
     comment: _builtins.str
     """Optional. Free text for people, e.g. why it is not usable."""
     group: _builtins.str
-    """Optional. A free-form label grouping resources, e.g. a lab bench."""
+    """Optional. The group the resource belongs to, e.g. a team's bench. With
+    authentication on, a resource with a group is visible and granted only
+    to principals of that group (and to administrators): to others it does
+    not exist.
+    """
     reserved_for: _builtins.str
-    """Optional. If set, only leases whose holder has this name are granted
-    this resource.
+    """Optional. If set, only leases of this principal (with authentication
+    off: whose holder has this name) are granted this resource, until
+    `reserved_until`.
     """
     owner: _builtins.str
     """Output only. The holder named by the lease that holds the resource, or
@@ -268,6 +279,18 @@ class Resource(_message.Message):
     etag: _builtins.str
     """Output only. An opaque version of the resource; pass it back in
     `UpdateResourceRequest.etag` to update only what you read.
+    """
+    reservation_reason: _builtins.str
+    """Optional. Why the resource is reserved, for people. At most 1024
+    characters.
+    """
+    service_reason: _builtins.str
+    """Output only. Why the resource is out of service (`is_usable` false), as
+    given to `SetOutOfService` or set by a quarantine; empty when usable.
+    """
+    setup_failures: _builtins.int
+    """Output only. How many setups of the resource (`validate()` or
+    `initialize()` in the SDK) failed in a row, as reported by holders.
     """
     @_builtins.property
     def fields(self) -> _containers.MessageMap[_builtins.str, Global___FieldValue]:
@@ -289,6 +312,20 @@ class Resource(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the resource's stored fields last changed."""
 
+    @_builtins.property
+    def reserved_until(self) -> _timestamp_pb2.Timestamp:
+        """Optional. When the reservation in `reserved_for` ends; unset: it lasts
+        until it is removed. Others' requests wait for a reservation that ends
+        and fail at once for one that does not. A time past means no
+        reservation.
+        """
+
+    @_builtins.property
+    def last_grant_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only. When the resource was last granted; unset if never. Free
+        resources are granted least recently granted first.
+        """
+
     def __init__(
         self,
         *,
@@ -305,10 +342,15 @@ class Resource(_message.Message):
         etag: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        reserved_until: _timestamp_pb2.Timestamp | None = ...,
+        reservation_reason: _builtins.str = ...,
+        service_reason: _builtins.str = ...,
+        setup_failures: _builtins.int = ...,
+        last_grant_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_is_usable", b"_is_usable", "create_time", b"create_time", "is_usable", b"is_usable", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_is_usable", b"_is_usable", "create_time", b"create_time", "is_usable", b"is_usable", "last_grant_time", b"last_grant_time", "reserved_until", b"reserved_until", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_is_usable", b"_is_usable", "comment", b"comment", "create_time", b"create_time", "etag", b"etag", "fencing_token", b"fencing_token", "fields", b"fields", "group", b"group", "is_usable", b"is_usable", "kind", b"kind", "lease_ids", b"lease_ids", "name", b"name", "owner", b"owner", "reserved_for", b"reserved_for", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_is_usable", b"_is_usable", "comment", b"comment", "create_time", b"create_time", "etag", b"etag", "fencing_token", b"fencing_token", "fields", b"fields", "group", b"group", "is_usable", b"is_usable", "kind", b"kind", "last_grant_time", b"last_grant_time", "lease_ids", b"lease_ids", "name", b"name", "owner", b"owner", "reservation_reason", b"reservation_reason", "reserved_for", b"reserved_for", "reserved_until", b"reserved_until", "service_reason", b"service_reason", "setup_failures", b"setup_failures", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__is_usable: _TypeAlias = _typing.Literal["is_usable"]  # noqa: Y015
     _WhichOneofArgType__is_usable: _TypeAlias = _typing.Literal["_is_usable", b"_is_usable"]  # noqa: Y015

@@ -504,7 +504,7 @@ def test_acquire_waits_printing_where_it_stands_then_the_grant(run, sdk_client):
 
     out = ok(result)
     assert "waiting at position 0" in result.err
-    assert f"calc held by checker@bench (lease {held.lease_id}" in result.err
+    assert f"calc is held by checker@bench (lease {held.lease_id}" in result.err
     shown = details(out)
     assert shown["state"] == "active"
     assert sdk_client.get_lease(shown["lease"]).state == lease_pb2.LEASE_STATE_ACTIVE
@@ -553,7 +553,7 @@ def test_acquire_without_wait_is_busy_at_once(run, sdk_client):
 
     assert result.status == 1
     assert "RESOURCE_EXHAUSTED" in result.err
-    assert f"calc held by checker@bench (lease {held.lease_id}" in result.err
+    assert result.err.count(f"calc is held by checker@bench (lease {held.lease_id}") == 1
 
 
 @pytest.mark.parametrize(
@@ -611,3 +611,60 @@ def test_check_config_refuses_a_bad_file_naming_the_key(capsys, tmp_path, text, 
     assert status == 2
     assert captured.err.startswith(f"error: {key}:")
     assert captured.out == ""
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [("calx", "no Calculator resource is named 'calx'"), ("calc", "calc is out of service: flat")],
+)
+def test_a_refused_acquire_prints_why_once(run, name, why):
+    add_calculator(run)
+    ok(run("resources", "update", "calc", "--unusable", "--comment", "flat"))
+
+    result = run("leases", "acquire", "Calculator", "--where", f"name={name}")
+
+    assert result.status == 1
+    assert "FAILED_PRECONDITION" in result.err
+    assert result.err.count(why) == 1, result.err
+
+
+def test_out_of_service_and_back_from_the_shell(run):
+    add_calculator(run)
+
+    shown = details(ok(run("resources", "out-of-service", "calc", "--reason", "fan broken")))
+    refused = run("leases", "acquire", "Calculator", "--where", "name=calc")
+    back = details(ok(run("resources", "return", "calc")))
+
+    assert (shown["usable"], shown["out of service"]) == ("no", "fan broken")
+    assert refused.err.count("calc is out of service: fan broken") == 1
+    assert (back["usable"], back["out of service"]) == ("yes", "-")
+    assert run("resources", "out-of-service", "calc").status == 2  # --reason is required
+
+
+def test_a_reservation_with_an_end_from_the_shell(run):
+    add_calculator(run)
+
+    shown = details(
+        ok(
+            run(
+                "resources",
+                "update",
+                "calc",
+                "--reserved-for",
+                "bob",
+                "--reserved-until",
+                "2999-01-01T00:00+00:00",
+                "--reservation-reason",
+                "demo",
+            )
+        )
+    )
+    refused = run("leases", "acquire", "Calculator", "--where", "name=calc")
+
+    assert (shown["reserved for"], shown["reservation reason"]) == ("bob", "demo")
+    assert shown["reserved until"].startswith("2999-01-01") or shown["reserved until"].startswith(
+        "2998-12-31"
+    )
+    assert refused.status == 1
+    assert "RESOURCE_EXHAUSTED" in refused.err
+    assert refused.err.count("calc is reserved for bob until 2999-01-01T00:00:00Z: demo") == 1

@@ -141,12 +141,13 @@ def test_stats_shows_usage_per_resource_and_per_kind(run, channel, inventory_stu
     header, *rows = [line.split() for line in lines]
     assert header[:3] == ["RESOURCE", "KIND", "GRANTS"]
     [calc] = rows
-    assert (calc[0], calc[1], calc[2], calc[-2], calc[-1]) == (
+    assert (calc[0], calc[1], calc[2], calc[-3], calc[-2], calc[-1]) == (
         "calc-1",
         "Calculator",
         "2",
         "0",
         "1",
+        "0",
     )
     # The waiting request's wait was recorded: it is the p95 of the two.
     [usage] = stats_of(events_stub, resource="calc-1").stats

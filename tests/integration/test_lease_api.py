@@ -263,7 +263,9 @@ def test_acquire_that_can_never_be_served_fails_at_once_naming_the_requirement(
         grpc.StatusCode.FAILED_PRECONDITION,
     )
 
-    violation = precondition(error)
+    # The first violation names the requirement; any others say why each
+    # resource it could use is never granted.
+    violation = detail(error, error_details_pb2.PreconditionFailure).violations[0]
     assert (violation.type, violation.subject) == (violation_type, subject)
     assert subject in violation.description
     assert detail(error, error_details_pb2.ErrorInfo).reason == violation_type

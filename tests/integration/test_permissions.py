@@ -80,7 +80,18 @@ class Calls:
         if method == "DeleteResource":
             request = inventory_service_pb2.DeleteResourceRequest(name="no-such-calc")
             return self.call(inventory.DeleteResource, caller, request)
-        if method in ("GetLease", "RenewLease", "ReleaseLease", "RevokeLease"):
+        if method in ("SetOutOfService", "ReturnToService"):
+            # A resource that does not exist: refused before it is looked up.
+            request = {
+                "SetOutOfService": lambda: inventory_service_pb2.SetOutOfServiceRequest(
+                    name="no-such-calc", reason="matrix"
+                ),
+                "ReturnToService": lambda: inventory_service_pb2.ReturnToServiceRequest(
+                    name="no-such-calc"
+                ),
+            }[method]()
+            return self.call(getattr(inventory, method), caller, request)
+        if method in ("GetLease", "RenewLease", "ReleaseLease", "RevokeLease", "ReportSetup"):
             held = self.alice_lease()
             lease_id, secret = held.lease.lease_id, held.secret
             request = {
@@ -93,6 +104,9 @@ class Calls:
                 ),
                 "RevokeLease": lambda: lease_service_pb2.RevokeLeaseRequest(
                     lease_id=lease_id, reason="matrix"
+                ),
+                "ReportSetup": lambda: lease_service_pb2.ReportSetupRequest(
+                    lease_id=lease_id, secret=secret, resource="lic", ok=True
                 ),
             }[method]()
             return self.call(getattr(leases, method), caller, request)
@@ -157,7 +171,7 @@ def expected(method: str, caller: str) -> grpc.StatusCode:
         return grpc.StatusCode.PERMISSION_DENIED
     if method in OWN_LEASE_METHODS and caller != "alice":
         return grpc.StatusCode.PERMISSION_DENIED
-    if method in ("UpdateResource", "DeleteResource"):
+    if method in ("UpdateResource", "DeleteResource", "SetOutOfService", "ReturnToService"):
         return grpc.StatusCode.NOT_FOUND
     return grpc.StatusCode.OK
 

@@ -329,3 +329,26 @@ def test_a_licence_is_held_by_two_clients_at_once(broker, client):
 
     assert list(client.get_resource("matlab-1").lease_ids) == []
     assert active_leases(client) == []
+
+
+def test_failed_setups_are_reported_and_quarantine_the_resource(client, calc):
+    """The broker's default: three failed setups in a row quarantine."""
+    for _ in range(2):
+        with pytest.raises(RuntimeError), client.lease(StuckCalculator, name="calc"):
+            pass
+    assert client.get_resource("calc").setup_failures == 2
+    with client.lease(RecordingCalculator, name="calc", force_initialize=True):
+        pass
+    assert client.get_resource("calc").setup_failures == 0
+    for _ in range(3):
+        with pytest.raises(RuntimeError), client.lease(StuckCalculator, name="calc"):
+            pass
+
+    resource = client.get_resource("calc")
+    assert not resource.is_usable
+    assert "RuntimeError: the device is stuck" in resource.service_reason
+    with pytest.raises(FailedPreconditionError) as refused:
+        client.lease(Calculator, name="calc").__enter__()
+    [reason] = refused.value.reasons
+    assert reason.startswith("calc is out of service: quarantined after 3 failed setups")
+    assert reason in str(refused.value)

@@ -10,7 +10,7 @@ from google.protobuf import duration_pb2, field_mask_pb2
 from broker.api import convert
 from broker.api.field_values import from_field_value, to_field_value
 from broker.domain import values
-from broker.v1 import inventory_service_pb2, lease_pb2, lease_service_pb2, resource_pb2
+from broker.v1 import event_pb2, inventory_service_pb2, lease_pb2, lease_service_pb2, resource_pb2
 
 NOW = 1_800_000_000.123456
 
@@ -200,6 +200,36 @@ def test_enum_numbers_match_the_contract():
         assert resource_pb2.FieldType.Value(f"FIELD_TYPE_{field_type.name}") == field_type
     for state in values.LeaseState:
         assert lease_pb2.LeaseState.Value(f"LEASE_STATE_{state.name}") == state
+    for cause in values.ObstacleCause:
+        assert lease_pb2.ObstacleCause.Value(f"OBSTACLE_CAUSE_{cause.name}") == cause
+    for event_type in values.EventType:
+        assert event_pb2.EventType.Value(f"EVENT_TYPE_{event_type.name}")
+
+
+def test_access_attributes_and_obstacles_reach_the_wire():
+    view = resource_view(
+        reserved_until=NOW + 60,
+        reservation_reason="demo",
+        service_reason="fan broken",
+        setup_failures=2,
+        last_grant_time=NOW - 5,
+    )
+    message = convert.resource_to_proto(view)
+    assert seconds_of_timestamp(message.reserved_until) == pytest.approx(NOW + 60, abs=1e-6)
+    assert (message.reservation_reason, message.service_reason) == ("demo", "fan broken")
+    assert message.setup_failures == 2
+    assert seconds_of_timestamp(message.last_grant_time) == pytest.approx(NOW - 5, abs=1e-6)
+    assert not convert.resource_to_proto(resource_view()).HasField("reserved_until")
+    obstacle = values.Obstacle("c1", values.ObstacleCause.RESERVED, "c1 is reserved", NOW, "bob")
+    blocked = convert.blocked_to_proto(values.Blocked(0, "", "Calculator", (), (obstacle,)))
+    [sent] = blocked.obstacles
+    assert (sent.resource, sent.cause, sent.text, sent.principal) == (
+        "c1",
+        lease_pb2.OBSTACLE_CAUSE_RESERVED,
+        "c1 is reserved",
+        "bob",
+    )
+    assert seconds_of_timestamp(sent.until) == pytest.approx(NOW, abs=1e-6)
 
 
 # -------------------------------------------------------------- leasing

@@ -222,7 +222,7 @@ def test_held_resources_give_resource_busy_with_the_holders(inventory, leases):
     assert [dataclasses.astuple(h) for h in busy.holders] == [
         ("p1", first.lease_id, "alice", first.expire_time)
     ]
-    assert "p1 by alice" in busy.message
+    assert "p1 is held by alice" in busy.message
 
 
 # -------------------------------------------------------------- TTL

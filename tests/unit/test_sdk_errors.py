@@ -215,3 +215,44 @@ def test_the_reason_of_an_error_is_its_error_info_first() -> None:
     )
     assert errors.reason_of(error) == "LEASE_RELEASED"
     assert errors.reason_of(errors.BrokerError(grpc.StatusCode.UNKNOWN, "bare")) == ""
+
+
+def test_reasons_of_a_refusal_are_the_violations_after_the_first() -> None:
+    failure = error_details_pb2.PreconditionFailure(
+        violations=[
+            error_details_pb2.PreconditionFailure.Violation(
+                type="UNSATISFIABLE", subject="requirements[0]", description="never: calc is out"
+            ),
+            error_details_pb2.PreconditionFailure.Violation(
+                type="OUT_OF_SERVICE", subject="resources/calc", description="calc is out"
+            ),
+        ]
+    )
+
+    error = errors.from_rpc_error(
+        rpc_error(grpc.StatusCode.FAILED_PRECONDITION, "never: calc is out", failure)
+    )
+
+    assert error.reasons == ["calc is out"]
+    assert "calc is out" in str(error)
+
+
+def test_reasons_of_a_busy_request_are_its_obstacles() -> None:
+    blocked = lease_pb2.AcquireBlocked(
+        kind="Calculator",
+        obstacles=[
+            lease_pb2.Obstacle(
+                resource="calc",
+                cause=lease_pb2.OBSTACLE_CAUSE_RESERVED,
+                text="calc is reserved for bob",
+                principal="bob",
+            )
+        ],
+    )
+
+    error = errors.from_rpc_error(
+        rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "cannot now", blocked)
+    )
+
+    assert error.reasons == ["calc is reserved for bob"]
+    assert errors.from_rpc_error(rpc_error(grpc.StatusCode.INTERNAL, "x")).reasons == []
