@@ -40,6 +40,8 @@ from tests.integration.helpers import (
 WAIT = 20.0
 T = event_pb2
 ADMIN = (("x-broker-holder", "admin@desk"),)
+# The default of `quarantine.after_failures`.
+QUARANTINE_AFTER = 3
 SMALL_WINDOW = (("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 16384))
 
 
@@ -145,6 +147,8 @@ def test_every_change_is_one_event_with_its_actor_in_sequence_order(make_broker,
     rng = random.Random(20261201)
     expected: list[tuple[int, str, str]] = []
     usable: dict[str, bool] = {}
+    reserved: set[str] = set()
+    failures: dict[str, int] = {}  # failed setups in a row, by resource
     held: dict[str, tuple[str, str, str]] = {}  # lease id -> (secret, resource, holder)
     expiries = 0
 
@@ -152,9 +156,27 @@ def test_every_change_is_one_event_with_its_actor_in_sequence_order(make_broker,
         taken = {name for _, name, _ in held.values()}
         return sorted(name for name in usable if name not in taken)
 
-    for step in range(80):
+    def grantable() -> list[str]:
+        return [name for name in free() if usable[name] and name not in reserved]
+
+    for step in range(140):
         choice = rng.choice(
-            ["create", "comment", "usable", "delete", "acquire", "renew", "release", "revoke"]
+            [
+                "create",
+                "comment",
+                "usable",
+                "service",
+                "reserve",
+                "delete",
+                "acquire",
+                "acquire",
+                "setup",
+                "setup",
+                "setup",
+                "renew",
+                "release",
+                "revoke",
+            ]
         )
         if choice == "create" or not usable:
             name = f"calc-{step}"
@@ -163,6 +185,7 @@ def test_every_change_is_one_event_with_its_actor_in_sequence_order(make_broker,
                 timeout=RPC_TIMEOUT,
             )
             usable[name] = True
+            failures[name] = 0
             expected.append((T.EVENT_TYPE_RESOURCE_CREATED, name, ""))
         elif choice == "comment":
             name = rng.choice(sorted(usable))
@@ -173,17 +196,50 @@ def test_every_change_is_one_event_with_its_actor_in_sequence_order(make_broker,
             usable[name] = not usable[name]
             update(stubs.inventory, name, is_usable=usable[name], comment="toggled")
             expected.append((T.EVENT_TYPE_RESOURCE_UPDATED, name, ""))
-            if not usable[name]:
+            if usable[name]:
+                failures[name] = 0
+            else:
                 expected.append((T.EVENT_TYPE_RESOURCE_MARKED_UNUSABLE, name, ""))
+        elif choice == "service" and free():
+            name = rng.choice(free())
+            if usable[name]:
+                stubs.inventory.SetOutOfService(
+                    inventory_service_pb2.SetOutOfServiceRequest(name=name, reason="rewiring"),
+                    timeout=RPC_TIMEOUT,
+                    metadata=ADMIN,
+                )
+                expected.append((T.EVENT_TYPE_RESOURCE_OUT_OF_SERVICE, name, "admin@desk"))
+            else:
+                stubs.inventory.ReturnToService(
+                    inventory_service_pb2.ReturnToServiceRequest(name=name),
+                    timeout=RPC_TIMEOUT,
+                    metadata=ADMIN,
+                )
+                expected.append((T.EVENT_TYPE_RESOURCE_BACK_IN_SERVICE, name, "admin@desk"))
+                failures[name] = 0
+            usable[name] = not usable[name]
+        elif choice == "reserve" and free():
+            name = rng.choice(free())
+            if name in reserved:
+                update(stubs.inventory, name, reserved_for="")
+                reserved.discard(name)
+                unreserved = (T.EVENT_TYPE_RESOURCE_UNRESERVED, name, "")
+                expected.extend([(T.EVENT_TYPE_RESOURCE_UPDATED, name, ""), unreserved])
+            else:
+                update(stubs.inventory, name, reserved_for="carol@bench", reservation_reason="demo")
+                reserved.add(name)
+                reserved_event = (T.EVENT_TYPE_RESOURCE_RESERVED, name, "")
+                expected.extend([(T.EVENT_TYPE_RESOURCE_UPDATED, name, ""), reserved_event])
         elif choice == "delete" and free():
             name = rng.choice(free())
             stubs.inventory.DeleteResource(
                 inventory_service_pb2.DeleteResourceRequest(name=name), timeout=RPC_TIMEOUT
             )
             del usable[name]
+            reserved.discard(name)
             expected.append((T.EVENT_TYPE_RESOURCE_DELETED, name, ""))
-        elif choice == "acquire" and [n for n in free() if usable[n]]:
-            name = rng.choice([n for n in free() if usable[n]])
+        elif choice == "acquire" and grantable():
+            name = rng.choice(grantable())
             holder = rng.choice(["alice@bench", "bob@bench"])
             expire = expiries < 2 and rng.random() < 0.3
             granted = acquire(
@@ -206,6 +262,20 @@ def test_every_change_is_one_event_with_its_actor_in_sequence_order(make_broker,
                 expected.append((T.EVENT_TYPE_LEASE_EXPIRED, name, ""))
             else:
                 held[lease_id] = (granted.secret, name, holder)
+        elif choice == "setup" and held:
+            lease_id = rng.choice(sorted(held))
+            secret, name, holder = held[lease_id]
+            ok = rng.random() < 0.2
+            stubs.leases.ReportSetup(
+                lease_service_pb2.ReportSetupRequest(
+                    lease_id=lease_id, secret=secret, resource=name, ok=ok, error="no answer"
+                ),
+                timeout=RPC_TIMEOUT,
+            )
+            failures[name] = 0 if ok else failures[name] + 1
+            if failures[name] == QUARANTINE_AFTER:
+                usable[name] = False
+                expected.append((T.EVENT_TYPE_RESOURCE_QUARANTINED, name, holder))
         elif choice in ("renew", "release", "revoke") and held:
             lease_id = rng.choice(sorted(held))
             secret, name, holder = held[lease_id]
@@ -238,6 +308,16 @@ def test_every_change_is_one_event_with_its_actor_in_sequence_order(make_broker,
     assert {event.kind for event in listed} == {"Calculator"}
     revoked = [e for e in listed if e.type == T.EVENT_TYPE_LEASE_REVOKED]
     assert all(e.reason == "rewired" and e.lease_id and e.fencing_token for e in revoked)
+    # Every kind of change happened in this run.
+    assert {event.type for event in listed} >= {
+        T.EVENT_TYPE_RESOURCE_OUT_OF_SERVICE,
+        T.EVENT_TYPE_RESOURCE_BACK_IN_SERVICE,
+        T.EVENT_TYPE_RESOURCE_QUARANTINED,
+        T.EVENT_TYPE_RESOURCE_RESERVED,
+        T.EVENT_TYPE_RESOURCE_UNRESERVED,
+        T.EVENT_TYPE_LEASE_EXPIRED,
+        T.EVENT_TYPE_LEASE_REVOKED,
+    }
     # The watch opened before the first change saw each one once, in order.
     assert watch.wait_for(len(listed)) == listed
     watch.stop()
