@@ -437,9 +437,10 @@ class Granter:
         return Granted(lease_view(lease, grants), secret)
 
 
-# Causes that last until someone changes the inventory: a request that only
-# such resources could serve fails at once.
-_LASTING = (ObstacleCause.NO_SUCH_RESOURCE, ObstacleCause.OUT_OF_SERVICE, ObstacleCause.RESERVED)
+# Causes that last until an administrator changes the inventory: a request
+# that only such resources could serve fails at once. A reservation is not
+# one: others wait until it ends, or is removed.
+_LASTING = (ObstacleCause.NO_SUCH_RESOURCE, ObstacleCause.OUT_OF_SERVICE)
 
 
 def when(seconds: float) -> str:

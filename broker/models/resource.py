@@ -131,7 +131,8 @@ def select_candidates(
     nobody else (or no longer), held by no active lease, past any
     lock-delay and, given `behind_priority`, not reserved by a waiting
     request of that priority or higher. `USABLE` ones may go to it once
-    freed: usable, and reserved for nobody else or for a while only.
+    freed: usable, whoever they are held or reserved for (a reservation
+    ends, at its end or when an administrator removes it).
     `EVERY` takes all. Each row carries its kind's fields as `.data`."""
     shape = tuple((field, len(values)) for field, values in filters)
     respect_queue = mode == FREE and behind_priority is not None
@@ -142,9 +143,9 @@ def select_candidates(
     if groups is not None:
         params.extend(groups)
     if mode != EVERY:
-        params.extend([True, holder])
+        params.append(True)
     if mode == FREE:
-        params.extend([now, now])
+        params.extend([holder, now, now])
         if respect_queue:
             params.append(behind_priority)
     for field, values in filters:
@@ -180,11 +181,8 @@ def _candidates_sql(
         where.append(f"({visible})")
     if mode != EVERY:
         where.append('r."is_usable" = ?')
-        passing = "<= ?" if mode == FREE else "IS NOT NULL"
-        where.append(
-            f'(r."reserved_for" = \'\' OR r."reserved_for" = ? OR r."reserved_until" {passing})'
-        )
     if mode == FREE:
+        where.append('(r."reserved_for" = \'\' OR r."reserved_for" = ? OR r."reserved_until" <= ?)')
         where.append('r."lease_id" IS NULL')
         where.append('(r."available_time" IS NULL OR r."available_time" <= ?)')
         if respect_queue:

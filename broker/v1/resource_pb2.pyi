@@ -315,9 +315,9 @@ class Resource(_message.Message):
     @_builtins.property
     def reserved_until(self) -> _timestamp_pb2.Timestamp:
         """Optional. When the reservation in `reserved_for` ends; unset: it lasts
-        until it is removed. Others' requests wait for a reservation that ends
-        and fail at once for one that does not. A time past means no
-        reservation.
+        until it is removed. Others' requests wait (if they may) until it ends
+        or is removed; their wait status says for whom and until when. A time
+        past means no reservation.
         """
 
     @_builtins.property

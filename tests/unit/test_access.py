@@ -74,13 +74,30 @@ def test_an_unusable_resource_is_refused_with_its_reason(inventory, leases):
     assert causes(error) == [("OUT_OF_SERVICE", "resources/calc")]
 
 
-def test_a_resource_reserved_for_another_for_good_is_refused_naming_whom(inventory, leases):
-    inventory.create(calc("calc", reserved_for="bob"))
+def test_a_reservation_without_an_end_makes_others_wait_until_it_is_removed(admin, leases):
+    admin.create(calc("calc", reserved_for="bob"))
 
-    error = refused(leases, need("Calculator", name="calc"), holder="alice")
-
+    error = busy(leases, need("Calculator", name="calc"), holder="alice")
+    [obstacle] = error.obstacles
+    assert (obstacle.cause, obstacle.principal, obstacle.until) == (
+        ObstacleCause.RESERVED,
+        "bob",
+        None,
+    )
     assert "calc is reserved for bob" in error.message
-    assert causes(error) == [("RESERVED", "resources/calc")]
+    waiting = acquire(leases, need("Calculator", name="calc"), holder="alice", max_wait=3600)
+    assert isinstance(waiting, Waiting)
+    assert waiting.blocked.obstacles[0].text == "calc is reserved for bob"
+
+    admin.update(ResourcePatch("calc", ("reserved_for",), {}, reserved_for=""))
+
+    granted = leases.wait_status(waiting.waiter_id)
+    assert isinstance(granted, Granted) and granted.lease.principal == "alice"
+
+
+def test_the_principal_of_a_reservation_without_an_end_is_granted_at_once(admin, leases):
+    admin.create(calc("calc", reserved_for="bob"))
+
     assert acquire(leases, need("Calculator", name="calc"), holder="bob").lease.grants
 
 
