@@ -77,9 +77,8 @@ def table(points: Sequence[dict]) -> str:
     cycles/s beside the ceiling's and etcd's; then the hand-off's p50/p99
     beside etcd's."""
     lines = [
-        "# ratios to the references of this run (- : not measured)",
-        "point                                 clients  broker/s ceiling/s   etcd/s "
-        "broker/ceiling broker/etcd",
+        "# ratios to the references of this run (- : not measured; the ceiling is on SQLite)",
+        f"{'point':<42} clients  broker/s ceiling/s   etcd/s broker/ceiling broker/etcd",
     ]
     for point in points:
         name = point["name"]
@@ -92,13 +91,12 @@ def table(points: Sequence[dict]) -> str:
         etcd = reference_value(points, "acquire_release_cycles", "etcd", clients)
         ratios = point.get("ratio_to", {})
         lines.append(
-            f"{name:<37} {clients:>7} {text(point['value'], 9, 0)} {text(ceiling, 9, 0)} "
+            f"{name:<42} {clients:>7} {text(point['value'], 9, 0)} {text(ceiling, 9, 0)} "
             f"{text(etcd, 8, 0)} {text(ratios.get('ceiling'), 14, 3)} "
             f"{text(ratios.get('etcd'), 11, 3)}"
         )
     lines.append(
-        "hand-off                              clients    p50 ms    p99 ms etcd p50 etcd p99 "
-        "  p50/etcd   p99/etcd"
+        f"{'hand-off':<42} clients    p50 ms    p99 ms etcd p50 etcd p99   p50/etcd   p99/etcd"
     )
     for point in points:
         name = point["name"]
@@ -115,7 +113,7 @@ def table(points: Sequence[dict]) -> str:
             {},
         )
         lines.append(
-            f"{'handoff' + variant:<37} {clients:>7} {text(point['value'], 9, 2)} "
+            f"{'handoff' + variant:<42} {clients:>7} {text(point['value'], 9, 2)} "
             f"{text(p99.get('value'), 9, 2)} "
             f"{text(reference_value(points, 'handoff_latency_p50', 'etcd', clients), 8, 2)} "
             f"{text(reference_value(points, 'handoff_latency_p99', 'etcd', clients), 8, 2)} "

@@ -62,6 +62,8 @@ class EtcdClient:
     def __init__(self, address: str) -> None:
         host, port = address.rsplit(":", 1)
         self.connection = http.client.HTTPConnection(host, int(port), timeout=LOCK_TIMEOUT)
+        self.connection.connect()
+        self.connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.lease = self.call("/v3/lease/grant", {"TTL": LEASE_TTL})["ID"]
 
     def call(self, path: str, body: dict) -> dict:
@@ -145,8 +147,9 @@ def handoff_client(address, name, index, hold, ready, go, schedule, results) -> 
 
 def handoff_header(clients: int, hold: float) -> str:
     return (
-        f"# hand-off on etcd's lock: {clients} client processes Lock one name (the call "
-        f"blocks), hold {hold * 1e3:g} ms, Unlock, Lock again; hand-off = Unlock sent -> "
+        f"# hand-off on etcd's lock (JSON gateway): {clients} client processes Lock one "
+        f"name (the call blocks), hold {hold * 1e3:g} ms, Unlock, Lock again; "
+        "hand-off = Unlock sent -> "
         "next Lock returned (CLOCK_MONOTONIC, holders ordered by grant time)\n"
         "clients  grants/s hand-offs  p50 ms  p99 ms  max ms   jain srv CPU errors"
     )
