@@ -362,6 +362,7 @@ class MemoryResult:
             {
                 "name": "memory_per_waiter",
                 "clients": self.waiters,
+                "waiters": self.waiters,
                 "value": round(self.per_waiter_kib, 3),
                 "unit": "KiB",
             }
