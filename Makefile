@@ -17,7 +17,7 @@ help:
 	@echo "make serve   start the broker ($(CONFIG), SQLite by default)"
 	@echo "make test    run the whole test suite"
 	@echo "make lint    ruff, buf lint, and the generated-code freshness check"
-	@echo "make bench   benchmarks: throughput, latency, auth, events, fan-out"
+	@echo "make bench   benchmarks against same-run references (PLOT=dir for plots)"
 	@echo "make proto   regenerate broker/v1 from protos/"
 	@echo "make clean   remove the virtual environment and caches"
 
@@ -73,8 +73,9 @@ lint: venv $(BUF)
 	cd protos && $(BUF) lint
 	$(MAKE) --no-print-directory proto-check
 
+# PLOT=dir also writes PNG plots there (matplotlib, in the dev extra).
 bench: venv
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(if $(PLOT),--plot $(PLOT))
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .ruff_cache *.egg-info

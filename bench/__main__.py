@@ -1,5 +1,14 @@
 """`make bench`: every bench point against real broker subprocesses.
 
+First, the references, measured in the same run so the broker's figures
+compare with them as ratios (`bench.compare`):
+
+- ceiling (`bench.ceiling`): bare gRPC plus one conditional UPDATE on
+  SQLite per call, with the throughput points' clients (`_ceiling`);
+- etcd (`bench.etcd`), where an `etcd` binary is on PATH: its lock with the
+  throughput points' clients and the hand-off's layout (`_etcd`); without
+  one, a line says it is skipped.
+
 On SQLite, one broker:
 
 1. throughput (`bench.throughput`): uncontended acquire+release cycles at 1,
@@ -29,13 +38,21 @@ dropped at the end whatever happens:
    after one of them is SIGSTOPped while it holds the write lock;
 10. events and fan-out as in 5 and 6, each on one broker of its own.
 
+Then on SQLite, each on a broker of its own (`bench.scale`): scale, a
+cycle's cost as the inventory grows (10 to 10,000) and a release's as
+waiting calls queue on other resources (0 to 1,000), with the ratio to the
+smallest point; memory, the broker's RSS per waiting call (1,000).
+
 Their points' names end in `_postgresql_1broker` / `_postgresql_2brokers`.
 If PostgreSQL cannot be reached, one line says those points are skipped and
 why, and the rest goes on.
 
 Each prints a table; every point so far is (re)written after each one as a
 JSON list of {"name", "clients", "value", "unit"} to `--json` (env
-BENCH_JSON). Every broker and client process is stopped by its pid whatever
+BENCH_JSON), the broker's throughput and hand-off points with a
+`ratio_to` object ({"ceiling": r, "etcd": r}), the scale points with
+{"smallest": r}. The run ends with a table of those ratios, and with `--plot
+DIR` PNG plots (`bench.plot`). Every broker and client process is stopped by its pid whatever
 happens; the brokers' directory is a temporary one, removed at the end. Exit
 status 1 if any point had errors (missed targets are printed, not failed).
 
@@ -45,6 +62,8 @@ status 1 if any point had errors (missed targets are printed, not failed).
     .venv/bin/python -m bench --only freeze --freeze-seconds 16
     .venv/bin/python -m bench --only auth
     .venv/bin/python -m bench --only fanout --databases sqlite --watchers 100
+    .venv/bin/python -m bench --only ceiling,etcd,throughput,handoff --databases sqlite
+    .venv/bin/python -m bench --only scale,memory --plot /tmp/plots
 """
 
 from __future__ import annotations
@@ -58,6 +77,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 
+from bench import compare
 from bench.broker_process import (
     Broker,
     loopback_problem,
@@ -67,7 +87,19 @@ from bench.broker_process import (
     start_broker,
 )
 
-SUITES = ("throughput", "handoff", "regrant", "freeze", "auth", "events", "fanout")
+SUITES = (
+    "ceiling",
+    "etcd",
+    "throughput",
+    "handoff",
+    "regrant",
+    "freeze",
+    "auth",
+    "events",
+    "fanout",
+    "scale",
+    "memory",
+)
 # The suites that share the one SQLite broker.
 SHARED_SQLITE = ("throughput", "handoff", "regrant")
 DATABASES = ("sqlite", "postgresql")
@@ -140,11 +172,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--events-cycles", type=int, default=2000, help="cycles' events written again in process"
     )
     option("--watchers", type=int, default=100, help="WatchEvents streams of the fan-out")
+    option("--scale-seconds", type=positive, default=1.5, help="seconds of cycles per scale point")
     option(
         "--json",
         default=os.environ.get("BENCH_JSON", "bench-results.json"),
         help="where to write the results (env BENCH_JSON)",
     )
+    option("--plot", metavar="DIR", help="also write PNG plots into DIR (needs matplotlib)")
     args = parser.parse_args(argv)
     if args.handoff_clients < 2 or args.regrant_trials < 1 or args.hold_ms < 0:
         parser.error("--handoff-clients >= 2, --regrant-trials >= 1 and --hold-ms >= 0")
@@ -156,6 +190,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def write_points(points: list[dict], json_path: str) -> None:
+    compare.add_ratios(points)
     with open(json_path, "w", encoding="utf-8") as stream:
         json.dump(points, stream, indent=1)
         stream.write("\n")
@@ -206,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so the brokers and the clients are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    from bench import auth, events, fanout, freeze, handoff, regrant, throughput
+    from bench import auth, events, fanout, freeze, handoff, regrant, scale, throughput
 
     points: list[dict] = []
     errors = 0
@@ -280,6 +315,80 @@ def main(argv: Sequence[str] | None = None) -> int:
                     variant=variant,
                 )
             )
+
+    def references(workdir: str) -> None:
+        """The ceiling and etcd, each with the throughput clients' layout
+        (and etcd with the hand-off's), before the broker's points."""
+        from bench import ceiling, etcd
+
+        processes = max(1, args.processes)
+        if "ceiling" in args.only:
+            server = ceiling.start_ceiling(os.path.join(workdir, "ceiling"), names)
+            try:
+                print(f"{ceiling.HEADER}; pid {server.pids[0]} on {server.address}", flush=True)
+                print(throughput.TABLE_HEADER, flush=True)
+                for clients in args.clients:
+                    record(
+                        throughput.run_point(
+                            server, names, clients, duration=args.duration, warmup=args.warmup,
+                            max_processes=processes, worker=ceiling.ceiling_worker,
+                            variant="_ceiling",
+                        )
+                    )  # fmt: skip
+            finally:
+                server.stop()
+        if "etcd" not in args.only:
+            return
+        binary = etcd.etcd_binary()
+        if binary is None:
+            print(
+                "# etcd reference skipped: no etcd on PATH (Debian: apt-get install etcd-server)",
+                flush=True,
+            )
+            return
+        with etcd.etcd_server(binary) as (server, version):
+            print(
+                f"# etcd {version} ({binary}), pid {server.pids[0]} on {server.address}; "
+                f"client: {etcd.CLIENT_API}; throughput: Lock(own name)+Unlock, same layout",
+                flush=True,
+            )
+            print(throughput.TABLE_HEADER, flush=True)
+            for clients in args.clients:
+                record(
+                    throughput.run_point(
+                        server, names, clients, duration=args.duration, warmup=args.warmup,
+                        max_processes=processes, worker=etcd.lock_worker,
+                        variant="_etcd", connect=etcd.connect,
+                    )
+                )  # fmt: skip
+            print(etcd.handoff_header(args.handoff_clients, args.hold_ms / 1e3), flush=True)
+            record(
+                handoff.run_handoff(
+                    server, args.handoff_clients, duration=args.handoff_duration,
+                    warmup=args.warmup, hold=args.hold_ms / 1e3, variant="_etcd",
+                    client=etcd.handoff_client, ordered_by_time=True,
+                )
+            )  # fmt: skip
+
+    def scale_points(workdir: str) -> None:
+        layouts = []
+        if "scale" in args.only:
+            layouts += [
+                ("resources", [scale.PROBE], scale.header("resources", args.scale_seconds)),
+                ("waiters", [scale.PROBE, *scale.HELD],
+                 scale.header("waiters", args.scale_seconds)),
+            ]  # fmt: skip
+        if "memory" in args.only:
+            layouts.append(("memory", scale.HELD, scale.MEMORY_HEADER))
+        run = {
+            "resources": lambda b: scale.run_resources(b, args.scale_seconds),
+            "waiters": lambda b: scale.run_waiters(b, args.scale_seconds),
+            "memory": scale.run_memory,
+        }
+        for what, seeded, heading in layouts:
+            with brokers(os.path.join(workdir, f"scale-{what}"), None, 1, seeded) as broker:
+                print(heading, flush=True)
+                record(run[what](broker))
 
     def on_sqlite(workdir: str) -> None:
         if any(suite in args.only for suite in SHARED_SQLITE):
@@ -373,13 +482,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="broker-bench-") as workdir:
         try:
+            references(workdir)
             if "sqlite" in args.databases:
                 on_sqlite(workdir)
+                scale_points(workdir)
             if "postgresql" in args.databases:
                 on_postgres(workdir)
         except RuntimeError as error:
             print(f"bench: {error}", file=sys.stderr)
             return 1
+    write_points(points, args.json)
+    print(compare.table(points), flush=True)
+    if args.plot:
+        from bench import plot
+
+        for path in plot.plot(points, args.plot):
+            print(f"# plot: {path}", flush=True)
     print(f"# results in {args.json}", flush=True)
     return 1 if errors else 0
 

@@ -37,6 +37,7 @@ import multiprocessing
 import os
 import queue
 import time
+from collections.abc import Callable
 
 from bench.broker_process import (
     CHANNEL_OPTIONS,
@@ -223,6 +224,25 @@ def analyse(
     return sorted(handoffs), grants, errors, first_error
 
 
+def number_by_arrival(parts: list[dict]) -> None:
+    """Gives the grants in `parts` the numbers 1, 2, ... in the order they
+    arrived, in place of a fencing number."""
+    unpacked = []
+    for part in parts:
+        values = array.array("d")
+        values.frombytes(part["records"])
+        unpacked.append(values)
+    arrivals = sorted(
+        (values[i + 1], which, i)
+        for which, values in enumerate(unpacked)
+        for i in range(0, len(values), 3)
+    )
+    for number, (_, which, i) in enumerate(arrivals, 1):
+        unpacked[which][i] = number
+    for part, values in zip(parts, unpacked, strict=True):
+        part["records"] = values.tobytes()
+
+
 def run_handoff(
     broker: Broker,
     clients: int,
@@ -231,18 +251,22 @@ def run_handoff(
     warmup: float,
     hold: float,
     variant: str = "",
+    client: Callable = handoff_client,
+    ordered_by_time: bool = False,
 ) -> HandoffResult:
     """Runs `clients` waiting client processes on `RESOURCE` (seeded by the
     caller), the i-th through `broker.address_for(i)` (several brokers: a
     release on one hands off to waiters on the others too), and measures
-    `duration` seconds after `warmup` seconds."""
+    `duration` seconds after `warmup` seconds. Another server's `client`
+    (same arguments as `handoff_client`) that has no fencing number sets
+    `ordered_by_time`: the grants are then numbered by their arrival."""
     context = multiprocessing.get_context("spawn")
     ready, results = context.Queue(), context.Queue()
     go = context.Event()
     schedule = context.Array("d", 2, lock=False)
     members = [
         context.Process(
-            target=handoff_client,
+            target=client,
             args=(broker.address_for(i), RESOURCE, i, hold, ready, go, schedule, results),
             daemon=True,
         )
@@ -276,6 +300,8 @@ def run_handoff(
             member.join(START_TIMEOUT)
     finally:
         stop_processes(members)
+    if ordered_by_time:
+        number_by_arrival(parts)
     handoffs, grants, errors, first_error = analyse(parts, clients, schedule[0], schedule[1])
     return HandoffResult(
         clients, duration, hold, handoffs, grants, errors, first_error, server_cpu, variant

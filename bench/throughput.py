@@ -77,13 +77,41 @@ class Tally:
 def acquire_release_worker(channel, name: str, window: Window, tally: Tally) -> None:
     """Acquires `name` by name and releases it, again and again, until the
     window closes; records each whole cycle's latency in seconds."""
-    import grpc
-
     from broker.v1 import lease_service_pb2, lease_service_pb2_grpc
 
     stub = lease_service_pb2_grpc.LeaseServiceStub(channel)
     request = acquire_request(name, f"bench@{name}")
     acquire, release = stub.AcquireLease, stub.ReleaseLease
+
+    def cycle() -> None:
+        granted = acquire(request, timeout=RPC_TIMEOUT)
+        release(
+            lease_service_pb2.ReleaseLeaseRequest(
+                lease_id=granted.lease.lease_id, secret=granted.secret
+            ),
+            timeout=RPC_TIMEOUT,
+        )
+
+    timed_cycles(cycle, window, tally)
+
+
+def rpc_error_text(error: Exception) -> str:
+    return f"{error.code().name}: {error.details()}"
+
+
+def timed_cycles(
+    cycle: Callable[[], None],
+    window: Window,
+    tally: Tally,
+    failures: tuple[type[Exception], ...] = (),
+    describe: Callable[[Exception], str] = rpc_error_text,
+) -> None:
+    """Runs `cycle()` again and again until the window closes; records the
+    latency of each that ends inside it, and counts those that raise one of
+    `failures` (default: a gRPC error) as errors."""
+    import grpc
+
+    failures = failures or (grpc.RpcError,)
     clock, wall_offset = time.perf_counter, time.time() - time.perf_counter()
     start, end = window.measure_start - wall_offset, window.measure_end - wall_offset
     while True:
@@ -91,16 +119,10 @@ def acquire_release_worker(channel, name: str, window: Window, tally: Tally) -> 
         if began >= end:
             return
         try:
-            granted = acquire(request, timeout=RPC_TIMEOUT)
-            release(
-                lease_service_pb2.ReleaseLeaseRequest(
-                    lease_id=granted.lease.lease_id, secret=granted.secret
-                ),
-                timeout=RPC_TIMEOUT,
-            )
-        except grpc.RpcError as error:
+            cycle()
+        except failures as error:
             tally.errors += 1
-            tally.first_error = tally.first_error or f"{error.code().name}: {error.details()}"
+            tally.first_error = tally.first_error or describe(error)
             time.sleep(0.01)
             continue
         ended = clock()
@@ -117,17 +139,17 @@ def client_process(
     schedule,
     results: multiprocessing.Queue,
     token: str = "",
+    connect: Callable | None = None,
 ) -> None:
-    """One client process: a thread per name, each with a channel to the
-    broker at the same place in `addresses` (sending `token`, if any). Says it is ready
-    once every channel is connected, waits for `go`, runs `worker` in each
-    thread over the window in `schedule`, and sends back what they measured."""
-    import grpc
-
-    channels = [open_channel(address, token) for address in addresses]
+    """One client process: a thread per name, each with a connection made by
+    `connect(address, token)` (default: a gRPC channel, ready) to the server
+    at the same place in `addresses`. Says it is ready once every one is
+    connected, waits for `go`, runs `worker` in each thread over the window
+    in `schedule`, and sends back what they measured."""
+    channels = []
     try:
-        for channel in channels:
-            grpc.channel_ready_future(channel).result(timeout=START_TIMEOUT)
+        for address in addresses:
+            channels.append((connect or ready_channel)(address, token))
         ready.put(os.getpid())
         if not go.wait(START_TIMEOUT * 2):
             return
@@ -154,6 +176,15 @@ def client_process(
     finally:
         for channel in channels:
             channel.close()
+
+
+def ready_channel(address: str, token: str = ""):
+    """A gRPC channel to `address` (sending `token`, if any), once connected."""
+    import grpc
+
+    channel = open_channel(address, token)
+    grpc.channel_ready_future(channel).result(timeout=START_TIMEOUT)
+    return channel
 
 
 # ------------------------------------------------------------------ points
@@ -213,12 +244,14 @@ def run_point(
     max_processes: int,
     worker: Callable = acquire_release_worker,
     variant: str = "",
+    connect: Callable | None = None,
 ) -> PointResult:
     """Runs `clients` concurrent clients, the i-th on `names[i]` through
     `broker.address_for(i)` (spread evenly over the brokers), in
     min(clients, max_processes) spawned processes, each call with the
     broker's token if it has one; measures `duration` seconds after
-    `warmup` seconds."""
+    `warmup` seconds. `worker` and `connect` (see `client_process`) let a
+    reference server run the same client layout."""
     context = multiprocessing.get_context("spawn")
     processes = min(clients, max_processes)
     ready, results = context.Queue(), context.Queue()
@@ -237,6 +270,7 @@ def run_point(
                 schedule,
                 results,
                 broker.token,
+                connect,
             ),
             daemon=True,
         )
