@@ -215,7 +215,7 @@ def test_acquire_of_held_resources_is_resource_exhausted_naming_the_holders(
             id="unknown-field",
         ),
         pytest.param(
-            [requirement("Calculator", count=4)],
+            [requirement("Calculator", count=5)],
             "bob",
             "UNSATISFIABLE",
             "requirements[0]",
@@ -242,13 +242,6 @@ def test_acquire_of_held_resources_is_resource_exhausted_naming_the_holders(
             "requirements[0]",
             id="not-usable",
         ),
-        pytest.param(
-            [requirement("Calculator", name="alices")],
-            "bob",
-            "UNSATISFIABLE",
-            "requirements[0]",
-            id="reserved-for-another",
-        ),
     ],
 )
 def test_acquire_that_can_never_be_served_fails_at_once_naming_the_requirement(
@@ -269,6 +262,25 @@ def test_acquire_that_can_never_be_served_fails_at_once_naming_the_requirement(
     assert (violation.type, violation.subject) == (violation_type, subject)
     assert subject in violation.description
     assert detail(error, error_details_pb2.ErrorInfo).reason == violation_type
+    assert all_leases(lease_stub) == []
+
+
+def test_a_resource_reserved_for_another_is_busy_naming_whom(lease_stub, inventory_stub):
+    create_resource(inventory_stub, calculator("alices", reserved_for="alice"))
+
+    error = expect_error(
+        lease_stub.AcquireLease,
+        acquire_request(requirement("Calculator", name="alices"), holder="bob"),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    )
+
+    [obstacle] = detail(error, lease_pb2.AcquireBlocked).obstacles
+    assert (obstacle.resource, obstacle.cause, obstacle.principal) == (
+        "alices",
+        lease_pb2.OBSTACLE_CAUSE_RESERVED,
+        "alice",
+    )
+    assert "alices is reserved for alice" in error.details()
     assert all_leases(lease_stub) == []
 
 

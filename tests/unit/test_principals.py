@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from broker.domain.errors import (
-    FailedPreconditionError,
     InvalidArgumentError,
     PermissionDeniedError,
+    ResourceBusyError,
 )
 from broker.domain.values import AcquireRequest, EventType
 from tests.unit.builders import calc, events_of, need
@@ -53,7 +53,7 @@ def test_without_a_principal_the_secret_suffices(inventory, leases):
 
 def test_a_reservation_is_for_a_principal_whatever_holder_is_named(inventory, leases):
     inventory.create(calc("calc-1", reserved_for="alice"))
-    with pytest.raises(FailedPreconditionError):
+    with pytest.raises(ResourceBusyError):
         acquire(leases, "bob", holder="alice")
     assert acquire(leases, "alice", holder="anything").lease.principal == "alice"
 
