@@ -131,7 +131,7 @@ def test_a_reservation_goes_by_the_verified_principal_not_the_holder(caller):
             caller.leases.AcquireLease,
             acquire_request(requirement("Calculator"), holder="alice"),
         )
-    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     held = caller.as_(
         "alice", caller.leases.AcquireLease, acquire_request(requirement("Calculator"))
     )
