@@ -13,7 +13,9 @@ in-memory database always answers).
 from __future__ import annotations
 
 import contextlib
+import os
 import select
+import stat
 import time
 from typing import Protocol
 
@@ -106,7 +108,12 @@ class PostgresqlProbe:
 
 
 class SqliteProbe:
-    """The database file can be opened and read."""
+    """The database file is there and this process may read and write it.
+
+    It never opens the file itself: on POSIX, closing any descriptor of a
+    file drops every lock the process holds on it, so another process's
+    connection would take the broker's write-ahead log for unused and
+    delete it, with the writes in it."""
 
     def __init__(self, path: str, interval: float, timeout: float):
         self.path = path
@@ -117,11 +124,10 @@ class SqliteProbe:
         if self.path == ":memory:":
             return True
         try:
-            with open(self.path, "rb") as stream:
-                stream.read(100)
+            found = os.stat(self.path)
         except OSError:
             return False
-        return True
+        return stat.S_ISREG(found.st_mode) and os.access(self.path, os.R_OK | os.W_OK)
 
     def close(self) -> None:
         pass

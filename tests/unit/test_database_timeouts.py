@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from urllib.parse import urlparse
 
 import peewee
@@ -24,6 +26,7 @@ from broker.models.database import (
 )
 from broker.models.notify import GrantListener
 from broker.models.probe import PostgresqlProbe, SqliteProbe, probe_for
+from tests.conftest import RPC_TIMEOUT
 from tests.integration.helpers import wait_until
 from tests.multibroker.tcp_proxy import TcpProxy
 
@@ -228,3 +231,34 @@ def test_the_sqlite_probe_serves_while_the_file_can_be_read(tmp_path):
     path.unlink()
     assert probe.check() is False
     assert probe_for(open_database("sqlite:///:memory:"), DEFAULT_STALL_TIMEOUT).check() is True
+
+
+def test_the_sqlite_probe_leaves_the_brokers_locks_and_log_alone(tmp_path):
+    path = tmp_path / "broker.sqlite3"
+    database = open_database(f"sqlite:///{path}")
+    try:
+        database.connect()
+        database.execute_sql("CREATE TABLE kept (n INTEGER)")
+        database.execute_sql("INSERT INTO kept VALUES (1)")
+        probe = probe_for(database, 8.0)
+        assert probe.check() is True
+        # Another process (`broker tokens create`, say) opens and closes the
+        # database: it must see this one still using the log, and keep it.
+        subprocess.run(
+            [sys.executable, "-c", OTHER_PROCESS, str(path)], check=True, timeout=RPC_TIMEOUT
+        )
+        assert os.path.exists(f"{path}-wal")
+        assert database.execute_sql("SELECT count(*) FROM kept").fetchone()[0] == 2
+    finally:
+        close_database(database)
+    assert probe.check() is True
+    assert probe_for(open_database(f"sqlite:///{tmp_path / 'missing.db'}"), 8.0).check() is False
+
+
+OTHER_PROCESS = """
+import sqlite3, sys
+connection = sqlite3.connect(sys.argv[1])
+connection.execute("INSERT INTO kept VALUES (2)")
+connection.commit()
+connection.close()
+"""
