@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from google.protobuf import struct_pb2, timestamp_pb2
+
 from broker.api.field_values import from_field_value
 from broker.v1 import event_pb2, event_service_pb2, lease_pb2, resource_pb2
 from sdk.errors import BrokerError, FailedPreconditionError, InvalidArgumentError, ResourceBusyError
@@ -66,8 +68,24 @@ def event_line(event: event_pb2.Event) -> str:
         if value:
             parts.append(f"{key}={value}")
     for key, value in sorted(event.detail.items()):
-        parts.append(f"{key}={value}")
+        parts.append(f"{key}={detail_text(key, value)}")
     return "  ".join(parts)
+
+
+def detail_text(key: str, value) -> str:
+    """An event's detail value on one line: a list as `a,b`, a time (a key
+    ending in `_until` or `_time`, seconds since the epoch) in local ISO."""
+    if isinstance(value, struct_pb2.ListValue):
+        return ",".join(detail_text(key, item) for item in value)
+    if isinstance(value, struct_pb2.Struct):
+        return ",".join(f"{k}:{detail_text(k, v)}" for k, v in sorted(value.items()))
+    if isinstance(value, int | float) and key.endswith(("_until", "_time")):
+        moment = timestamp_pb2.Timestamp()
+        moment.FromNanoseconds(int(value * 1e9))
+        return local_time(moment)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def usage_table(stats: Iterable[event_service_pb2.UsageStats]) -> str:
