@@ -104,8 +104,10 @@ def flood(broker):
 
 
 def waiting_count(lease_stub) -> int:
+    # Bounded by the flood's timeout: right after a flood leaves, the
+    # listing waits behind every departure's transaction.
     response = lease_stub.ListWaiters(
-        lease_service_pb2.ListWaitersRequest(page_size=1000), timeout=RPC_TIMEOUT
+        lease_service_pb2.ListWaitersRequest(page_size=1000), timeout=FLOOD_TIMEOUT
     )
     return len(response.waiters)
 
