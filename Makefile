@@ -16,7 +16,7 @@ export PATH := $(BIN):$(PATH)
 help:
 	@echo "make serve   start the broker ($(CONFIG), SQLite by default)"
 	@echo "make test    run the whole test suite"
-	@echo "make lint    ruff, buf lint, and the generated-code freshness check"
+	@echo "make lint    ruff, mypy, buf lint, and the generated-code freshness check"
 	@echo "make bench   benchmarks against same-run references (PLOT=dir for plots)"
 	@echo "make proto   regenerate broker/v1 from protos/"
 	@echo "make clean   remove the virtual environment and caches"
@@ -70,6 +70,7 @@ test: venv
 lint: venv $(BUF)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	cd protos && $(BUF) lint
 	$(MAKE) --no-print-directory proto-check
 
@@ -78,4 +79,4 @@ bench: venv
 	$(BIN)/python -m bench $(if $(PLOT),--plot $(PLOT))
 
 clean:
-	rm -rf $(VENV) .tools .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .tools .pytest_cache .ruff_cache .mypy_cache *.egg-info

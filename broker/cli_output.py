@@ -67,8 +67,8 @@ def event_line(event: event_pb2.Event) -> str:
     ):
         if value:
             parts.append(f"{key}={value}")
-    for key, value in sorted(event.detail.items()):
-        parts.append(f"{key}={detail_text(key, value)}")
+    for key, detail in sorted(event.detail.items()):
+        parts.append(f"{key}={detail_text(key, detail)}")
     return "  ".join(parts)
 
 
@@ -325,7 +325,7 @@ def _usable(resource: resource_pb2.Resource) -> bool:
     return resource.is_usable if resource.HasField("is_usable") else True
 
 
-def _field_type(field_type: int) -> str:
+def _field_type(field_type: resource_pb2.FieldType.ValueType) -> str:
     return enum_text(resource_pb2.FieldType.Name(field_type), "FIELD_TYPE_")
 
 

@@ -18,7 +18,7 @@ TRUE_WORDS = frozenset({"true", "yes", "1"})
 FALSE_WORDS = frozenset({"false", "no", "0"})
 
 # A kind's own field name -> its `resource_pb2.FieldType`.
-FieldTypes = dict[str, int]
+FieldTypes = dict[str, resource_pb2.FieldType.ValueType]
 
 
 class UsageError(Exception):
@@ -33,7 +33,7 @@ def kind_field_types(client: BrokerClient, kind: str) -> FieldTypes:
     return {spec.name: spec.type for spec in kinds[kind].fields}
 
 
-def parse_value(field: str, text: str, field_type: int) -> Scalar:
+def parse_value(field: str, text: str, field_type: resource_pb2.FieldType.ValueType) -> Scalar:
     """`text` as the type of `field`; a bad value names the field."""
     try:
         if field_type == resource_pb2.FIELD_TYPE_INTEGER:

@@ -156,9 +156,10 @@ class BaseResource:
         self.data = self.DATA_CLASS(
             **{name: from_field_value(value) for name, value in resource.fields.items()}
         )
-        for name in COMMON_FIELDS:
-            setattr(self.data, name, getattr(resource, name))
-        self.data.is_usable = resource.is_usable if resource.HasField("is_usable") else True
+        common = {name: getattr(resource, name) for name in COMMON_FIELDS}
+        common["is_usable"] = resource.is_usable if resource.HasField("is_usable") else True
+        for name, value in common.items():
+            setattr(self.data, name, value)
         self.name = resource.name
         self.fencing_token = fencing_token
         self._state = ResourceState.NEW

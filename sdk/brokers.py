@@ -41,7 +41,9 @@ class Broker:
         """Whether the broker answers its health check SERVING within
         `timeout` seconds: False if it cannot be reached, does not answer
         (frozen), or has lost its database."""
-        future = self.health.Check.future(health_pb2.HealthCheckRequest(), timeout=timeout)
+        # The grpcio-health-checking stubs declare no methods on `HealthStub`.
+        check = self.health.Check  # type: ignore[attr-defined]
+        future = check.future(health_pb2.HealthCheckRequest(), timeout=timeout)
         try:
             response = calls.result(future)
         except grpc.RpcError:

@@ -139,7 +139,7 @@ def open_channel(address: str, token: str = "", tls: TlsOptions | None = None) -
         credentials = grpc.composite_channel_credentials(
             credentials, grpc.access_token_call_credentials(token)
         )
-    options = CHANNEL_OPTIONS
+    options: tuple[tuple[str, int | str], ...] = CHANNEL_OPTIONS
     if tls.server_name:
         options = (*options, ("grpc.ssl_target_name_override", tls.server_name))
     return grpc.secure_channel(address, credentials, options=options)

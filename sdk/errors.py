@@ -13,6 +13,8 @@ caller ever takes an ended lease for one it holds.
 
 from __future__ import annotations
 
+from typing import cast
+
 import grpc
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
@@ -190,7 +192,7 @@ def from_rpc_error(error: grpc.RpcError) -> BrokerError:
     CANCELLED, ...) give a plain `BrokerError`."""
     code = error.code()
     try:
-        status = rpc_status.from_call(error)
+        status = rpc_status.from_call(cast(grpc.Call, error))
     except ValueError:
         # The status proto disagrees with the call's code or message: a broken
         # peer; the call's own code and message are what we trust.
@@ -201,7 +203,8 @@ def from_rpc_error(error: grpc.RpcError) -> BrokerError:
 
 def _unpack(detail: any_pb2.Any) -> Message:
     for detail_type in DETAIL_TYPES:
-        if detail.Is(detail_type.DESCRIPTOR):
+        # types-protobuf widens a message class's DESCRIPTOR beyond what `Is` takes.
+        if detail.Is(detail_type.DESCRIPTOR):  # type: ignore[arg-type]
             unpacked = detail_type()
             detail.Unpack(unpacked)
             return unpacked

@@ -237,9 +237,9 @@ class Lease:
         except Exception as error:
             errors.append((f"releasing lease {self.lease_id}", error))
         raised = errors[0][1] if pending is None and errors else None
-        for what, error in errors:
-            if error is not raised:
-                logger.error("%s failed", what, exc_info=error)
+        for what, failure in errors:
+            if failure is not raised:
+                logger.error("%s failed", what, exc_info=failure)
         if raised is not None:
             raise raised
 

@@ -79,7 +79,8 @@ class Session:
         self._stopping = threading.Event()  # no more keep-alives
         self._closing = False  # close() was called: the stream's end is expected
         self._state_lock = threading.Lock()
-        self._call: grpc.Call | None = None
+        # The stream: a call that iterates over the broker's answers.
+        self._call: grpc._CallIterator[lease_service_pb2.OpenSessionResponse] | None = None
         self._reader = threading.Thread(target=self._read, name="broker-session", daemon=True)
 
     # ------------------------------------------------------------ public

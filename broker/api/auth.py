@@ -17,6 +17,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
 
 from broker.api.oidc import OidcVerifier, looks_like_jwt
 from broker.api.permissions import authorize
@@ -114,6 +115,7 @@ class Authenticator:
     def certificate_principal(self, name: str) -> Principal:
         """The principal a client certificate's common name stands for."""
         mtls = self.mtls
+        assert mtls is not None, "only called with client certificates on"
         return Principal(
             name, Role(mtls.roles.get(name, mtls.default_role)), mtls.groups.get(name, ())
         )
@@ -141,7 +143,7 @@ class Authenticator:
             )
         return view.principal
 
-    def _cached(self, key: str) -> TokenView | bool | None:
+    def _cached(self, key: str) -> TokenView | Literal[False] | None:
         """The cached record (None: unknown token), or False if it must be
         read again."""
         with self._lock:

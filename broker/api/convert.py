@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from broker.api.field_values import from_field_value, to_field_value
@@ -45,7 +47,7 @@ def kind_to_proto(kind: values.KindSpec) -> resource_pb2.Kind:
         fields=[
             resource_pb2.FieldSpec(
                 name=field.name,
-                type=int(field.type),
+                type=resource_pb2.FieldType.ValueType(field.type),
                 required=field.required,
                 default_value=None if field.default is None else to_field_value(field.default),
                 doc=field.doc,
@@ -192,7 +194,7 @@ def blocked_to_proto(blocked: values.Blocked) -> lease_pb2.AcquireBlocked:
 def obstacle_to_proto(obstacle: values.Obstacle) -> lease_pb2.Obstacle:
     return lease_pb2.Obstacle(
         resource=obstacle.resource,
-        cause=int(obstacle.cause),
+        cause=lease_pb2.ObstacleCause.ValueType(obstacle.cause),
         text=obstacle.text,
         until=None if obstacle.until is None else timestamp(obstacle.until),
         principal=obstacle.principal,
@@ -212,13 +214,13 @@ def queue_status_to_proto(waiting: values.Waiting) -> lease_pb2.QueueStatus:
 def requirement_to_proto(requirement: values.Requirement) -> lease_pb2.Requirement:
     constraints = []
     for c in requirement.constraints:
+        # A stored request's constraints were checked: every value is set.
+        given = cast("tuple[values.Scalar, ...]", c.values)
         if c.any_of:
-            test = {
-                "any_of": lease_pb2.FieldValueList(values=[to_field_value(v) for v in c.values])
-            }
+            any_of = lease_pb2.FieldValueList(values=[to_field_value(v) for v in given])
+            constraints.append(lease_pb2.Constraint(field=c.field, any_of=any_of))
         else:
-            test = {"equals": to_field_value(c.values[0])}
-        constraints.append(lease_pb2.Constraint(field=c.field, **test))
+            constraints.append(lease_pb2.Constraint(field=c.field, equals=to_field_value(given[0])))
     return lease_pb2.Requirement(
         kind=requirement.kind,
         constraints=constraints,
@@ -253,7 +255,7 @@ def lease_to_proto(view: values.LeaseView) -> lease_pb2.Lease:
     return lease_pb2.Lease(
         lease_id=view.lease_id,
         holder=view.holder,
-        state=int(view.state),
+        state=lease_pb2.LeaseState.ValueType(view.state),
         grants=[
             lease_pb2.Grant(
                 requirement_index=grant.requirement_index,

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 import peewee
@@ -149,8 +150,9 @@ def _none(error: Exception):
     return []
 
 
-# Most specific class first: the first row whose class matches wins.
-STATUS_TABLE: tuple[tuple[type[Exception], int, Callable[[Exception], list]], ...] = (
+# Most specific class first: the first row whose class matches wins. Each
+# row's details function takes an instance of that row's class.
+STATUS_TABLE: tuple[tuple[type[Exception], int, Callable[[Any], list]], ...] = (
     (errors.InvalidArgumentError, code_pb2.INVALID_ARGUMENT, _bad_request),
     (errors.NotFoundError, code_pb2.NOT_FOUND, _resource_info),
     (errors.AlreadyExistsError, code_pb2.ALREADY_EXISTS, _resource_info),
@@ -245,7 +247,7 @@ def _status_for(error: Exception, rpc: str) -> status_pb2.Status:
 Check = Callable[[object], Awaitable[None]]
 """Checks one request message (or `Undecodable`), raising INVALID_ARGUMENT."""
 
-Gate = Callable[[str, object, object], Awaitable[Principal]]
+Gate = Callable[[str, Any, Any], Awaitable[Principal]]
 """Admits a call to a method (`broker.api.auth`): its principal, from the
 call's metadata and its TLS peer, or UNAUTHENTICATED / PERMISSION_DENIED."""
 

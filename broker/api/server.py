@@ -166,11 +166,11 @@ class BrokerServer:
             poll=config.events.poll_interval,
         )
         self.listener = (
-            None
-            if isinstance(self.database, peewee.SqliteDatabase)
-            else GrantListener(
+            GrantListener(
                 self.database, self.board.announce, {event_model.CHANNEL: self.feed.announce}
             )
+            if isinstance(self.database, peewee.PostgresqlDatabase)
+            else None
         )
         self.leases = Leases(
             kinds,

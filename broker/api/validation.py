@@ -114,7 +114,9 @@ class _Walk:
             self.add(where, f"has more than {MAX_REPEATED} entries")
             return
         self.count(where, len(value))
-        value_field = field.message_type.fields_by_name["value"]
+        entry = field.message_type
+        assert entry is not None, "a map field's entries are messages"
+        value_field = entry.fields_by_name["value"]
         for key, item in value.items():
             if isinstance(key, str):
                 if len(key) > MAX_STRING:
@@ -135,8 +137,11 @@ class _Walk:
                 self.add(where, f"is longer than {MAX_STRING} characters")
             elif "\0" in value:
                 self.add(where, "must not hold a NUL character")
-        elif field.type == _FD.TYPE_ENUM and field.enum_type.values_by_number.get(value) is None:
-            self.add(where, f"{value} is not a {field.enum_type.name} value")
+        elif field.type == _FD.TYPE_ENUM:
+            enum = field.enum_type
+            assert enum is not None, "an enum field names its enum"
+            if enum.values_by_number.get(value) is None:
+                self.add(where, f"{value} is not a {enum.name} value")
 
 
 def violations(message: Message, path: str = "") -> list[FieldViolation]:

@@ -4,6 +4,7 @@ retention)."""
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 from collections.abc import Callable
@@ -99,7 +100,7 @@ class EventLog:
 
     def read(
         self, given: EventFilter, after: int, limit: int, upto: int | None = None
-    ) -> list[EventView]:
+    ) -> builtins.list[EventView]:
         """Up to `limit` events after sequence `after` (and at most `upto`)
         that pass `given`, oldest first."""
         rows = event_model.list_events(

@@ -13,6 +13,7 @@ import hmac
 import json
 import time
 from collections.abc import Set
+from typing import cast
 
 from broker.domain import events, filters
 from broker.domain.errors import (
@@ -79,7 +80,9 @@ class Plan:
     @property
     def blocked_index(self) -> int:
         """The index of the first requirement left without a resource."""
-        return self.needs[self.slot_needs[self.matching.first_unmatched]].index
+        slot = self.matching.first_unmatched
+        assert slot is not None, "only an incomplete plan is blocked"
+        return self.needs[self.slot_needs[slot]].index
 
     def assigned_ownable(self) -> list[int]:
         """The free ownable resources the (partial) assignment uses."""
@@ -241,8 +244,9 @@ class Granter:
         or not yet (RESOURCE_EXHAUSTED), saying for each resource it could
         use why it does not get it (out of service, reserved, held)."""
         usable = self.plan(needs, holder, now, free_only=False, groups=groups)
-        if not usable.matching.complete:
-            position = usable.slot_needs[usable.matching.first_unmatched]
+        slot = usable.matching.first_unmatched
+        if slot is not None:
+            position = usable.slot_needs[slot]
             need = needs[position]
             path = f"requirements[{need.index}]"
             found = self.obstacles(need, holder, now, groups, limit=MAX_HOLDERS_REPORTED)
@@ -293,7 +297,7 @@ class Granter:
         limit = max(total, MAX_HOLDERS_REPORTED)
         rows = self._visible(need, holder, now, groups, limit)
         held = [row for row in rows if row.lease_id and row.is_usable][:MAX_HOLDERS_REPORTED]
-        leases = lease_model.leases_by_id(sorted({row.lease_id for row in held}))
+        leases = lease_model.leases_by_id(sorted({row.lease_id for row in held if row.lease_id}))
         holders = tuple(
             HolderView(row.name, row.lease_id, row.owner, leases[row.lease_id].expire_time)
             for row in held
@@ -314,7 +318,7 @@ class Granter:
         granted to `holder` now; `NO_SUCH_RESOURCE` if there is none."""
         rows = self._visible(need, holder, now, groups, limit)
         held = [row for row in rows if row.lease_id]
-        leases = lease_model.leases_by_id(sorted({row.lease_id for row in held}))
+        leases = lease_model.leases_by_id(sorted({row.lease_id for row in held if row.lease_id}))
         holders = tuple(
             HolderView(row.name, row.lease_id, row.owner, leases[row.lease_id].expire_time)
             for row in held
@@ -393,7 +397,9 @@ class Granter:
                 "session_id": session_id or None,
             }
         )
-        chosen = [plan.by_id[rid] for rid in plan.matching.assignment]
+        # A complete plan: every slot has a resource.
+        assignment = cast("tuple[int, ...]", plan.matching.assignment)
+        chosen = [plan.by_id[rid] for rid in assignment]
         slot_kinds = [plan.needs[n].kind for n in plan.slot_needs]
         ownable = [row.id for row, kind in zip(chosen, slot_kinds, strict=True) if kind.ownable]
         shared = [row.id for row, kind in zip(chosen, slot_kinds, strict=True) if not kind.ownable]

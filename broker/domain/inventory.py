@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -294,7 +295,10 @@ class Inventory:
                 raise ConflictError(f"resource {name!r} changed since it was read")
             holders = lease_model.active_holders([row.id], LeaseState.ACTIVE)[row.id]
             if row.lease_id or holders:
-                lease_ids = sorted({row.lease_id, *(lease.id for lease in holders)} - {None})
+                held_by = {lease.id for lease in holders}
+                if row.lease_id is not None:
+                    held_by.add(row.lease_id)
+                lease_ids = sorted(held_by)
                 raise FailedPreconditionError(
                     PreconditionViolation(
                         "RESOURCE_LEASED",
@@ -344,14 +348,14 @@ class Inventory:
         given = {name: patch.fields.get(name) for name in named}
         return self._typed_fields(kind, given, complete=False)
 
-    def _views(self, rows: list[resource_model.Resource]) -> list[ResourceView]:
+    def _views(self, rows: builtins.list[resource_model.Resource]) -> builtins.list[ResourceView]:
         """Views of rows of any kinds: typed fields fetched per kind, holders
         of shared kinds from their active grants."""
-        by_kind: dict[str, list[resource_model.Resource]] = {}
+        by_kind: dict[str, builtins.list[resource_model.Resource]] = {}
         for row in rows:
             by_kind.setdefault(row.kind, []).append(row)
         data = {}
-        shared_ids = []
+        shared_ids: builtins.list[int] = []
         for kind_name, kind_rows in by_kind.items():
             kind = self.kinds.find(kind_name)
             if kind is None:
@@ -391,7 +395,7 @@ def _reservation_events(
     is removed."""
     before_for = was[0]
     if row.reserved_for and (row.reserved_for, row.reserved_until) != was:
-        detail = {"reserved_for": row.reserved_for}
+        detail: dict[str, str | float] = {"reserved_for": row.reserved_for}
         if row.reserved_until is not None:
             detail["reserved_until"] = row.reserved_until
         return [

@@ -13,6 +13,7 @@ after it commits.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import dataclasses
 import hmac
@@ -232,7 +233,9 @@ class Leases:
         waiter_id = self.queue.enqueue(
             request, replay, ttl, lease_id, now, deadline, None if over else plan
         )
-        return self._waiting(queue_model.get_waiter(waiter_id), now)
+        waiter = queue_model.get_waiter(waiter_id)
+        assert waiter is not None, "enqueued in this transaction"
+        return self._waiting(waiter, now)
 
     def _earlier(self, replay: Replay, now: float) -> Granted | Waiting | BrokerError | None:
         """The outcome of the earlier request with this request id, if there
@@ -664,7 +667,7 @@ class Leases:
         )
         return Page(tuple(self._views(rows, groups=groups)), token)
 
-    def _lock_delay(self, grants: list[lease_model.LeaseGrant], now: float) -> None:
+    def _lock_delay(self, grants: builtins.list[lease_model.LeaseGrant], now: float) -> None:
         for grant in grants:
             kind = self.kinds.find(json.loads(grant.snapshot)["kind"])
             if kind is not None and kind.spec.lock_delay > 0 and grant.resource_id is not None:
@@ -672,10 +675,10 @@ class Leases:
 
     def _views(
         self,
-        leases: list[lease_model.Lease],
-        grants: dict[str, list[lease_model.LeaseGrant]] | None = None,
+        leases: builtins.list[lease_model.Lease],
+        grants: dict[str, builtins.list[lease_model.LeaseGrant]] | None = None,
         groups: tuple[str, ...] | None = None,
-    ) -> list[LeaseView]:
+    ) -> builtins.list[LeaseView]:
         """Views of leases; `grants` may bring their grants, already read.
         Grants of resources outside `groups` (None: every group) are left
         out, and so are leases of such resources only: to such a reader

@@ -110,7 +110,7 @@ class WaitQueue:
         per_holder = resource_model.any_restricted()
         reserved: set[int] = set()
         needs_of: dict[str, list[Need] | None] = {}
-        fruitless: set[tuple[str, str]] = set()
+        fruitless: set[tuple[str, tuple[str, tuple[str, ...] | None] | str]] = set()
         held: dict[str, int] = {}  # resources held by principals with a quota
         for waiter in waiters:
             if waiter.deadline <= now:
@@ -144,7 +144,7 @@ class WaitQueue:
                     now=now,
                     replay=(
                         Replay(waiter.request_key, waiter.request_digest)
-                        if waiter.request_key
+                        if waiter.request_key and waiter.request_digest is not None
                         else None
                     ),
                     session_id=waiter.session_id or "",

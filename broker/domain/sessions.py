@@ -81,13 +81,10 @@ class Sessions:
         already ended is FAILED_PRECONDITION."""
         with self.leases.transaction() as now:
             session = self._open_session(session_id, now)
-            if session is None:
-                ended = True
-            else:
-                ended = False
+            if session is not None:
                 expire_time = now + session.keepalive_timeout
                 session_model.keep_alive(session_id, expire_time, now, LeaseState.ACTIVE)
-        if ended:
+        if session is None:
             raise FailedPreconditionError(
                 PreconditionViolation(
                     "SESSION_ENDED", f"sessions/{session_id}", f"session {session_id} has ended"

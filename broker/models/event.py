@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from typing import cast
 
 import peewee
 
@@ -182,10 +183,12 @@ def end_times(lease_ids: Sequence[str], types: Sequence[str]) -> dict[tuple[str,
     ends: dict[tuple[str, str], float] = {}
     ids = list(dict.fromkeys(lease_ids))
     for start in range(0, len(ids), 500):
-        rows = (
+        # `.tuples()` rows are plain tuples; peewee's stubs keep the model type.
+        rows = cast(
+            "Iterable[tuple[str, str, float]]",
             Event.select(Event.lease_id, Event.resource, Event.time)
             .where(Event.lease_id.in_(ids[start : start + 500]), Event.type.in_(list(types)))
-            .tuples()
+            .tuples(),
         )
         for lease_id, resource, time in rows:
             ends[(lease_id, resource)] = time

@@ -9,7 +9,8 @@ raced, so the domain never relies on reading before writing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import cast
 
 import peewee
 
@@ -65,6 +66,9 @@ class LeaseGrant(BaseModel):
     label = peewee.CharField(max_length=64, default="")
     fencing_token = peewee.BigIntegerField()
     snapshot = peewee.TextField()
+    # The keys themselves, without loading the rows.
+    lease_id: str
+    resource_id: int | None
 
 
 def insert_lease(values: dict) -> Lease:
@@ -183,7 +187,8 @@ def active_holders(resource_ids: Sequence[int], active_state: int) -> dict[int, 
             .order_by(Lease.create_time)
         )
         for grant in query:
-            result[grant.resource_id].append(grant.lease)
+            # The query keeps only grants of these resources: never None.
+            result[cast(int, grant.resource_id)].append(grant.lease)
     return result
 
 
@@ -280,13 +285,15 @@ def delete_ended_leases(ended_states: Sequence[int], cutoff: float, limit: int) 
     ]
     if not ids:
         return 0
-    highest = (
+    # `.tuples()` rows are (name, token) pairs; peewee's stubs keep the model type.
+    rows = cast(
+        "Iterable[tuple[str, int]]",
         LeaseGrant.select(LeaseGrant.resource_name, peewee.fn.MAX(LeaseGrant.fencing_token))
         .where(LeaseGrant.lease.in_(ids))
         .group_by(LeaseGrant.resource_name)
-        .tuples()
+        .tuples(),
     )
-    highest = dict(highest)
+    highest = dict(rows)
     floors = {
         row.resource_name: row.fencing_token
         for row in FencingFloor.select().where(FencingFloor.resource_name.in_(list(highest)))

@@ -80,7 +80,7 @@ class PostgresqlProbe:
         self.database = database
         self.interval = interval
         self.timeout = timeout
-        self._connection = None
+        self._connection: psycopg2.extensions.connection | None = None
 
     def check(self) -> bool:
         deadline = time.monotonic() + self.timeout

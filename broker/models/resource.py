@@ -22,6 +22,7 @@ class Resource(BaseModel):
     kind, the one active lease; `fencing_token` is the number of its latest
     grant and only grows)."""
 
+    id = peewee.AutoField()
     name = peewee.CharField(max_length=128, unique=True)
     kind = peewee.CharField(max_length=128, index=True)
     is_usable = peewee.BooleanField(default=True)
@@ -49,6 +50,8 @@ class Resource(BaseModel):
     setup_failures = peewee.IntegerField(default=0)
     # When it was last granted (0: never): free ones go least recent first.
     last_grant_time = peewee.DoubleField(default=0.0)
+    # The kind's row, when a query joined it (`attr="data"`).
+    data: ResourceData
 
     class Meta:
         # The candidate query: resources of a kind, free ones first, least
@@ -77,6 +80,7 @@ class ResourceData(BaseModel):
     LOCK_DELAY: ClassVar[float] = 0.0
 
     resource = peewee.ForeignKeyField(Resource, primary_key=True, on_delete="CASCADE", backref="+")
+    resource_id: int
 
     @classmethod
     def kind_name(cls) -> str:

@@ -13,7 +13,12 @@ import peewee
 from playhouse.migrate import SchemaMigrator, migrate
 
 from broker.models.base import BaseModel
-from broker.models.database import LAYOUT_LOCK_KEY, database_proxy, schema_key
+from broker.models.database import (
+    LAYOUT_LOCK_KEY,
+    PostgresqlDatabase,
+    database_proxy,
+    schema_key,
+)
 from broker.models.event import Event
 from broker.models.lease import FencingFloor, Lease, LeaseGrant
 from broker.models.queue import Waiter
@@ -75,7 +80,8 @@ def create_tables(kind_models: Sequence[type[BaseModel]]) -> None:
             _add_columns(missing.columns)
             database.create_tables(missing.tables, safe=True)
             for model in missing.indexed:
-                model._schema.create_indexes(safe=True)
+                # peewee's stubs omit the model's schema manager.
+                model._schema.create_indexes(safe=True)  # type: ignore[attr-defined]
             if version != SCHEMA_VERSION:
                 Setting.insert(name=SCHEMA_VERSION_KEY, value=str(SCHEMA_VERSION)).on_conflict(
                     conflict_target=[Setting.name], update={Setting.value: str(SCHEMA_VERSION)}
@@ -135,7 +141,7 @@ def _layout_lock(database: peewee.Database) -> Iterator[None]:
     layout lock is as long as a statement may take (only starting brokers
     take it); the changes themselves wait for a table lock only as long as
     any lock (`Timeouts.lock_ms`), since traffic queues behind them."""
-    if isinstance(database, peewee.SqliteDatabase):
+    if not isinstance(database, PostgresqlDatabase):
         yield
         return
     with database.atomic():

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import peewee
 
 from broker.models.database import database_proxy
+
+M = TypeVar("M", bound=peewee.Model)
 
 
 @functools.lru_cache(maxsize=512)
@@ -52,7 +54,7 @@ def column_list(model: type[peewee.Model], alias: str = "") -> str:
     return ", ".join(f"{prefix}{quoted(f.column_name)}" for f in columns_of(model))
 
 
-def instance(model: type[peewee.Model], row: Sequence[Any]) -> peewee.Model:
+def instance(model: type[M], row: Sequence[Any]) -> M:
     """A model instance from a row of `column_list(model)`'s values."""
     fields = columns_of(model)
     return model(
