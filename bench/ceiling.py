@@ -27,7 +27,7 @@ import sys
 import uuid
 from collections.abc import Sequence
 
-from bench.broker_process import REPO_ROOT, RPC_TIMEOUT, Broker, acquire_request, wait_listening
+from bench.broker_process import REPO_ROOT, Broker, wait_listening
 
 SERVICE = "bench.Ceiling"
 ACQUIRE = f"/{SERVICE}/Acquire"
@@ -154,7 +154,7 @@ def start_ceiling(workdir: str, names: Sequence[str]) -> Broker:
 def ceiling_worker(channel, name: str, window, tally) -> None:
     """`bench.throughput.acquire_release_worker`'s cycle on the ceiling's two
     methods."""
-    from bench.throughput import timed_cycles
+    from bench.throughput import run_cycles
     from broker.v1 import lease_service_pb2
 
     acquire = channel.unary_unary(
@@ -167,18 +167,7 @@ def ceiling_worker(channel, name: str, window, tally) -> None:
         request_serializer=lease_service_pb2.ReleaseLeaseRequest.SerializeToString,
         response_deserializer=lease_service_pb2.ReleaseLeaseResponse.FromString,
     )
-    request = acquire_request(name, f"bench@{name}")
-
-    def cycle() -> None:
-        granted = acquire(request, timeout=RPC_TIMEOUT)
-        release(
-            lease_service_pb2.ReleaseLeaseRequest(
-                lease_id=granted.lease.lease_id, secret=granted.secret
-            ),
-            timeout=RPC_TIMEOUT,
-        )
-
-    timed_cycles(cycle, window, tally)
+    run_cycles(acquire, release, name, window, tally)
 
 
 HEADER = (

@@ -77,11 +77,18 @@ class Tally:
 def acquire_release_worker(channel, name: str, window: Window, tally: Tally) -> None:
     """Acquires `name` by name and releases it, again and again, until the
     window closes; records each whole cycle's latency in seconds."""
-    from broker.v1 import lease_service_pb2, lease_service_pb2_grpc
+    from broker.v1 import lease_service_pb2_grpc
 
     stub = lease_service_pb2_grpc.LeaseServiceStub(channel)
+    run_cycles(stub.AcquireLease, stub.ReleaseLease, name, window, tally)
+
+
+def run_cycles(acquire, release, name: str, window: Window, tally: Tally) -> None:
+    """Acquires `name` with `acquire` and releases it with `release` (unary
+    callables taking the broker's messages) until the window closes."""
+    from broker.v1 import lease_service_pb2
+
     request = acquire_request(name, f"bench@{name}")
-    acquire, release = stub.AcquireLease, stub.ReleaseLease
 
     def cycle() -> None:
         granted = acquire(request, timeout=RPC_TIMEOUT)
