@@ -19,11 +19,18 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 
+import peewee
+
 from broker.api.runner import Runner
+from broker.domain.errors import UnavailableError
 from broker.domain.leasing import Leases
 from broker.domain.values import Granted, Waiting
 
 POLL_SECONDS = 1.0
+# Tries of a departure whose transaction met a transient database failure,
+# the first retry this many seconds later, each next one twice as late.
+DEPARTURE_ATTEMPTS = 6
+DEPARTURE_BACKOFF = 0.25
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +137,7 @@ class WaitBoard:
             if not delivered and self._followers[waiter_id] == 1:
                 # The caller is gone: no await may be cancelled here, so the
                 # request leaves the queue in the background.
-                self._leave(run(leases.abandon, waiting.waiter_id, False))
+                self._leave(_depart(run, leases, waiting.waiter_id))
             raise
         finally:
             self._followers[waiter_id] -= 1
@@ -169,6 +176,22 @@ class WaitBoard:
                 "a waiting call left, but its request could not leave the queue: %s",
                 future.exception(),
             )
+
+
+async def _depart(run: Runner, leases: Leases, waiter_id: int) -> None:
+    """Takes a request whose caller left out of the queue, trying again
+    after a transient database failure (a lock timeout behind a crowd of
+    other departures, a dropped connection): else it would wait in the
+    queue, reserving resources, until its deadline."""
+    for attempt in range(1, DEPARTURE_ATTEMPTS + 1):
+        try:
+            await run(leases.abandon, waiter_id, False)
+            return
+        except (peewee.OperationalError, peewee.InterfaceError, UnavailableError) as error:
+            if attempt == DEPARTURE_ATTEMPTS:
+                raise
+            log.info("request %s could not leave the queue yet (%s); retrying", waiter_id, error)
+            await asyncio.sleep(DEPARTURE_BACKOFF * 2 ** (attempt - 1))
 
 
 def _settle(waker: asyncio.Future[None]) -> None:
