@@ -20,9 +20,9 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 
-from broker.domain import events, paging
+from broker.domain import events, paging, races
 from broker.domain.errors import (
     BrokerError,
     DeadlineExceededError,
@@ -63,6 +63,7 @@ from broker.domain.values import (
 )
 from broker.domain.views import from_snapshot
 from broker.models import lease as lease_model
+from broker.models import locks
 from broker.models import notify as notify_model
 from broker.models import queue as queue_model
 from broker.models import resource as resource_model
@@ -84,6 +85,11 @@ _END_EVENTS = {
     LeaseState.EXPIRED: EventType.LEASE_EXPIRED,
     LeaseState.REVOKED: EventType.LEASE_REVOKED,
 }
+
+
+def _kinds_of(grants: list[lease_model.LeaseGrant]) -> set[str]:
+    """The kinds of a lease's grants, as their snapshots recorded them."""
+    return {json.loads(grant.snapshot)["kind"] for grant in grants}
 
 
 def _session_lost(
@@ -125,12 +131,15 @@ class Leases:
         self.on_granted = on_granted
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[float]:
+    def transaction(
+        self, kinds: Collection[str] | None = None, queue: bool = False
+    ) -> Iterator[float]:
         """A write transaction that announces, once committed, the waiting
         requests it granted. It gives the time of its decisions, read once
         its locks are held, so recorded times follow the order in which
-        transactions decide (and fencing numbers grow)."""
-        with write_transaction():
+        transactions decide (and fencing numbers grow). Its locks are those
+        of the `kinds` it touches (`write_transaction`; None: everything)."""
+        with write_transaction(kinds=kinds, queue=queue):
             self.queue.granted.clear()
             yield self.clock()
             notify_model.announce_grants(list(self.queue.granted))
@@ -154,15 +163,19 @@ class Leases:
         never = self.quotas.never(request.who, sum(need.count for need in needs))
         if never is not None:
             raise never
-        with self.transaction() as now:
-            # Waiting requests come before a newcomer to whatever came free
-            # since the last pass: leases found expired, lock-delays ended.
-            if self._expire_due(now) or resource_model.delays_passed(now):
-                self.queue.dispatch(now)
-            outcome = self._acquire(request, needs, ttl, now)
+        outcome = self._acquire_once(request, needs, ttl)
         if isinstance(outcome, BrokerError):
             raise outcome
         return outcome
+
+    @races.retried
+    def _acquire_once(self, request: AcquireRequest, needs, ttl: float):
+        with self.transaction(kinds={need.kind.name for need in needs}) as now:
+            # Waiting requests come before a newcomer to whatever came free
+            # since the last pass: leases found expired, lock-delays ended.
+            if self._expire_due(now) or resource_model.delays_passed(now):
+                self.after_freeing(now)
+            return self._acquire(request, needs, ttl, now)
 
     def _check_waiting(self, request: AcquireRequest) -> None:
         if request.max_wait < 0:
@@ -213,10 +226,15 @@ class Leases:
                 ttl=ttl,
                 holder=request.holder,
                 principal=request.who,
-                now=now,
+                # Read after the candidates: a resource freed by a release
+                # that ran alongside is granted after that release's time.
+                now=self.clock(),
                 replay=replay,
                 session_id=request.session_id,
+                behind_priority=request.priority,
             )
+        kinds = {need.kind.name for need in needs}
+        locks.require(locks.Level.QUEUE, kinds, "a refusal or a wait is decided after the grants")
         # Not granted now: busy, over the quota, or both; "never" beats both.
         refusal = (
             None
@@ -415,7 +433,7 @@ class Leases:
             actor = principal_of(lease)
             self.end(lease, grants, LeaseState.RELEASED, now, "released by its holder", actor)
 
-        return self._change(lease_id, secret, end, principal)
+        return self._change(lease_id, secret, end, principal, frees=True)
 
     def report_setup(
         self,
@@ -484,18 +502,33 @@ class Leases:
         def end(lease: lease_model.Lease, grants: list, now: float) -> None:
             self.end(lease, grants, LeaseState.REVOKED, now, reason, actor)
 
-        return self._change(lease_id, None, end)
+        return self._change(lease_id, None, end, frees=True)
 
     def _change(
-        self, lease_id: str, secret: str | None, change, principal: str | None = None
+        self,
+        lease_id: str,
+        secret: str | None,
+        change,
+        principal: str | None = None,
+        frees: bool = False,
     ) -> LeaseView:
         """Applies `change` to an active lease after checking the secret
         (None: no secret needed) and, if given, that `principal` holds it:
         a secret that leaked is of no use to another principal. A lease
-        found past its TTL is expired and committed first, then reported."""
+        found past its TTL is expired and committed first, then reported.
+        A change that `frees` the lease's resources locks their kinds."""
         if not lease_id:
             raise InvalidArgumentError.of("lease_id", "is required")
-        with self.transaction() as now:
+        return self._change_once(lease_id, secret, change, principal, frees)
+
+    @races.retried
+    def _change_once(
+        self, lease_id: str, secret: str | None, change, principal: str | None, frees: bool
+    ) -> LeaseView:
+        # A lease's grants never change: their kinds are known before the
+        # transaction takes its locks.
+        kinds = _kinds_of(lease_model.grants_of([lease_id])[lease_id]) if frees else ()
+        with self.transaction(kinds=kinds) as now:
             lease = lease_model.lock_lease(lease_id)
             if lease is None:
                 raise NotFoundError("lease", lease_id)
@@ -525,7 +558,7 @@ class Leases:
                 change(lease, grants[lease.id], now)
                 outcome = None
             if lease.state != LeaseState.ACTIVE:
-                self.queue.dispatch(now)
+                self.after_freeing(now)
             view = self._views([lease], grants)[0]
         if outcome is not None:
             raise outcome
@@ -533,16 +566,38 @@ class Leases:
 
     # ----------------------------------------------------------------- expiry
 
+    @races.retried
     def expire_due(self) -> int:
         """Frees every lease whose TTL has run out and every session whose
         keep-alives stopped, then makes a queue pass (waits end, lock-delays
-        pass); returns how many leases ended."""
-        with self.transaction() as now:
+        pass); returns how many leases ended. With nothing to do it locks
+        nothing but the rows it reads."""
+        with self.transaction(kinds=()) as now:
+            if not self._sweep_due(now):
+                return 0
+            locks.require(locks.Level.EVERYTHING, why="the sweep")
             expired = self._expire_due(now)
             for session in session_model.orphaned_sessions(SessionState.OPEN, now):
                 self.orphan_session(session, now)
             self.queue.dispatch(now)
         return expired
+
+    def _sweep_due(self, now: float) -> bool:
+        """Whether the sweep has work: a lease past its TTL, a session its
+        broker stopped attending, a queue, a lock-delay or a reservation
+        that ended."""
+        return bool(
+            lease_model.due_lease_ids(LeaseState.ACTIVE, now, 1)
+            or session_model.orphaned_sessions(SessionState.OPEN, now)
+            or queue_model.busy(WaiterState.WAITING)
+            or resource_model.delays_passed(now)
+        )
+
+    def after_freeing(self, now: float) -> None:
+        """After resources came free: a queue pass, if anyone may want them
+        (a write that locked less than everything asks for everything)."""
+        if locks.holds(locks.Level.EVERYTHING) or queue_model.busy(WaiterState.WAITING):
+            self.queue.dispatch(now)
 
     def orphan_session(self, session: session_model.Session, now: float) -> None:
         """Ends a session whose broker stopped attending it (its deadline
@@ -584,9 +639,9 @@ class Leases:
         while True:
             due = lease_model.due_lease_ids(LeaseState.ACTIVE, now, EXPIRY_BATCH)
             grants = lease_model.grants_of(due)
-            for lease in lease_model.leases_by_id(due).values():
+            for lease in lease_model.lock_due_leases(due, LeaseState.ACTIVE, now).values():
                 self.end(lease, grants[lease.id], LeaseState.EXPIRED, now, "its TTL ran out", "")
-            expired += len(due)
+                expired += 1
             if len(due) < EXPIRY_BATCH:
                 return expired
 
@@ -604,6 +659,7 @@ class Leases:
         the holder vanished rather than released them) and records an event
         for each. The caller makes the queue pass."""
         event_type = _END_EVENTS[state]
+        locks.require(locks.Level.SHARED, _kinds_of(grants), "freeing resources")
         lease_model.free_resources_of([lease.id])
         if state == LeaseState.EXPIRED:
             self._lock_delay(grants, now)

@@ -35,6 +35,7 @@ from broker.domain.granting import (
 from broker.domain.quotas import Quotas
 from broker.domain.replay import Replay
 from broker.domain.values import AcquireRequest, EventType, Granted, WaiterState
+from broker.models import locks
 from broker.models import queue as queue_model
 from broker.models import resource as resource_model
 
@@ -70,6 +71,7 @@ class WaitQueue:
         ranks last simply reserves it, one that outranks others makes the
         reservations anew in a full pass. No plan: it waits for its quota
         and reserves nothing."""
+        locks.require(locks.Level.QUEUE, {r.kind for r in request.requirements}, "enqueueing")
         outranked = queue_model.lowest_waiting_priority(WaiterState.WAITING)
         waiter_id = queue_model.insert_waiter(
             {
@@ -98,6 +100,7 @@ class WaitQueue:
     def dispatch(self, now: float) -> None:
         """One pass over the waiting requests in order: grant whoever can be
         served in full, reserve for the others."""
+        locks.require(locks.Level.EVERYTHING, why="a queue pass")
         resource_model.clear_passed_delays(now)
         self._end_reservations(now)
         waiters = queue_model.waiting(WaiterState.WAITING)

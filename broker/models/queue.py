@@ -133,6 +133,17 @@ def free_counts_by_kind(now: float) -> dict[str, int]:
     return dict(cursor.fetchall())
 
 
+def busy(waiting_state: int) -> bool:
+    """Whether a request waits, or a free resource is still reserved by
+    one that waited: then a queue pass has work to do. Two index reads."""
+    cursor = statements.run(
+        'SELECT EXISTS (SELECT 1 FROM "waiter" WHERE "state" = ?)'
+        ' OR EXISTS (SELECT 1 FROM "resource" WHERE "reserved_by" IS NOT NULL)',
+        [waiting_state],
+    )
+    return bool(cursor.fetchone()[0])
+
+
 def lowest_waiting_priority(state: int) -> int | None:
     """The lowest priority among the waiting requests, None if none wait."""
     cursor = statements.run('SELECT MIN("priority") FROM "waiter" WHERE "state" = ?', [state])

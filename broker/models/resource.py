@@ -15,6 +15,7 @@ import peewee
 
 from broker.models import statements
 from broker.models.base import BaseModel
+from broker.models.database import database_proxy
 
 
 class Resource(BaseModel):
@@ -140,8 +141,11 @@ def select_candidates(
     `EVERY` takes all. Each row carries its kind's fields as `.data`."""
     shape = tuple((field, len(values)) for field, values in filters)
     respect_queue = mode == FREE and behind_priority is not None
+    # On PostgreSQL free candidates are locked, and those another grant has
+    # locked skipped: two grants of one kind at once pick different ones.
+    skip_locked = mode == FREE and not isinstance(database_proxy.obj, peewee.SqliteDatabase)
     sql = _candidates_sql(
-        kind_model, shape, mode, respect_queue, None if groups is None else len(groups)
+        kind_model, shape, mode, respect_queue, None if groups is None else len(groups), skip_locked
     )
     params: list = [kind]
     if groups is not None:
@@ -172,6 +176,7 @@ def _candidates_sql(
     mode: str,
     respect_queue: bool,
     group_count: int | None,
+    skip_locked: bool = False,
 ) -> str:
     kind_columns = [f for f in statements.columns_of(kind_model) if f.name != "resource"]
     selected = ", ".join(
@@ -204,6 +209,7 @@ def _candidates_sql(
         f'SELECT {selected} FROM "resource" AS r'
         f' JOIN "{kind_model._meta.table_name}" AS k ON k."resource_id" = r."id"'
         f" WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?"
+        + (" FOR UPDATE OF r SKIP LOCKED" if skip_locked else "")
     )
 
 
