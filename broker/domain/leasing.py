@@ -525,10 +525,10 @@ class Leases:
     def _change_once(
         self, lease_id: str, secret: str | None, change, principal: str | None, frees: bool
     ) -> LeaseView:
-        # A lease's grants never change: their kinds are known before the
-        # transaction takes its locks.
-        kinds = _kinds_of(lease_model.grants_of([lease_id])[lease_id]) if frees else ()
-        with self.transaction(kinds=kinds) as now:
+        # A lease's grants never change: read before the transaction, they
+        # say which kinds it locks.
+        grants = lease_model.grants_of([lease_id])
+        with self.transaction(kinds=_kinds_of(grants[lease_id]) if frees else ()) as now:
             lease = lease_model.lock_lease(lease_id)
             if lease is None:
                 raise NotFoundError("lease", lease_id)
@@ -546,7 +546,6 @@ class Leases:
                     f"lease {lease_id} is held by another principal: only its holder may act "
                     "on it, even with its secret"
                 )
-            grants = lease_model.grants_of([lease.id])
             if lease.state == LeaseState.ACTIVE and lease.expire_time <= now:
                 self.end(lease, grants[lease.id], LeaseState.EXPIRED, now, "its TTL ran out", "")
             if lease.state != LeaseState.ACTIVE:

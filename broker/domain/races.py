@@ -38,11 +38,11 @@ def lost_race(error: BaseException) -> bool:
     """Whether `error` is a race that another attempt may win."""
     if isinstance(error, ConflictError | locks.Escalate):
         return True
-    if isinstance(error, peewee.DatabaseError):
-        original = error.args[0] if error.args else None
-        code = getattr(original, "pgcode", None) or getattr(error.__cause__, "pgcode", None)
-        return code in RETRIED_CODES
-    return False
+    # peewee wraps the driver's error (its first argument), except those of
+    # classes it does not know, such as a deadlock's, which pass unwrapped.
+    if isinstance(error, peewee.DatabaseError) and error.args:
+        error = error.args[0]
+    return getattr(error, "pgcode", None) in RETRIED_CODES
 
 
 def retried(operation: Callable[P, R]) -> Callable[P, R]:

@@ -96,18 +96,26 @@ def record(rows: Iterable[dict]) -> None:
     rows = list(rows)
     if not rows:
         return
-    if after_commit(CHANNEL, _committed):
+    database = database_proxy.obj
+    first = after_commit(CHANNEL, _committed)
+    if first:
         _newest.id = 0
-        locks.take_event_lock(database_proxy.obj, schema_key(database_proxy.obj))
-    cursor = statements.insert_rows(Event, rows)
-    if isinstance(database_proxy.obj, peewee.SqliteDatabase):
-        newest = cursor.lastrowid
+    if isinstance(database, peewee.SqliteDatabase):
+        newest = statements.insert_rows(Event, rows).lastrowid
     else:
-        # The payload is the newest id inserted, so that a broker whose
-        # feed has read that far already skips the wake-up.
+        # One round trip: the event lock (the transaction's first events
+        # only), the insert, and a NOTIFY whose payload is the newest id
+        # inserted, so that a broker whose feed has read that far already
+        # skips the wake-up.
+        lock, lock_params = locks.event_lock(schema_key(database)) if first else ("", [])
         newest = statements.run(
-            "SELECT lastval(), pg_notify(?, lastval()::text)",
-            [notify_channel(CHANNEL, database_proxy.obj)],
+            f"{lock}{statements.insert_sql(Event, len(rows))};"
+            " SELECT lastval(), pg_notify(?, lastval()::text)",
+            [
+                *lock_params,
+                *statements.insert_params(Event, rows),
+                notify_channel(CHANNEL, database),
+            ],
         ).fetchone()[0]
     _newest.id = max(_newest.id, newest)
 

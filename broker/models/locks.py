@@ -152,8 +152,8 @@ def reset_floor() -> None:
     _held.floor = Level.ROWS
 
 
-def take_event_lock(database: peewee.Database, schema: int) -> None:
-    """Before inserting events (PostgreSQL only): ids are handed out, and
-    their transactions commit, in the order the lock is taken."""
-    if not isinstance(database, peewee.SqliteDatabase):
-        database.execute_sql("SELECT pg_advisory_xact_lock(%s, %s)", (EVENT_LOCK_KEY, schema))
+def event_lock(schema: int) -> tuple[str, list[int]]:
+    """The statement (with `?` marks) that takes the event lock, to send
+    right before inserting events (PostgreSQL only): ids are handed out,
+    and their transactions commit, in the order the lock is taken."""
+    return "SELECT pg_advisory_xact_lock(?, ?); ", [EVENT_LOCK_KEY, schema]
