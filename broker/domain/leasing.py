@@ -9,6 +9,12 @@ freed what it needs; the ids of requests so granted are announced through
 `on_granted` after the commit. Outcomes that must keep what the transaction
 did (an expiry found on the way) are returned from the transaction and raised
 after it commits.
+
+On PostgreSQL each transaction locks the kinds it touches
+(`broker.models.locks`): an acquire its request's kinds, a release its
+lease's, a renewal only the lease's row. Whatever finds it needs more (an
+acquire that must wait, a release that meets a waiter) or loses a race runs
+again from the start (`broker.domain.races`), unseen by its caller.
 """
 
 from __future__ import annotations
@@ -568,29 +574,20 @@ class Leases:
     @races.retried
     def expire_due(self) -> int:
         """Frees every lease whose TTL has run out and every session whose
-        keep-alives stopped, then makes a queue pass (waits end, lock-delays
-        pass); returns how many leases ended. With nothing to do it locks
-        nothing but the rows it reads."""
+        keep-alives stopped, then makes a queue pass if anyone waits (waits
+        end) or a lock-delay passed; returns how many leases ended. It
+        locks the kinds of the leases it ends, and everything only for a
+        queue pass or a session to end: with nothing to do, nothing but
+        the rows it reads."""
         with self.transaction(kinds=()) as now:
-            if not self._sweep_due(now):
-                return 0
-            locks.require(locks.Level.EVERYTHING, why="the sweep")
+            orphaned = session_model.orphaned_sessions(SessionState.OPEN, now)
+            if orphaned or resource_model.delays_passed(now):
+                locks.require(locks.Level.EVERYTHING, why="the sweep's queue pass")
             expired = self._expire_due(now)
-            for session in session_model.orphaned_sessions(SessionState.OPEN, now):
+            for session in orphaned:
                 self.orphan_session(session, now)
-            self.queue.dispatch(now)
+            self.after_freeing(now)
         return expired
-
-    def _sweep_due(self, now: float) -> bool:
-        """Whether the sweep has work: a lease past its TTL, a session its
-        broker stopped attending, a queue, a lock-delay or a reservation
-        that ended."""
-        return bool(
-            lease_model.due_lease_ids(LeaseState.ACTIVE, now, 1)
-            or session_model.orphaned_sessions(SessionState.OPEN, now)
-            or queue_model.busy(WaiterState.WAITING)
-            or resource_model.delays_passed(now)
-        )
 
     def after_freeing(self, now: float) -> None:
         """After resources came free: a queue pass, if anyone may want them
@@ -638,6 +635,8 @@ class Leases:
         while True:
             due = lease_model.due_lease_ids(LeaseState.ACTIVE, now, EXPIRY_BATCH)
             grants = lease_model.grants_of(due)
+            kinds = set().union(*(_kinds_of(of_lease) for of_lease in grants.values()))
+            locks.require(locks.Level.SHARED, kinds, "expiring leases")
             for lease in lease_model.lock_due_leases(due, LeaseState.ACTIVE, now).values():
                 self.end(lease, grants[lease.id], LeaseState.EXPIRED, now, "its TTL ran out", "")
                 expired += 1

@@ -15,7 +15,9 @@ reserves nothing, until its principal's releases make room.
 
 Every function runs inside the caller's write transaction; the requests
 granted are collected in `granted` (waiter id -> grant) for the caller to
-announce after its commit.
+announce after its commit. On PostgreSQL enqueueing needs the request's
+kinds locked exclusively and a pass needs the lock of everything
+(`broker.models.locks`): the pass walks the whole queue.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ def retried(operation: Callable[P, R]) -> Callable[P, R]:
                     if tries == ATTEMPTS or not lost_race(error):
                         raise
                     if isinstance(error, locks.Escalate):
-                        locks.raise_floor(error.level)
+                        locks.raise_floor(error)
                     else:
                         time.sleep(random.uniform(0, MAX_PAUSE * tries / ATTEMPTS))
             raise AssertionError("unreachable")

@@ -54,19 +54,23 @@ class Level(enum.IntEnum):
 
 
 class Escalate(Exception):
-    """The transaction needs locks it did not take: run it again at `level`."""
+    """The transaction needs locks it did not take: run it again at `level`,
+    over `kinds` as well as its own."""
 
-    def __init__(self, level: Level, why: str):
+    def __init__(self, level: Level, why: str, kinds: Iterable[str] = ()):
         super().__init__(f"needs {level.name} locks: {why}")
         self.level = level
+        self.kinds = frozenset(kinds)
 
 
 class _Held(threading.local):
     # What this thread's write transaction holds; None outside one.
     level: Level | None = None
     kinds: frozenset[str] = frozenset()
-    # The least level the next attempt of an operation must take.
+    # The least level the next attempt of an operation must take, and the
+    # kinds it must lock besides its own.
     floor: Level = Level.ROWS
+    floor_kinds: frozenset[str] = frozenset()
 
 
 _held = _Held()
@@ -101,7 +105,7 @@ def take(
         require(level_of(kinds, queue), kinds or (), "a nested write asks for more")
         return
     level = max(level_of(kinds, queue), _held.floor)
-    _held.level, _held.kinds = level, frozenset(kinds or ())
+    _held.level, _held.kinds = level, frozenset(kinds or ()) | _held.floor_kinds
     if isinstance(database, peewee.SqliteDatabase):
         _held.level = Level.EVERYTHING
         return
@@ -126,30 +130,32 @@ def released() -> None:
 def holds(level: Level, kinds: Iterable[str] = ()) -> bool:
     """Whether this thread's transaction holds `level` over `kinds`."""
     held = _held.level
+    kinds = set(kinds)
     if held is None:
         return False
-    if held == Level.EVERYTHING:
+    if held == Level.EVERYTHING or (level <= Level.SHARED and not kinds):
         return True
     return held >= level and (level == Level.ROWS or _held.kinds.issuperset(kinds))
 
 
 def require(level: Level, kinds: Iterable[str] = (), why: str = "") -> None:
-    """Raises `Escalate` unless the transaction holds `level` over `kinds`:
-    kinds it does not cover at all need everything."""
+    """Raises `Escalate` unless the transaction holds `level` over `kinds`."""
     kinds = set(kinds)
     if holds(level, kinds):
         return
-    covered = _held.level is not None and _held.kinds.issuperset(kinds)
-    raise Escalate(level if covered else Level.EVERYTHING, why or "more than it took")
+    held = Level.ROWS if _held.level is None else _held.level
+    raise Escalate(max(level, held), why or "more than it took", _held.kinds | kinds)
 
 
-def raise_floor(level: Level) -> None:
-    """The next attempt of this thread's operation takes at least `level`."""
-    _held.floor = max(_held.floor, level)
+def raise_floor(escalation: Escalate) -> None:
+    """The next attempt of this thread's operation takes at least what
+    `escalation` asked for."""
+    _held.floor = max(_held.floor, escalation.level)
+    _held.floor_kinds |= escalation.kinds
 
 
 def reset_floor() -> None:
-    _held.floor = Level.ROWS
+    _held.floor, _held.floor_kinds = Level.ROWS, frozenset()
 
 
 def event_lock(schema: int) -> tuple[str, list[int]]:

@@ -270,3 +270,27 @@ def test_a_release_that_meets_a_new_waiter_runs_again_and_grants_it(
     granted = leases.wait_status(waiting.waiter_id)
     assert isinstance(granted, Granted)
     assert granted.lease.grants[0].resource.name == "c1"
+
+
+def test_the_sweep_expires_a_lease_beside_a_grant_under_way(
+    database, leases, clock, calculators, postgres_admin
+):
+    lapsing = leases.acquire(AcquireRequest((need("Calculator", name="c1"),), ttl=5.0))
+    assert isinstance(lapsing, Granted)
+    clock.advance(10.0)
+    reached, go_on = clock.pause("first", 1)
+    first = Broker("first", database, acquiring(leases, need("Calculator", name="c2"), holder="a"))
+    first.begin()
+    assert reached.wait(PAUSE)
+    # The sweep locks the expired lease's kind shared: it needs no turn.
+    assert leases.expire_due() == 1
+    assert leases.get(lapsing.lease.lease_id).state == LeaseState.EXPIRED
+    go_on.set()
+    assert isinstance(first.outcome(), Granted)
+    # With nothing due it locks nothing but the write lock, shared.
+    reached, go_on = clock.pause("sweep", 1)
+    sweep = Broker("sweep", database, leases.expire_due).begin()
+    assert reached.wait(PAUSE)
+    assert advisory_locks(postgres_admin, sweep.backend) == {(WRITE_LOCK_KEY, "ShareLock", True)}
+    go_on.set()
+    assert sweep.outcome() == 0
