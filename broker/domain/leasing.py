@@ -131,11 +131,14 @@ class Leases:
         its locks are held, so recorded times follow the order in which
         transactions decide (and fencing numbers grow)."""
         with write_transaction():
-            self.queue.granted.clear()
-            yield self.clock()
+            self.queue.begin()
+            now = self.clock()
+            yield now
+            # Whatever the transaction freed is offered to those waiting.
+            self.queue.dispatch(now)
             notify_model.announce_grants(list(self.queue.granted))
         granted = dict(self.queue.granted)
-        self.queue.granted.clear()
+        self.queue.begin()
         if granted:
             self.on_granted(granted)
 
@@ -156,9 +159,14 @@ class Leases:
             raise never
         with self.transaction() as now:
             # Waiting requests come before a newcomer to whatever came free
-            # since the last pass: leases found expired, lock-delays ended.
-            if self._expire_due(now) or resource_model.delays_passed(now):
-                self.queue.dispatch(now)
+            # since the last pass: leases found expired, lock-delays or
+            # reservations that ended.
+            leases_due, passed = resource_model.due(LeaseState.ACTIVE, now)
+            if leases_due:
+                self._expire_due(now)
+            if passed:
+                self.queue.tick(now)
+            self.queue.dispatch(now)
             outcome = self._acquire(request, needs, ttl, now)
         if isinstance(outcome, BrokerError):
             raise outcome
@@ -201,12 +209,15 @@ class Leases:
                     "NOT_SESSION_OWNER",
                 )
         plan = self.granter.plan(
-            needs, request.who, now, behind_priority=request.priority, groups=request.groups
+            needs, request.who, now, rank=(request.priority, None), groups=request.groups
         )
         standing = self.quotas.standing(request.who, sum(need.count for need in needs))
         over = standing is not None and standing.over
         lease_id = str(uuid.uuid4())
         if plan.matching.complete and not over:
+            # Resources it takes that lower priorities had reserved: those
+            # requests plan again.
+            self.queue.rob(plan.by_id[resource_id] for resource_id in plan.assigned_ownable())
             return self.granter.commit(
                 plan,
                 lease_id=lease_id,
@@ -313,19 +324,18 @@ class Leases:
             if waiter.state == WaiterState.WAITING:
                 state = WaiterState.TIMED_OUT if timed_out else WaiterState.CANCELLED
                 queue_model.end_waiter(waiter_id, state, now)
-                self.queue.dispatch(now)
+                self.queue.leave([waiter_id])
                 return None
             if waiter.state != WaiterState.GRANTED:
                 return None
             if timed_out:
                 return Granted(self.get(waiter.lease_id), self.granter.secret_for(waiter.lease_id))
-            lease = lease_model.lock_lease(waiter.lease_id)
-            if lease is not None and lease.state == LeaseState.ACTIVE:
-                grants = lease_model.grants_of([lease.id])[lease.id]
+            locked = lease_model.lock_lease(waiter.lease_id)
+            if locked is not None and locked[0].state == LeaseState.ACTIVE:
+                lease, grants = locked
                 self.end(
                     lease, grants, LeaseState.RELEASED, now, "its caller left before the grant", ""
                 )
-                self.queue.dispatch(now)
             return None
 
     def list_waiters(self, page_size: int, page_token: str) -> Page[WaiterView]:
@@ -363,10 +373,10 @@ class Leases:
         return Page(views, token)
 
     def dispatch(self) -> None:
-        """A queue pass on its own, after resources came free outside a
-        lease change (created, made usable, a lock-delay ended)."""
+        """A full queue pass, after the inventory changed (resources created,
+        made usable, reserved or unreserved)."""
         with self.transaction() as now:
-            self.queue.dispatch(now)
+            self.queue.replan(now)
 
     # ------------------------------------------------ renew, release, revoke
 
@@ -496,9 +506,10 @@ class Leases:
         if not lease_id:
             raise InvalidArgumentError.of("lease_id", "is required")
         with self.transaction() as now:
-            lease = lease_model.lock_lease(lease_id)
-            if lease is None:
+            locked = lease_model.lock_lease(lease_id)
+            if locked is None:
                 raise NotFoundError("lease", lease_id)
+            lease, held = locked
             if secret is not None:
                 if not secret:
                     raise PermissionDeniedError(
@@ -513,7 +524,7 @@ class Leases:
                     f"lease {lease_id} is held by another principal: only its holder may act "
                     "on it, even with its secret"
                 )
-            grants = lease_model.grants_of([lease.id])
+            grants = {lease.id: held}
             if lease.state == LeaseState.ACTIVE and lease.expire_time <= now:
                 self.end(lease, grants[lease.id], LeaseState.EXPIRED, now, "its TTL ran out", "")
             if lease.state != LeaseState.ACTIVE:
@@ -524,8 +535,6 @@ class Leases:
             else:
                 change(lease, grants[lease.id], now)
                 outcome = None
-            if lease.state != LeaseState.ACTIVE:
-                self.queue.dispatch(now)
             view = self._views([lease], grants)[0]
         if outcome is not None:
             raise outcome
@@ -541,7 +550,7 @@ class Leases:
             expired = self._expire_due(now)
             for session in session_model.orphaned_sessions(SessionState.OPEN, now):
                 self.orphan_session(session, now)
-            self.queue.dispatch(now)
+            self.queue.tick(now)
         return expired
 
     def orphan_session(self, session: session_model.Session, now: float) -> None:
@@ -551,8 +560,10 @@ class Leases:
         reason = "its broker stopped attending it"
         session_model.end_session(session.id, SessionState.EXPIRED, now, reason)
         session_model.detach_leases(session.id, LeaseState.ACTIVE)
-        queue_model.cancel_session_waiters(
-            session.id, WaiterState.WAITING, WaiterState.CANCELLED, now
+        self.queue.leave(
+            queue_model.cancel_session_waiters(
+                session.id, WaiterState.WAITING, WaiterState.CANCELLED, now
+            )
         )
         events.record(_session_lost(session, now, reason, []))
 
@@ -571,8 +582,10 @@ class Leases:
         lease_state = LeaseState.RELEASED if state == SessionState.CLOSED else LeaseState.EXPIRED
         for lease in leases.values():
             self.end(lease, grants[lease.id], lease_state, now, f"its session ended: {reason}", "")
-        queue_model.cancel_session_waiters(
-            session.id, WaiterState.WAITING, WaiterState.CANCELLED, now
+        self.queue.leave(
+            queue_model.cancel_session_waiters(
+                session.id, WaiterState.WAITING, WaiterState.CANCELLED, now
+            )
         )
         if state != SessionState.CLOSED:
             events.record(_session_lost(session, now, reason, sorted(leases)))
@@ -602,11 +615,13 @@ class Leases:
         """Ends one lease inside the caller's transaction: frees its
         resources (keeping them out of reach for their kind's lock-delay if
         the holder vanished rather than released them) and records an event
-        for each. The caller makes the queue pass."""
+        for each. Its resources are offered to the queue, whose pass the
+        transaction makes."""
         event_type = _END_EVENTS[state]
-        lease_model.free_resources_of([lease.id])
-        if state == LeaseState.EXPIRED:
-            self._lock_delay(grants, now)
+        freed = lease_model.free_resources_of([lease.id])
+        delayed = self._lock_delay(grants, now) if state == LeaseState.EXPIRED else set()
+        self.queue.offer([row for row in freed if row[0] not in delayed])
+        self.queue.released_by(principal_of(lease))
         lease_model.end_leases([lease.id], state, now, reason)
         lease.state, lease.end_time, lease.end_reason = state, now, reason
         events.record(
@@ -667,11 +682,15 @@ class Leases:
         )
         return Page(tuple(self._views(rows, groups=groups)), token)
 
-    def _lock_delay(self, grants: builtins.list[lease_model.LeaseGrant], now: float) -> None:
+    def _lock_delay(self, grants: builtins.list[lease_model.LeaseGrant], now: float) -> set[int]:
+        """Keeps the resources of lock-delayed kinds out of reach; returns them."""
+        delayed = set()
         for grant in grants:
             kind = self.kinds.find(json.loads(grant.snapshot)["kind"])
             if kind is not None and kind.spec.lock_delay > 0 and grant.resource_id is not None:
                 resource_model.delay_until([grant.resource_id], now + kind.spec.lock_delay)
+                delayed.add(grant.resource_id)
+        return delayed
 
     def _views(
         self,
