@@ -372,11 +372,17 @@ class Leases:
             )
         return Page(views, token)
 
-    def dispatch(self) -> None:
-        """A full queue pass, after the inventory changed (resources created,
-        made usable, reserved or unreserved)."""
+    def dispatch(self, name: str = "") -> None:
+        """A queue pass after resource `name` was created or changed (made
+        usable or not, reserved, unreserved, moved to another group): it is
+        offered to the requests that could use it, among them any that
+        reserved it, which plan again. Without a name: a full pass over the
+        whole queue."""
         with self.transaction() as now:
-            self.queue.replan(now)
+            if not name:
+                self.queue.replan(now)
+                return
+            self.queue.offer(resource_model.within_reach(name))
 
     # ------------------------------------------------ renew, release, revoke
 

@@ -315,6 +315,14 @@ def end_passed_reservations(now: float) -> list[tuple[Freed, str]]:
     return [((row[0], row[1], row[2], bool(row[3])), row[4]) for row in ended]
 
 
+def within_reach(name: str) -> list[Freed]:
+    """A resource as the queue sees it after a change (none if it is gone)."""
+    cursor = statements.run(
+        f'SELECT "id", "kind", "name", {WANTED} FROM "resource" WHERE "name" = ?', [name]
+    )
+    return [(row[0], row[1], row[2], bool(row[3])) for row in cursor.fetchall()]
+
+
 def due(active_state: int, now: float) -> tuple[bool, bool]:
     """Whether any active lease is past its TTL, and whether a lock-delay or
     a reservation ended that no queue pass has seen yet: one statement, so

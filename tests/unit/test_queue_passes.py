@@ -6,7 +6,8 @@ that they still leave the queue as a full pass would.
 - Whatever a request lets go of (it was granted with other resources, or it
   left) is offered to the requests behind it.
 - Requests queued by a broker that kept no keys are indexed on upgrade.
-- Randomised: after every operation, each waiting request reserves all it
+- Randomised (acquires that wait or not, releases, departures, resources
+  taken out of service and back): after every operation, each waiting request reserves all it
   could among what those ahead of it left, a full pass over the whole queue
   would grant nobody (no request is left waiting while it could be
   served), and the queue's keys are exactly the waiting requests'.
@@ -20,6 +21,7 @@ import pytest
 
 from broker.domain.errors import BrokerError, ResourceBusyError
 from broker.domain.granting import decode_requirements
+from broker.domain.inventory import Inventory
 from broker.domain.values import AcquireRequest, Constraint, Granted, Requirement, Waiting
 from broker.models import queue as queue_model
 from broker.models.database import write_transaction
@@ -83,6 +85,25 @@ def test_what_a_granted_request_no_longer_reserves_goes_to_the_next(inventory, l
     leases.abandon(both.waiter_id, False)
     assert isinstance(leases.wait_status(single.waiter_id), Granted)
     leases.release(calc_lease.lease.lease_id, calc_lease.secret)
+
+
+def test_a_reservation_follows_its_resource_out_of_service_and_back(kinds, leases, clock):
+    inventory = Inventory(kinds, clock, on_change=leases.dispatch)
+    for name in ("p1", "p2", "p3"):
+        inventory.create(phone(name))
+    ask(leases, need("Phone", name="p1"), holder="keeper", max_wait=0)
+    big = ask(leases, need("Phone", count=3), holder="big")
+    assert {reserved("p2"), reserved("p3")} == {big.waiter_id}
+
+    inventory.set_out_of_service("p2", "fan broken")
+    assert reserved("p2") is None
+    assert reserved("p3") == big.waiter_id
+    inventory.create(phone("p4"))  # a new one is offered to the request at once
+    assert reserved("p4") == big.waiter_id
+    inventory.return_to_service("p2")
+    status = leases.wait_status(big.waiter_id)
+    assert isinstance(status, Granted)
+    assert sorted(g.resource.name for g in status.lease.grants) == ["p2", "p3", "p4"]
 
 
 def test_requests_queued_without_keys_are_indexed_on_upgrade(database, inventory, leases, kinds):
@@ -173,8 +194,12 @@ def _keys_are_the_waiting_requests() -> None:
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_after_every_operation_nobody_waits_who_could_be_served(inventory, leases, clock, seed):
+def test_after_every_operation_nobody_waits_who_could_be_served(
+    database, kinds, leases, clock, seed
+):
     rng = random.Random(seed)
+    inventory = Inventory(kinds, clock, on_change=leases.dispatch)
+    out_of_service: set[str] = set()
     for name in NAMES:
         inventory.create(calc(name))
     for name in PHONES:
@@ -196,9 +221,17 @@ def test_after_every_operation_nobody_waits_who_could_be_served(inventory, lease
             elif roll < 0.85 and granted:
                 lease = granted.pop(rng.randrange(len(granted)))
                 leases.release(lease.lease.lease_id, lease.secret)
-            elif waiting:
+            elif roll < 0.93 and waiting:
                 left = waiting.pop(rng.randrange(len(waiting)))
                 leases.abandon(left.waiter_id, False)
+            elif roll >= 0.93:
+                name = rng.choice(NAMES + PHONES)
+                if name in out_of_service:
+                    inventory.return_to_service(name)
+                    out_of_service.discard(name)
+                else:
+                    inventory.set_out_of_service(name, "maintenance")
+                    out_of_service.add(name)
         except BrokerError:
             pass
         # Grants made by passes join the held leases.
