@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Set
 from typing import cast
 
 from broker.domain import events, filters
@@ -195,36 +194,33 @@ class Granter:
         now: float,
         *,
         free_only: bool = True,
-        behind_priority: int | None = None,
-        excluded: Set[int] = frozenset(),
+        rank: tuple[int, int | None] | None = None,
         groups: tuple[str, ...] | None = None,
     ) -> Plan:
         """The best assignment of free resources (or, without `free_only`, of
         any that could be granted once freed) visible to `groups` to the
         request's slots. Each requirement needs at most as many candidates
-        as the request has slots (see `matching`), plus those `excluded`
-        (reserved earlier in a queue pass)."""
+        as the request has slots (see `matching`). Given the `rank` of a
+        request (priority, and waiter id; None for a newcomer, which ranks
+        behind every waiting request of its priority), resources reserved by
+        requests ranking ahead of it are left out."""
         total = sum(need.count for need in needs)
         candidates = [
-            [
-                row
-                for row in resource_model.select_candidates(
-                    need.kind.model,
-                    need.kind.name,
-                    need.filters,
-                    holder=holder,
-                    mode=(
-                        resource_model.FREE
-                        if free_only and need.kind.ownable
-                        else resource_model.USABLE
-                    ),
-                    limit=total + len(excluded),
-                    now=now,
-                    behind_priority=behind_priority,
-                    groups=groups,
-                )
-                if row.id not in excluded
-            ][:total]
+            resource_model.select_candidates(
+                need.kind.model,
+                need.kind.name,
+                need.filters,
+                holder=holder,
+                mode=(
+                    resource_model.FREE
+                    if free_only and need.kind.ownable
+                    else resource_model.USABLE
+                ),
+                limit=total,
+                now=now,
+                rank=rank,
+                groups=groups,
+            )
             for need in needs
         ]
         slot_needs = expand_slots([need.count for need in needs])

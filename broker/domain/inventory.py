@@ -75,10 +75,10 @@ class Inventory:
         self,
         kinds: KindRegistry,
         clock: Callable[[], float] = time.time,
-        on_change: Callable[[], None] = lambda: None,
+        on_change: Callable[[str], None] = lambda name: None,
     ):
-        """`on_change` runs after a resource was created or changed, which
-        may serve waiting requests."""
+        """`on_change` runs with a resource's name after it was created or
+        changed, which may serve waiting requests (or spoil a reservation)."""
         self.kinds = kinds
         self.clock = clock
         self.on_change = on_change
@@ -127,7 +127,7 @@ class Inventory:
                 )
         except peewee.IntegrityError:
             raise AlreadyExistsError("resource", new.name) from None
-        self.on_change()
+        self.on_change(new.name)
         return self.get(row.name)
 
     def get(self, name: str, groups: tuple[str, ...] | None = None) -> ResourceView:
@@ -232,7 +232,7 @@ class Inventory:
                 )
             rows.extend(_reservation_events(row, was, now, actor))
             events.record(*rows)
-        self.on_change()
+        self.on_change(patch.name)
         return self.get(patch.name)
 
     def set_out_of_service(self, name: str, reason: str, actor: str = "") -> ResourceView:
@@ -281,7 +281,7 @@ class Inventory:
                     event_type, now, resource=name, kind=row.kind, actor=actor, reason=reason
                 )
             )
-        self.on_change()
+        self.on_change(name)
         return self.get(name)
 
     def delete(self, name: str, etag: str, actor: str = "") -> None:

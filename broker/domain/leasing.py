@@ -74,7 +74,7 @@ from broker.models import notify as notify_model
 from broker.models import queue as queue_model
 from broker.models import resource as resource_model
 from broker.models import session as session_model
-from broker.models.database import write_transaction
+from broker.models.database import database_proxy, write_transaction
 
 MAX_REASON = 1024
 MAX_REQUEST_ID = 128
@@ -146,11 +146,14 @@ class Leases:
         transactions decide (and fencing numbers grow). Its locks are those
         of the `kinds` it touches (`write_transaction`; None: everything)."""
         with write_transaction(kinds=kinds, queue=queue):
-            self.queue.granted.clear()
-            yield self.clock()
+            self.queue.begin()
+            now = self.clock()
+            yield now
+            # Whatever the transaction freed is offered to those waiting.
+            self.queue.dispatch(now)
             notify_model.announce_grants(list(self.queue.granted))
         granted = dict(self.queue.granted)
-        self.queue.granted.clear()
+        self.queue.begin()
         if granted:
             self.on_granted(granted)
 
@@ -178,9 +181,14 @@ class Leases:
     def _acquire_once(self, request: AcquireRequest, needs, ttl: float):
         with self.transaction(kinds={need.kind.name for need in needs}) as now:
             # Waiting requests come before a newcomer to whatever came free
-            # since the last pass: leases found expired, lock-delays ended.
-            if self._expire_due(now) or resource_model.delays_passed(now):
-                self.after_freeing(now)
+            # since the last pass: leases found expired, lock-delays or
+            # reservations that ended.
+            leases_due, passed = resource_model.due(LeaseState.ACTIVE, now)
+            if leases_due:
+                self._expire_due(now)
+            if passed:
+                self.queue.tick(now)
+            self.queue.dispatch(now)
             return self._acquire(request, needs, ttl, now)
 
     def _check_waiting(self, request: AcquireRequest) -> None:
@@ -220,12 +228,15 @@ class Leases:
                     "NOT_SESSION_OWNER",
                 )
         plan = self.granter.plan(
-            needs, request.who, now, behind_priority=request.priority, groups=request.groups
+            needs, request.who, now, rank=(request.priority, None), groups=request.groups
         )
         standing = self.quotas.standing(request.who, sum(need.count for need in needs))
         over = standing is not None and standing.over
         lease_id = str(uuid.uuid4())
         if plan.matching.complete and not over:
+            # Resources it takes that lower priorities had reserved: those
+            # requests plan again.
+            self.queue.rob(plan.by_id[resource_id] for resource_id in plan.assigned_ownable())
             return self.granter.commit(
                 plan,
                 lease_id=lease_id,
@@ -337,19 +348,18 @@ class Leases:
             if waiter.state == WaiterState.WAITING:
                 state = WaiterState.TIMED_OUT if timed_out else WaiterState.CANCELLED
                 queue_model.end_waiter(waiter_id, state, now)
-                self.queue.dispatch(now)
+                self.queue.leave([waiter_id])
                 return None
             if waiter.state != WaiterState.GRANTED:
                 return None
             if timed_out:
                 return Granted(self.get(waiter.lease_id), self.granter.secret_for(waiter.lease_id))
-            lease = lease_model.lock_lease(waiter.lease_id)
-            if lease is not None and lease.state == LeaseState.ACTIVE:
-                grants = lease_model.grants_of([lease.id])[lease.id]
+            locked = lease_model.lock_lease(waiter.lease_id)
+            if locked is not None and locked[0].state == LeaseState.ACTIVE:
+                lease, grants = locked
                 self.end(
                     lease, grants, LeaseState.RELEASED, now, "its caller left before the grant", ""
                 )
-                self.queue.dispatch(now)
             return None
 
     def list_waiters(self, page_size: int, page_token: str) -> Page[WaiterView]:
@@ -386,11 +396,17 @@ class Leases:
             )
         return Page(views, token)
 
-    def dispatch(self) -> None:
-        """A queue pass on its own, after resources came free outside a
-        lease change (created, made usable, a lock-delay ended)."""
+    def dispatch(self, name: str = "") -> None:
+        """A queue pass after resource `name` was created or changed (made
+        usable or not, reserved, unreserved, moved to another group): it is
+        offered to the requests that could use it, among them any that
+        reserved it, which plan again. Without a name: a full pass over the
+        whole queue."""
         with self.transaction() as now:
-            self.queue.dispatch(now)
+            if not name:
+                self.queue.replan(now)
+                return
+            self.queue.offer(resource_model.within_reach(name))
 
     # ------------------------------------------------ renew, release, revoke
 
@@ -532,12 +548,18 @@ class Leases:
         self, lease_id: str, secret: str | None, change, principal: str | None, frees: bool
     ) -> LeaseView:
         # A lease's grants never change: read before the transaction, they
-        # say which kinds it locks.
-        grants = lease_model.grants_of([lease_id])
-        with self.transaction(kinds=_kinds_of(grants[lease_id]) if frees else ()) as now:
-            lease = lease_model.lock_lease(lease_id)
-            if lease is None:
+        # say which kinds it locks, exclusively if its release will serve
+        # a waiting request.
+        kinds: Collection[str] = ()
+        wanted = False
+        if frees and locks.by_kind(database_proxy.obj):
+            granted, wanted = lease_model.grants_wanted(lease_id)
+            kinds = _kinds_of(granted)
+        with self.transaction(kinds=kinds, queue=wanted) as now:
+            locked = lease_model.lock_lease(lease_id)
+            if locked is None:
                 raise NotFoundError("lease", lease_id)
+            lease, held = locked
             if secret is not None:
                 if not secret:
                     raise PermissionDeniedError(
@@ -552,6 +574,7 @@ class Leases:
                     f"lease {lease_id} is held by another principal: only its holder may act "
                     "on it, even with its secret"
                 )
+            grants = {lease.id: held}
             if lease.state == LeaseState.ACTIVE and lease.expire_time <= now:
                 self.end(lease, grants[lease.id], LeaseState.EXPIRED, now, "its TTL ran out", "")
             if lease.state != LeaseState.ACTIVE:
@@ -562,8 +585,6 @@ class Leases:
             else:
                 change(lease, grants[lease.id], now)
                 outcome = None
-            if lease.state != LeaseState.ACTIVE:
-                self.after_freeing(now)
             view = self._views([lease], grants)[0]
         if outcome is not None:
             raise outcome
@@ -574,26 +595,20 @@ class Leases:
     @races.retried
     def expire_due(self) -> int:
         """Frees every lease whose TTL has run out and every session whose
-        keep-alives stopped, then makes a queue pass if anyone waits (waits
-        end) or a lock-delay passed; returns how many leases ended. It
-        locks the kinds of the leases it ends, and everything only for a
-        queue pass or a session to end: with nothing to do, nothing but
-        the rows it reads."""
+        keep-alives stopped, then ends what time ended (waits, lock-delays,
+        reservations); returns how many leases ended. It locks the kinds of
+        the leases it ends, and everything only for a session to end or
+        something time ended: with nothing to do, nothing but the rows it
+        reads."""
         with self.transaction(kinds=()) as now:
             orphaned = session_model.orphaned_sessions(SessionState.OPEN, now)
-            if orphaned or resource_model.delays_passed(now):
-                locks.require(locks.Level.EVERYTHING, why="the sweep's queue pass")
+            if orphaned:
+                locks.require(locks.Level.EVERYTHING, why="ending sessions")
             expired = self._expire_due(now)
             for session in orphaned:
                 self.orphan_session(session, now)
-            self.after_freeing(now)
+            self.queue.tick(now)
         return expired
-
-    def after_freeing(self, now: float) -> None:
-        """After resources came free: a queue pass, if anyone may want them
-        (a write that locked less than everything asks for everything)."""
-        if locks.holds(locks.Level.EVERYTHING) or queue_model.busy(WaiterState.WAITING):
-            self.queue.dispatch(now)
 
     def orphan_session(self, session: session_model.Session, now: float) -> None:
         """Ends a session whose broker stopped attending it (its deadline
@@ -602,8 +617,10 @@ class Leases:
         reason = "its broker stopped attending it"
         session_model.end_session(session.id, SessionState.EXPIRED, now, reason)
         session_model.detach_leases(session.id, LeaseState.ACTIVE)
-        queue_model.cancel_session_waiters(
-            session.id, WaiterState.WAITING, WaiterState.CANCELLED, now
+        self.queue.leave(
+            queue_model.cancel_session_waiters(
+                session.id, WaiterState.WAITING, WaiterState.CANCELLED, now
+            )
         )
         events.record(_session_lost(session, now, reason, []))
 
@@ -622,8 +639,10 @@ class Leases:
         lease_state = LeaseState.RELEASED if state == SessionState.CLOSED else LeaseState.EXPIRED
         for lease in leases.values():
             self.end(lease, grants[lease.id], lease_state, now, f"its session ended: {reason}", "")
-        queue_model.cancel_session_waiters(
-            session.id, WaiterState.WAITING, WaiterState.CANCELLED, now
+        self.queue.leave(
+            queue_model.cancel_session_waiters(
+                session.id, WaiterState.WAITING, WaiterState.CANCELLED, now
+            )
         )
         if state != SessionState.CLOSED:
             events.record(_session_lost(session, now, reason, sorted(leases)))
@@ -655,12 +674,14 @@ class Leases:
         """Ends one lease inside the caller's transaction: frees its
         resources (keeping them out of reach for their kind's lock-delay if
         the holder vanished rather than released them) and records an event
-        for each. The caller makes the queue pass."""
+        for each. Its resources are offered to the queue, whose pass the
+        transaction makes."""
         event_type = _END_EVENTS[state]
         locks.require(locks.Level.SHARED, _kinds_of(grants), "freeing resources")
-        lease_model.free_resources_of([lease.id])
-        if state == LeaseState.EXPIRED:
-            self._lock_delay(grants, now)
+        freed = lease_model.free_resources_of([lease.id])
+        delayed = self._lock_delay(grants, now) if state == LeaseState.EXPIRED else set()
+        self.queue.offer([row for row in freed if row[0] not in delayed])
+        self.queue.released_by(principal_of(lease))
         lease_model.end_leases([lease.id], state, now, reason)
         lease.state, lease.end_time, lease.end_reason = state, now, reason
         events.record(
@@ -721,11 +742,15 @@ class Leases:
         )
         return Page(tuple(self._views(rows, groups=groups)), token)
 
-    def _lock_delay(self, grants: builtins.list[lease_model.LeaseGrant], now: float) -> None:
+    def _lock_delay(self, grants: builtins.list[lease_model.LeaseGrant], now: float) -> set[int]:
+        """Keeps the resources of lock-delayed kinds out of reach; returns them."""
+        delayed = set()
         for grant in grants:
             kind = self.kinds.find(json.loads(grant.snapshot)["kind"])
             if kind is not None and kind.spec.lock_delay > 0 and grant.resource_id is not None:
                 resource_model.delay_until([grant.resource_id], now + kind.spec.lock_delay)
+                delayed.add(grant.resource_id)
+        return delayed
 
     def _views(
         self,

@@ -103,7 +103,6 @@ class Sessions:
                 clean = ending == SessionEnding.CLOSED
                 state = SessionState.CLOSED if clean else SessionState.EXPIRED
                 self.leases.end_session(session, state, now, ending.value)
-                self.leases.queue.dispatch(now)
 
     def _open_session(
         self, session_id: str, now: float, unattended: bool = True
@@ -127,6 +126,5 @@ class Sessions:
                 self.leases.end_session(
                     session, SessionState.EXPIRED, now, "its keep-alives stopped"
                 )
-            self.leases.after_freeing(now)
             return None
         return session

@@ -17,6 +17,7 @@ import peewee
 from broker.models import statements
 from broker.models.base import BaseModel
 from broker.models.database import database_proxy
+from broker.models.queue import WANTED, Freed
 from broker.models.resource import Resource
 
 
@@ -104,7 +105,7 @@ def claim_ownable(
         params.append(behind_priority)
     cursor = statements.run(
         'UPDATE "resource" SET "lease_id" = ?, "owner" = ?, "fencing_token" = "fencing_token" + 1,'
-        ' "last_grant_time" = ?'
+        ' "last_grant_time" = ?, "reserved_by" = NULL, "reserved_priority" = NULL'
         f' WHERE "id" IN ({statements.marks(len(resource_ids))}) AND "lease_id" IS NULL{queued}'
         ' RETURNING "id", "fencing_token"',
         params,
@@ -125,14 +126,17 @@ def bump_fencing(resource_ids: Sequence[int]) -> dict[int, int]:
     return dict(cursor.fetchall())
 
 
-def free_resources_of(lease_ids: Sequence[str]) -> None:
-    """Frees the ownable resources held by these leases."""
-    if lease_ids:
-        statements.run(
-            'UPDATE "resource" SET "lease_id" = NULL, "owner" = \'\''
-            f' WHERE "lease_id" IN ({statements.marks(len(lease_ids))})',
-            list(lease_ids),
-        )
+def free_resources_of(lease_ids: Sequence[str]) -> list[Freed]:
+    """Frees the ownable resources held by these leases; returns them."""
+    if not lease_ids:
+        return []
+    cursor = statements.run(
+        'UPDATE "resource" SET "lease_id" = NULL, "owner" = \'\''
+        f' WHERE "lease_id" IN ({statements.marks(len(lease_ids))})'
+        f' RETURNING "id", "kind", "name", {WANTED}',
+        list(lease_ids),
+    )
+    return [(row[0], row[1], row[2], bool(row[3])) for row in cursor.fetchall()]
 
 
 def end_leases(lease_ids: Sequence[str], state: int, now: float, reason: str) -> None:
@@ -177,15 +181,40 @@ def lock_due_leases(lease_ids: Sequence[str], active_state: int, now: float) -> 
     return {lease.id: lease for lease in leases}
 
 
-def lock_lease(lease_id: str) -> Lease | None:
-    """Reads a lease for change: on PostgreSQL the row stays locked until the
+def lock_lease(lease_id: str) -> tuple[Lease, list[LeaseGrant]] | None:
+    """Reads a lease for change, with its grants in requirement order, in one
+    statement: on PostgreSQL the lease's row stays locked until the
     transaction ends (SQLite's write transaction already excludes others)."""
-    lock = "" if isinstance(database_proxy.obj, peewee.SqliteDatabase) else " FOR UPDATE"
+    lock = "" if isinstance(database_proxy.obj, peewee.SqliteDatabase) else ' FOR UPDATE OF "l"'
+    width = len(statements.columns_of(Lease))
     cursor = statements.run(
-        f'SELECT {statements.column_list(Lease)} FROM "lease" WHERE "id" = ?{lock}', [lease_id]
+        f"SELECT {statements.column_list(Lease, 'l')}, {statements.column_list(LeaseGrant, 'g')}"
+        ' FROM "lease" "l" LEFT JOIN "lease_grant" "g" ON "g"."lease_id" = "l"."id"'
+        ' WHERE "l"."id" = ? ORDER BY "g"."requirement_index", "g"."id"' + lock,
+        [lease_id],
     )
-    row = cursor.fetchone()
-    return None if row is None else statements.instance(Lease, row)
+    rows = cursor.fetchall()
+    if not rows:
+        return None
+    lease = statements.instance(Lease, rows[0][:width])
+    grants = [
+        statements.instance(LeaseGrant, row[width:]) for row in rows if row[width] is not None
+    ]
+    return lease, grants
+
+
+def grants_wanted(lease_id: str) -> tuple[list[LeaseGrant], bool]:
+    """A lease's grants, and whether a waiting request has a key one of its
+    resources matches (its release will serve the queue), in one read."""
+    cursor = statements.run(
+        f'SELECT {statements.column_list(LeaseGrant, "g")}, {WANTED} FROM "lease_grant" "g"'
+        ' LEFT JOIN "resource" ON "resource"."id" = "g"."resource_id"'
+        ' WHERE "g"."lease_id" = ? ORDER BY "g"."requirement_index", "g"."id"',
+        [lease_id],
+    )
+    rows = cursor.fetchall()
+    grants = [statements.instance(LeaseGrant, row[:-1]) for row in rows]
+    return grants, any(bool(row[-1]) for row in rows)
 
 
 def grants_of(lease_ids: Sequence[str]) -> dict[str, list[LeaseGrant]]:

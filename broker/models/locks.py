@@ -76,6 +76,12 @@ class _Held(threading.local):
 _held = _Held()
 
 
+def by_kind(database: peewee.Database) -> bool:
+    """Whether writes on `database` lock by kind (PostgreSQL), so that a
+    transaction must know its kinds before it begins."""
+    return not isinstance(database, peewee.SqliteDatabase)
+
+
 def kind_key(kind: str) -> int:
     """The first half of a kind lock's key, a signed 32-bit integer."""
     value = QUEUE_KEY ^ zlib.crc32(kind.encode())

@@ -39,7 +39,30 @@ class Waiter(BaseModel):
     groups = peewee.TextField(null=True)
 
     class Meta:
-        indexes = ((("state", "priority", "id"), False), (("state", "end_time"), False))
+        indexes = (
+            (("state", "priority", "id"), False),
+            (("state", "end_time"), False),
+            (("state", "deadline"), False),
+            (("principal", "state"), False),
+        )
+
+
+class WaiterNeed(BaseModel):
+    """What a waiting request could use, as keys a freed resource is looked up
+    by: its kind, and a name where a requirement names resources ('' where it
+    does not). Only waiting requests have keys, so a release finds the
+    requests it could serve without reading the others. `priority` repeats
+    the waiter's, so the keys of one kind and name are read in serving order
+    straight from the index."""
+
+    waiter = peewee.ForeignKeyField(Waiter, on_delete="CASCADE", backref="+")
+    waiter_id: int
+    kind = peewee.CharField(max_length=128)
+    name = peewee.CharField(max_length=128, default="")
+    priority = peewee.IntegerField(default=0)
+
+    class Meta:
+        indexes = ((("kind", "name", "priority", "waiter"), False),)
 
 
 def groups_of(waiter: Waiter) -> tuple[str, ...] | None:
@@ -50,6 +73,116 @@ def groups_of(waiter: Waiter) -> tuple[str, ...] | None:
 def insert_waiter(values: dict) -> int:
     """Stores a waiting request; returns its id."""
     return Waiter.insert(**values).execute()
+
+
+def need_keys(requirements: str) -> set[tuple[str, str]]:
+    """The keys of a waiting request's requirements (as stored, JSON): each
+    requirement's kind with each name it may take, or with '' if it names none."""
+    keys: set[tuple[str, str]] = set()
+    for requirement in json.loads(requirements):
+        names = next(
+            (c["values"] for c in requirement["constraints"] if c["field"] == "name"), None
+        )
+        for name in names or ("",):
+            keys.add((requirement["kind"], str(name)))
+    return keys
+
+
+def insert_needs(waiter_id: int, priority: int, keys: set[tuple[str, str]]) -> None:
+    """Indexes a waiting request by what it could use."""
+    if keys:
+        statements.insert_rows(
+            WaiterNeed,
+            [
+                {"waiter": waiter_id, "kind": kind, "name": name, "priority": priority}
+                for kind, name in sorted(keys)
+            ],
+        )
+
+
+def drop_needs(waiter_ids: Sequence[int]) -> None:
+    """Forgets what requests that left the queue could use."""
+    if waiter_ids:
+        statements.run(
+            f'DELETE FROM "waiter_need" WHERE "waiter_id" IN ({statements.marks(len(waiter_ids))})',
+            list(waiter_ids),
+        )
+
+
+def index_unindexed(waiting_state: int) -> int:
+    """Indexes the waiting requests that have no keys yet (queued by a broker
+    that kept none); returns how many."""
+    rows = statements.run(
+        'SELECT "id", "priority", "requirements" FROM "waiter" WHERE "state" = ?'
+        ' AND NOT EXISTS (SELECT 1 FROM "waiter_need" n WHERE n."waiter_id" = "waiter"."id")',
+        [waiting_state],
+    ).fetchall()
+    for waiter_id, priority, requirements in rows:
+        insert_needs(waiter_id, priority, need_keys(requirements))
+    return len(rows)
+
+
+Rank = tuple[int, int]
+"""Where a waiting request stands: (priority, id); a higher priority, then
+a lower id, is served first."""
+
+
+def next_wanting(keys: set[tuple[str, str]], after: Rank | None, state: int) -> Waiter | None:
+    """The first waiting request served after `after` (None: from the head)
+    that has one of `keys`, or whose requirement of such a kind names no
+    resource."""
+    by_kind: dict[str, set[str]] = {}
+    for kind, name in keys:
+        by_kind.setdefault(kind, {""}).add(name)
+    terms: list[str] = []
+    params: list[object] = []
+    for kind, names in sorted(by_kind.items()):
+        terms.append(f'(n."kind" = ? AND n."name" IN ({statements.marks(len(names))}))')
+        params.extend([kind, *sorted(names)])
+    rank = ""
+    if after is not None:
+        rank = ' AND (n."priority" < ? OR (n."priority" = ? AND n."waiter_id" > ?))'
+        params.extend([after[0], after[0], after[1]])
+    params.append(state)
+    cursor = statements.run(
+        f'SELECT {statements.column_list(Waiter, "w")} FROM "waiter_need" n'
+        ' JOIN "waiter" w ON w."id" = n."waiter_id"'
+        f' WHERE ({" OR ".join(terms)}){rank} AND w."state" = ?'
+        ' ORDER BY n."priority" DESC, n."waiter_id" LIMIT 1',
+        params,
+    )
+    row = cursor.fetchone()
+    return None if row is None else statements.instance(Waiter, row)
+
+
+def waiters_of(principal: str, state: int) -> list[Waiter]:
+    """A principal's waiting requests, in serving order."""
+    cursor = statements.run(
+        f'SELECT {statements.column_list(Waiter)} FROM "waiter" WHERE "principal" = ?'
+        ' AND "state" = ? ORDER BY "priority" DESC, "id"',
+        [principal, state],
+    )
+    return [statements.instance(Waiter, row) for row in cursor.fetchall()]
+
+
+def get_waiters(waiter_ids: Sequence[int]) -> list[Waiter]:
+    """Waiting requests by id, in serving order."""
+    if not waiter_ids:
+        return []
+    cursor = statements.run(
+        f'SELECT {statements.column_list(Waiter)} FROM "waiter"'
+        f' WHERE "id" IN ({statements.marks(len(waiter_ids))}) ORDER BY "priority" DESC, "id"',
+        list(waiter_ids),
+    )
+    return [statements.instance(Waiter, row) for row in cursor.fetchall()]
+
+
+def timed_out(state: int, now: float) -> list[int]:
+    """The waiting requests whose deadline has passed."""
+    cursor = statements.run(
+        'SELECT "id" FROM "waiter" WHERE "state" = ? AND "deadline" <= ?', [state, now]
+    )
+    return [row[0] for row in cursor.fetchall()]
 
 
 def waiting(state: int) -> list[Waiter]:
@@ -85,8 +218,9 @@ def position(waiter: Waiter, state: int) -> int:
 
 
 def end_waiter(waiter_id: int, state: int, now: float, keep_request_key: bool = False) -> None:
-    """Ends a wait. Unless the wait was granted (`keep_request_key`), its
-    request id is freed, so a retry with it waits anew."""
+    """Ends a wait and forgets what it could use. Unless the wait was
+    granted (`keep_request_key`), its request id is freed, so a retry with
+    it waits anew."""
     if keep_request_key:
         statements.run(
             'UPDATE "waiter" SET "state" = ?, "end_time" = ? WHERE "id" = ?',
@@ -98,6 +232,7 @@ def end_waiter(waiter_id: int, state: int, now: float, keep_request_key: bool = 
             ' "request_digest" = NULL WHERE "id" = ?',
             [state, now, waiter_id],
         )
+    drop_needs([waiter_id])
 
 
 def set_blocked(waiter_id: int, index: int) -> None:
@@ -105,11 +240,37 @@ def set_blocked(waiter_id: int, index: int) -> None:
 
 
 def clear_reservations() -> None:
-    """Drops every reservation; a dispatch pass makes them anew in order."""
+    """Drops every reservation; a full queue pass makes them anew in order."""
     statements.run(
         'UPDATE "resource" SET "reserved_by" = NULL, "reserved_priority" = NULL'
         ' WHERE "reserved_by" IS NOT NULL'
     )
+
+
+Freed = tuple[int, str, str, bool]
+"""A resource that came within reach: id, kind, name, and whether a waiting
+request has a key it matches."""
+
+# Whether a waiting request has a key a resource row `r` matches.
+WANTED = (
+    'EXISTS (SELECT 1 FROM "waiter_need" n WHERE n."kind" = "resource"."kind"'
+    ' AND n."name" IN (\'\', "resource"."name"))'
+)
+
+
+def unreserve(waiter_ids: Sequence[int], keep: Sequence[int] = ()) -> list[Freed]:
+    """Drops the reservations of these waiting requests, but on `keep`;
+    returns the resources so let go."""
+    if not waiter_ids:
+        return []
+    keeping = f' AND "id" NOT IN ({statements.marks(len(keep))})' if keep else ""
+    cursor = statements.run(
+        'UPDATE "resource" SET "reserved_by" = NULL, "reserved_priority" = NULL'
+        f' WHERE "reserved_by" IN ({statements.marks(len(waiter_ids))}){keeping}'
+        f' RETURNING "id", "kind", "name", {WANTED}',
+        [*waiter_ids, *keep],
+    )
+    return [(row[0], row[1], row[2], bool(row[3])) for row in cursor.fetchall()]
 
 
 def reserve(resource_ids: Sequence[int], waiter_id: int, priority: int) -> None:
@@ -121,33 +282,6 @@ def reserve(resource_ids: Sequence[int], waiter_id: int, priority: int) -> None:
             f' WHERE "id" IN ({statements.marks(len(resource_ids))})',
             [waiter_id, priority, *resource_ids],
         )
-
-
-def free_counts_by_kind(now: float) -> dict[str, int]:
-    """How many usable resources of each kind no lease holds now."""
-    cursor = statements.run(
-        'SELECT "kind", COUNT(*) FROM "resource" WHERE "is_usable" = ? AND "lease_id" IS NULL'
-        ' AND ("available_time" IS NULL OR "available_time" <= ?) GROUP BY "kind"',
-        [True, now],
-    )
-    return dict(cursor.fetchall())
-
-
-def busy(waiting_state: int) -> bool:
-    """Whether a request waits, or a free resource is still reserved by
-    one that waited: then a queue pass has work to do. Two index reads."""
-    cursor = statements.run(
-        'SELECT EXISTS (SELECT 1 FROM "waiter" WHERE "state" = ?)'
-        ' OR EXISTS (SELECT 1 FROM "resource" WHERE "reserved_by" IS NOT NULL)',
-        [waiting_state],
-    )
-    return bool(cursor.fetchone()[0])
-
-
-def lowest_waiting_priority(state: int) -> int | None:
-    """The lowest priority among the waiting requests, None if none wait."""
-    cursor = statements.run('SELECT MIN("priority") FROM "waiter" WHERE "state" = ?', [state])
-    return cursor.fetchone()[0]
 
 
 def list_waiters(state: int, after: tuple[int, int] | None, limit: int) -> list[Waiter]:
@@ -162,13 +296,18 @@ def list_waiters(state: int, after: tuple[int, int] | None, limit: int) -> list[
     return list(query.order_by(Waiter.priority.desc(), Waiter.id).limit(limit))
 
 
-def cancel_session_waiters(session_id: str, waiting_state: int, state: int, now: float) -> None:
-    """Ends the waits of a session's requests."""
-    statements.run(
+def cancel_session_waiters(
+    session_id: str, waiting_state: int, state: int, now: float
+) -> list[int]:
+    """Ends the waits of a session's requests; returns their ids."""
+    cursor = statements.run(
         'UPDATE "waiter" SET "state" = ?, "end_time" = ?, "request_key" = NULL,'
-        ' "request_digest" = NULL WHERE "session_id" = ? AND "state" = ?',
+        ' "request_digest" = NULL WHERE "session_id" = ? AND "state" = ? RETURNING "id"',
         [state, now, session_id, waiting_state],
     )
+    ended = [row[0] for row in cursor.fetchall()]
+    drop_needs(ended)
+    return ended
 
 
 def delete_ended_waiters(ended_states: Sequence[int], cutoff: float, limit: int) -> int:
@@ -181,5 +320,6 @@ def delete_ended_waiters(ended_states: Sequence[int], cutoff: float, limit: int)
         .limit(limit)
     ]
     if ids:
+        WaiterNeed.delete().where(WaiterNeed.waiter.in_(ids)).execute()
         Waiter.delete().where(Waiter.id.in_(ids)).execute()
     return len(ids)

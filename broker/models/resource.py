@@ -16,6 +16,7 @@ import peewee
 from broker.models import statements
 from broker.models.base import BaseModel
 from broker.models.database import database_proxy
+from broker.models.queue import WANTED, Freed
 
 
 class Resource(BaseModel):
@@ -127,25 +128,26 @@ def select_candidates(
     mode: str,
     limit: int,
     now: float = 0.0,
-    behind_priority: int | None = None,
+    rank: tuple[int, int | None] | None = None,
     groups: tuple[str, ...] | None = None,
 ) -> list[Resource]:
     """Resources of a kind that satisfy the filters and are visible to a
     caller in `groups` (None: every group), at most `limit`. `FREE` ones may
     go to `holder` now, least recently granted first: usable, reserved for
     nobody else (or no longer), held by no active lease, past any
-    lock-delay and, given `behind_priority`, not reserved by a waiting
-    request of that priority or higher. `USABLE` ones may go to it once
+    lock-delay and, given the `rank` of the request asking (its priority
+    and waiter id, None for a newcomer), not reserved by a waiting request
+    ranking ahead of it. `USABLE` ones may go to it once
     freed: usable, whoever they are held or reserved for (a reservation
     ends, at its end or when an administrator removes it).
     `EVERY` takes all. Each row carries its kind's fields as `.data`."""
     shape = tuple((field, len(values)) for field, values in filters)
-    respect_queue = mode == FREE and behind_priority is not None
+    queue = "" if mode != FREE or rank is None else ("waiter" if rank[1] is not None else "new")
     # On PostgreSQL free candidates are locked, and those another grant has
     # locked skipped: two grants of one kind at once pick different ones.
     skip_locked = mode == FREE and not isinstance(database_proxy.obj, peewee.SqliteDatabase)
     sql = _candidates_sql(
-        kind_model, shape, mode, respect_queue, None if groups is None else len(groups), skip_locked
+        kind_model, shape, mode, queue, None if groups is None else len(groups), skip_locked
     )
     params: list = [kind]
     if groups is not None:
@@ -154,8 +156,10 @@ def select_candidates(
         params.append(True)
     if mode == FREE:
         params.extend([holder, now, now])
-        if respect_queue:
-            params.append(behind_priority)
+        if queue == "new" and rank is not None:
+            params.append(rank[0])
+        elif queue == "waiter" and rank is not None:
+            params.extend([rank[1], rank[0], rank[0], rank[1]])
     for field, values in filters:
         column = _COMMON_COLUMNS.get(field) or getattr(kind_model, field)
         params.extend(column.db_value(value) for value in values)
@@ -174,7 +178,7 @@ def _candidates_sql(
     kind_model: type[ResourceData],
     shape: tuple[tuple[str, int], ...],
     mode: str,
-    respect_queue: bool,
+    queue: str,
     group_count: int | None,
     skip_locked: bool = False,
 ) -> str:
@@ -194,8 +198,13 @@ def _candidates_sql(
         where.append('(r."reserved_for" = \'\' OR r."reserved_for" = ? OR r."reserved_until" <= ?)')
         where.append('r."lease_id" IS NULL')
         where.append('(r."available_time" IS NULL OR r."available_time" <= ?)')
-        if respect_queue:
+        if queue == "new":
             where.append('(r."reserved_by" IS NULL OR r."reserved_priority" < ?)')
+        elif queue == "waiter":
+            where.append(
+                '(r."reserved_by" IS NULL OR r."reserved_by" = ? OR r."reserved_priority" < ?'
+                ' OR (r."reserved_priority" = ? AND r."reserved_by" > ?))'
+            )
     for field, count in shape:
         common = _COMMON_COLUMNS.get(field)
         column = (
@@ -287,27 +296,22 @@ def delay_until(resource_ids: list[int], until: float) -> None:
     Resource.update(available_time=until).where(Resource.id.in_(resource_ids)).execute()
 
 
-def delays_passed(now: float) -> bool:
-    """Whether a lock-delay or a reservation ended that no queue pass has
-    seen yet."""
+def clear_passed_delays(now: float) -> list[Freed]:
+    """Ends the lock-delays that have passed; returns the resources they kept."""
     cursor = statements.run(
-        'SELECT 1 FROM "resource" WHERE "available_time" <= ? OR "reserved_until" <= ? LIMIT 1',
-        [now, now],
+        'UPDATE "resource" SET "available_time" = NULL WHERE "available_time" <= ?'
+        f' RETURNING "id", "kind", "name", {WANTED}',
+        [now],
     )
-    return cursor.fetchone() is not None
+    return [(row[0], row[1], row[2], bool(row[3])) for row in cursor.fetchall()]
 
 
-def clear_passed_delays(now: float) -> None:
-    statements.run(
-        'UPDATE "resource" SET "available_time" = NULL WHERE "available_time" <= ?', [now]
-    )
-
-
-def end_passed_reservations(now: float) -> list[tuple[str, str, str]]:
-    """Removes the reservations whose time is up; returns (name, kind,
-    reserved_for) of each."""
+def end_passed_reservations(now: float) -> list[tuple[Freed, str]]:
+    """Removes the reservations whose time is up; returns each resource and
+    whom it was reserved for."""
     ended = statements.run(
-        'SELECT "id", "name", "kind", "reserved_for" FROM "resource" WHERE "reserved_until" <= ?',
+        f'SELECT "id", "kind", "name", {WANTED}, "reserved_for" FROM "resource"'
+        ' WHERE "reserved_until" <= ?',
         [now],
     ).fetchall()
     if ended:
@@ -316,7 +320,29 @@ def end_passed_reservations(now: float) -> list[tuple[str, str, str]]:
             f' "reservation_reason" = \'\' WHERE "id" IN ({statements.marks(len(ended))})',
             [row[0] for row in ended],
         )
-    return [tuple(row[1:]) for row in ended]
+    return [((row[0], row[1], row[2], bool(row[3])), row[4]) for row in ended]
+
+
+def within_reach(name: str) -> list[Freed]:
+    """A resource as the queue sees it after a change (none if it is gone)."""
+    cursor = statements.run(
+        f'SELECT "id", "kind", "name", {WANTED} FROM "resource" WHERE "name" = ?', [name]
+    )
+    return [(row[0], row[1], row[2], bool(row[3])) for row in cursor.fetchall()]
+
+
+def due(active_state: int, now: float) -> tuple[bool, bool]:
+    """Whether any active lease is past its TTL, and whether a lock-delay or
+    a reservation ended that no queue pass has seen yet: one statement, so
+    an acquire that finds nothing due pays one look."""
+    cursor = statements.run(
+        'SELECT EXISTS (SELECT 1 FROM "lease" WHERE "state" = ? AND "expire_time" <= ?),'
+        ' EXISTS (SELECT 1 FROM "resource" WHERE "available_time" <= ?),'
+        ' EXISTS (SELECT 1 FROM "resource" WHERE "reserved_until" <= ?)',
+        [active_state, now, now, now],
+    )
+    leases, delays, reservations = cursor.fetchone()
+    return bool(leases), bool(delays or reservations)
 
 
 def any_restricted() -> bool:

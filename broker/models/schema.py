@@ -21,7 +21,7 @@ from broker.models.database import (
 )
 from broker.models.event import Event
 from broker.models.lease import FencingFloor, Lease, LeaseGrant
-from broker.models.queue import Waiter
+from broker.models.queue import Waiter, WaiterNeed, index_unindexed
 from broker.models.resource import Resource
 from broker.models.session import Session
 from broker.models.setting import Setting
@@ -34,8 +34,11 @@ from broker.models.token import Token
 # numbers of grants deleted by retention, 6 caps leases' lifetimes, indexes
 # active leases by principal (for quotas), and keeps resources' reservation
 # ends and reasons, service reasons, failed setups and last grant times, and
-# waiters' groups. Bump it with every change of the layout.
-SCHEMA_VERSION = 6
+# waiters' groups, 7 indexes waiting requests by the kinds and names they
+# could use. Bump it with every change of the layout.
+SCHEMA_VERSION = 7
+# The `state` of a waiting request (`broker.domain.values.WaiterState`).
+WAITING_STATE = 1
 SCHEMA_VERSION_KEY = "schema_version"
 # PostgreSQL keeps the first 63 bytes of a longer name.
 POSTGRES_NAME_BYTES = 63
@@ -53,6 +56,7 @@ CORE_MODELS: tuple[type[BaseModel], ...] = (
     FencingFloor,
     Event,
     Waiter,
+    WaiterNeed,
     Session,
     Token,
 )
@@ -79,6 +83,9 @@ def create_tables(kind_models: Sequence[type[BaseModel]]) -> None:
             # Columns first: creating a table's indexes names its new columns.
             _add_columns(missing.columns)
             database.create_tables(missing.tables, safe=True)
+            if WaiterNeed in missing.tables:
+                # Requests queued by a broker that kept no such keys.
+                index_unindexed(WAITING_STATE)
             for model in missing.indexed:
                 # peewee's stubs omit the model's schema manager.
                 model._schema.create_indexes(safe=True)  # type: ignore[attr-defined]
