@@ -366,12 +366,15 @@ class Granter:
         session_id: str = "",
         principal: str = "",
         waited: float = 0.0,
+        behind_priority: int | None = None,
     ) -> Granted:
         """Records the grant of a complete plan: the lease, the claims (a
         conditional update, so a resource taken meanwhile aborts the grant),
         the fencing numbers, the grants and their events (with the seconds
         the request `waited` in the queue, if it did). The resources' owner
-        is `principal` (empty: the holder)."""
+        is `principal` (empty: the holder). A newcomer gives its priority
+        (`behind_priority`): a resource reserved meanwhile for a waiting
+        request ahead of it aborts the grant too."""
         principal = principal or holder
         secret = self.secret_for(lease_id)
         max_expire_time = now + self.max_lifetime if self.max_lifetime > 0 else None
@@ -399,7 +402,7 @@ class Granter:
         slot_kinds = [plan.needs[n].kind for n in plan.slot_needs]
         ownable = [row.id for row, kind in zip(chosen, slot_kinds, strict=True) if kind.ownable]
         shared = [row.id for row, kind in zip(chosen, slot_kinds, strict=True) if not kind.ownable]
-        tokens = lease_model.claim_ownable(ownable, lease_id, principal, now)
+        tokens = lease_model.claim_ownable(ownable, lease_id, principal, now, behind_priority)
         if len(tokens) != len(ownable):
             raise ConflictError("another lease took a resource first; retry")
         tokens.update(lease_model.bump_fencing(shared))

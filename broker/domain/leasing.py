@@ -9,6 +9,12 @@ freed what it needs; the ids of requests so granted are announced through
 `on_granted` after the commit. Outcomes that must keep what the transaction
 did (an expiry found on the way) are returned from the transaction and raised
 after it commits.
+
+On PostgreSQL each transaction locks the kinds it touches
+(`broker.models.locks`): an acquire its request's kinds, a release its
+lease's, a renewal only the lease's row. Whatever finds it needs more (an
+acquire that must wait, a release that meets a waiter) or loses a race runs
+again from the start (`broker.domain.races`), unseen by its caller.
 """
 
 from __future__ import annotations
@@ -20,9 +26,9 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 
-from broker.domain import events, paging
+from broker.domain import events, paging, races
 from broker.domain.errors import (
     BrokerError,
     DeadlineExceededError,
@@ -63,11 +69,12 @@ from broker.domain.values import (
 )
 from broker.domain.views import from_snapshot
 from broker.models import lease as lease_model
+from broker.models import locks
 from broker.models import notify as notify_model
 from broker.models import queue as queue_model
 from broker.models import resource as resource_model
 from broker.models import session as session_model
-from broker.models.database import write_transaction
+from broker.models.database import database_proxy, write_transaction
 
 MAX_REASON = 1024
 MAX_REQUEST_ID = 128
@@ -84,6 +91,11 @@ _END_EVENTS = {
     LeaseState.EXPIRED: EventType.LEASE_EXPIRED,
     LeaseState.REVOKED: EventType.LEASE_REVOKED,
 }
+
+
+def _kinds_of(grants: list[lease_model.LeaseGrant]) -> set[str]:
+    """The kinds of a lease's grants, as their snapshots recorded them."""
+    return {json.loads(grant.snapshot)["kind"] for grant in grants}
 
 
 def _session_lost(
@@ -125,12 +137,15 @@ class Leases:
         self.on_granted = on_granted
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[float]:
+    def transaction(
+        self, kinds: Collection[str] | None = None, queue: bool = False
+    ) -> Iterator[float]:
         """A write transaction that announces, once committed, the waiting
         requests it granted. It gives the time of its decisions, read once
         its locks are held, so recorded times follow the order in which
-        transactions decide (and fencing numbers grow)."""
-        with write_transaction():
+        transactions decide (and fencing numbers grow). Its locks are those
+        of the `kinds` it touches (`write_transaction`; None: everything)."""
+        with write_transaction(kinds=kinds, queue=queue):
             self.queue.begin()
             now = self.clock()
             yield now
@@ -157,7 +172,14 @@ class Leases:
         never = self.quotas.never(request.who, sum(need.count for need in needs))
         if never is not None:
             raise never
-        with self.transaction() as now:
+        outcome = self._acquire_once(request, needs, ttl)
+        if isinstance(outcome, BrokerError):
+            raise outcome
+        return outcome
+
+    @races.retried
+    def _acquire_once(self, request: AcquireRequest, needs, ttl: float):
+        with self.transaction(kinds={need.kind.name for need in needs}) as now:
             # Waiting requests come before a newcomer to whatever came free
             # since the last pass: leases found expired, lock-delays or
             # reservations that ended.
@@ -167,10 +189,7 @@ class Leases:
             if passed:
                 self.queue.tick(now)
             self.queue.dispatch(now)
-            outcome = self._acquire(request, needs, ttl, now)
-        if isinstance(outcome, BrokerError):
-            raise outcome
-        return outcome
+            return self._acquire(request, needs, ttl, now)
 
     def _check_waiting(self, request: AcquireRequest) -> None:
         if request.max_wait < 0:
@@ -224,10 +243,15 @@ class Leases:
                 ttl=ttl,
                 holder=request.holder,
                 principal=request.who,
-                now=now,
+                # Read after the candidates: a resource freed by a release
+                # that ran alongside is granted after that release's time.
+                now=self.clock(),
                 replay=replay,
                 session_id=request.session_id,
+                behind_priority=request.priority,
             )
+        kinds = {need.kind.name for need in needs}
+        locks.require(locks.Level.QUEUE, kinds, "a refusal or a wait is decided after the grants")
         # Not granted now: busy, over the quota, or both; "never" beats both.
         refusal = (
             None
@@ -431,7 +455,7 @@ class Leases:
             actor = principal_of(lease)
             self.end(lease, grants, LeaseState.RELEASED, now, "released by its holder", actor)
 
-        return self._change(lease_id, secret, end, principal)
+        return self._change(lease_id, secret, end, principal, frees=True)
 
     def report_setup(
         self,
@@ -500,18 +524,38 @@ class Leases:
         def end(lease: lease_model.Lease, grants: list, now: float) -> None:
             self.end(lease, grants, LeaseState.REVOKED, now, reason, actor)
 
-        return self._change(lease_id, None, end)
+        return self._change(lease_id, None, end, frees=True)
 
     def _change(
-        self, lease_id: str, secret: str | None, change, principal: str | None = None
+        self,
+        lease_id: str,
+        secret: str | None,
+        change,
+        principal: str | None = None,
+        frees: bool = False,
     ) -> LeaseView:
         """Applies `change` to an active lease after checking the secret
         (None: no secret needed) and, if given, that `principal` holds it:
         a secret that leaked is of no use to another principal. A lease
-        found past its TTL is expired and committed first, then reported."""
+        found past its TTL is expired and committed first, then reported.
+        A change that `frees` the lease's resources locks their kinds."""
         if not lease_id:
             raise InvalidArgumentError.of("lease_id", "is required")
-        with self.transaction() as now:
+        return self._change_once(lease_id, secret, change, principal, frees)
+
+    @races.retried
+    def _change_once(
+        self, lease_id: str, secret: str | None, change, principal: str | None, frees: bool
+    ) -> LeaseView:
+        # A lease's grants never change: read before the transaction, they
+        # say which kinds it locks, exclusively if its release will serve
+        # a waiting request.
+        kinds: Collection[str] = ()
+        wanted = False
+        if frees and locks.by_kind(database_proxy.obj):
+            granted, wanted = lease_model.grants_wanted(lease_id)
+            kinds = _kinds_of(granted)
+        with self.transaction(kinds=kinds, queue=wanted) as now:
             locked = lease_model.lock_lease(lease_id)
             if locked is None:
                 raise NotFoundError("lease", lease_id)
@@ -548,13 +592,20 @@ class Leases:
 
     # ----------------------------------------------------------------- expiry
 
+    @races.retried
     def expire_due(self) -> int:
         """Frees every lease whose TTL has run out and every session whose
-        keep-alives stopped, then makes a queue pass (waits end, lock-delays
-        pass); returns how many leases ended."""
-        with self.transaction() as now:
+        keep-alives stopped, then ends what time ended (waits, lock-delays,
+        reservations); returns how many leases ended. It locks the kinds of
+        the leases it ends, and everything only for a session to end or
+        something time ended: with nothing to do, nothing but the rows it
+        reads."""
+        with self.transaction(kinds=()) as now:
+            orphaned = session_model.orphaned_sessions(SessionState.OPEN, now)
+            if orphaned:
+                locks.require(locks.Level.EVERYTHING, why="ending sessions")
             expired = self._expire_due(now)
-            for session in session_model.orphaned_sessions(SessionState.OPEN, now):
+            for session in orphaned:
                 self.orphan_session(session, now)
             self.queue.tick(now)
         return expired
@@ -603,9 +654,11 @@ class Leases:
         while True:
             due = lease_model.due_lease_ids(LeaseState.ACTIVE, now, EXPIRY_BATCH)
             grants = lease_model.grants_of(due)
-            for lease in lease_model.leases_by_id(due).values():
+            kinds = set().union(*(_kinds_of(of_lease) for of_lease in grants.values()))
+            locks.require(locks.Level.SHARED, kinds, "expiring leases")
+            for lease in lease_model.lock_due_leases(due, LeaseState.ACTIVE, now).values():
                 self.end(lease, grants[lease.id], LeaseState.EXPIRED, now, "its TTL ran out", "")
-            expired += len(due)
+                expired += 1
             if len(due) < EXPIRY_BATCH:
                 return expired
 
@@ -624,6 +677,7 @@ class Leases:
         for each. Its resources are offered to the queue, whose pass the
         transaction makes."""
         event_type = _END_EVENTS[state]
+        locks.require(locks.Level.SHARED, _kinds_of(grants), "freeing resources")
         freed = lease_model.free_resources_of([lease.id])
         delayed = self._lock_delay(grants, now) if state == LeaseState.EXPIRED else set()
         self.queue.offer([row for row in freed if row[0] not in delayed])

@@ -25,7 +25,9 @@ however long the queue.
 Every function runs inside the caller's write transaction; the requests
 granted are collected in `granted` (waiter id -> grant) for the caller to
 announce after its commit, and the resources that came within reach in
-`offer` until the transaction's pass (`dispatch`).
+`offer` until the transaction's pass (`dispatch`). On PostgreSQL serving a
+waiting request, or enqueueing one, needs its kinds locked exclusively,
+and whatever time ended the lock of everything (`broker.models.locks`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from broker.domain.granting import (
 from broker.domain.quotas import Quotas
 from broker.domain.replay import Replay
 from broker.domain.values import AcquireRequest, EventType, Granted, WaiterState
+from broker.models import locks
 from broker.models import queue as queue_model
 from broker.models import resource as resource_model
 from broker.models.queue import Freed, Rank, Waiter
@@ -144,6 +147,7 @@ class WaitQueue:
         its priority or higher: it reserves what that uses, and a request of
         lower priority it takes a reservation from plans again. No plan: it
         waits for its quota and reserves nothing."""
+        locks.require(locks.Level.QUEUE, {r.kind for r in request.requirements}, "enqueueing")
         requirements = encode_requirements(request.requirements)
         waiter_id = queue_model.insert_waiter(
             {
@@ -187,10 +191,15 @@ class WaitQueue:
 
     def tick(self, now: float) -> None:
         """Whatever time ended: lock-delays and reservations that passed, and
-        waits past their deadline; their resources are offered."""
-        self.offer(resource_model.clear_passed_delays(now))
-        self._end_reservations(now)
+        waits past their deadline; their resources are offered. Finding
+        any, it needs the lock of everything (what it wrote without is
+        rolled back)."""
+        freed = resource_model.clear_passed_delays(now)
         ended = queue_model.timed_out(WaiterState.WAITING, now)
+        if freed or ended:
+            locks.require(locks.Level.EVERYTHING, why="time ended")
+        self.offer(freed)
+        self._end_reservations(now)
         for waiter_id in ended:
             queue_model.end_waiter(waiter_id, WaiterState.TIMED_OUT, now)
         self.leave(ended)
@@ -199,6 +208,7 @@ class WaitQueue:
         """Every waiting request plans anew, in order, from no reservations:
         after the inventory changed (resources created, made usable,
         reserved or unreserved), which may serve any of them."""
+        locks.require(locks.Level.EVERYTHING, why="a pass over the whole queue")
         self.tick(now)
         queue_model.clear_reservations()
         run = _Pass(self._pending)
@@ -225,6 +235,8 @@ class WaitQueue:
     def _serve(self, waiter: Waiter, now: float, run: _Pass) -> None:
         """Grants `waiter` if it can be served in full; else it reserves its
         best partial assignment, letting go of what it no longer uses."""
+        kinds = {requirement.kind for requirement in decode_requirements(waiter.requirements)}
+        locks.require(locks.Level.QUEUE, kinds, "serving a waiting request")
         if waiter.deadline <= now:
             self._end(waiter, WaiterState.TIMED_OUT, now)
             return
@@ -293,6 +305,8 @@ class WaitQueue:
     def _end_reservations(self, now: float) -> None:
         """Ends the reservations whose time is up, recording each."""
         ended = resource_model.end_passed_reservations(now)
+        if ended:
+            locks.require(locks.Level.EVERYTHING, why="a reservation ended")
         self.offer([freed for freed, _ in ended])
         events.record(
             *(

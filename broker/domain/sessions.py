@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import uuid
 
+from broker.domain import races
 from broker.domain.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -65,7 +66,7 @@ class Sessions:
         if len(holder) > MAX_HOLDER:
             raise InvalidArgumentError.of("holder", f"is longer than {MAX_HOLDER} characters")
         session_id = str(uuid.uuid4())
-        with self.leases.transaction() as now:
+        with self.leases.transaction(kinds=()) as now:
             session_model.Session.insert(
                 id=session_id,
                 holder=holder,
@@ -76,10 +77,11 @@ class Sessions:
             ).execute()
         return SessionView(session_id, holder, timeout, now + timeout)
 
+    @races.retried
     def keep_alive(self, session_id: str) -> SessionView:
-        """Pushes the session's deadline and renews its leases; a session that
-        already ended is FAILED_PRECONDITION."""
-        with self.leases.transaction() as now:
+        """Pushes the session's deadline and renews its leases, locking only
+        their rows; a session that already ended is FAILED_PRECONDITION."""
+        with self.leases.transaction(kinds=()) as now:
             session = self._open_session(session_id, now)
             if session is not None:
                 expire_time = now + session.keepalive_timeout

@@ -9,9 +9,11 @@ every write transaction starts with `BEGIN IMMEDIATE`, so writers queue on the
 database lock instead of failing with "database is locked" half-way through.
 
 PostgreSQL is reached through a connection pool. Every write transaction
-first takes one transaction-scoped advisory lock: the database serialises the
-brokers' decisions (grants, queue passes) exactly as SQLite's write lock does
-for one broker, and the conditional updates stay the guard of ownership. So
+first takes transaction-scoped advisory locks (`broker.models.locks`): shared
+ones of the kinds it touches, so that writes about different resources run
+at once, and the write lock of everything, exclusive, for queue passes and
+writes that do not say what they touch; the conditional updates stay the
+guard of ownership. So
 that no broker holds that lock hostage, every session's timeouts derive from
 one bound, `database.stall_timeout` (`Timeouts`): a session idle inside a
 transaction (its broker frozen, or its link stalled) is ended by the server,
@@ -29,11 +31,13 @@ import math
 import os
 import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from urllib.parse import parse_qs, unquote, urlparse
 
 import peewee
 from playhouse.pool import PooledPostgresqlDatabase
+
+from broker.models import locks
 
 database_proxy = peewee.DatabaseProxy()
 
@@ -204,11 +208,15 @@ _commit = threading.local()
 
 
 @contextlib.contextmanager
-def write_transaction() -> Iterator[None]:
+def write_transaction(
+    *, kinds: Collection[str] | None = None, queue: bool = False
+) -> Iterator[None]:
     """One atomic write. On SQLite it takes the write lock up front
     (`BEGIN IMMEDIATE`) so that two writers never deadlock on a lock upgrade,
     and writers of this process take turns on a lock first; on PostgreSQL it
-    takes the brokers' advisory write lock. What `after_commit` registered
+    takes the brokers' advisory locks (`broker.models.locks`): of the
+    `kinds` it touches, exclusive for `queue` work, or, with no kinds
+    given, the write lock of everything. What `after_commit` registered
     inside it runs once the outermost one commits (nothing if it fails)."""
     database = database_proxy.obj
     outermost = getattr(_commit, "callbacks", None) is None
@@ -217,17 +225,18 @@ def write_transaction() -> Iterator[None]:
     try:
         if isinstance(database, peewee.SqliteDatabase):
             with _sqlite_writer, database.atomic("IMMEDIATE"):
+                locks.take(database, (WRITE_LOCK_KEY, 0), kinds, queue, outermost)
                 yield
         else:
             with database.atomic():
-                database.execute_sql(
-                    "SELECT pg_advisory_xact_lock(%s, %s)", (WRITE_LOCK_KEY, schema_key(database))
-                )
+                key = (WRITE_LOCK_KEY, schema_key(database))
+                locks.take(database, key, kinds, queue, outermost)
                 yield
         callbacks = list(_commit.callbacks.values()) if outermost else []
     finally:
         if outermost:
             _commit.callbacks = None
+            locks.released()
     for callback in callbacks:
         callback()
 

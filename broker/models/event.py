@@ -8,13 +8,15 @@ are assigned in commit order:
 
 - Every transaction that records events is a `database.write_transaction`.
   On SQLite only one runs at a time (the database's write lock, taken up
-  front). On PostgreSQL each one first takes the brokers' one advisory write
-  lock and holds it until it has committed, so the id sequence (`nextval`,
-  called by the insert, after the lock) hands out larger ids to a
-  transaction that takes the lock later, and a transaction is visible to
-  readers before the next one can take the lock. Ids rolled back leave gaps,
-  which readers simply skip. The sequence thus relies on the global write
-  lock: a writer of events outside it would break it.
+  front). On PostgreSQL writers about different resources run at once, so
+  each one takes the event lock (`locks.EVENT_LOCK_KEY`, exclusive) right
+  before its first insert of events and holds it until it has committed:
+  the id sequence (`nextval`, called by the insert, after the lock) hands
+  out larger ids to a transaction that takes the lock later, and a
+  transaction is visible to readers before the next one can take the lock.
+  Events are the last thing a transaction writes, so the lock is held for
+  the insert and the commit only. Ids rolled back leave gaps, which readers
+  simply skip. A writer of events that skipped the lock would break it.
 - Ids never go back: PostgreSQL's sequence never does, and on SQLite (where
   an id is one more than the largest stored) retention always keeps the
   newest event, so the largest id stays stored.
@@ -35,9 +37,9 @@ from typing import cast
 
 import peewee
 
-from broker.models import statements
+from broker.models import locks, statements
 from broker.models.base import BaseModel
-from broker.models.database import after_commit, database_proxy, notify_channel
+from broker.models.database import after_commit, database_proxy, notify_channel, schema_key
 from broker.models.setting import Setting
 
 CHANNEL = "broker_events"
@@ -94,18 +96,27 @@ def record(rows: Iterable[dict]) -> None:
     rows = list(rows)
     if not rows:
         return
-    cursor = statements.insert_rows(Event, rows)
-    if isinstance(database_proxy.obj, peewee.SqliteDatabase):
-        newest = cursor.lastrowid
-    else:
-        # The payload is the newest id inserted, so that a broker whose
-        # feed has read that far already skips the wake-up.
-        newest = statements.run(
-            "SELECT lastval(), pg_notify(?, lastval()::text)",
-            [notify_channel(CHANNEL, database_proxy.obj)],
-        ).fetchone()[0]
-    if after_commit(CHANNEL, _committed):
+    database = database_proxy.obj
+    first = after_commit(CHANNEL, _committed)
+    if first:
         _newest.id = 0
+    if isinstance(database, peewee.SqliteDatabase):
+        newest = statements.insert_rows(Event, rows).lastrowid
+    else:
+        # One round trip: the event lock (the transaction's first events
+        # only), the insert, and a NOTIFY whose payload is the newest id
+        # inserted, so that a broker whose feed has read that far already
+        # skips the wake-up.
+        lock, lock_params = locks.event_lock(schema_key(database)) if first else ("", [])
+        newest = statements.run(
+            f"{lock}{statements.insert_sql(Event, len(rows))};"
+            " SELECT lastval(), pg_notify(?, lastval()::text)",
+            [
+                *lock_params,
+                *statements.insert_params(Event, rows),
+                notify_channel(CHANNEL, database),
+            ],
+        ).fetchone()[0]
     _newest.id = max(_newest.id, newest)
 
 

@@ -84,20 +84,31 @@ def insert_grants(rows: Sequence[dict]) -> None:
 
 
 def claim_ownable(
-    resource_ids: Sequence[int], lease_id: str, owner: str, now: float
+    resource_ids: Sequence[int],
+    lease_id: str,
+    owner: str,
+    now: float,
+    behind_priority: int | None = None,
 ) -> dict[int, int]:
     """Gives free ownable resources to a lease, bumps their fencing numbers
     and notes when they were granted; returns the new number of each
-    resource taken. Fewer than asked means another lease got there first,
-    and the caller must roll back."""
+    resource taken. Given `behind_priority` (a newcomer's), a resource a
+    waiting request of that priority or higher reserved meanwhile is not
+    taken either. Fewer than asked means another lease, or a reservation,
+    got there first, and the caller must roll back."""
     if not resource_ids:
         return {}
+    queued = ""
+    params: list = [lease_id, owner, now, *resource_ids]
+    if behind_priority is not None:
+        queued = ' AND ("reserved_by" IS NULL OR "reserved_priority" < ?)'
+        params.append(behind_priority)
     cursor = statements.run(
         'UPDATE "resource" SET "lease_id" = ?, "owner" = ?, "fencing_token" = "fencing_token" + 1,'
         ' "last_grant_time" = ?, "reserved_by" = NULL, "reserved_priority" = NULL'
-        f' WHERE "id" IN ({statements.marks(len(resource_ids))}) AND "lease_id" IS NULL'
+        f' WHERE "id" IN ({statements.marks(len(resource_ids))}) AND "lease_id" IS NULL{queued}'
         ' RETURNING "id", "fencing_token"',
-        [lease_id, owner, now, *resource_ids],
+        params,
     )
     return dict(cursor.fetchall())
 
@@ -153,6 +164,23 @@ def due_lease_ids(active_state: int, now: float, limit: int) -> list[str]:
     return [row[0] for row in cursor.fetchall()]
 
 
+def lock_due_leases(lease_ids: Sequence[str], active_state: int, now: float) -> dict[str, Lease]:
+    """Of these leases, those still active and past their TTL, locked for
+    change on PostgreSQL: a renewal or a release under way is waited for,
+    and the lease left alone if it no longer qualifies."""
+    if not lease_ids:
+        return {}
+    lock = "" if isinstance(database_proxy.obj, peewee.SqliteDatabase) else " FOR UPDATE"
+    cursor = statements.run(
+        f'SELECT {statements.column_list(Lease)} FROM "lease"'
+        f' WHERE "id" IN ({statements.marks(len(lease_ids))}) AND "state" = ?'
+        f' AND "expire_time" <= ? ORDER BY "id"{lock}',
+        [*lease_ids, active_state, now],
+    )
+    leases = (statements.instance(Lease, row) for row in cursor.fetchall())
+    return {lease.id: lease for lease in leases}
+
+
 def lock_lease(lease_id: str) -> tuple[Lease, list[LeaseGrant]] | None:
     """Reads a lease for change, with its grants in requirement order, in one
     statement: on PostgreSQL the lease's row stays locked until the
@@ -173,6 +201,20 @@ def lock_lease(lease_id: str) -> tuple[Lease, list[LeaseGrant]] | None:
         statements.instance(LeaseGrant, row[width:]) for row in rows if row[width] is not None
     ]
     return lease, grants
+
+
+def grants_wanted(lease_id: str) -> tuple[list[LeaseGrant], bool]:
+    """A lease's grants, and whether a waiting request has a key one of its
+    resources matches (its release will serve the queue), in one read."""
+    cursor = statements.run(
+        f'SELECT {statements.column_list(LeaseGrant, "g")}, {WANTED} FROM "lease_grant" "g"'
+        ' LEFT JOIN "resource" ON "resource"."id" = "g"."resource_id"'
+        ' WHERE "g"."lease_id" = ? ORDER BY "g"."requirement_index", "g"."id"',
+        [lease_id],
+    )
+    rows = cursor.fetchall()
+    grants = [statements.instance(LeaseGrant, row[:-1]) for row in rows]
+    return grants, any(bool(row[-1]) for row in rows)
 
 
 def grants_of(lease_ids: Sequence[str]) -> dict[str, list[LeaseGrant]]:

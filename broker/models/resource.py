@@ -15,6 +15,7 @@ import peewee
 
 from broker.models import statements
 from broker.models.base import BaseModel
+from broker.models.database import database_proxy
 from broker.models.queue import WANTED, Freed
 
 
@@ -142,7 +143,12 @@ def select_candidates(
     `EVERY` takes all. Each row carries its kind's fields as `.data`."""
     shape = tuple((field, len(values)) for field, values in filters)
     queue = "" if mode != FREE or rank is None else ("waiter" if rank[1] is not None else "new")
-    sql = _candidates_sql(kind_model, shape, mode, queue, None if groups is None else len(groups))
+    # On PostgreSQL free candidates are locked, and those another grant has
+    # locked skipped: two grants of one kind at once pick different ones.
+    skip_locked = mode == FREE and not isinstance(database_proxy.obj, peewee.SqliteDatabase)
+    sql = _candidates_sql(
+        kind_model, shape, mode, queue, None if groups is None else len(groups), skip_locked
+    )
     params: list = [kind]
     if groups is not None:
         params.extend(groups)
@@ -174,6 +180,7 @@ def _candidates_sql(
     mode: str,
     queue: str,
     group_count: int | None,
+    skip_locked: bool = False,
 ) -> str:
     kind_columns = [f for f in statements.columns_of(kind_model) if f.name != "resource"]
     selected = ", ".join(
@@ -211,6 +218,7 @@ def _candidates_sql(
         f'SELECT {selected} FROM "resource" AS r'
         f' JOIN "{kind_model._meta.table_name}" AS k ON k."resource_id" = r."id"'
         f" WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?"
+        + (" FOR UPDATE OF r SKIP LOCKED" if skip_locked else "")
     )
 
 

@@ -74,12 +74,17 @@ def insert_sql(model: type[peewee.Model], rows: int) -> str:
     return f"INSERT INTO {quoted(model._meta.table_name)} ({names}) VALUES {values}"
 
 
+def insert_params(model: type[peewee.Model], rows: Sequence[dict[str, Any]]) -> list[Any]:
+    """The parameters of `insert_sql(model, len(rows))`, converted as the
+    fields do."""
+    fields = [f for f in columns_of(model) if not isinstance(f, peewee.AutoField)]
+    return [field.db_value(row[field.name]) for row in rows for field in fields]
+
+
 def insert_rows(model: type[peewee.Model], rows: Sequence[dict[str, Any]]):
     """Inserts rows given as field-name dicts (every field but an
     auto-increment key), converting values as the fields do; returns the
     cursor (None for no rows)."""
     if not rows:
         return None
-    fields = [f for f in columns_of(model) if not isinstance(f, peewee.AutoField)]
-    params = [field.db_value(row[field.name]) for row in rows for field in fields]
-    return run(insert_sql(model, len(rows)), params)
+    return run(insert_sql(model, len(rows)), insert_params(model, rows))

@@ -1,17 +1,17 @@
 """No broker holds the fleet hostage (semantics 10): a broker that freezes,
-or whose link to PostgreSQL stalls or breaks, while it holds the brokers'
-write lock, loses its transaction within the stall bound, and the other
-broker goes on granting; health tells each broker's own access to the
-database, and waiting for the lock is no part of it. Afterwards both serve,
-and no resource was ever held twice.
+or whose link to PostgreSQL stalls or breaks, while it holds its locks,
+loses its transaction within the stall bound, and the other broker goes on
+granting; health tells each broker's own access to the database, and waiting
+for the lock is no part of it. Afterwards both serve, and no resource was
+ever held twice.
 
-How the stalled broker is made to hold the lock: the test locks one
-resource's row from its own session and asks broker A for that resource. A's
-transaction takes the write lock, then waits for the row. The test then
-freezes A (SIGSTOP) or stalls its link (A reaches PostgreSQL through
-`tcp_proxy.TcpProxy`) and lets the row go: A's statement completes on the
-server, whose session is then idle in a transaction holding the write lock,
-with nobody to finish it. Broker B meanwhile grants in a loop.
+How the stalled broker is made to hold its locks: broker A grants a lease,
+the test locks that lease's row from its own session and asks A to release
+it. A's transaction takes its advisory locks, then waits for the row. The
+test then freezes A (SIGSTOP) or stalls its link (A reaches PostgreSQL
+through `tcp_proxy.TcpProxy`) and lets the row go: A's statement completes
+on the server, whose session is then idle in a transaction holding the
+locks, with nobody to finish it. Broker B meanwhile grants in a loop.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ import grpc
 import psycopg2
 import pytest
 
+from broker.v1 import lease_service_pb2
+from tests.conftest import RPC_TIMEOUT
 from tests.integration.helpers import (
     acquire_request,
     calculator,
@@ -88,18 +90,17 @@ def backend_alive(admin, pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def row_locked(postgres_url: str, name: str) -> Iterator[int]:
-    """Locks resource `name`'s row from a session of the test's own (whose
-    pid it yields) until the block ends."""
+def row_locked(postgres_url: str, lease_id: str) -> Iterator[int]:
+    """Locks the row of lease `lease_id` from a session of the test's own
+    (whose pid it yields) until the block ends."""
     connection = psycopg2.connect(urlparse(postgres_url)._replace(query="").geturl())
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_backend_pid()")
             pid = cursor.fetchone()[0]
             cursor.execute(
-                f'SELECT 1 FROM "{schema_of(postgres_url)}"."resource" WHERE "name" = %s'
-                " FOR UPDATE",
-                (name,),
+                f'SELECT 1 FROM "{schema_of(postgres_url)}"."lease" WHERE "id" = %s FOR UPDATE',
+                (lease_id,),
             )
             yield pid
         connection.rollback()
@@ -124,18 +125,24 @@ class Call(threading.Thread):
 
 
 def stalled_holding_the_write_lock(admin, postgres_url: str, stalled: Broker, fault) -> tuple:
-    """Makes `stalled` hold the write lock in a transaction, applies
-    `fault` (which freezes it or stalls its link) and lets the row go:
-    returns the call left hanging and the pid of the session that holds
-    the write lock."""
-    request = acquire_request(requirement("Calculator", name=HELD), holder="stalled")
-    call = Call(stalled.leases.AcquireLease, request, timeout=60.0)
-    with row_locked(postgres_url, HELD) as locker:
+    """Makes `stalled` hold its locks in a transaction (a release of a lease
+    on `HELD`), applies `fault` (which freezes it or stalls its link) and
+    lets the row go: returns the call left hanging and the pid of the
+    session that holds the locks."""
+    granted = stalled.leases.AcquireLease(
+        acquire_request(requirement("Calculator", name=HELD), holder="stalled"),
+        timeout=RPC_TIMEOUT,
+    )
+    request = lease_service_pb2.ReleaseLeaseRequest(
+        lease_id=granted.lease.lease_id, secret=granted.secret
+    )
+    call = Call(stalled.leases.ReleaseLease, request, timeout=60.0)
+    with row_locked(postgres_url, granted.lease.lease_id) as locker:
         call.start()
         pid = wait_until(
-            lambda: backend_blocked_by(admin, locker), 5.0, "A's grant to wait for the row"
+            lambda: backend_blocked_by(admin, locker), 5.0, "A's release to wait for the row"
         )
-        assert holds_advisory_lock(admin, pid), "A's transaction does not hold the write lock"
+        assert holds_advisory_lock(admin, pid), "A's transaction does not hold its locks"
         fault()
     return call, pid
 
@@ -204,10 +211,11 @@ def test_a_frozen_broker_stops_the_others_for_at_most_the_stall_bound(
 
     fleet.thaw(frozen)
     call.join(30.0)
-    # Its transaction was lost: the call fails and grants nothing.
+    # Its transaction was lost: the call fails and changes nothing.
     assert call.code == grpc.StatusCode.UNAVAILABLE
     assert wait_health(frozen, SERVING, 10.0) < 10.0
     assert healthy.health_status() == SERVING
+    frozen.leases.ReleaseLease(call.request, timeout=RPC_TIMEOUT)  # repeated, now it succeeds
     thawed = GrantLoop(frozen, NAMES, "thawed").start()
     check_history(postgres_admin, postgres_url, [loop, thawed])
 
@@ -246,6 +254,7 @@ def test_a_broker_whose_database_link_fails_does_not_stop_the_other(
     assert call.code == grpc.StatusCode.UNAVAILABLE
     assert wait_health(cut_off, SERVING, 10.0) < 10.0
     assert healthy.health_status() == SERVING
+    cut_off.leases.ReleaseLease(call.request, timeout=RPC_TIMEOUT)  # repeated, now it succeeds
     restored = GrantLoop(cut_off, NAMES, "restored").start()
     check_history(postgres_admin, postgres_url, [loop, restored])
 

@@ -17,8 +17,10 @@ from broker.domain.values import AcquireRequest, Granted, Waiting
 from tests.statement_counter import Counted, counting
 from tests.unit.builders import calc, need
 
-# Statements per domain call, by backend. PostgreSQL adds the brokers'
-# write lock and the NOTIFY of the events written.
+# Statements per domain call, by backend. PostgreSQL adds the locks of the
+# kinds touched (one statement), and sends the event lock, the events and
+# their NOTIFY in one round trip; a release first reads its lease's grants
+# to know which kinds it locks.
 PINNED = {
     "sqlite": {
         "acquire": 8,
@@ -28,9 +30,9 @@ PINNED = {
         "wait_status": 4,
     },
     "postgresql": {
-        "acquire": 10,
+        "acquire": 9,
         "release": 8,
-        "renew": 7,
+        "renew": 6,
         "keep_alive": 6,
         "wait_status": 4,
     },
@@ -146,8 +148,12 @@ def test_a_release_serves_the_first_request_that_can_use_it_and_reads_no_other(
         leases.release(first.lease.lease_id, first.secret)
     # The first request for it is read, planned and granted; once nothing
     # is left on offer, nobody else is looked at.
+    # (On PostgreSQL the release first reads its grants, and whether a key
+    # matches them, to know its locks: no waiting request is read there.)
     reads_of_waiters = [
-        sql for sql in released.statements if sql.startswith("SELECT") and 'FROM "waiter' in sql
+        sql
+        for sql in released.statements
+        if sql.startswith("SELECT") and 'FROM "waiter' in sql and 'FROM "lease_grant"' not in sql
     ]
     assert len(reads_of_waiters) == 1, str(released)
     assert sum(sql.startswith('INSERT INTO "lease" ') for sql in released.statements) == 1
