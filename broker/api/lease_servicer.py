@@ -29,7 +29,7 @@ class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
         outcome = await self._acquire(request, context)
         if isinstance(outcome, Granted):
             return convert.granted_to_proto(outcome)
-        async for status in self.board.follow(self.leases, outcome, self.run):
+        async for status in self.board.follow(outcome, stream=False):
             if isinstance(status, Granted):
                 return convert.granted_to_proto(status)
         raise AssertionError("the wait ends with a grant or an error")
@@ -40,7 +40,7 @@ class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
             yield pb.WatchAcquireLeaseResponse(granted=convert.granted_to_proto(outcome))
             return
         yield pb.WatchAcquireLeaseResponse(waiting=convert.queue_status_to_proto(outcome))
-        async for status in self.board.follow(self.leases, outcome, self.run):
+        async for status in self.board.follow(outcome, stream=True):
             if isinstance(status, Granted):
                 yield pb.WatchAcquireLeaseResponse(granted=convert.granted_to_proto(status))
             else:

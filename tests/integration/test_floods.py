@@ -118,7 +118,7 @@ def test_waiting_requests_cost_little_memory_and_give_it_back(
     # What a waiting request holds, not what its periodic look at the queue
     # allocates and frees (slowed down by tracemalloc, those looks would
     # pile up in the event loop's queue while memory is measured).
-    monkeypatch.setattr(waits, "POLL_SECONDS", FLOOD_TIMEOUT)
+    monkeypatch.setattr(waits, "SAFETY_POLL_SECONDS", FLOOD_TIMEOUT)
     create_resource(inventory_stub, calculator("calc"))
     acquire(lease_stub, requirement("Calculator"), holder="keeper")
     gc.collect()
