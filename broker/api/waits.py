@@ -36,7 +36,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import peewee
 
@@ -155,20 +155,26 @@ class WaitBoard:
             for call in self._calls.get(waiter_id, ()):
                 call.wake(_READ)
 
-    async def follow(self, waiting: Waiting, stream: bool) -> AsyncIterator[Granted | Waiting]:
-        """Yields the request's status when its place (or, for a `stream`,
-        what blocks it) changes, and the grant last. Its wait ends at its
+    async def follow(
+        self, waiting: Waiting, stream: bool
+    ) -> AsyncGenerator[Granted | Waiting, None]:
+        """Yields the grant; before it, for a `stream`, the request's status
+        whenever its place or what blocks it changes. Its wait ends at its
         deadline (DEADLINE_EXCEEDED, holding nothing); if the caller goes
         away before the grant is delivered, the request leaves the queue (or
         its fresh lease is released)."""
         waiter_id, deadline = waiting.waiter_id, waiting.deadline
-        last: tuple[int, Blocked | None] = (waiting.position, waiting.blocked)
-        del waiting  # what a call keeps while it waits is `last` and its record
+        # What was last sent: only a stream is sent what blocks it.
+        last: tuple[int, Blocked | None] = (waiting.position, waiting.blocked if stream else None)
+        del waiting
         call = _Call(stream, last[0])
         # A retry (same request id) follows the same waiter as the call it
         # replaces: the request leaves the queue only when its last caller does.
         calls = self._calls.setdefault(waiter_id, [])
         calls.append(call)
+        # What happened between the acquire's commit and now (a grant
+        # announced by another broker, a move) is caught by the next read.
+        self._changed(False)
         self._arm_safety_poll()
         delivered = False
         try:
@@ -199,7 +205,7 @@ class WaitBoard:
                     yield status
                     return
                 call.position = status.position
-                if (status.position, status.blocked) != last:
+                if stream and (status.position, status.blocked) != last:
                     last = (status.position, status.blocked)
                     yield status
         except (asyncio.CancelledError, GeneratorExit):
@@ -288,9 +294,17 @@ class WaitBoard:
     # ------------------------------------------------------------ departures
 
     async def drain(self, timeout: float) -> None:
-        """Waits, up to `timeout` seconds, for departures under way."""
-        if self._leaving:
-            await asyncio.wait(set(self._leaving), timeout=timeout)
+        """Once the calls ended: stops the board's own reads and waits, up
+        to `timeout` seconds, for them and the departures under way."""
+        for timer in (self._refresh_timer, self._safety):
+            if timer is not None:
+                timer.cancel()
+        self._refresh_timer = self._safety = None
+        under_way = set(self._leaving)
+        if self._refreshing is not None:
+            under_way.add(self._refreshing)
+        if under_way:
+            await asyncio.wait(under_way, timeout=timeout)
 
     def _leave(self, leaving) -> None:
         """Runs a departure in the background, keeping it until done."""
