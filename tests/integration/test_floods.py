@@ -117,9 +117,8 @@ def waiting_count(lease_stub) -> int:
 def test_waiting_requests_cost_little_memory_and_give_it_back(
     broker, inventory_stub, lease_stub, flood, monkeypatch
 ):
-    # What a waiting request holds, not what its periodic look at the queue
-    # allocates and frees (slowed down by tracemalloc, those looks would
-    # pile up in the event loop's queue while memory is measured).
+    # What a waiting request holds, not what the board's safety poll of
+    # every request allocates and frees while memory is measured.
     monkeypatch.setattr(waits, "SAFETY_POLL_SECONDS", FLOOD_TIMEOUT)
     create_resource(inventory_stub, calculator("calc"))
     acquire(lease_stub, requirement("Calculator"), holder="keeper")
