@@ -5,12 +5,12 @@ requests, never for one that left the queue alone."""
 
 from __future__ import annotations
 
-import peewee
 import pytest
 
 from broker.domain.leasing import Leases
 from broker.domain.values import WaiterState
 from broker.models import queue as queue_model
+from tests.statement_counter import counting
 from tests.unit.builders import calc, need
 from tests.unit.test_queue import granted_to, hold, queued_ids, release, wait
 
@@ -32,22 +32,9 @@ def leases(database, kinds, clock, changes) -> Leases:
     )
 
 
-def statements_of(database: peewee.Database, monkeypatch) -> list[str]:
-    """Every statement `database` runs from now on, as it runs them."""
-    run: list[str] = []
-    execute = database.execute_sql
-
-    def counted(sql, *args, **kwargs):
-        run.append(sql)
-        return execute(sql, *args, **kwargs)
-
-    monkeypatch.setattr(database, "execute_sql", counted)
-    return run
-
-
 @pytest.mark.parametrize("waiters", [3, 60])
 def test_the_places_of_any_number_of_waiters_are_read_in_one_statement(
-    database, inventory, leases, monkeypatch, waiters
+    database, inventory, leases, waiters
 ):
     inventory.create(calc("calc-1"))
     held = hold(leases, need("Calculator"))
@@ -57,10 +44,10 @@ def test_the_places_of_any_number_of_waiters_are_read_in_one_statement(
     order = queued_ids(leases)
     ids = [w.waiter_id for w in waiting]
 
-    run = statements_of(database, monkeypatch)
-    places = leases.wait_positions(ids)
+    with counting(database) as counted:
+        places = leases.wait_positions(ids)
 
-    assert len(run) == 1
+    assert counted.count == 1, str(counted)
     assert places == {waiter_id: order.index(waiter_id) for waiter_id in ids}
     assert places == {
         waiter_id: queue_model.position(queue_model.get_waiter(waiter_id), WaiterState.WAITING)
