@@ -5,6 +5,7 @@ grant is the `WaitBoard`'s."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from broker.api import convert, identity
 from broker.api.runner import Runner
@@ -29,9 +30,12 @@ class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
         outcome = await self._acquire(request, context)
         if isinstance(outcome, Granted):
             return convert.granted_to_proto(outcome)
-        async for status in self.board.follow(self.leases, outcome, self.run):
-            if isinstance(status, Granted):
-                return convert.granted_to_proto(status)
+        # Closed as the call ends, so the board forgets it at once.
+        async with contextlib.aclosing(self.board.follow(outcome, stream=False)) as following:
+            del outcome  # the board keeps what the wait needs
+            async for status in following:
+                if isinstance(status, Granted):
+                    return convert.granted_to_proto(status)
         raise AssertionError("the wait ends with a grant or an error")
 
     async def WatchAcquireLease(self, request, context):
@@ -40,11 +44,15 @@ class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
             yield pb.WatchAcquireLeaseResponse(granted=convert.granted_to_proto(outcome))
             return
         yield pb.WatchAcquireLeaseResponse(waiting=convert.queue_status_to_proto(outcome))
-        async for status in self.board.follow(self.leases, outcome, self.run):
-            if isinstance(status, Granted):
-                yield pb.WatchAcquireLeaseResponse(granted=convert.granted_to_proto(status))
-            else:
-                yield pb.WatchAcquireLeaseResponse(waiting=convert.queue_status_to_proto(status))
+        async with contextlib.aclosing(self.board.follow(outcome, stream=True)) as following:
+            del outcome
+            async for status in following:
+                if isinstance(status, Granted):
+                    yield pb.WatchAcquireLeaseResponse(granted=convert.granted_to_proto(status))
+                else:
+                    yield pb.WatchAcquireLeaseResponse(
+                        waiting=convert.queue_status_to_proto(status)
+                    )
 
     async def _acquire(self, request, context) -> Granted | Waiting:
         """The first outcome of an acquire: the grant, or its place in the

@@ -47,7 +47,7 @@ from broker.domain.sessions import Sessions
 from broker.domain.tokens import Tokens
 from broker.models import event as event_model
 from broker.models.database import DatabaseURLError, bind, close_database, open_database
-from broker.models.notify import GrantListener
+from broker.models.notify import QUEUE_CHANNEL, GrantListener
 from broker.models.probe import probe_for
 from broker.models.schema import SchemaVersionError, create_tables
 from broker.v1 import (
@@ -150,7 +150,6 @@ class BrokerServer:
         self.probe = probe_for(self.database, config.database.stall_timeout)
         bind(self.database)
         create_tables(kinds.models)
-        self.board = WaitBoard(asyncio.get_running_loop())
         self.run = runner_for(self.database)
         self.events = EventLog()
         retention = config.retention
@@ -165,13 +164,6 @@ class BrokerServer:
             buffer=config.events.watch_buffer,
             poll=config.events.poll_interval,
         )
-        self.listener = (
-            GrantListener(
-                self.database, self.board.announce, {event_model.CHANNEL: self.feed.announce}
-            )
-            if isinstance(self.database, peewee.PostgresqlDatabase)
-            else None
-        )
         self.leases = Leases(
             kinds,
             default_ttl=config.leases.default_ttl,
@@ -180,7 +172,21 @@ class BrokerServer:
             max_lifetime=config.leases.max_lifetime,
             quotas=Quotas(config.quotas.max_resources, config.quotas.principals),
             quarantine_after=config.quarantine.after_failures,
-            on_granted=self.board.notify,
+        )
+        self.board = WaitBoard(asyncio.get_running_loop(), self.leases, self.run)
+        self.leases.on_granted = self.board.notify
+        self.leases.on_queue_changed = self.board.queue_changed
+        self.listener = (
+            GrantListener(
+                self.database,
+                self.board.announce,
+                {
+                    event_model.CHANNEL: self.feed.announce,
+                    QUEUE_CHANNEL: self.board.queue_changed,
+                },
+            )
+            if isinstance(self.database, peewee.PostgresqlDatabase)
+            else None
         )
         sessions = Sessions(
             self.leases,

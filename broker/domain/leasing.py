@@ -6,9 +6,11 @@ of every acquire, so a lease whose TTL ran out never blocks anyone, however
 late the periodic sweep comes. Whatever frees resources runs a queue pass in
 the same transaction, so a waiting request is granted in the commit that
 freed what it needs; the ids of requests so granted are announced through
-`on_granted` after the commit. Outcomes that must keep what the transaction
-did (an expiry found on the way) are returned from the transaction and raised
-after it commits.
+`on_granted` after the commit, and a commit that changed the waiting
+requests (one came, left, was granted or timed out) through
+`on_queue_changed`, for the waiting calls' places in the queue. Outcomes
+that must keep what the transaction did (an expiry found on the way) are
+returned from the transaction and raised after it commits.
 
 On PostgreSQL each transaction locks the kinds it touches
 (`broker.models.locks`): an acquire its request's kinds, a release its
@@ -126,6 +128,7 @@ class Leases:
         quarantine_after: int = 0,
         clock: Callable[[], float] = time.time,
         on_granted: Callable[[dict[int, Granted]], None] = lambda granted: None,
+        on_queue_changed: Callable[[], None] = lambda: None,
     ):
         self.kinds = kinds
         self.granter = Granter(kinds, default_ttl, max_ttl, max_lifetime)
@@ -135,16 +138,19 @@ class Leases:
         self.quarantine_after = quarantine_after
         self.clock = clock
         self.on_granted = on_granted
+        self.on_queue_changed = on_queue_changed
 
     @contextlib.contextmanager
     def transaction(
         self, kinds: Collection[str] | None = None, queue: bool = False
     ) -> Iterator[float]:
         """A write transaction that announces, once committed, the waiting
-        requests it granted. It gives the time of its decisions, read once
-        its locks are held, so recorded times follow the order in which
-        transactions decide (and fencing numbers grow). Its locks are those
-        of the `kinds` it touches (`write_transaction`; None: everything)."""
+        requests it granted, and whether it changed the queue. It gives the
+        time of its decisions, read once its locks are held, so recorded
+        times follow the order in which transactions decide (and fencing
+        numbers grow). Its locks are those of the `kinds` it touches
+        (`write_transaction`; None: everything)."""
+        queue_model.changed()  # what an earlier, failed transaction left
         with write_transaction(kinds=kinds, queue=queue):
             self.queue.begin()
             now = self.clock()
@@ -156,6 +162,8 @@ class Leases:
         self.queue.begin()
         if granted:
             self.on_granted(granted)
+        if queue_model.changed():
+            self.on_queue_changed()
 
     # ------------------------------------------------------------- acquire
 
@@ -299,9 +307,15 @@ class Leases:
 
     # ------------------------------------------------------------- waiting
 
-    def wait_status(self, waiter_id: int) -> Granted | Waiting:
+    def wait_positions(self, waiter_ids: builtins.list[int]) -> dict[int, int]:
+        """The place in the queue of each of `waiter_ids` still waiting (the
+        others are left out), read at once for all of them."""
+        return queue_model.positions(waiter_ids, WaiterState.WAITING)
+
+    def wait_status(self, waiter_id: int, position: int | None = None) -> Granted | Waiting:
         """Where a waiting request stands: granted (with its secret), or
-        still waiting; DEADLINE_EXCEEDED once its wait ended ungranted."""
+        still waiting (at `position`, if it was just read with
+        `wait_positions`); DEADLINE_EXCEEDED once its wait ended ungranted."""
         now = self.clock()
         waiter = queue_model.get_waiter(waiter_id)
         if waiter is None:
@@ -309,7 +323,7 @@ class Leases:
         if waiter.state == WaiterState.GRANTED:
             return Granted(self.get(waiter.lease_id), self.granter.secret_for(waiter.lease_id))
         if waiter.state == WaiterState.WAITING and waiter.deadline > now:
-            return self._waiting(waiter, now)
+            return self._waiting(waiter, now, position)
         if waiter.state == WaiterState.CANCELLED:
             raise FailedPreconditionError(
                 PreconditionViolation(
@@ -324,11 +338,14 @@ class Leases:
             f"the request waited until its deadline and holds nothing (waiter {waiter_id})"
         )
 
-    def _waiting(self, waiter: queue_model.Waiter, now: float) -> Waiting:
+    def _waiting(
+        self, waiter: queue_model.Waiter, now: float, position: int | None = None
+    ) -> Waiting:
         request = AcquireRequest(decode_requirements(waiter.requirements), holder=waiter.holder)
         needs, _ = self.granter.check(request)
         who = waiter.principal or waiter.holder
-        position = queue_model.position(waiter, WaiterState.WAITING)
+        if position is None:
+            position = queue_model.position(waiter, WaiterState.WAITING)
         standing = self.quotas.standing(who, sum(need.count for need in needs))
         if standing is not None and standing.over:
             return Waiting(waiter.id, position, None, waiter.deadline, quota=standing.text())

@@ -1,9 +1,13 @@
-"""Telling every broker that waiting requests were granted.
+"""Telling every broker that waiting requests were granted, and that the
+queue changed.
 
 A waiting request may be granted by a call on another broker. On PostgreSQL
 the granting transaction sends a NOTIFY, delivered when it commits, and every
-broker LISTENs on a connection of its own and wakes its waiting calls. On
-SQLite there is one broker and nothing to send.
+broker LISTENs on a connection of its own and wakes its waiting calls. A
+transaction that changed the waiting requests (one came, left, was granted or
+timed out) sends one NOTIFY on `QUEUE_CHANNEL`, so each broker refreshes the
+queue positions of its waiting calls. On SQLite there is one broker and
+nothing to send.
 
 The listening connection is opened with the parameters of every other
 (`database.Timeouts`): TCP keep-alives and a TCP user timeout end it when its
@@ -25,6 +29,7 @@ from broker.models import statements
 from broker.models.database import database_proxy, notify_channel
 
 CHANNEL = "broker_grants"
+QUEUE_CHANNEL = "broker_queue"
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +40,15 @@ def announce_grants(waiter_ids: list[int]) -> None:
         statements.run(
             "SELECT pg_notify(?, ?)",
             [notify_channel(CHANNEL, database_proxy.obj), ",".join(map(str, waiter_ids))],
+        )
+
+
+def announce_queue_change() -> None:
+    """Inside a transaction that changed the waiting requests (once per
+    transaction): tell the other brokers on commit."""
+    if not isinstance(database_proxy.obj, peewee.SqliteDatabase):
+        statements.run(
+            "SELECT pg_notify(?, '')", [notify_channel(QUEUE_CHANNEL, database_proxy.obj)]
         )
 
 

@@ -1,15 +1,24 @@
 """Storage of the wait queue: requests waiting for resources, in the order
-they will be served, and the reservations their waits hold on free resources."""
+they will be served, and the reservations their waits hold on free resources.
+
+A transaction that adds or ends waiting requests is noted (`changed` after
+its commit, on the committing thread) and, on PostgreSQL, announced to the
+other brokers: their waiting calls' places in the queue may have moved."""
 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 
 import peewee
 
-from broker.models import statements
+from broker.models import notify, statements
 from broker.models.base import BaseModel
+from broker.models.database import after_commit
+
+# Positions read per statement: below every backend's limit of parameters.
+POSITIONS_BATCH = 10_000
 
 
 class Waiter(BaseModel):
@@ -70,8 +79,30 @@ def groups_of(waiter: Waiter) -> tuple[str, ...] | None:
     return None if waiter.groups is None else tuple(json.loads(waiter.groups))
 
 
+_committed_change = threading.local()
+
+
+def _mark_changed() -> None:
+    """Inside a write transaction that added or ended waiting requests."""
+    if after_commit("queue", _note_change):
+        notify.announce_queue_change()
+
+
+def _note_change() -> None:
+    _committed_change.flag = True
+
+
+def changed() -> bool:
+    """Whether a transaction committed on this thread changed the waiting
+    requests since the last call (which clears it)."""
+    flag = getattr(_committed_change, "flag", False)
+    _committed_change.flag = False
+    return flag
+
+
 def insert_waiter(values: dict) -> int:
     """Stores a waiting request; returns its id."""
+    _mark_changed()
     return Waiter.insert(**values).execute()
 
 
@@ -217,10 +248,30 @@ def position(waiter: Waiter, state: int) -> int:
     return cursor.fetchone()[0]
 
 
+def positions(waiter_ids: Sequence[int], state: int) -> dict[int, int]:
+    """How many waiting requests are served before each of `waiter_ids`
+    that still waits (those that do not are left out): one statement for
+    up to `POSITIONS_BATCH` of them, however long the queue."""
+    found: dict[int, int] = {}
+    ids = list(waiter_ids)
+    for start in range(0, len(ids), POSITIONS_BATCH):
+        batch = ids[start : start + POSITIONS_BATCH]
+        cursor = statements.run(
+            'SELECT "id", "ahead" FROM (SELECT "id",'
+            ' ROW_NUMBER() OVER (ORDER BY "priority" DESC, "id") - 1 AS "ahead"'
+            ' FROM "waiter" WHERE "state" = ?) AS "ranked"'
+            f' WHERE "id" IN ({statements.marks(len(batch))})',
+            [state, *batch],
+        )
+        found.update(cursor.fetchall())
+    return found
+
+
 def end_waiter(waiter_id: int, state: int, now: float, keep_request_key: bool = False) -> None:
     """Ends a wait and forgets what it could use. Unless the wait was
     granted (`keep_request_key`), its request id is freed, so a retry with
     it waits anew."""
+    _mark_changed()
     if keep_request_key:
         statements.run(
             'UPDATE "waiter" SET "state" = ?, "end_time" = ? WHERE "id" = ?',
@@ -306,6 +357,8 @@ def cancel_session_waiters(
         [state, now, session_id, waiting_state],
     )
     ended = [row[0] for row in cursor.fetchall()]
+    if ended:
+        _mark_changed()
     drop_needs(ended)
     return ended
 

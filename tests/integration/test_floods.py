@@ -1,8 +1,9 @@
-"""Floods of calls from one client: each waiting request costs the broker
-little memory, which it gets back when the calls end, and a burst of calls
-larger than gRPC's own backlog of unanswered calls is served whole (no call
-CANCELLED or INTERNAL). Memory is measured as the Python heap the broker
-allocates (tracemalloc), with the client in a subprocess of its own."""
+"""Floods of calls from one client: a thousand waiting calls started at once
+all queue, each waiting request costs the broker little memory, which it
+gets back when the calls end, and a burst of calls larger than gRPC's own
+backlog of unanswered calls is served whole (no call CANCELLED or INTERNAL).
+Memory is measured as the Python heap the broker allocates (tracemalloc),
+with the client in a subprocess of its own."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from tests.integration.helpers import (
 
 ROOT = Path(__file__).resolve().parents[2]
 WAITERS = 500
+CROWD = 1_000  # waiting calls started at once
 BURST = 3_000  # more than gRPC's default backlog of calls not yet picked up
 MAX_BYTES_PER_WAITER = 10 * 1024
 # Dicts and sets keep the size their tables grew to: what stays is that, not
@@ -115,10 +117,9 @@ def waiting_count(lease_stub) -> int:
 def test_waiting_requests_cost_little_memory_and_give_it_back(
     broker, inventory_stub, lease_stub, flood, monkeypatch
 ):
-    # What a waiting request holds, not what its periodic look at the queue
-    # allocates and frees (slowed down by tracemalloc, those looks would
-    # pile up in the event loop's queue while memory is measured).
-    monkeypatch.setattr(waits, "POLL_SECONDS", FLOOD_TIMEOUT)
+    # What a waiting request holds, not what the board's safety poll of
+    # every request allocates and frees while memory is measured.
+    monkeypatch.setattr(waits, "SAFETY_POLL_SECONDS", FLOOD_TIMEOUT)
     create_resource(inventory_stub, calculator("calc"))
     acquire(lease_stub, requirement("Calculator"), holder="keeper")
     gc.collect()
@@ -148,6 +149,29 @@ def test_waiting_requests_cost_little_memory_and_give_it_back(
 
     assert per_waiter <= MAX_BYTES_PER_WAITER, f"{per_waiter:.0f} bytes per waiting request"
     assert retained <= MAX_RETAINED_PER_WAITER, f"{retained:.0f} bytes per waiter kept"
+
+
+def test_a_thousand_waiting_calls_started_at_once_all_queue(
+    broker, inventory_stub, lease_stub, flood
+):
+    create_resource(inventory_stub, calculator("calc"))
+    acquire(lease_stub, requirement("Calculator"), holder="keeper")
+
+    crowd = flood("waiters", CROWD, channels=4)
+
+    assert crowd.outcomes() == {"waiting": CROWD}
+    wait_until(
+        lambda: broker.board.waiting_calls() == CROWD,
+        FLOOD_TIMEOUT,
+        "every waiting call followed",
+    )
+    assert waiting_count(lease_stub) == CROWD
+    crowd.end()
+    wait_until(
+        lambda: broker.board.waiting_calls() == 0 and waiting_count(lease_stub) == 0,
+        FLOOD_TIMEOUT,
+        "every waiter left",
+    )
 
 
 @pytest.mark.slow

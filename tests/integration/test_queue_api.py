@@ -29,8 +29,7 @@ from tests.integration.helpers import (
 WAITERS = 16
 CALL_TIMEOUT = 30.0
 QUEUED_TIMEOUT = 10.0
-# A waiting call polls its request every second; one whose caller is gone
-# leaves the queue at the latest then.
+# A request whose caller is gone leaves the queue at once, in the background.
 LEAVE_TIMEOUT = 5.0
 
 

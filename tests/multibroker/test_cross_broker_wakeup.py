@@ -1,14 +1,16 @@
 """A waiting request is woken by a release on another broker (the grant is
-announced with NOTIFY), not found later by its own polling.
+announced with NOTIFY), and a stream is sent its new place when a request
+ahead of it leaves through another broker (the queue change is announced
+with NOTIFY): neither is found later by the board's own safety poll.
 
-A waiter on broker B asks for a calculator held through broker A, with
-`max_wait`; once it is in the queue, the holder releases through A. The
-grant must reach the waiting caller well within the waiting call's
-self-poll interval (`POLL_SECONDS`) of the release, and before the first
-self-poll could have happened at all; so only the NOTIFY can have woken it.
-The roles swap each round. It holds on idle brokers and on busy ones,
-whose other clients keep renewing leases meanwhile (write transactions of
-their own, concurrent with the release).
+A waiter on broker B asks for a calculator held through broker A, with a
+`max_wait` shorter than the safety poll (`SAFETY_POLL_SECONDS`), so no
+safety poll happens while it waits; once it is in the queue, the holder
+releases through A. The grant must reach the waiting caller soon after the
+release; only the NOTIFY can have woken it. The roles swap each round. It
+holds on idle brokers and on busy ones, whose other clients keep renewing
+leases meanwhile (write transactions of their own, concurrent with the
+release).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 import grpc
 import pytest
 
-from broker.api.waits import POLL_SECONDS
+from broker.api.waits import SAFETY_POLL_SECONDS
 from broker.v1 import lease_pb2, lease_service_pb2
 from tests.integration.helpers import (
     acquire,
@@ -36,9 +38,8 @@ ROUNDS = 6
 BUSY_ROUNDS = 20  # a lost wake-up under load is intermittent: look more often
 MAX_WAIT = 10.0
 CALL_TIMEOUT = MAX_WAIT + 5.0
-# Well below the self-poll interval: polling alone would answer after about
-# POLL_SECONDS from the start of the wait.
-WAKE_LIMIT = POLL_SECONDS / 2
+# From the release to the grant's answer.
+WAKE_LIMIT = 0.5
 RENEWERS = 4  # per broker, when busy
 CHURN_DEADLINE = 30.0
 
@@ -109,6 +110,7 @@ def churning(brokers: list[Broker], renewers: int):
     ("renewers", "rounds"), [(0, ROUNDS), (RENEWERS, BUSY_ROUNDS)], ids=["idle", "busy"]
 )
 def test_a_release_on_one_broker_wakes_a_waiter_on_another(fleet, renewers, rounds):
+    assert MAX_WAIT < SAFETY_POLL_SECONDS, "a safety poll could answer the waits"
     brokers = fleet.start_many(2)
     create_resource(brokers[0].inventory, calculator("calc-1"))
     wanted = requirement("Calculator", name="calc-1")
@@ -146,10 +148,44 @@ def wake_rounds(brokers: list[Broker], wanted, held, rounds: int) -> list[float]
         assert latency < WAKE_LIMIT, (
             f"round {round_}: granted {latency:.3f} s after the release on another broker"
         )
-        assert waited < POLL_SECONDS, (
-            f"round {round_}: the call waited {waited:.3f} s, long enough to have polled"
-        )
+        assert waited < MAX_WAIT, f"round {round_}: the call waited {waited:.3f} s"
         held = waiter.response  # the next round's holder, released through the other broker
 
     assert queued(brokers[0]) == 0
     return latencies
+
+
+def test_a_stream_moves_up_when_a_request_ahead_leaves_through_another_broker(fleet):
+    assert MAX_WAIT < SAFETY_POLL_SECONDS, "a safety poll could move the stream"
+    brokers = fleet.start_many(2)
+    create_resource(brokers[0].inventory, calculator("calc-1"))
+    wanted = requirement("Calculator", name="calc-1")
+    held = acquire(brokers[0].leases, wanted, holder="holder")
+    ahead = brokers[0].leases.WatchAcquireLease(
+        lease_service_pb2.WatchAcquireLeaseRequest(request=waiting_request(wanted, "ahead")),
+        timeout=CALL_TIMEOUT,
+    )
+    assert next(ahead).waiting.position == 0
+    behind = brokers[1].leases.WatchAcquireLease(
+        lease_service_pb2.WatchAcquireLeaseRequest(request=waiting_request(wanted, "behind")),
+        timeout=CALL_TIMEOUT,
+    )
+    assert next(behind).waiting.position == 1
+
+    ahead.cancel()
+    moved = next(behind)
+
+    assert moved.WhichOneof("event") == "waiting"
+    assert moved.waiting.position == 0
+    brokers[0].leases.ReleaseLease(
+        lease_service_pb2.ReleaseLeaseRequest(lease_id=held.lease.lease_id, secret=held.secret),
+        timeout=5,
+    )
+    [granted] = list(behind)
+    assert granted.granted.lease.holder == "behind"
+
+
+def waiting_request(wanted, holder: str) -> lease_service_pb2.AcquireLeaseRequest:
+    request = acquire_request(wanted, holder=holder)
+    request.max_wait.FromSeconds(int(MAX_WAIT))
+    return request
