@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import Callable, Collection, Iterator
 
-from broker.domain import events, paging, races
+from broker.domain import events, paging, planning, races, refusals
 from broker.domain.errors import (
     BrokerError,
     DeadlineExceededError,
@@ -42,19 +42,13 @@ from broker.domain.errors import (
     ResourceBusyError,
     clip,
 )
-from broker.domain.granting import (
-    Granter,
-    capped,
-    decode_requirements,
-    hash_secret,
-    lease_view,
-    principal_of,
-)
+from broker.domain.granting import Granter, capped, hash_secret, lease_view, principal_of
 from broker.domain.inventory import visible
 from broker.domain.kinds import KindRegistry
 from broker.domain.queue import WaitQueue
 from broker.domain.quotas import Quotas
 from broker.domain.replay import Replay
+from broker.domain.requests import Requests, decode_requirements
 from broker.domain.values import (
     AcquireRequest,
     EventType,
@@ -131,9 +125,10 @@ class Leases:
         on_queue_changed: Callable[[], None] = lambda: None,
     ):
         self.kinds = kinds
-        self.granter = Granter(kinds, default_ttl, max_ttl, max_lifetime)
+        self.requests = Requests(kinds, default_ttl, max_ttl)
+        self.granter = Granter(max_lifetime)
         self.quotas = quotas or Quotas()
-        self.queue = WaitQueue(self.granter, self.quotas)
+        self.queue = WaitQueue(self.requests, self.granter, self.quotas)
         self.max_wait = max_wait
         self.quarantine_after = quarantine_after
         self.clock = clock
@@ -175,7 +170,7 @@ class Leases:
         RESOURCE_EXHAUSTED if it is held now, or would pass the quota now,
         and may not wait. A request id seen before returns that request's
         lease or wait."""
-        needs, ttl = self.granter.check(request)
+        needs, ttl = self.requests.check(request)
         self._check_waiting(request)
         never = self.quotas.never(request.who, sum(need.count for need in needs))
         if never is not None:
@@ -235,7 +230,7 @@ class Leases:
                     "a lease may be bound only to a session of the principal acquiring it",
                     "NOT_SESSION_OWNER",
                 )
-        plan = self.granter.plan(
+        plan = planning.plan(
             needs, request.who, now, rank=(request.priority, None), groups=request.groups
         )
         standing = self.quotas.standing(request.who, sum(need.count for need in needs))
@@ -264,7 +259,7 @@ class Leases:
         refusal = (
             None
             if plan.matching.complete
-            else self.granter.refusal(needs, request.who, plan, now, request.groups)
+            else refusals.refusal(needs, request.who, plan, now, request.groups)
         )
         if refusal is not None and not isinstance(refusal, ResourceBusyError):
             return refusal
@@ -342,14 +337,14 @@ class Leases:
         self, waiter: queue_model.Waiter, now: float, position: int | None = None
     ) -> Waiting:
         request = AcquireRequest(decode_requirements(waiter.requirements), holder=waiter.holder)
-        needs, _ = self.granter.check(request)
+        needs, _ = self.requests.check(request)
         who = waiter.principal or waiter.holder
         if position is None:
             position = queue_model.position(waiter, WaiterState.WAITING)
         standing = self.quotas.standing(who, sum(need.count for need in needs))
         if standing is not None and standing.over:
             return Waiting(waiter.id, position, None, waiter.deadline, quota=standing.text())
-        blocked = self.granter.blocked(
+        blocked = refusals.blocked(
             needs, who, waiter.blocked_index, now, queue_model.groups_of(waiter)
         )
         return Waiting(waiter.id, position, blocked, waiter.deadline)

@@ -38,17 +38,13 @@ import itertools
 import json
 import threading
 
-from broker.domain import events
+from broker.domain import events, planning
 from broker.domain.errors import BrokerError
-from broker.domain.granting import (
-    Granter,
-    Need,
-    Plan,
-    decode_requirements,
-    encode_requirements,
-)
+from broker.domain.granting import Granter
+from broker.domain.planning import Plan
 from broker.domain.quotas import Quotas
 from broker.domain.replay import Replay
+from broker.domain.requests import Need, Requests, decode_requirements, encode_requirements
 from broker.domain.values import AcquireRequest, EventType, Granted, WaiterState
 from broker.models import locks
 from broker.models import queue as queue_model
@@ -83,7 +79,8 @@ class _Pending:
 class WaitQueue:
     """The queue's rules; storage is `broker.models.queue`."""
 
-    def __init__(self, granter: Granter, quotas: Quotas):
+    def __init__(self, requests: Requests, granter: Granter, quotas: Quotas):
+        self.requests = requests
         self.granter = granter
         self.quotas = quotas
         self._local = threading.local()
@@ -253,7 +250,7 @@ class WaitQueue:
         if standing is not None and standing.over:
             self.leave([waiter.id])  # it waits for its principal's releases
             return
-        plan = self.granter.plan(
+        plan = planning.plan(
             needs,
             who,
             now,
@@ -327,7 +324,7 @@ class WaitQueue:
         if waiter.requirements not in cache:
             request = AcquireRequest(decode_requirements(waiter.requirements))
             try:
-                cache[waiter.requirements] = self.granter.check(request)[0]
+                cache[waiter.requirements] = self.requests.check(request)[0]
             except BrokerError:
                 cache[waiter.requirements] = None
         return cache[waiter.requirements]

@@ -15,9 +15,9 @@ from broker.domain.errors import (
     ResourceBusyError,
 )
 from broker.domain.events import EventLog
-from broker.domain.granting import when
 from broker.domain.inventory import Inventory
 from broker.domain.leasing import Leases
+from broker.domain.refusals import when
 from broker.domain.usage import Usage
 from broker.domain.values import (
     AcquireRequest,

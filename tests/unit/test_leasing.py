@@ -17,8 +17,8 @@ from broker.domain.errors import (
     PermissionDeniedError,
     ResourceBusyError,
 )
-from broker.domain.granting import MAX_RESOURCES
 from broker.domain.leasing import Leases
+from broker.domain.requests import MAX_RESOURCES
 from broker.domain.values import (
     AcquireRequest,
     Constraint,

@@ -19,9 +19,10 @@ import random
 
 import pytest
 
+from broker.domain import planning
 from broker.domain.errors import BrokerError, ResourceBusyError
-from broker.domain.granting import decode_requirements
 from broker.domain.inventory import Inventory
+from broker.domain.requests import decode_requirements
 from broker.domain.values import AcquireRequest, Constraint, Granted, Requirement, Waiting
 from broker.models import queue as queue_model
 from broker.models.database import write_transaction
@@ -175,8 +176,8 @@ def _each_reserves_its_best(leases, clock) -> None:
     uses: no request is left short of a free resource it could use (which
     a later one could then take)."""
     for waiter in queue_model.waiting(WAITING):
-        needs = leases.granter.check(AcquireRequest(decode_requirements(waiter.requirements)))[0]
-        plan = leases.granter.plan(
+        needs = leases.requests.check(AcquireRequest(decode_requirements(waiter.requirements)))[0]
+        plan = planning.plan(
             needs, waiter.principal or waiter.holder, clock(), rank=(waiter.priority, waiter.id)
         )
         assert not plan.matching.complete, f"waiter {waiter.id} could be granted"
