@@ -151,7 +151,7 @@ def write_again(groups: Sequence[Sequence[dict]], cycles: int) -> tuple[int, flo
     transaction each; returns the events written, the seconds spent in
     `record`, and in those transactions less as many empty ones."""
     from broker.domain import events
-    from broker.models.database import write_transaction
+    from broker.models.transactions import write_transaction
 
     clock = time.perf_counter
     written, in_record, in_transactions, empty = 0, 0.0, 0.0, 0.0

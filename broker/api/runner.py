@@ -1,24 +1,38 @@
-"""Where the servicers' domain calls run.
+"""Where the servicers' domain calls run: never on the event loop, so that a
+slow call stalls no stream, keep-alive or health check.
 
-On SQLite a call takes well under a millisecond and writes are serialised
-anyway, so it runs right on the event loop. On a database across the network
-a call waits on round trips, so it runs on a worker thread (each with its
-own pooled connection) and the loop keeps serving other calls meanwhile.
+On a database across the network a call waits on round trips, so it runs on
+a worker thread (each with its own pooled connection) and the loop keeps
+serving other calls meanwhile. On SQLite, where one write transaction runs
+at a time and its commit is most of its cost, writes (domain calls marked
+`@writes`) go to one writer thread that runs those that arrived together in
+one transaction, each in a savepoint of its own, and commits them once
+(`broker.models.transactions.GroupCommit`); reads run on a few reader
+threads beside it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
+import logging
+import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 import peewee
 
 from broker.models.database import database_proxy
+from broker.models.transactions import GroupCommit, is_write
+
+log = logging.getLogger(__name__)
+
+# The most writes one group commit takes.
+GROUP_LIMIT = 64
 
 
 class Runner(Protocol):
@@ -64,16 +78,6 @@ def _discard_connection() -> None:
         database.close()
 
 
-class InlineRunner:
-    """Runs domain calls on the event loop itself."""
-
-    async def __call__(self, function: Callable[..., Any], *args: Any) -> Any:
-        return _call(function, *args)
-
-    def close(self) -> None:
-        pass
-
-
 class ThreadRunner:
     """Runs domain calls on a pool of worker threads."""
 
@@ -86,3 +90,108 @@ class ThreadRunner:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+
+@dataclasses.dataclass
+class _Write:
+    function: Callable[..., Any]
+    args: tuple[Any, ...]
+    future: Future = dataclasses.field(default_factory=Future)
+
+
+@dataclasses.dataclass
+class GroupStats:
+    """What the writer did: groups committed and the writes in them."""
+
+    groups: int = 0
+    writes: int = 0
+    largest: int = 0
+
+
+class GroupCommitRunner:
+    """Writes on one writer thread, committed in groups; reads on a pool.
+
+    The writer takes whatever writes are queued (up to `GROUP_LIMIT`), runs
+    each in a savepoint of one transaction, commits once, and only then
+    answers them and runs what they registered to run after the commit
+    (waking waiting calls among it). A write that raises is undone alone
+    and answered with its own error. A write whose caller was cancelled
+    before the writer reached it is not run. If the commit itself fails,
+    every write of the group is answered with that error: none of them
+    happened."""
+
+    def __init__(self, readers: int, limit: int = GROUP_LIMIT):
+        self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="db-read")
+        self._limit = limit
+        self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
+        self.stats = GroupStats()
+        self._writer = threading.Thread(target=self._write_loop, name="db-write", daemon=True)
+        self._writer.start()
+
+    async def __call__(self, function: Callable[..., Any], *args: Any) -> Any:
+        if not is_write(function):
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self._readers, functools.partial(_call, function, *args)
+            )
+        write = _Write(function, args)
+        self._queue.put(write)
+        return await asyncio.wrap_future(write.future)
+
+    def queued(self) -> int:
+        """Writes waiting for the writer."""
+        return self._queue.qsize()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._writer.join()
+        self._readers.shutdown(wait=True)
+
+    def _write_loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            group, stop = [first], False
+            while len(group) < self._limit:
+                try:
+                    write = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if write is None:
+                    stop = True
+                    break
+                group.append(write)
+            self._commit([write for write in group if write.future.set_running_or_notify_cancel()])
+            if stop:
+                return
+
+    def _commit(self, group: list[_Write]) -> None:
+        if not group:
+            return
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            _call(self._run_group, group, outcomes)
+        except BaseException as error:  # the commit failed: nothing happened
+            log.warning("a group of %d writes failed to commit: %s", len(group), error)
+            for write in group:
+                write.future.set_exception(error)
+            return
+        self.stats.groups += 1
+        self.stats.writes += len(group)
+        self.stats.largest = max(self.stats.largest, len(group))
+        for write, (ok, outcome) in zip(group, outcomes, strict=True):
+            if ok:
+                write.future.set_result(outcome)
+            else:
+                write.future.set_exception(outcome)
+
+    @staticmethod
+    def _run_group(group: list[_Write], outcomes: list[tuple[bool, Any]]) -> None:
+        outcomes.clear()
+        with GroupCommit(database_proxy.obj) as commit:
+            for write in group:
+                try:
+                    outcomes.append((True, commit.run(write.function, *write.args)))
+                except Exception as error:
+                    outcomes.append((False, error))

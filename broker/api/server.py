@@ -11,11 +11,13 @@ server binds at once (port 0 picks a free port) and serves after `start()`.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import signal
 import sys
 import threading
+import typing
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -34,7 +36,7 @@ from broker.api.exposure import check_exposure
 from broker.api.inventory_servicer import InventoryServicer
 from broker.api.lease_servicer import LeaseServicer
 from broker.api.oidc import OidcVerifier
-from broker.api.runner import InlineRunner, Runner, ThreadRunner, renew_connections
+from broker.api.runner import GroupCommitRunner, Runner, ThreadRunner, renew_connections
 from broker.api.waits import WaitBoard
 from broker.config import Config, ConfigError, TlsConfig, load_config, with_database_url
 from broker.domain.events import EventLog
@@ -46,6 +48,7 @@ from broker.domain.retention import Ages, Retention
 from broker.domain.sessions import Sessions
 from broker.domain.tokens import Tokens
 from broker.models import event as event_model
+from broker.models.backend import backend_of
 from broker.models.database import DatabaseURLError, bind, close_database, open_database
 from broker.models.notify import QUEUE_CHANNEL, GrantListener
 from broker.models.probe import probe_for
@@ -70,6 +73,8 @@ SERVICE_NAMES = (
 # Worker threads for domain calls on a networked database (one pooled
 # connection each).
 DATABASE_WORKERS = 16
+# SQLite reads run beside its one writer (WAL); a few threads are enough.
+SQLITE_READERS = 4
 
 SERVER_OPTIONS = (
     # Ping idle clients every 20 s and drop them if no answer comes in 5 s, so
@@ -130,6 +135,11 @@ class BrokerServer:
             self._close_loop()
             self.probe.close()
 
+    def submit(self, function: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
+        """Runs a domain call as the servicers do (through the runner), from
+        any thread; the future holds its outcome."""
+        return asyncio.run_coroutine_threadsafe(self.run(function, *args), self._loop)
+
     def _call(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
@@ -178,14 +188,14 @@ class BrokerServer:
         self.leases.on_queue_changed = self.board.queue_changed
         self.listener = (
             GrantListener(
-                self.database,
+                typing.cast(peewee.PostgresqlDatabase, self.database),
                 self.board.announce,
                 {
                     event_model.CHANNEL: self.feed.announce,
                     QUEUE_CHANNEL: self.board.queue_changed,
                 },
             )
-            if isinstance(self.database, peewee.PostgresqlDatabase)
+            if backend_of(self.database).notifies
             else None
         )
         sessions = Sessions(
@@ -417,9 +427,10 @@ def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials | None:
 
 
 def runner_for(database: peewee.Database) -> Runner:
-    """Inline on SQLite; worker threads for a database across the network."""
-    if isinstance(database, peewee.SqliteDatabase):
-        return InlineRunner()
+    """On SQLite one writer that commits writes in groups, and a few reader
+    threads; worker threads for a database across the network."""
+    if backend_of(database).group_commit:
+        return GroupCommitRunner(SQLITE_READERS)
     return ThreadRunner(DATABASE_WORKERS)
 
 

@@ -14,7 +14,7 @@ from broker.domain import paging
 from broker.domain.errors import InvalidArgumentError, OutOfRangeError
 from broker.domain.values import EventFilter, EventType, EventView, Page
 from broker.models import event as event_model
-from broker.models.database import write_transaction
+from broker.models.transactions import write_transaction
 
 MAX_FILTER_TEXT = 128
 MAX_TYPES = 16

@@ -33,7 +33,7 @@ from broker.domain.values import (
 from broker.domain.views import etag_of, resource_view
 from broker.models import lease as lease_model
 from broker.models import resource as resource_model
-from broker.models.database import write_transaction
+from broker.models.transactions import write_transaction, writes
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
 COMMON_LIMITS = {"comment": 4096, "group": 128, "reserved_for": 128, "reservation_reason": 1024}
@@ -86,6 +86,7 @@ class Inventory:
     def list_kinds(self) -> list[KindSpec]:
         return [kind.spec for kind in self.kinds]
 
+    @writes
     def create(self, new: NewResource, actor: str = "") -> ResourceView:
         check_name(new.name, "resource.name")
         if not new.kind:
@@ -166,6 +167,7 @@ class Inventory:
         token = paging.encode_token({"after": rows[-1].name}) if more else ""
         return Page(tuple(self._views(rows)), token)
 
+    @writes
     def update(self, patch: ResourcePatch, actor: str = "") -> ResourceView:
         check_name(patch.name, "resource.name")
         if not patch.paths:
@@ -235,6 +237,7 @@ class Inventory:
         self.on_change(patch.name)
         return self.get(patch.name)
 
+    @writes
     def set_out_of_service(self, name: str, reason: str, actor: str = "") -> ResourceView:
         """Takes a resource out of service for maintenance: it is never
         granted until it is returned (a lease holding it keeps it)."""
@@ -252,6 +255,7 @@ class Inventory:
             reason,
         )
 
+    @writes
     def return_to_service(self, name: str, actor: str = "") -> ResourceView:
         """Puts a resource back in service, forgetting its failed setups;
         waiting requests may then be granted it."""
@@ -284,6 +288,7 @@ class Inventory:
         self.on_change(name)
         return self.get(name)
 
+    @writes
     def delete(self, name: str, etag: str, actor: str = "") -> None:
         check_name(name, "name")
         with write_transaction():

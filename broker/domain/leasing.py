@@ -70,7 +70,8 @@ from broker.models import notify as notify_model
 from broker.models import queue as queue_model
 from broker.models import resource as resource_model
 from broker.models import session as session_model
-from broker.models.database import database_proxy, write_transaction
+from broker.models.database import database_proxy
+from broker.models.transactions import after_commit, write_transaction, writes
 
 MAX_REASON = 1024
 MAX_REQUEST_ID = 128
@@ -145,23 +146,25 @@ class Leases:
         times follow the order in which transactions decide (and fencing
         numbers grow). Its locks are those of the `kinds` it touches
         (`write_transaction`; None: everything)."""
-        queue_model.changed()  # what an earlier, failed transaction left
-        with write_transaction(kinds=kinds, queue=queue):
+        try:
+            with write_transaction(kinds=kinds, queue=queue):
+                self.queue.begin()
+                now = self.clock()
+                yield now
+                # Whatever the transaction freed is offered to those waiting.
+                self.queue.dispatch(now)
+                granted = dict(self.queue.granted)
+                if granted:
+                    notify_model.announce_grants(list(granted))
+                    after_commit(f"granted {min(granted)}", lambda: self.on_granted(granted))
+                if queue_model.changing():
+                    after_commit("queue changed", self.on_queue_changed)
+        finally:
             self.queue.begin()
-            now = self.clock()
-            yield now
-            # Whatever the transaction freed is offered to those waiting.
-            self.queue.dispatch(now)
-            notify_model.announce_grants(list(self.queue.granted))
-        granted = dict(self.queue.granted)
-        self.queue.begin()
-        if granted:
-            self.on_granted(granted)
-        if queue_model.changed():
-            self.on_queue_changed()
 
     # ------------------------------------------------------------- acquire
 
+    @writes
     def acquire(self, request: AcquireRequest) -> Granted | Waiting:
         """Grants every requirement at once with distinct resources; or, if
         they are held now and the request may wait, queues it (`Waiting`);
@@ -349,6 +352,7 @@ class Leases:
         )
         return Waiting(waiter.id, position, blocked, waiter.deadline)
 
+    @writes
     def abandon(self, waiter_id: int, timed_out: bool) -> Granted | None:
         """The waiting caller is gone (`timed_out` False) or its wait ended:
         the request leaves the queue. If it was granted meanwhile, a timed
@@ -408,6 +412,7 @@ class Leases:
             )
         return Page(views, token)
 
+    @writes
     def dispatch(self, name: str = "") -> None:
         """A queue pass after resource `name` was created or changed (made
         usable or not, reserved, unreserved, moved to another group): it is
@@ -422,6 +427,7 @@ class Leases:
 
     # ------------------------------------------------ renew, release, revoke
 
+    @writes
     def renew(self, lease_id: str, secret: str, principal: str | None = None) -> LeaseView:
         """Extends an active lease by its TTL from now, but not past its
         maximum lifetime: a renewal stops there, and once the lease is there
@@ -459,6 +465,7 @@ class Leases:
 
         return self._change(lease_id, secret, extend, principal)
 
+    @writes
     def release(self, lease_id: str, secret: str, principal: str | None = None) -> LeaseView:
         """Ends a lease at its holder's request and frees its resources;
         `principal` as for `renew`."""
@@ -469,6 +476,7 @@ class Leases:
 
         return self._change(lease_id, secret, end, principal, frees=True)
 
+    @writes
     def report_setup(
         self,
         lease_id: str,
@@ -526,6 +534,7 @@ class Leases:
         self._change(lease_id, secret, count, principal)
         return outcome[0]
 
+    @writes
     def revoke(self, lease_id: str, reason: str, actor: str = "") -> LeaseView:
         """Ends someone's lease, recording why."""
         if not reason.strip():
@@ -605,6 +614,7 @@ class Leases:
     # ----------------------------------------------------------------- expiry
 
     @races.retried
+    @writes
     def expire_due(self) -> int:
         """Frees every lease whose TTL has run out and every session whose
         keep-alives stopped, then ends what time ended (waits, lock-delays,

@@ -15,7 +15,7 @@ from broker.domain.values import LeaseState, SessionState, WaiterState
 from broker.models import lease as lease_model
 from broker.models import queue as queue_model
 from broker.models import session as session_model
-from broker.models.database import write_transaction
+from broker.models.transactions import write_transaction
 
 _ENDED_LEASES = (LeaseState.RELEASED, LeaseState.EXPIRED, LeaseState.REVOKED)
 _ENDED_WAITERS = (WaiterState.GRANTED, WaiterState.CANCELLED, WaiterState.TIMED_OUT)
@@ -42,7 +42,10 @@ class Retention:
 
     def sweep(self, batches: int) -> dict[str, int]:
         """One sweep: at most `batches` transactions of `PRUNE_BATCH` rows per
-        table; returns how many rows of each went."""
+        table; returns how many rows of each went. It is not marked
+        `@writes`: on SQLite it runs beside the writer and its transactions
+        take turns with the writer's groups, instead of holding up one group
+        for the whole sweep."""
         return {
             "events": self.events.prune(self.ages.events, batches),
             "leases": self._delete(

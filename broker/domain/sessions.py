@@ -25,6 +25,7 @@ from broker.domain.errors import (
 from broker.domain.leasing import Leases
 from broker.domain.values import LeaseState, SessionState, SessionView
 from broker.models import session as session_model
+from broker.models.transactions import writes
 
 MIN_KEEPALIVE_TIMEOUT = 1.0
 # A broker attending a session ends it within moments of its deadline; one
@@ -55,6 +56,7 @@ class Sessions:
         self.keepalive_timeout = keepalive_timeout
         self.max_keepalive_timeout = max_keepalive_timeout
 
+    @writes
     def open(self, holder: str, keepalive_timeout: float | None) -> SessionView:
         timeout = self.keepalive_timeout if keepalive_timeout is None else keepalive_timeout
         if not MIN_KEEPALIVE_TIMEOUT <= timeout <= self.max_keepalive_timeout:
@@ -78,6 +80,7 @@ class Sessions:
         return SessionView(session_id, holder, timeout, now + timeout)
 
     @races.retried
+    @writes
     def keep_alive(self, session_id: str) -> SessionView:
         """Pushes the session's deadline and renews its leases, locking only
         their rows; a session that already ended is FAILED_PRECONDITION."""
@@ -94,6 +97,7 @@ class Sessions:
             )
         return SessionView(session_id, session.holder, session.keepalive_timeout, expire_time)
 
+    @writes
     def close(self, session_id: str, ending: SessionEnding) -> None:
         """Ends a session: when its client closed it its leases are released;
         when its stream broke or went silent they expire."""

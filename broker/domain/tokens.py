@@ -21,7 +21,7 @@ from broker.domain import events
 from broker.domain.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, clip
 from broker.domain.values import EventType, Principal, Role
 from broker.models import token as token_model
-from broker.models.database import write_transaction
+from broker.models.transactions import write_transaction, writes
 
 TOKEN_PREFIX = "rbk_"
 TOKEN_BYTES = 32
@@ -75,6 +75,7 @@ class Tokens:
     def __init__(self, clock: Callable[[], float] = time.time):
         self.clock = clock
 
+    @writes
     def create(
         self,
         name: str,
@@ -126,6 +127,7 @@ class Tokens:
             )
         return _view(row), token
 
+    @writes
     def revoke(self, name: str, actor: str = "") -> TokenView:
         """Revokes the live token of principal `name`: calls with it are
         refused once brokers' caches of it lapse."""

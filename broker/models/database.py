@@ -3,6 +3,9 @@
 Models are declared against `database_proxy`; `open_database(url)` picks the
 backend and `bind()` points the proxy at it.
 
+What differs between the backends is `broker.models.backend`'s; write
+transactions are `broker.models.transactions`'.
+
 SQLite runs in WAL mode with `synchronous=NORMAL` (a committed transaction
 survives the broker being killed; only an OS crash may lose the last ones) and
 every write transaction starts with `BEGIN IMMEDIATE`, so writers queue on the
@@ -25,19 +28,16 @@ bytes. Each session is named after its broker (`application_name`
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
-import threading
 import zlib
-from collections.abc import Callable, Collection, Iterator
 from urllib.parse import parse_qs, unquote, urlparse
 
 import peewee
 from playhouse.pool import PooledPostgresqlDatabase
 
-from broker.models import locks
+from broker.models.backend import backend_of
 
 database_proxy = peewee.DatabaseProxy()
 
@@ -197,67 +197,9 @@ def bind(database: peewee.Database) -> None:
     database_proxy.initialize(database)
 
 
-# SQLite runs one write transaction at a time anyway; queueing this process's
-# writers on a lock, rather than on SQLite's busy handler (which sleeps and
-# retries with growing pauses), keeps the wait as short as the write itself.
-_sqlite_writer = threading.RLock()
-
-
-# The callbacks to run once this thread's outermost write transaction commits.
-_commit = threading.local()
-
-
-@contextlib.contextmanager
-def write_transaction(
-    *, kinds: Collection[str] | None = None, queue: bool = False
-) -> Iterator[None]:
-    """One atomic write. On SQLite it takes the write lock up front
-    (`BEGIN IMMEDIATE`) so that two writers never deadlock on a lock upgrade,
-    and writers of this process take turns on a lock first; on PostgreSQL it
-    takes the brokers' advisory locks (`broker.models.locks`): of the
-    `kinds` it touches, exclusive for `queue` work, or, with no kinds
-    given, the write lock of everything. What `after_commit` registered
-    inside it runs once the outermost one commits (nothing if it fails)."""
-    database = database_proxy.obj
-    outermost = getattr(_commit, "callbacks", None) is None
-    if outermost:
-        _commit.callbacks = {}
-    try:
-        if isinstance(database, peewee.SqliteDatabase):
-            with _sqlite_writer, database.atomic("IMMEDIATE"):
-                locks.take(database, (WRITE_LOCK_KEY, 0), kinds, queue, outermost)
-                yield
-        else:
-            with database.atomic():
-                key = (WRITE_LOCK_KEY, schema_key(database))
-                locks.take(database, key, kinds, queue, outermost)
-                yield
-        callbacks = list(_commit.callbacks.values()) if outermost else []
-    finally:
-        if outermost:
-            _commit.callbacks = None
-            locks.released()
-    for callback in callbacks:
-        callback()
-
-
-def after_commit(key: str, callback: Callable[[], None]) -> bool:
-    """Inside a write transaction: runs `callback` once it commits, once per
-    `key`; True if `key` is new in this transaction."""
-    callbacks = getattr(_commit, "callbacks", None)
-    if callbacks is None:
-        raise RuntimeError("after_commit outside a write transaction")
-    fresh = key not in callbacks
-    callbacks.setdefault(key, callback)
-    return fresh
-
-
 def close_database(database: peewee.Database) -> None:
     """Closes this thread's connection, and every pooled one."""
-    if isinstance(database, PooledPostgresqlDatabase):
-        database.close_all()
-    else:
-        database.close()
+    backend_of(database).close(database)
 
 
 def schema_key(database: peewee.Database) -> int:

@@ -6,7 +6,7 @@ every event up to N and later asks for those after N must never miss one
 that commits after its read with an id of N or less. That holds because ids
 are assigned in commit order:
 
-- Every transaction that records events is a `database.write_transaction`.
+- Every transaction that records events is a `transactions.write_transaction`.
   On SQLite only one runs at a time (the database's write lock, taken up
   front). On PostgreSQL writers about different resources run at once, so
   each one takes the event lock (`locks.EVENT_LOCK_KEY`, exclusive) right
@@ -38,9 +38,11 @@ from typing import cast
 import peewee
 
 from broker.models import locks, statements
+from broker.models.backend import backend_of
 from broker.models.base import BaseModel
-from broker.models.database import after_commit, database_proxy, notify_channel, schema_key
+from broker.models.database import database_proxy, notify_channel, schema_key
 from broker.models.setting import Setting
+from broker.models.transactions import after_commit
 
 CHANNEL = "broker_events"
 PRUNED_KEY = "events_pruned_through"
@@ -100,7 +102,7 @@ def record(rows: Iterable[dict]) -> None:
     first = after_commit(CHANNEL, _committed)
     if first:
         _newest.id = 0
-    if isinstance(database, peewee.SqliteDatabase):
+    if not backend_of(database).notifies:
         newest = statements.insert_rows(Event, rows).lastrowid
     else:
         # One round trip: the event lock (the transaction's first events

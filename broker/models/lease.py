@@ -2,7 +2,7 @@
 that decide ownership.
 
 Every function here runs inside the caller's transaction
-(`database.write_transaction`); the conditional updates are the guard that
+(`transactions.write_transaction`); the conditional updates are the guard that
 keeps an ownable resource with at most one lease even if two transactions
 raced, so the domain never relies on reading before writing.
 """
@@ -15,6 +15,7 @@ from typing import cast
 import peewee
 
 from broker.models import statements
+from broker.models.backend import backend_of
 from broker.models.base import BaseModel
 from broker.models.database import database_proxy
 from broker.models.queue import WANTED, Freed
@@ -170,7 +171,7 @@ def lock_due_leases(lease_ids: Sequence[str], active_state: int, now: float) -> 
     and the lease left alone if it no longer qualifies."""
     if not lease_ids:
         return {}
-    lock = "" if isinstance(database_proxy.obj, peewee.SqliteDatabase) else " FOR UPDATE"
+    lock = backend_of(database_proxy).for_update()
     cursor = statements.run(
         f'SELECT {statements.column_list(Lease)} FROM "lease"'
         f' WHERE "id" IN ({statements.marks(len(lease_ids))}) AND "state" = ?'
@@ -185,7 +186,7 @@ def lock_lease(lease_id: str) -> tuple[Lease, list[LeaseGrant]] | None:
     """Reads a lease for change, with its grants in requirement order, in one
     statement: on PostgreSQL the lease's row stays locked until the
     transaction ends (SQLite's write transaction already excludes others)."""
-    lock = "" if isinstance(database_proxy.obj, peewee.SqliteDatabase) else ' FOR UPDATE OF "l"'
+    lock = backend_of(database_proxy).for_update(' FOR UPDATE OF "l"')
     width = len(statements.columns_of(Lease))
     cursor = statements.run(
         f"SELECT {statements.column_list(Lease, 'l')}, {statements.column_list(LeaseGrant, 'g')}"

@@ -38,6 +38,8 @@ from collections.abc import Collection, Iterable
 
 import peewee
 
+from broker.models.backend import backend_of
+
 # The key of a kind's lock is this xor the CRC-32 of its name.
 QUEUE_KEY = 0x71756575  # "queu"
 # Held from an event's insert until its transaction ends.
@@ -79,7 +81,7 @@ _held = _Held()
 def by_kind(database: peewee.Database) -> bool:
     """Whether writes on `database` lock by kind (PostgreSQL), so that a
     transaction must know its kinds before it begins."""
-    return not isinstance(database, peewee.SqliteDatabase)
+    return backend_of(database).kind_locks
 
 
 def kind_key(kind: str) -> int:
@@ -112,7 +114,7 @@ def take(
         return
     level = max(level_of(kinds, queue), _held.floor)
     _held.level, _held.kinds = level, frozenset(kinds or ()) | _held.floor_kinds
-    if isinstance(database, peewee.SqliteDatabase):
+    if not backend_of(database).kind_locks:
         _held.level = Level.EVERYTHING
         return
     write, schema = write_key

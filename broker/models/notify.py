@@ -26,6 +26,7 @@ import peewee
 import psycopg2
 
 from broker.models import statements
+from broker.models.backend import backend_of
 from broker.models.database import database_proxy, notify_channel
 
 CHANNEL = "broker_grants"
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 
 def announce_grants(waiter_ids: list[int]) -> None:
     """Inside the granting transaction: tell the other brokers on commit."""
-    if waiter_ids and not isinstance(database_proxy.obj, peewee.SqliteDatabase):
+    if waiter_ids and backend_of(database_proxy).notifies:
         statements.run(
             "SELECT pg_notify(?, ?)",
             [notify_channel(CHANNEL, database_proxy.obj), ",".join(map(str, waiter_ids))],
@@ -46,7 +47,7 @@ def announce_grants(waiter_ids: list[int]) -> None:
 def announce_queue_change() -> None:
     """Inside a transaction that changed the waiting requests (once per
     transaction): tell the other brokers on commit."""
-    if not isinstance(database_proxy.obj, peewee.SqliteDatabase):
+    if backend_of(database_proxy).notifies:
         statements.run(
             "SELECT pg_notify(?, '')", [notify_channel(QUEUE_CHANNEL, database_proxy.obj)]
         )

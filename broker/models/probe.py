@@ -17,12 +17,14 @@ import os
 import select
 import stat
 import time
+import typing
 from typing import Protocol
 
 import peewee
 import psycopg2
 import psycopg2.extensions
 
+from broker.models.backend import backend_of
 from broker.models.database import PostgresqlDatabase
 
 # How often health is checked, at most; more often for a short stall bound.
@@ -45,8 +47,10 @@ def probe_for(database: peewee.Database, stall_timeout: float) -> DatabaseProbe:
     and runs every quarter of it (at most every `LONGEST_INTERVAL`), so a
     broker cut off from its database says so within `stall_timeout`."""
     interval = min(LONGEST_INTERVAL, stall_timeout / 4)
-    if isinstance(database, PostgresqlDatabase):
-        return PostgresqlProbe(database, interval, stall_timeout / 2)
+    if backend_of(database).name == "postgresql":
+        return PostgresqlProbe(
+            typing.cast(PostgresqlDatabase, database), interval, stall_timeout / 2
+        )
     return SqliteProbe(database.database, interval, stall_timeout / 2)
 
 

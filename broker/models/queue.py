@@ -8,14 +8,13 @@ other brokers: their waiting calls' places in the queue may have moved."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Sequence
 
 import peewee
 
 from broker.models import notify, statements
 from broker.models.base import BaseModel
-from broker.models.database import after_commit
+from broker.models.transactions import after_commit, pending
 
 # Positions read per statement: below every backend's limit of parameters.
 POSITIONS_BATCH = 10_000
@@ -79,25 +78,23 @@ def groups_of(waiter: Waiter) -> tuple[str, ...] | None:
     return None if waiter.groups is None else tuple(json.loads(waiter.groups))
 
 
-_committed_change = threading.local()
+# The after-commit key of a transaction that changed the waiting requests.
+QUEUE_CHANGE = "queue"
 
 
 def _mark_changed() -> None:
     """Inside a write transaction that added or ended waiting requests."""
-    if after_commit("queue", _note_change):
+    if after_commit(QUEUE_CHANGE, _nothing):
         notify.announce_queue_change()
 
 
-def _note_change() -> None:
-    _committed_change.flag = True
+def _nothing() -> None:
+    pass
 
 
-def changed() -> bool:
-    """Whether a transaction committed on this thread changed the waiting
-    requests since the last call (which clears it)."""
-    flag = getattr(_committed_change, "flag", False)
-    _committed_change.flag = False
-    return flag
+def changing() -> bool:
+    """Whether this write transaction added or ended waiting requests."""
+    return pending(QUEUE_CHANGE)
 
 
 def insert_waiter(values: dict) -> int:

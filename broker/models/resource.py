@@ -14,6 +14,7 @@ from typing import ClassVar
 import peewee
 
 from broker.models import statements
+from broker.models.backend import backend_of
 from broker.models.base import BaseModel
 from broker.models.database import database_proxy
 from broker.models.queue import WANTED, Freed
@@ -145,7 +146,7 @@ def select_candidates(
     queue = "" if mode != FREE or rank is None else ("waiter" if rank[1] is not None else "new")
     # On PostgreSQL free candidates are locked, and those another grant has
     # locked skipped: two grants of one kind at once pick different ones.
-    skip_locked = mode == FREE and not isinstance(database_proxy.obj, peewee.SqliteDatabase)
+    skip_locked = mode == FREE and backend_of(database_proxy).row_locks
     sql = _candidates_sql(
         kind_model, shape, mode, queue, None if groups is None else len(groups), skip_locked
     )

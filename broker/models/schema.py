@@ -6,12 +6,14 @@ nothing is left untouched."""
 from __future__ import annotations
 
 import contextlib
+import typing
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import peewee
 from playhouse.migrate import SchemaMigrator, migrate
 
+from broker.models.backend import backend_of
 from broker.models.base import BaseModel
 from broker.models.database import (
     LAYOUT_LOCK_KEY,
@@ -40,8 +42,6 @@ SCHEMA_VERSION = 7
 # The `state` of a waiting request (`broker.domain.values.WaiterState`).
 WAITING_STATE = 1
 SCHEMA_VERSION_KEY = "schema_version"
-# PostgreSQL keeps the first 63 bytes of a longer name.
-POSTGRES_NAME_BYTES = 63
 
 
 class SchemaVersionError(RuntimeError):
@@ -136,9 +136,7 @@ def _index_name(database: peewee.Database, index: peewee.Node) -> str | None:
     to 63 bytes); None for an index declared as raw SQL, which is then
     always created anew (`IF NOT EXISTS`)."""
     name = getattr(index, "_name", None)
-    if name is None or isinstance(database, peewee.SqliteDatabase):
-        return name
-    return name.encode()[:POSTGRES_NAME_BYTES].decode(errors="ignore")
+    return None if name is None else backend_of(database).index_name(name)
 
 
 @contextlib.contextmanager
@@ -148,9 +146,10 @@ def _layout_lock(database: peewee.Database) -> Iterator[None]:
     layout lock is as long as a statement may take (only starting brokers
     take it); the changes themselves wait for a table lock only as long as
     any lock (`Timeouts.lock_ms`), since traffic queues behind them."""
-    if not isinstance(database, PostgresqlDatabase):
+    if not backend_of(database).shared:
         yield
         return
+    database = typing.cast(PostgresqlDatabase, database)
     with database.atomic():
         database.execute_sql(f"SET LOCAL lock_timeout = {database.timeouts.statement_ms}")
         database.execute_sql(

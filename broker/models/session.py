@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import peewee
 
 from broker.models import statements
+from broker.models.backend import backend_of
 from broker.models.base import BaseModel
 
 
@@ -65,7 +66,7 @@ def end_session(session_id: str, state: int, now: float, reason: str) -> None:
 def lock_session(session_id: str) -> Session | None:
     """Reads a session for change (locked on PostgreSQL)."""
     query = Session.select().where(Session.id == session_id)
-    if not isinstance(Session._meta.database.obj, peewee.SqliteDatabase):
+    if backend_of(Session._meta.database).row_locks:
         query = query.for_update()
     return query.first()
 

@@ -12,7 +12,7 @@ from broker.api.event_feed import EVERY_EVENT, EventFeed
 from broker.domain import events
 from broker.domain.events import EventLog
 from broker.domain.values import EventFilter, EventType
-from broker.models.database import write_transaction
+from broker.models.transactions import write_transaction
 
 
 def record(resource: str, time: float) -> None:

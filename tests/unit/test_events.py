@@ -10,7 +10,7 @@ from broker.domain.errors import InvalidArgumentError, OutOfRangeError
 from broker.domain.events import PRUNE_BATCH, EventLog
 from broker.domain.values import EventFilter, EventType
 from broker.models import event as event_model
-from broker.models.database import write_transaction
+from broker.models.transactions import write_transaction
 from tests.unit.builders import phone
 
 

@@ -21,8 +21,9 @@ from broker.domain.inventory import Inventory
 from broker.domain.leasing import Leases
 from broker.domain.values import AcquireRequest, Granted, LeaseState, Waiting
 from broker.models import locks
-from broker.models.database import WRITE_LOCK_KEY, write_transaction
+from broker.models.database import WRITE_LOCK_KEY
 from broker.models.resource import Resource
+from broker.models.transactions import write_transaction
 from tests.conftest import FakeClock
 from tests.integration.helpers import wait_until
 from tests.unit.builders import calc, need

@@ -25,9 +25,9 @@ from broker.domain.inventory import Inventory
 from broker.domain.requests import decode_requirements
 from broker.domain.values import AcquireRequest, Constraint, Granted, Requirement, Waiting
 from broker.models import queue as queue_model
-from broker.models.database import write_transaction
 from broker.models.queue import WaiterNeed
 from broker.models.resource import Resource
+from broker.models.transactions import write_transaction
 from tests.unit.builders import calc, need, phone
 
 WAITING = 1

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 from broker.api import waits
-from broker.api.runner import InlineRunner
+from broker.api.server import runner_for
 from broker.api.waits import WaitBoard
 from broker.domain.values import Granted
 from tests.unit.builders import calc, need
@@ -29,7 +29,7 @@ async def until(condition: Callable[[], bool], what: str) -> None:
 
 
 def test_a_burst_of_queue_changes_makes_one_read_and_the_next_waits_its_turn(
-    inventory, leases, monkeypatch
+    database, inventory, leases, monkeypatch
 ):
     inventory.create(calc("calc-1"))
     held = hold(leases, need("Calculator"))
@@ -44,7 +44,7 @@ def test_a_burst_of_queue_changes_makes_one_read_and_the_next_waits_its_turn(
     monkeypatch.setattr(leases, "wait_positions", counted)
 
     async def scenario() -> Granted | object:
-        board = WaitBoard(asyncio.get_running_loop(), leases, InlineRunner())
+        board = WaitBoard(asyncio.get_running_loop(), leases, runner)
         leases.on_granted = board.notify
         following = board.follow(waiting, stream=True)
         outcome = asyncio.ensure_future(anext(following))
@@ -60,7 +60,11 @@ def test_a_burst_of_queue_changes_makes_one_read_and_the_next_waits_its_turn(
         await following.aclose()
         return granted
 
-    granted = asyncio.run(scenario())
+    runner = runner_for(database)
+    try:
+        granted = asyncio.run(scenario())
+    finally:
+        runner.close()
 
     assert isinstance(granted, Granted)
     assert granted.lease.holder == "waiter"
@@ -69,7 +73,7 @@ def test_a_burst_of_queue_changes_makes_one_read_and_the_next_waits_its_turn(
 
 
 def test_a_grant_the_board_was_never_told_of_is_found_by_its_safety_poll(
-    inventory, leases, monkeypatch
+    database, inventory, leases, monkeypatch
 ):
     monkeypatch.setattr(waits, "SAFETY_POLL_SECONDS", 0.2)
     inventory.create(calc("calc-1"))
@@ -79,7 +83,7 @@ def test_a_grant_the_board_was_never_told_of_is_found_by_its_safety_poll(
     async def scenario() -> Granted | object:
         # Nothing wires the board to `leases`: no grant or queue change
         # reaches it but by its own look.
-        board = WaitBoard(asyncio.get_running_loop(), leases, InlineRunner())
+        board = WaitBoard(asyncio.get_running_loop(), leases, runner)
         following = board.follow(waiting, stream=False)
         outcome = asyncio.ensure_future(anext(following))
         await until(lambda: board.waiting_calls() == 1, "the call to be followed")
@@ -88,7 +92,11 @@ def test_a_grant_the_board_was_never_told_of_is_found_by_its_safety_poll(
         await following.aclose()
         return granted
 
-    granted = asyncio.run(scenario())
+    runner = runner_for(database)
+    try:
+        granted = asyncio.run(scenario())
+    finally:
+        runner.close()
 
     assert isinstance(granted, Granted)
     assert granted.lease.holder == "waiter"
