@@ -21,7 +21,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import peewee
@@ -96,7 +96,8 @@ class ThreadRunner:
 class _Write:
     function: Callable[..., Any]
     args: tuple[Any, ...]
-    future: Future = dataclasses.field(default_factory=Future)
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
 
 
 @dataclasses.dataclass
@@ -106,6 +107,17 @@ class GroupStats:
     groups: int = 0
     writes: int = 0
     largest: int = 0
+
+
+def _settle(outcomes: list[tuple[asyncio.Future, bool, Any]]) -> None:
+    """On the event loop: answers the writes of a group."""
+    for future, ok, outcome in outcomes:
+        if future.cancelled():
+            continue
+        if ok:
+            future.set_result(outcome)
+        else:
+            future.set_exception(outcome)
 
 
 class GroupCommitRunner:
@@ -134,9 +146,10 @@ class GroupCommitRunner:
             return await loop.run_in_executor(
                 self._readers, functools.partial(_call, function, *args)
             )
-        write = _Write(function, args)
+        loop = asyncio.get_running_loop()
+        write = _Write(function, args, loop, loop.create_future())
         self._queue.put(write)
-        return await asyncio.wrap_future(write.future)
+        return await write.future
 
     def queued(self) -> int:
         """Writes waiting for the writer."""
@@ -162,7 +175,8 @@ class GroupCommitRunner:
                     stop = True
                     break
                 group.append(write)
-            self._commit([write for write in group if write.future.set_running_or_notify_cancel()])
+            # A write whose caller left before its turn is not run.
+            self._commit([write for write in group if not write.future.cancelled()])
             if stop:
                 return
 
@@ -174,24 +188,26 @@ class GroupCommitRunner:
             _call(self._run_group, group, outcomes)
         except BaseException as error:  # the commit failed: nothing happened
             log.warning("a group of %d writes failed to commit: %s", len(group), error)
-            for write in group:
-                write.future.set_exception(error)
-            return
-        self.stats.groups += 1
-        self.stats.writes += len(group)
-        self.stats.largest = max(self.stats.largest, len(group))
+            outcomes = [(False, error)] * len(group)
+        else:
+            self.stats.groups += 1
+            self.stats.writes += len(group)
+            self.stats.largest = max(self.stats.largest, len(group))
+        # One wake-up of each event loop per group, not one per write.
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
         for write, (ok, outcome) in zip(group, outcomes, strict=True):
-            if ok:
-                write.future.set_result(outcome)
-            else:
-                write.future.set_exception(outcome)
+            by_loop.setdefault(write.loop, []).append((write.future, ok, outcome))
+        for loop, settled in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop has closed
+                loop.call_soon_threadsafe(_settle, settled)
 
     @staticmethod
     def _run_group(group: list[_Write], outcomes: list[tuple[bool, Any]]) -> None:
         outcomes.clear()
         with GroupCommit(database_proxy.obj) as commit:
+            alone = len(group) == 1
             for write in group:
                 try:
-                    outcomes.append((True, commit.run(write.function, *write.args)))
+                    outcomes.append((True, commit.run(write.function, *write.args, alone=alone)))
                 except Exception as error:
                     outcomes.append((False, error))

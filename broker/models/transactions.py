@@ -39,6 +39,9 @@ class _Commit(threading.local):
     callbacks: dict[str, Callable[[], None]] | None = None
     # Inside a group commit: the callbacks of its writes that succeeded so far.
     group: dict[str, Callable[[], None]] | None = None
+    # Inside one write of a group commit, which is undone as a whole if it
+    # fails: write transactions within it need no savepoints of their own.
+    flat: bool = False
 
 
 _commit = _Commit()
@@ -67,6 +70,10 @@ def write_transaction(
     database = database_proxy.obj
     key = (WRITE_LOCK_KEY, schema_key(database))
     if _commit.callbacks is not None:
+        if _commit.flat:
+            locks.take(database, key, kinds, queue, outermost=False)
+            yield
+            return
         with database.atomic():
             locks.take(database, key, kinds, queue, outermost=False)
             yield
@@ -100,6 +107,10 @@ def pending(key: str) -> bool:
     return key in (_commit.callbacks or ())
 
 
+class _RolledBack(Exception):
+    """Rolls a group back: its one write failed."""
+
+
 class GroupCommit:
     """One write transaction for many writes of this thread, committed once
     on leaving the block; `run` runs one write in a savepoint of its own.
@@ -111,6 +122,7 @@ class GroupCommit:
         self._database = database
         self._stack = contextlib.ExitStack()
         self._callbacks: dict[str, Callable[[], None]] = {}
+        self._rolled_back = False
         # Writes run, and of those, the ones that succeeded.
         self.ran = 0
         self.succeeded = 0
@@ -121,22 +133,35 @@ class GroupCommit:
         _commit.group = self._callbacks
         return self
 
-    def run(self, function: Callable[..., Any], *args: Any) -> Any:
+    def run(self, function: Callable[..., Any], *args: Any, alone: bool = False) -> Any:
         """Runs one write; if it raises, what it did is undone and its
-        callbacks dropped, and the error is its own."""
+        callbacks dropped, and the error is its own. A write `alone` in its
+        group needs no savepoint: if it fails, the group is rolled back."""
         self.ran += 1
-        _commit.callbacks = {}
+        _commit.callbacks, _commit.flat = {}, True
         try:
-            with self._database.atomic():
-                result = function(*args)
+            if alone:
+                result = self._run_alone(function, *args)
+            else:
+                with self._database.atomic():
+                    result = function(*args)
             for key, callback in _commit.callbacks.items():
                 self._callbacks.setdefault(key, callback)
         finally:
-            _commit.callbacks = None
+            _commit.callbacks, _commit.flat = None, False
         self.succeeded += 1
         return result
 
+    def _run_alone(self, function: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return function(*args)
+        except BaseException:
+            self._rolled_back = True
+            raise
+
     def __exit__(self, *failure: Any) -> None:
+        if failure[0] is None and self._rolled_back:
+            failure = (_RolledBack, _RolledBack(), None)
         try:
             _commit.group = None
             # Commits, or rolls back everything if the block failed.

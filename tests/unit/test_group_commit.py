@@ -217,3 +217,31 @@ def test_a_group_commit_refuses_to_start_inside_a_write(sqlite_file):
     database = Row._meta.database
     with write_transaction(), pytest.raises(RuntimeError, match="inside a write"):
         GroupCommit(database)
+
+
+def test_a_write_alone_in_its_group_is_rolled_back_when_it_fails(sqlite_file):
+    @writes
+    def insert(name: str, fail: bool) -> str:
+        with write_transaction():
+            Row.create(name=name)
+        if fail:
+            raise ValueError(f"{name} refused")
+        return name
+
+    async def scenario() -> list:
+        # One at a time: each is alone in its group.
+        return [
+            await asyncio.gather(runner(insert, name, fail), return_exceptions=True)
+            for name, fail in (("kept", False), ("undone", True), ("after", False))
+        ]
+
+    runner = GroupCommitRunner(readers=1)
+    try:
+        outcomes = asyncio.run(scenario())
+    finally:
+        runner.close()
+
+    assert outcomes[0] == ["kept"] and outcomes[2] == ["after"]
+    assert isinstance(outcomes[1][0], ValueError)
+    assert names(sqlite_file) == {"kept", "after"}
+    assert runner.stats.largest == 1
