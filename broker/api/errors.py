@@ -45,6 +45,9 @@ MAX_DETAIL_ITEMS = 8
 
 # Threads that check requests, off the event loop.
 VALIDATION_WORKERS = 2
+# A request this small is checked on the event loop, in microseconds: a trip
+# to a checking thread and back would cost more than the check.
+INLINE_CHECK_BYTES = 4096
 # The least time between two log lines about undecodable requests.
 UNDECODABLE_LOG_INTERVAL = 60.0
 
@@ -392,8 +395,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Applies `guarded` to every method of the broker's services (health and
     reflection pass through untouched, needing no credential). `gate`, with
     authentication on, admits each call before anything else looks at it.
-    Requests are checked on threads of its own, never on the event loop:
-    checking a large request takes long. `close()` stops those threads."""
+    Requests larger than `INLINE_CHECK_BYTES` are checked on threads of its
+    own, never on the event loop: checking a large request takes long.
+    `close()` stops those threads."""
 
     def __init__(
         self,
@@ -418,6 +422,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     async def check(self, request) -> None:
         if isinstance(request, Undecodable):
             raise request.error()
+        if request.ByteSize() <= INLINE_CHECK_BYTES:
+            validation.check(request)
+            return
         await asyncio.get_running_loop().run_in_executor(self._pool, validation.check, request)
 
     async def intercept_service(self, continuation, handler_call_details):

@@ -11,7 +11,7 @@ import pytest
 from google.protobuf import field_mask_pb2
 
 from broker.api import validation
-from broker.api.errors import ErrorInterceptor, guarded, guarded_stream
+from broker.api.errors import INLINE_CHECK_BYTES, ErrorInterceptor, guarded, guarded_stream
 from broker.api.field_values import to_field_value
 from broker.domain.errors import InvalidArgumentError
 from broker.v1 import inventory_service_pb2 as inventory
@@ -247,8 +247,11 @@ class CheckThreads:
         threading.setprofile(None)
 
 
-def test_requests_are_checked_off_the_event_loop():
-    """Unary requests and each message of a request stream alike."""
+def test_small_requests_are_checked_on_the_event_loop_and_large_ones_off_it():
+    """Unary requests and each message of a request stream alike: checking
+    a request of at most `INLINE_CHECK_BYTES` costs less than a trip to a
+    checking thread; a larger one, which may take long, never holds up the
+    loop."""
 
     async def unary(request, context):
         return "answered"
@@ -261,6 +264,8 @@ def test_requests_are_checked_off_the_event_loop():
         for holder in ("alice", "bob"):
             yield lease_service.OpenSessionRequest(holder=holder)
 
+    large = inventory.GetResourceRequest(name="c" * (INLINE_CHECK_BYTES + 1))
+
     async def calls(interceptor):
         answered = await guarded(unary, "/t/Unary", interceptor.check, interceptor.limit)(
             inventory.GetResourceRequest(name="c1"), None
@@ -269,15 +274,20 @@ def test_requests_are_checked_off_the_event_loop():
             streaming, "/t/Stream", interceptor.check, interceptor.limit, streamed=True
         )
         holders = [holder async for holder in handle(requests(), None)]
-        return threading.get_ident(), answered, holders
+        small_checks = len(observed.threads)
+        with pytest.raises(InvalidArgumentError):
+            await interceptor.check(large)
+        return threading.get_ident(), answered, holders, small_checks
 
     with CheckThreads() as observed:
         interceptor = ErrorInterceptor()
         try:
-            loop_thread, answered, holders = asyncio.run(calls(interceptor))
+            loop_thread, answered, holders, small_checks = asyncio.run(calls(interceptor))
         finally:
             interceptor.close()
 
     assert (answered, holders) == ("answered", ["alice", "bob"])
-    assert len(observed.threads) == 3
-    assert loop_thread not in observed.threads
+    assert small_checks == 3
+    assert observed.threads[:3] == [loop_thread] * 3
+    assert len(observed.threads) == 4
+    assert observed.threads[3] != loop_thread
