@@ -10,7 +10,8 @@ freed what it needs; the ids of requests so granted are announced through
 requests (one came, left, was granted or timed out) through
 `on_queue_changed`, for the waiting calls' places in the queue. Outcomes
 that must keep what the transaction did (an expiry found on the way) are
-returned from the transaction and raised after it commits.
+returned from the transaction and raised after it commits. How a lease or
+a session ends, and what that frees, is `broker.domain.endings`'.
 
 On PostgreSQL each transaction locks the kinds it touches
 (`broker.models.locks`): an acquire its request's kinds, a release its
@@ -31,6 +32,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterator
 
 from broker.domain import events, paging, planning, races, refusals
+from broker.domain.endings import ENDED, Endings, kinds_of
 from broker.domain.errors import (
     BrokerError,
     DeadlineExceededError,
@@ -76,36 +78,6 @@ from broker.models.transactions import after_commit, write_transaction, writes
 MAX_REASON = 1024
 MAX_REQUEST_ID = 128
 MIN_PRIORITY, MAX_PRIORITY = -100, 100
-EXPIRY_BATCH = 500
-
-_ENDED = {
-    LeaseState.RELEASED: ("LEASE_RELEASED", "was released"),
-    LeaseState.EXPIRED: ("LEASE_EXPIRED", "expired: its TTL ran out before it was renewed"),
-    LeaseState.REVOKED: ("LEASE_REVOKED", "was revoked"),
-}
-_END_EVENTS = {
-    LeaseState.RELEASED: EventType.LEASE_RELEASED,
-    LeaseState.EXPIRED: EventType.LEASE_EXPIRED,
-    LeaseState.REVOKED: EventType.LEASE_REVOKED,
-}
-
-
-def _kinds_of(grants: list[lease_model.LeaseGrant]) -> set[str]:
-    """The kinds of a lease's grants, as their snapshots recorded them."""
-    return {json.loads(grant.snapshot)["kind"] for grant in grants}
-
-
-def _session_lost(
-    session: session_model.Session, now: float, reason: str, lease_ids: list[str]
-) -> dict:
-    """The event of a session that ended without its client closing it."""
-    return events.event(
-        EventType.SESSION_LOST,
-        now,
-        actor=session.holder,
-        reason=reason,
-        detail={"session_id": session.id, "principal": session.holder, "leases": lease_ids},
-    )
 
 
 class Leases:
@@ -130,6 +102,7 @@ class Leases:
         self.granter = Granter(max_lifetime)
         self.quotas = quotas or Quotas()
         self.queue = WaitQueue(self.requests, self.granter, self.quotas)
+        self.endings = Endings(kinds, self.queue)
         self.max_wait = max_wait
         self.quarantine_after = quarantine_after
         self.clock = clock
@@ -191,7 +164,7 @@ class Leases:
             # reservations that ended.
             leases_due, passed = resource_model.due(LeaseState.ACTIVE, now)
             if leases_due:
-                self._expire_due(now)
+                self.endings.expire_due(now)
             if passed:
                 self.queue.tick(now)
             self.queue.dispatch(now)
@@ -288,7 +261,7 @@ class Leases:
             if mismatch is not None:
                 return mismatch
             if lease.state != LeaseState.ACTIVE:
-                code, text = _ENDED[LeaseState(lease.state)]
+                code, text = ENDED[LeaseState(lease.state)]
                 return FailedPreconditionError(
                     PreconditionViolation(
                         code,
@@ -373,7 +346,7 @@ class Leases:
             locked = lease_model.lock_lease(waiter.lease_id)
             if locked is not None and locked[0].state == LeaseState.ACTIVE:
                 lease, grants = locked
-                self.end(
+                self.endings.end(
                     lease, grants, LeaseState.RELEASED, now, "its caller left before the grant", ""
                 )
             return None
@@ -472,7 +445,9 @@ class Leases:
 
         def end(lease: lease_model.Lease, grants: list, now: float) -> None:
             actor = principal_of(lease)
-            self.end(lease, grants, LeaseState.RELEASED, now, "released by its holder", actor)
+            self.endings.end(
+                lease, grants, LeaseState.RELEASED, now, "released by its holder", actor
+            )
 
         return self._change(lease_id, secret, end, principal, frees=True)
 
@@ -543,7 +518,7 @@ class Leases:
             raise InvalidArgumentError.of("reason", f"is longer than {MAX_REASON} characters")
 
         def end(lease: lease_model.Lease, grants: list, now: float) -> None:
-            self.end(lease, grants, LeaseState.REVOKED, now, reason, actor)
+            self.endings.end(lease, grants, LeaseState.REVOKED, now, reason, actor)
 
         return self._change(lease_id, None, end, frees=True)
 
@@ -575,7 +550,7 @@ class Leases:
         wanted = False
         if frees and locks.by_kind(database_proxy.obj):
             granted, wanted = lease_model.grants_wanted(lease_id)
-            kinds = _kinds_of(granted)
+            kinds = kinds_of(granted)
         with self.transaction(kinds=kinds, queue=wanted) as now:
             locked = lease_model.lock_lease(lease_id)
             if locked is None:
@@ -597,9 +572,11 @@ class Leases:
                 )
             grants = {lease.id: held}
             if lease.state == LeaseState.ACTIVE and lease.expire_time <= now:
-                self.end(lease, grants[lease.id], LeaseState.EXPIRED, now, "its TTL ran out", "")
+                self.endings.end(
+                    lease, grants[lease.id], LeaseState.EXPIRED, now, "its TTL ran out", ""
+                )
             if lease.state != LeaseState.ACTIVE:
-                code, text = _ENDED[LeaseState(lease.state)]
+                code, text = ENDED[LeaseState(lease.state)]
                 outcome: BrokerError | None = FailedPreconditionError(
                     PreconditionViolation(code, f"leases/{lease_id}", f"lease {lease_id} {text}")
                 )
@@ -626,101 +603,11 @@ class Leases:
             orphaned = session_model.orphaned_sessions(SessionState.OPEN, now)
             if orphaned:
                 locks.require(locks.Level.EVERYTHING, why="ending sessions")
-            expired = self._expire_due(now)
+            expired = self.endings.expire_due(now)
             for session in orphaned:
-                self.orphan_session(session, now)
+                self.endings.orphan_session(session, now)
             self.queue.tick(now)
         return expired
-
-    def orphan_session(self, session: session_model.Session, now: float) -> None:
-        """Ends a session whose broker stopped attending it (its deadline
-        passed by another timeout unnoticed): its leases stay, bound to
-        nothing, and live by their own TTL. The session is lost all the same."""
-        reason = "its broker stopped attending it"
-        session_model.end_session(session.id, SessionState.EXPIRED, now, reason)
-        session_model.detach_leases(session.id, LeaseState.ACTIVE)
-        self.queue.leave(
-            queue_model.cancel_session_waiters(
-                session.id, WaiterState.WAITING, WaiterState.CANCELLED, now
-            )
-        )
-        events.record(_session_lost(session, now, reason, []))
-
-    def end_session(
-        self, session: session_model.Session, state: SessionState, now: float, reason: str
-    ) -> int:
-        """Ends a session inside the caller's transaction: its leases end
-        (released if it closed cleanly, else expired) and its waiting
-        requests leave the queue; a session that did not close cleanly is
-        recorded as lost, with the leases it ended. Returns how many leases
-        ended."""
-        session_model.end_session(session.id, state, now, reason)
-        lease_ids = session_model.lease_ids_of(session.id, LeaseState.ACTIVE)
-        leases = lease_model.leases_by_id(lease_ids)
-        grants = lease_model.grants_of(lease_ids)
-        lease_state = LeaseState.RELEASED if state == SessionState.CLOSED else LeaseState.EXPIRED
-        for lease in leases.values():
-            self.end(lease, grants[lease.id], lease_state, now, f"its session ended: {reason}", "")
-        self.queue.leave(
-            queue_model.cancel_session_waiters(
-                session.id, WaiterState.WAITING, WaiterState.CANCELLED, now
-            )
-        )
-        if state != SessionState.CLOSED:
-            events.record(_session_lost(session, now, reason, sorted(leases)))
-        return len(leases)
-
-    def _expire_due(self, now: float) -> int:
-        """Ends every lease past its TTL, in batches."""
-        expired = 0
-        while True:
-            due = lease_model.due_lease_ids(LeaseState.ACTIVE, now, EXPIRY_BATCH)
-            grants = lease_model.grants_of(due)
-            kinds = set().union(*(_kinds_of(of_lease) for of_lease in grants.values()))
-            locks.require(locks.Level.SHARED, kinds, "expiring leases")
-            for lease in lease_model.lock_due_leases(due, LeaseState.ACTIVE, now).values():
-                self.end(lease, grants[lease.id], LeaseState.EXPIRED, now, "its TTL ran out", "")
-                expired += 1
-            if len(due) < EXPIRY_BATCH:
-                return expired
-
-    def end(
-        self,
-        lease: lease_model.Lease,
-        grants: list[lease_model.LeaseGrant],
-        state: LeaseState,
-        now: float,
-        reason: str,
-        actor: str,
-    ) -> None:
-        """Ends one lease inside the caller's transaction: frees its
-        resources (keeping them out of reach for their kind's lock-delay if
-        the holder vanished rather than released them) and records an event
-        for each. Its resources are offered to the queue, whose pass the
-        transaction makes."""
-        event_type = _END_EVENTS[state]
-        locks.require(locks.Level.SHARED, _kinds_of(grants), "freeing resources")
-        freed = lease_model.free_resources_of([lease.id])
-        delayed = self._lock_delay(grants, now) if state == LeaseState.EXPIRED else set()
-        self.queue.offer([row for row in freed if row[0] not in delayed])
-        self.queue.released_by(principal_of(lease))
-        lease_model.end_leases([lease.id], state, now, reason)
-        lease.state, lease.end_time, lease.end_reason = state, now, reason
-        events.record(
-            *(
-                events.event(
-                    event_type,
-                    now,
-                    resource=grant.resource_name,
-                    kind=json.loads(grant.snapshot)["kind"],
-                    lease_id=lease.id,
-                    fencing_token=grant.fencing_token,
-                    actor=actor,
-                    reason=reason,
-                )
-                for grant in grants
-            )
-        )
 
     # ------------------------------------------------------------------ reads
 
@@ -763,16 +650,6 @@ class Leases:
             paging.encode_token({"time": rows[-1].create_time, "id": rows[-1].id}) if more else ""
         )
         return Page(tuple(self._views(rows, groups=groups)), token)
-
-    def _lock_delay(self, grants: builtins.list[lease_model.LeaseGrant], now: float) -> set[int]:
-        """Keeps the resources of lock-delayed kinds out of reach; returns them."""
-        delayed = set()
-        for grant in grants:
-            kind = self.kinds.find(json.loads(grant.snapshot)["kind"])
-            if kind is not None and kind.spec.lock_delay > 0 and grant.resource_id is not None:
-                resource_model.delay_until([grant.resource_id], now + kind.spec.lock_delay)
-                delayed.add(grant.resource_id)
-        return delayed
 
     def _views(
         self,

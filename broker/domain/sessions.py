@@ -106,7 +106,7 @@ class Sessions:
             if session is not None:
                 clean = ending == SessionEnding.CLOSED
                 state = SessionState.CLOSED if clean else SessionState.EXPIRED
-                self.leases.end_session(session, state, now, ending.value)
+                self.leases.endings.end_session(session, state, now, ending.value)
 
     def _open_session(
         self, session_id: str, now: float, unattended: bool = True
@@ -125,9 +125,9 @@ class Sessions:
                 # Its broker was away (frozen, cut off) when the deadline
                 # passed: the client may have renewed its leases through
                 # another broker meanwhile, so they keep their own TTL.
-                self.leases.orphan_session(session, now)
+                self.leases.endings.orphan_session(session, now)
             else:
-                self.leases.end_session(
+                self.leases.endings.end_session(
                     session, SessionState.EXPIRED, now, "its keep-alives stopped"
                 )
             return None
