@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import threading
 import zlib
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -135,12 +136,50 @@ class Timeouts:
 class PostgresqlDatabase(PooledPostgresqlDatabase):
     """A pooled PostgreSQL database that knows its schema (`?schema=` in the
     URL, else `public`), for reading the catalogue of that schema, and the
-    timeouts its sessions were opened with."""
+    timeouts its sessions were opened with.
+
+    A transaction's `BEGIN` is sent with its first statement, in one round
+    trip (`BEGIN; SELECT …`), and a transaction that sent nothing sends no
+    `COMMIT` or `ROLLBACK` either."""
 
     def __init__(self, *args, schema: str = "public", timeouts: Timeouts, **kwargs):
         super().__init__(*args, **kwargs)
         self.schema = schema
         self.timeouts = timeouts
+        self._unsent = threading.local()
+
+    def begin(self, isolation_level=None) -> None:
+        if isolation_level is not None or self._isolation_level:
+            super().begin(isolation_level)
+        else:
+            # Connected now: connecting resets the transactions under way.
+            if self.is_closed():
+                self.connect()
+            self._unsent.begin = True
+
+    def execute_sql(self, sql, params=None):
+        if getattr(self._unsent, "begin", False):
+            self._unsent.begin = False
+            sql = f"BEGIN; {sql}"
+        return super().execute_sql(sql, params)
+
+    def commit(self) -> None:
+        if not self._drop_unsent_begin():
+            super().commit()
+
+    def rollback(self) -> None:
+        if not self._drop_unsent_begin():
+            super().rollback()
+
+    def _drop_unsent_begin(self) -> bool:
+        """Forgets a BEGIN not sent yet: the transaction sent nothing."""
+        unsent = getattr(self._unsent, "begin", False)
+        self._unsent.begin = False
+        return unsent
+
+    def _close(self, conn, close_conn=False):
+        self._unsent.begin = False
+        return super()._close(conn, close_conn)
 
 
 def open_database(

@@ -18,9 +18,9 @@ from tests.statement_counter import Counted, counting
 from tests.unit.builders import calc, need
 
 # Statements per domain call, by backend. PostgreSQL adds the locks of the
-# kinds touched (one statement), and sends the event lock, the events and
-# their NOTIFY in one round trip; a release first reads its lease's grants
-# to know which kinds it locks.
+# kinds touched (one statement, which carries the transaction's BEGIN), and
+# sends the event lock, the events and their NOTIFY in one round trip; a
+# release first reads its lease's grants to know which kinds it locks.
 PINNED = {
     "sqlite": {
         "acquire": 8,
@@ -30,10 +30,10 @@ PINNED = {
         "wait_status": 4,
     },
     "postgresql": {
-        "acquire": 9,
-        "release": 8,
-        "renew": 6,
-        "keep_alive": 6,
+        "acquire": 8,
+        "release": 7,
+        "renew": 5,
+        "keep_alive": 5,
         "wait_status": 4,
     },
 }
