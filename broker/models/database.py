@@ -33,6 +33,8 @@ import math
 import os
 import threading
 import zlib
+from collections.abc import Sequence
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 import peewee
@@ -138,9 +140,13 @@ class PostgresqlDatabase(PooledPostgresqlDatabase):
     URL, else `public`), for reading the catalogue of that schema, and the
     timeouts its sessions were opened with.
 
-    A transaction's `BEGIN` is sent with its first statement, in one round
-    trip (`BEGIN; SELECT …`), and a transaction that sent nothing sends no
-    `COMMIT` or `ROLLBACK` either."""
+    Statements whose results nobody reads travel with the next statement,
+    in one round trip (`BEGIN; INSERT …; UPDATE … RETURNING …`): a
+    transaction's `BEGIN`, and writes sent with `defer`. What is still
+    unsent when the transaction commits goes with the `COMMIT`'s round trip
+    before it; a transaction that sent nothing sends no `COMMIT` or
+    `ROLLBACK` either. An error of a deferred statement is raised by the
+    statement it travelled with, inside the same transaction."""
 
     def __init__(self, *args, schema: str = "public", timeouts: Timeouts, **kwargs):
         super().__init__(*args, **kwargs)
@@ -151,34 +157,49 @@ class PostgresqlDatabase(PooledPostgresqlDatabase):
     def begin(self, isolation_level=None) -> None:
         if isolation_level is not None or self._isolation_level:
             super().begin(isolation_level)
-        else:
-            # Connected now: connecting resets the transactions under way.
-            if self.is_closed():
-                self.connect()
-            self._unsent.begin = True
+            return
+        # Connected now: connecting resets the transactions under way.
+        if self.is_closed():
+            self.connect()
+        self._unsent.begun = False
+        self._unsent.statements = [("BEGIN", ())]
+
+    def defer(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Inside a transaction: sends `sql` with the next statement."""
+        self._pending().append((sql, params))
 
     def execute_sql(self, sql, params=None):
-        if getattr(self._unsent, "begin", False):
-            self._unsent.begin = False
-            sql = f"BEGIN; {sql}"
+        pending = self._pending()
+        if pending:
+            self._unsent.statements = []
+            sql = "; ".join([*(text for text, _ in pending), sql])
+            params = [value for _, values in pending for value in values] + list(params or ())
         return super().execute_sql(sql, params)
 
     def commit(self) -> None:
-        if not self._drop_unsent_begin():
-            super().commit()
+        pending = self._pending()
+        if pending == [("BEGIN", ())]:
+            self._unsent.statements = []
+            return
+        if pending:
+            last, params = pending.pop()
+            self.execute_sql(last, params)
+        super().commit()
 
     def rollback(self) -> None:
-        if not self._drop_unsent_begin():
+        pending = self._pending()
+        self._unsent.statements = []
+        if not pending or pending[0] != ("BEGIN", ()):
             super().rollback()
 
-    def _drop_unsent_begin(self) -> bool:
-        """Forgets a BEGIN not sent yet: the transaction sent nothing."""
-        unsent = getattr(self._unsent, "begin", False)
-        self._unsent.begin = False
-        return unsent
+    def _pending(self) -> list[tuple[str, Sequence[Any]]]:
+        statements = getattr(self._unsent, "statements", None)
+        if statements is None:
+            statements = self._unsent.statements = []
+        return statements
 
     def _close(self, conn, close_conn=False):
-        self._unsent.begin = False
+        self._unsent.statements = []
         return super()._close(conn, close_conn)
 
 

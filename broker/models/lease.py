@@ -74,14 +74,14 @@ class LeaseGrant(BaseModel):
 
 
 def insert_lease(values: dict) -> Lease:
-    """Stores a new lease."""
-    statements.insert_rows(Lease, [values])
+    """Stores a new lease (with the transaction's next statement)."""
+    statements.insert_rows_later(Lease, [values])
     return Lease(**values)
 
 
 def insert_grants(rows: Sequence[dict]) -> None:
-    """Stores the grants of a new lease."""
-    statements.insert_rows(LeaseGrant, rows)
+    """Stores the grants of a new lease (with the next statement)."""
+    statements.insert_rows_later(LeaseGrant, rows)
 
 
 def claim_ownable(
@@ -141,9 +141,9 @@ def free_resources_of(lease_ids: Sequence[str]) -> list[Freed]:
 
 
 def end_leases(lease_ids: Sequence[str], state: int, now: float, reason: str) -> None:
-    """Marks leases ended."""
+    """Marks leases ended (with the transaction's next statement)."""
     if lease_ids:
-        statements.run(
+        statements.run_later(
             'UPDATE "lease" SET "state" = ?, "end_time" = ?, "end_reason" = ?'
             f' WHERE "id" IN ({statements.marks(len(lease_ids))})',
             [state, now, reason, *lease_ids],
@@ -151,8 +151,10 @@ def end_leases(lease_ids: Sequence[str], state: int, now: float, reason: str) ->
 
 
 def extend_lease(lease_id: str, expire_time: float) -> None:
-    """Moves an active lease's expiry."""
-    statements.run('UPDATE "lease" SET "expire_time" = ? WHERE "id" = ?', [expire_time, lease_id])
+    """Moves an active lease's expiry (with the next statement)."""
+    statements.run_later(
+        'UPDATE "lease" SET "expire_time" = ? WHERE "id" = ?', [expire_time, lease_id]
+    )
 
 
 def due_lease_ids(active_state: int, now: float, limit: int) -> list[str]:

@@ -73,11 +73,11 @@ def lock_session(session_id: str) -> Session | None:
 
 def keep_alive(session_id: str, expire_time: float, now: float, active_state: int) -> None:
     """Moves a session's expiry and renews its active leases by their TTL,
-    none past its maximum lifetime."""
-    statements.run(
+    none past its maximum lifetime (with the transaction's next statement)."""
+    statements.run_later(
         'UPDATE "session" SET "expire_time" = ? WHERE "id" = ?', [expire_time, session_id]
     )
-    statements.run(
+    statements.run_later(
         'UPDATE "lease" SET "expire_time" = CASE WHEN "max_expire_time" < ? + "ttl"'
         ' THEN "max_expire_time" ELSE ? + "ttl" END WHERE "session_id" = ? AND "state" = ?',
         [now, now, session_id, active_state],

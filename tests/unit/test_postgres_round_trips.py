@@ -1,6 +1,8 @@
-"""On PostgreSQL a transaction's BEGIN travels with its first statement, in
-one round trip, and a transaction that sent nothing sends nothing at all;
-the transaction keeps its meaning: what it did commits, or rolls back."""
+"""On PostgreSQL a transaction's BEGIN, and the writes whose results nobody
+reads (`defer`), travel with the next statement, in one round trip; a
+transaction that sent nothing sends nothing at all. The transaction keeps
+its meaning: what it did commits, or rolls back, and an error is raised
+inside it."""
 
 from __future__ import annotations
 
@@ -79,3 +81,43 @@ def test_a_transaction_opened_before_any_connection_commits(postgres_url):
         assert notes(database) == ["first"]
     finally:
         close_database(database)
+
+
+INSERT = "INSERT INTO note VALUES (%s)"
+
+
+def test_a_deferred_write_runs_before_the_statement_it_travels_with(postgres):
+    with counting(postgres) as counted, postgres.atomic():
+        postgres.defer(INSERT, ("deferred",))
+        (seen,) = postgres.execute_sql("SELECT count(*) FROM note").fetchone()
+
+    assert seen == 1
+    assert counted.statements == [f"BEGIN; {INSERT}; SELECT count(*) FROM note", "COMMIT"]
+    assert notes(postgres) == ["deferred"]
+
+
+def test_a_deferred_write_with_nothing_after_it_is_sent_before_the_commit(postgres):
+    with counting(postgres) as counted, postgres.atomic():
+        postgres.execute_sql(INSERT, ("sent",))
+        postgres.defer(INSERT, ("last",))
+
+    assert counted.statements == [f"BEGIN; {INSERT}", INSERT, "COMMIT"]
+    assert notes(postgres) == ["last", "sent"]
+
+
+def test_a_deferred_write_that_fails_fails_its_transaction(postgres):
+    with pytest.raises(peewee.IntegrityError), postgres.atomic():
+        postgres.execute_sql(INSERT, ("twice",))
+        postgres.defer(INSERT, ("twice",))
+        postgres.execute_sql("SELECT 1")
+
+    assert notes(postgres) == []
+
+
+def test_a_transaction_that_fails_before_sending_its_deferred_writes_sends_nothing(postgres):
+    with counting(postgres) as counted, pytest.raises(RuntimeError), postgres.atomic():
+        postgres.defer(INSERT, ("never",))
+        raise RuntimeError("changed its mind")
+
+    assert counted.statements == []
+    assert notes(postgres) == []
