@@ -12,6 +12,7 @@ import dataclasses
 import importlib
 import math
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -208,22 +209,45 @@ class Config:
 
     def kind_models(self) -> tuple[type[ResourceData], ...]:
         """Imports the `ResourceData` models named by `kinds`."""
-        return tuple(import_kind(f"kinds[{i}]", path) for i, path in enumerate(self.kinds))
+        return tuple(
+            import_kind(f"kinds[{i}]", path, self.base_dir) for i, path in enumerate(self.kinds)
+        )
 
 
-def import_kind(key: str, path: str) -> type[ResourceData]:
-    """Imports `package.module.ClassName` and checks that it declares a kind."""
+def import_kind(key: str, path: str, base_dir: str | None = None) -> type[ResourceData]:
+    """Imports `package.module.ClassName` and checks that it declares a kind.
+    A module found nowhere on the import path is looked for in `base_dir`
+    (the configuration file's directory), which then stays first on the
+    path, so that the kind's own imports of its package work too."""
     module_name, _, class_name = path.rpartition(".")
     if not module_name:
         raise ConfigError(key, f"{path!r} is not a dotted path like package.module.ClassName")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_module(module_name, base_dir)
     except ImportError as error:
         raise ConfigError(key, f"cannot import module {module_name!r}: {error}") from error
     model = getattr(module, class_name, None)
     if not (isinstance(model, type) and issubclass(model, ResourceData)):
         raise ConfigError(key, f"{path!r} is not a ResourceData subclass")
     return model
+
+
+def _import_module(module_name: str, base_dir: str | None):
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        missing = error.name or ""
+        own = module_name == missing or module_name.startswith(f"{missing}.")
+        if not base_dir or not own or base_dir in sys.path:
+            raise
+    sys.path.insert(0, base_dir)
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        sys.path.remove(base_dir)
+        raise ModuleNotFoundError(
+            f"{error} (looked on the import path and in {base_dir})", name=error.name
+        ) from error
 
 
 def load_config(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:

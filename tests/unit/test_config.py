@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -380,3 +381,58 @@ def test_lifetime_and_quota_settings_are_kept():
 )
 def test_bad_lifetime_and_quota_settings_are_refused(raw, key):
     assert refused_key(raw) == key
+
+
+LAB_KIND = '''
+import peewee
+
+from broker.models.resource import ResourceData
+
+
+class BenchPhoneData(ResourceData):
+    """A phone of the lab beside the configuration."""
+
+    os = peewee.CharField(max_length=32)
+'''
+
+
+@pytest.fixture
+def isolated_imports(monkeypatch):
+    """The import path and the modules imported, restored after the test."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    before = set(sys.modules)
+    yield sys
+    for name in set(sys.modules) - before:
+        del sys.modules[name]
+
+
+def test_kinds_beside_the_configuration_import_from_any_directory(
+    tmp_path, monkeypatch, isolated_imports
+):
+    lab = tmp_path / "lab"
+    (lab / "benchlab").mkdir(parents=True)
+    (lab / "benchlab" / "__init__.py").write_text("")
+    (lab / "benchlab" / "phone.py").write_text(LAB_KIND)
+    path = write_config(lab, {"kinds": ["benchlab.phone.BenchPhoneData"]})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    config = load_config(path, environ={})
+
+    (model,) = config.kind_models()
+    assert model.__name__ == "BenchPhoneData"
+    assert model.__module__ == "benchlab.phone"
+    assert isolated_imports.path[0] == str(lab)
+
+
+def test_a_kind_found_nowhere_names_where_it_was_looked_for(tmp_path, isolated_imports):
+    path = write_config(tmp_path, {"kinds": ["nolab.phone.PhoneData"]})
+
+    with pytest.raises(ConfigError) as error:
+        load_config(path, environ={})
+
+    assert error.value.key == "kinds[0]"
+    assert "cannot import module 'nolab.phone'" in str(error.value)
+    assert f"in {tmp_path}" in str(error.value)
+    assert str(tmp_path) not in isolated_imports.path
