@@ -328,7 +328,7 @@ class BrokerClient:
 
     def acquire(
         self,
-        requirements: Sequence[lease_pb2.Requirement],
+        requirements: Sequence[lease_pb2.Requirement | ResourceRequest],
         ttl: float | None = None,
         *,
         max_wait: float | None = None,
@@ -342,6 +342,8 @@ class BrokerClient:
         whose lease ended) raises `LeaseNotActiveError` instead.
 
         Args:
+            requirements: `lease_pb2.Requirement` messages, or `request(...)`
+                objects (`sdk.request`), each one requirement with no label.
             ttl: seconds the lease lives without renewal (None: the broker's default).
             max_wait: seconds to wait in the queue if the resources are held
                 now; None or 0 does not wait (`ResourceBusyError` at once). A
@@ -369,7 +371,7 @@ class BrokerClient:
 
     def watch_acquire(
         self,
-        requirements: Sequence[lease_pb2.Requirement],
+        requirements: Sequence[lease_pb2.Requirement | ResourceRequest],
         ttl: float | None = None,
         *,
         max_wait: float | None = None,
@@ -428,7 +430,7 @@ class BrokerClient:
 
     def _acquire_request(
         self,
-        requirements: Sequence[lease_pb2.Requirement],
+        requirements: Sequence[lease_pb2.Requirement | ResourceRequest],
         ttl: float | None,
         max_wait: float | None,
         priority: int,
@@ -436,7 +438,7 @@ class BrokerClient:
         session_id: str,
     ) -> lease_service_pb2.AcquireLeaseRequest:
         message = lease_service_pb2.AcquireLeaseRequest(
-            requirements=requirements,
+            requirements=[_requirement(requirement) for requirement in requirements],
             holder=self.holder,
             priority=priority,
             request_id=request_id or str(uuid.uuid4()),
@@ -721,3 +723,15 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     duration = duration_pb2.Duration()
     duration.FromTimedelta(datetime.timedelta(seconds=seconds))
     return duration
+
+
+def _requirement(requirement: lease_pb2.Requirement | ResourceRequest) -> lease_pb2.Requirement:
+    """The wire form of one requirement given to `acquire`."""
+    if isinstance(requirement, ResourceRequest):
+        return requirement.to_requirement("")
+    if isinstance(requirement, lease_pb2.Requirement):
+        return requirement
+    raise TypeError(
+        "a requirement is a lease_pb2.Requirement or a request(...) object, "
+        f"not {type(requirement).__name__}"
+    )
