@@ -45,10 +45,7 @@ def refusal(
         matched = usable.candidate_counts[position]
         why = "; ".join(o.text for o in lasting)
         if matched or not why:
-            why = (
-                f"it needs {need.count} usable {need.kind.name} resource(s) matching its "
-                f"constraints, distinct from the other requirements', and {matched} match"
-            ) + (f" ({why})" if why else "")
+            why = _too_few(need.count, need.kind.name, matched) + (f" ({why})" if why else "")
         return FailedPreconditionError(
             PreconditionViolation(
                 "UNSATISFIABLE",
@@ -71,6 +68,20 @@ def refusal(
         why_not.kind,
         list(why_not.holders),
         list(why_not.obstacles),
+    )
+
+
+def _too_few(count: int, kind: str, matched: int) -> str:
+    """Why `count` resources of `kind` can never be had when `matched` match."""
+    if matched < count:
+        return (
+            f"it needs {count} usable {kind} resource(s) matching its constraints, "
+            f"and only {matched} match"
+        )
+    return (
+        f"it needs {count} usable {kind} resource(s) matching its constraints and "
+        f"{matched} match, but the request's other requirements need some of the same "
+        "ones: together they ask for more distinct resources than match them all"
     )
 
 

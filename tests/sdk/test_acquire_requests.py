@@ -13,9 +13,7 @@ from tests.sdk.helpers import calc_requirement
 
 def test_acquire_takes_request_objects_beside_requirement_messages(client, device_port):
     for name in ("calc-a", "calc-b", "calc-c"):
-        client.create_resource(
-            "Calculator", name, {"ip_address": "127.0.0.1", "port": device_port}
-        )
+        client.create_resource("Calculator", name, {"ip_address": "127.0.0.1", "port": device_port})
 
     lease, secret = client.acquire(
         [

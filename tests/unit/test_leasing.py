@@ -174,6 +174,29 @@ def test_too_few_resources_fails_fast_even_when_some_are_held(inventory, leases)
     assert Lease.select().count() == 1
 
 
+def test_too_few_matching_resources_are_counted_in_the_refusal(inventory, leases):
+    inventory.create(phone("p1"))
+    inventory.create(phone("p2"))
+    with pytest.raises(FailedPreconditionError) as error:
+        acquire(leases, need("Phone", count=3))
+    assert "it needs 3 usable Phone resource(s) matching its constraints, and only 2 match" in (
+        error.value.violations[0].description
+    )
+
+
+def test_requirements_that_compete_for_the_same_resources_are_told_so(inventory, leases):
+    inventory.create(phone("p1"))
+    inventory.create(phone("p2"))
+    with pytest.raises(FailedPreconditionError) as error:
+        acquire(leases, need("Phone", name="p1"), need("Phone", count=2))
+    description = error.value.violations[0].description
+    assert "it needs 2 usable Phone resource(s) matching its constraints and 2 match" in (
+        description
+    )
+    assert "the request's other requirements need some of the same ones" in description
+    assert "only" not in description
+
+
 def test_no_matching_resource_fails_fast(inventory, leases):
     inventory.create(phone("p1", os="ios"))
     with pytest.raises(FailedPreconditionError) as error:
