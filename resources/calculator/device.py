@@ -1,11 +1,14 @@
 """The calculator device: an RPyC service that evaluates arithmetic, and
 refuses a holder whose lease was superseded.
 
-Clients call `root.fence(token)` with their grant's fencing number before
-anything else. The server remembers the highest number any connection has
-fenced with; a connection whose number is lower than that belongs to a holder
-whose lease ended and was granted to someone newer, so its calls are refused
-with `PermissionError` even if it still thinks it holds the device.
+Clients call `root.fence(token, resource)` with their grant's fencing number
+and the resource's name before anything else. The server remembers, for each
+resource it serves, the highest number any connection has fenced with; a
+connection whose number is lower than that belongs to a holder whose lease
+ended and was granted to someone newer, so its calls are refused with
+`PermissionError` even if it still thinks it holds the device. One device can
+so serve several resources of the inventory, each fenced on its own (their
+numbers are independent); `fence(token)` alone fences the unnamed one.
 
 Only arithmetic is evaluated (numbers, + - * / // % **, unary + and -,
 parentheses), from the expression's syntax tree, never `eval`; bounds on the
@@ -113,26 +116,30 @@ def _refused(reason: str) -> PermissionError:
 
 
 class FenceRegister:
-    """The highest fencing number any connection to one server has presented;
-    shared by all of that server's connections."""
+    """The highest fencing number any connection to one server has presented,
+    for each resource it serves; shared by all of that server's connections."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._highest = 0
+        self._highest: dict[str, int] = {}
 
-    @property
-    def highest(self) -> int:
+    def highest(self, resource: str = "") -> int:
         with self._lock:
-            return self._highest
+            return self._highest.get(resource, 0)
 
-    def fence(self, token: int) -> None:
-        """Accepts `token` unless a newer holder already fenced with a higher one."""
+    def fence(self, token: int, resource: str = "") -> None:
+        """Accepts `token` for `resource` unless a newer holder of it already
+        fenced with a higher one."""
         with self._lock:
-            if token < self._highest:
-                raise _refused(
-                    f"fencing token {token} is stale: a holder with {self._highest} came since"
-                )
-            self._highest = token
+            highest = self._highest.get(resource, 0)
+            if token < highest:
+                raise _refused(_stale(token, highest, resource))
+            self._highest[resource] = token
+
+
+def _stale(token: int, highest: int, resource: str) -> str:
+    of = f" of {resource!r}" if resource else ""
+    return f"fencing token {token} is stale: a holder{of} with {highest} came since"
 
 
 class CalculatorService(rpyc.Service):
@@ -149,12 +156,14 @@ class CalculatorService(rpyc.Service):
 
     def on_connect(self, conn: rpyc.Connection) -> None:
         self._token: int | None = None
+        self._resource = ""
 
-    def exposed_fence(self, token: int) -> None:
-        """Presents this connection's fencing number; required before any call."""
-        token = int(token)
-        self._register.fence(token)
-        self._token = token
+    def exposed_fence(self, token: int, resource: str = "") -> None:
+        """Presents this connection's fencing number for `resource` (the
+        resource's name in the inventory); required before any call."""
+        token, resource = int(token), str(resource)
+        self._register.fence(token, resource)
+        self._token, self._resource = token, resource
 
     def exposed_calculate(self, expression: str) -> Number:
         self._check_fence()
@@ -163,11 +172,9 @@ class CalculatorService(rpyc.Service):
     def _check_fence(self) -> None:
         if self._token is None:
             raise _refused("call fence(token) with the lease's fencing token first")
-        highest = self._register.highest
+        highest = self._register.highest(self._resource)
         if self._token < highest:
-            raise _refused(
-                f"fencing token {self._token} is stale: a holder with {highest} came since"
-            )
+            raise _refused(_stale(self._token, highest, self._resource))
 
 
 def build_server(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> ThreadedServer:

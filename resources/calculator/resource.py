@@ -1,5 +1,6 @@
 """The calculator as a test drives it: an RPyC session to its device, fenced
-with the grant's number so that a stale holder is refused by the device."""
+with the grant's number and the resource's name, so that a stale holder is
+refused by the device and one device can serve several resources."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ class Calculator(BaseResource):
             self.data.port or self.PORT,
             config={"sync_request_timeout": self.REQUEST_TIMEOUT},
         )
-        self._connection.root.fence(self.fencing_token)
+        self._connection.root.fence(self.fencing_token, self.name)
 
     def finalize(self) -> None:
         if self._connection is not None:

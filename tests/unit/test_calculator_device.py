@@ -135,4 +135,16 @@ def test_register_keeps_the_highest() -> None:
     register.fence(7)
     with pytest.raises(PermissionError):
         register.fence(6)
-    assert register.highest == 7
+    assert register.highest() == 7
+
+
+def test_each_resource_of_one_device_is_fenced_on_its_own(connect) -> None:
+    first, second, stale = connect(), connect(), connect()
+    first.root.fence(9, "calc1")
+    second.root.fence(2, "calc2")
+    assert first.root.calculate("1 + 1") == 2
+    assert second.root.calculate("2 + 2") == 4
+    second.root.fence(3, "calc2")
+    with pytest.raises(PermissionError, match="fencing token 8 is stale: a holder of 'calc1'"):
+        stale.root.fence(8, "calc1")
+    assert first.root.calculate("3 + 3") == 6
