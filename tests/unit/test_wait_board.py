@@ -69,7 +69,10 @@ def test_a_burst_of_queue_changes_makes_one_read_and_the_next_waits_its_turn(
     assert isinstance(granted, Granted)
     assert granted.lease.holder == "waiter"
     assert len(reads) == 2
-    assert reads[1] - reads[0] >= waits.REFRESH_SECONDS
+    # The board starts the second read REFRESH_SECONDS after the first; the
+    # reads are timed on the database thread, whose start of the first may
+    # lag the board's by a thread's wake-up.
+    assert reads[1] - reads[0] >= waits.REFRESH_SECONDS * 0.9
 
 
 def test_a_grant_the_board_was_never_told_of_is_found_by_its_safety_poll(
