@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.machinery
+import importlib.util
 import math
 import os
 import sys
@@ -216,9 +218,9 @@ class Config:
 
 def import_kind(key: str, path: str, base_dir: str | None = None) -> type[ResourceData]:
     """Imports `package.module.ClassName` and checks that it declares a kind.
-    A module found nowhere on the import path is looked for in `base_dir`
-    (the configuration file's directory), which then stays first on the
-    path, so that the kind's own imports of its package work too."""
+    A package found nowhere on the import path is loaded from `base_dir`
+    (the configuration file's directory) under its own name, so that the
+    kind's imports of its own package work too."""
     module_name, _, class_name = path.rpartition(".")
     if not module_name:
         raise ConfigError(key, f"{path!r} is not a dotted path like package.module.ClassName")
@@ -236,18 +238,25 @@ def _import_module(module_name: str, base_dir: str | None):
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as error:
-        missing = error.name or ""
-        own = module_name == missing or module_name.startswith(f"{missing}.")
-        if not base_dir or not own or base_dir in sys.path:
+        top = module_name.partition(".")[0]
+        if not base_dir or error.name != top:
             raise
-    sys.path.insert(0, base_dir)
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        sys.path.remove(base_dir)
+    # The kind's top-level package or module, loaded from `base_dir` and
+    # registered under its name; its submodules then import through it,
+    # and the import path itself stays as it was.
+    spec = importlib.machinery.PathFinder.find_spec(top, [base_dir])
+    if spec is None or spec.loader is None:
         raise ModuleNotFoundError(
-            f"{error} (looked on the import path and in {base_dir})", name=error.name
-        ) from error
+            f"No module named {top!r} on the import path or in {base_dir}", name=top
+        )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[top] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[top]
+        raise
+    return importlib.import_module(module_name)
 
 
 def load_config(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:

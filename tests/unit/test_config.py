@@ -423,7 +423,8 @@ def test_kinds_beside_the_configuration_import_from_any_directory(
     (model,) = config.kind_models()
     assert model.__name__ == "BenchPhoneData"
     assert model.__module__ == "benchlab.phone"
-    assert isolated_imports.path[0] == str(lab)
+    assert isolated_imports.modules["benchlab"].__file__ == str(lab / "benchlab" / "__init__.py")
+    assert str(lab) not in isolated_imports.path
 
 
 def test_a_kind_found_nowhere_names_where_it_was_looked_for(tmp_path, isolated_imports):
@@ -434,5 +435,5 @@ def test_a_kind_found_nowhere_names_where_it_was_looked_for(tmp_path, isolated_i
 
     assert error.value.key == "kinds[0]"
     assert "cannot import module 'nolab.phone'" in str(error.value)
-    assert f"in {tmp_path}" in str(error.value)
+    assert f"on the import path or in {tmp_path}" in str(error.value)
     assert str(tmp_path) not in isolated_imports.path
