@@ -133,7 +133,7 @@ class GroupCommitRunner:
     happened."""
 
     def __init__(self, readers: int, limit: int = GROUP_LIMIT):
-        self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="db-read")
+        self._readers = ThreadRunner(readers)
         self._limit = limit
         self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
         self.stats = GroupStats()
@@ -142,10 +142,7 @@ class GroupCommitRunner:
 
     async def __call__(self, function: Callable[..., Any], *args: Any) -> Any:
         if not is_write(function):
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(
-                self._readers, functools.partial(_call, function, *args)
-            )
+            return await self._readers(function, *args)
         loop = asyncio.get_running_loop()
         write = _Write(function, args, loop, loop.create_future())
         self._queue.put(write)
@@ -158,7 +155,7 @@ class GroupCommitRunner:
     def close(self) -> None:
         self._queue.put(None)
         self._writer.join()
-        self._readers.shutdown(wait=True)
+        self._readers.close()
 
     def _write_loop(self) -> None:
         while True:

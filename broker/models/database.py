@@ -161,7 +161,6 @@ class PostgresqlDatabase(PooledPostgresqlDatabase):
         # Connected now: connecting resets the transactions under way.
         if self.is_closed():
             self.connect()
-        self._unsent.begun = False
         self._unsent.statements = [("BEGIN", ())]
 
     def defer(self, sql: str, params: Sequence[Any] = ()) -> None:

@@ -70,11 +70,8 @@ def write_transaction(
     database = database_proxy.obj
     key = (WRITE_LOCK_KEY, schema_key(database))
     if _commit.callbacks is not None:
-        if _commit.flat:
-            locks.take(database, key, kinds, queue, outermost=False)
-            yield
-            return
-        with database.atomic():
+        # Nested: a savepoint, unless its group commit's write is one already.
+        with contextlib.nullcontext() if _commit.flat else database.atomic():
             locks.take(database, key, kinds, queue, outermost=False)
             yield
         return
@@ -123,9 +120,6 @@ class GroupCommit:
         self._stack = contextlib.ExitStack()
         self._callbacks: dict[str, Callable[[], None]] = {}
         self._rolled_back = False
-        # Writes run, and of those, the ones that succeeded.
-        self.ran = 0
-        self.succeeded = 0
 
     def __enter__(self) -> GroupCommit:
         self._stack.enter_context(backend_of(self._database).begin(self._database))
@@ -137,7 +131,6 @@ class GroupCommit:
         """Runs one write; if it raises, what it did is undone and its
         callbacks dropped, and the error is its own. A write `alone` in its
         group needs no savepoint: if it fails, the group is rolled back."""
-        self.ran += 1
         _commit.callbacks, _commit.flat = {}, True
         try:
             if alone:
@@ -149,7 +142,6 @@ class GroupCommit:
                 self._callbacks.setdefault(key, callback)
         finally:
             _commit.callbacks, _commit.flat = None, False
-        self.succeeded += 1
         return result
 
     def _run_alone(self, function: Callable[..., Any], *args: Any) -> Any:
