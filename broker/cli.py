@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +24,9 @@ from broker import cli_tokens
 from broker.cli_values import UsageError, kind_field_types, parse_set, parse_where
 from broker.v1 import event_pb2, event_service_pb2, lease_pb2
 from sdk import TlsOptions
+from sdk.channel import addresses_of
 from sdk.client import BrokerClient
+from sdk.config import ClientConfigError, load_client_config
 from sdk.errors import BrokerError, UnavailableError
 from sdk.requirements import to_constraints
 from sdk.waiting import Waiting, wait_for_grant
@@ -300,8 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--target",
-        default=os.environ.get("BROKER_TARGET", "127.0.0.1:50051"),
-        help="the broker's HOST:PORT (env BROKER_TARGET; default %(default)s)",
+        help="the broker's HOST:PORT (env BROKER_TARGET, or the client configuration; "
+        "default 127.0.0.1:50051)",
     )
     parser.add_argument(
         "--timeout",
@@ -311,8 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--token",
-        default=os.environ.get("BROKER_TOKEN") or None,
-        help="the API token to call with, for a broker with auth on (env BROKER_TOKEN)",
+        help="the API token to call with, for a broker with auth on (env BROKER_TOKEN, or "
+        "client.token_file)",
     )
     parser.add_argument(
         "--tls",
@@ -322,20 +323,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--ca-file",
-        default=os.environ.get("BROKER_CA_FILE") or None,
         metavar="PEM",
         help="call over TLS, checking the broker's certificate against this CA (env "
         "BROKER_CA_FILE)",
     )
     parser.add_argument(
         "--cert",
-        default=os.environ.get("BROKER_CERT_FILE") or None,
         metavar="PEM",
         help="the client certificate, for a broker with mutual TLS (env BROKER_CERT_FILE)",
     )
     parser.add_argument(
         "--key",
-        default=os.environ.get("BROKER_KEY_FILE") or None,
         metavar="PEM",
         help="the client certificate's key (env BROKER_KEY_FILE)",
     )
@@ -539,10 +537,10 @@ def _etag_option(command: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------------- main
 
 
-def tls_of(args: argparse.Namespace) -> TlsOptions | bool:
-    """The TLS options the global options give (False: plain TCP)."""
+def tls_of(args: argparse.Namespace) -> TlsOptions | bool | None:
+    """The TLS options the global options give (None: the configured ones)."""
     if not (args.tls or args.ca_file or args.cert or args.key):
-        return False
+        return None
     try:
         return TlsOptions(args.ca_file or "", args.cert or "", args.key or "")
     except ValueError as error:
@@ -560,13 +558,27 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "local"):
             return args.local(args)
         tls = tls_of(args)
+        if args.target is not None:
+            try:
+                addresses_of(args.target)
+            except ValueError as error:
+                raise UsageError(f"--target: {error}") from error
+        try:
+            config = load_client_config()
+        except ClientConfigError as error:
+            raise UsageError(f"the client configuration: {error}") from error
         try:
             # No session: a lease acquired from the shell outlives this process.
             client = BrokerClient(
-                args.target, timeout=args.timeout, session=False, token=args.token or "", tls=tls
+                args.target,
+                timeout=args.timeout,
+                session=False,
+                token=args.token,
+                tls=tls,
+                config=config,
             )
         except ValueError as error:
-            raise UsageError(f"--target: {error}") from error
+            raise UsageError(str(error)) from error
         with client:
             return args.remote(client, args)
     except UsageError as error:

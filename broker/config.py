@@ -323,6 +323,9 @@ def parse_config(raw: Any, base_dir: str = ".") -> Config:
             "auth",
             "quotas",
             "quarantine",
+            # The clients' sections (`sdk.config`), which the broker ignores.
+            "client",
+            "rotest",
         },
     )
     server_raw = _mapping("server", top.get("server"), _field_names(ServerConfig))

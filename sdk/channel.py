@@ -24,14 +24,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import os
-from collections.abc import Mapping
 
 import grpc
 
-CA_FILE_VARIABLE = "BROKER_CA_FILE"
-CERT_FILE_VARIABLE = "BROKER_CERT_FILE"
-KEY_FILE_VARIABLE = "BROKER_KEY_FILE"
+from sdk.config import ClientConfig
 
 # Ping the broker after 10 s without any frame on the connection: twice the
 # broker's minimum ping interval of 5 s, so pings are never refused.
@@ -91,30 +87,27 @@ class TlsOptions:
         pem = tuple(_read(path) for path in (self.ca_file, self.key_file, self.cert_file))
         object.__setattr__(self, "_pem", pem)
 
-    @classmethod
-    def from_environment(cls, environ: Mapping[str, str] | None = None) -> TlsOptions | None:
-        """The options `BROKER_CA_FILE`, `BROKER_CERT_FILE` and
-        `BROKER_KEY_FILE` give; None if none of them is set."""
-        environ = os.environ if environ is None else environ
-        names = (CA_FILE_VARIABLE, CERT_FILE_VARIABLE, KEY_FILE_VARIABLE)
-        values = [environ.get(name, "") for name in names]
-        return cls(*values) if any(values) else None
-
     def credentials(self) -> grpc.ChannelCredentials:
         root_certificates, private_key, certificate_chain = self._pem
         return grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
 
 
-def tls_options(tls: bool | TlsOptions | None) -> TlsOptions | None:
+def tls_options(tls: bool | TlsOptions) -> TlsOptions | None:
     """`BrokerClient`'s `tls=`: True is TLS with the system's roots, False
-    plain TCP, None whatever the environment says (`TlsOptions.from_environment`)."""
-    if tls is None:
-        return TlsOptions.from_environment()
+    plain TCP."""
     if isinstance(tls, bool):
         return TlsOptions() if tls else None
     if isinstance(tls, TlsOptions):
         return tls
     raise TypeError(f"tls is True, False, None or a TlsOptions, not {tls!r}")
+
+
+def configured_tls(config: ClientConfig) -> TlsOptions | None:
+    """The TLS options a client configuration gives: its files make TLS, as
+    `client.tls: true` does with the system's roots; None is plain TCP."""
+    if not (config.tls or config.ca_file or config.cert_file or config.key_file):
+        return None
+    return TlsOptions(config.ca_file, config.cert_file, config.key_file)
 
 
 def _read(path: str) -> bytes | None:

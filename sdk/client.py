@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime
 import getpass
 import logging
-import os
 import socket
 import threading
 import uuid
@@ -42,7 +41,8 @@ from broker.v1 import (
 from sdk import calls
 from sdk.base_resource import BaseResource
 from sdk.brokers import Broker, Brokers
-from sdk.channel import TlsOptions, tls_options
+from sdk.channel import TlsOptions, configured_tls, tls_options
+from sdk.config import ClientConfig, load_client_config
 from sdk.errors import (
     BrokerError,
     FailedPreconditionError,
@@ -51,7 +51,7 @@ from sdk.errors import (
     from_rpc_error,
     reason_of,
 )
-from sdk.lease import DEFAULT_WAIT, Lease, SingleLease
+from sdk.lease import CLIENT_WAIT, ClientWait, Lease, SingleLease
 from sdk.requirements import ResourceRequest, request, to_constraints
 from sdk.retry import ACQUIRE, ONCE, REPEATABLE, SILENT, Failover, Kind, Try, run
 from sdk.session import Session
@@ -63,10 +63,8 @@ logger = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
 
-DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 10.0  # seconds a call may take in all, retries included
 DEFAULT_TRY_TIMEOUT = 3.0  # seconds one try may take when another broker could answer
-TOKEN_VARIABLE = "BROKER_TOKEN"
 
 
 def default_holder() -> str:
@@ -77,9 +75,14 @@ def default_holder() -> str:
 class BrokerClient:
     """A connection to a broker, or to several sharing one database.
 
+    What is not given is taken from the client configuration
+    (`sdk.config`: `BROKER_TARGET`, `BROKER_TOKEN`, the `client:` section of
+    `rotest.yml`), read once, when the client is made.
+
     Args:
         address: the broker's `host:port`, or several brokers' as
-            `host:port,host:port`, tried in that order.
+            `host:port,host:port`, tried in that order; None takes the
+            configured target (default `127.0.0.1:50051`).
         timeout: the deadline of each call in seconds, its retries included.
         try_timeout: with several brokers, the deadline of one try of a call
             safe to repeat (get, list, renew, release, opening a session), in
@@ -100,20 +103,26 @@ class BrokerClient:
             closed by `close()`; False leaves them to their TTL alone.
         token: the API token sent with every call (as the metadata
             `authorization: Bearer <token>`), for a broker with
-            authentication on; None reads `BROKER_TOKEN` from the environment
-            once, now; "" sends none.
+            authentication on; None takes the configured one (`BROKER_TOKEN`,
+            or the file `client.token_file` names); "" sends none.
         tls: TLS to the broker: True checks its certificate against the
             system's roots; `sdk.TlsOptions(ca_file=..., cert_file=...,
             key_file=...)` against a CA file, showing a client certificate
-            for mutual TLS; False is plain TCP; None reads `BROKER_CA_FILE`,
-            `BROKER_CERT_FILE` and `BROKER_KEY_FILE` from the environment
-            once, now (plain TCP if none is set). The files are read once,
-            when the options are made; nothing is reloaded later.
+            for mutual TLS; False is plain TCP; None takes the configured
+            files (`BROKER_CA_FILE`, `BROKER_CERT_FILE`, `BROKER_KEY_FILE`,
+            or `client.tls`, `client.ca_file`, ...; plain TCP if none is
+            set). The files are read once, when the options are made;
+            nothing is reloaded later.
+        wait: seconds `lease` and `lease_many` wait in the queue unless
+            told otherwise; None takes the configured
+            `resource_request_timeout` (default 60).
+        config: the client configuration to take what is not given from;
+            None loads it (`sdk.config.load_client_config`).
     """
 
     def __init__(
         self,
-        address: str = DEFAULT_ADDRESS,
+        address: str | None = None,
         *,
         timeout: float = DEFAULT_TIMEOUT,
         try_timeout: float = DEFAULT_TRY_TIMEOUT,
@@ -121,19 +130,28 @@ class BrokerClient:
         session: bool = True,
         token: str | None = None,
         tls: bool | TlsOptions | None = None,
+        wait: float | None = None,
+        config: ClientConfig | None = None,
     ) -> None:
         for name, value in (("timeout", timeout), ("try_timeout", try_timeout)):
             if not value > 0:
                 raise ValueError(f"{name} is a positive number of seconds, not {value!r}")
-        self.address = address
+        if wait is not None and not wait >= 0:
+            raise ValueError(f"wait is a number of seconds of at least 0, not {wait!r}")
+        if config is None and None in (address, token, tls, holder, wait):
+            config = load_client_config()
+        config = config or ClientConfig()
+        self.address = config.target if address is None else address
         self.timeout = timeout
         self.try_timeout = try_timeout
-        self.holder = holder or default_holder()
+        self.holder = holder or config.holder or default_holder()
+        self.wait = config.wait if wait is None else wait
+        self.config = config
         # Read once: a token is never swapped behind the caller's back.
         self._brokers = Brokers(
-            address,
-            os.environ.get(TOKEN_VARIABLE, "") if token is None else token,
-            tls_options(tls),
+            self.address,
+            config.token if token is None else token,
+            configured_tls(config) if tls is None else tls_options(tls),
         )
         self._use_session = session
         self._session: Session | None = None
@@ -642,7 +660,7 @@ class BrokerClient:
         force_initialize: bool = False,
         save_state: bool = False,
         state_dir: str | None = None,
-        wait: float | None = DEFAULT_WAIT,
+        wait: float | ClientWait | None = CLIENT_WAIT,
         priority: int = 0,
         on_wait: Callable[[Waiting], None] | None = None,
         **constraints: Any,
@@ -679,7 +697,7 @@ class BrokerClient:
         force_initialize: bool = False,
         save_state: bool = False,
         state_dir: str | None = None,
-        wait: float | None = DEFAULT_WAIT,
+        wait: float | ClientWait | None = CLIENT_WAIT,
         priority: int = 0,
         on_wait: Callable[[Waiting], None] | None = None,
     ) -> Lease:

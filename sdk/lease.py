@@ -16,6 +16,7 @@ while tearing down are logged and never hide the block's own exception.
 from __future__ import annotations
 
 import datetime
+import enum
 import logging
 import os
 import tempfile
@@ -38,7 +39,14 @@ logger = logging.getLogger(__name__)
 
 Held = BaseResource | list[BaseResource]
 
-DEFAULT_WAIT = 60.0  # seconds a lease waits in the queue unless told otherwise
+
+class ClientWait(enum.Enum):
+    """The default of `wait`: the client's own (`BrokerClient.wait`)."""
+
+    WAIT = "the client's wait"
+
+
+CLIENT_WAIT = ClientWait.WAIT
 
 
 class Lease:
@@ -57,6 +65,8 @@ class Lease:
         wait: seconds to wait in the broker's queue while the resources are
             held by others; None or 0 does not wait (`ResourceBusyError` at
             once). A wait that ends ungranted raises `DeadlineExceededError`.
+            By default, the client's (`BrokerClient.wait`, 60 s unless
+            configured).
         priority: the place in the queue, -100 to 100: higher is served first.
         on_wait: called with each `Waiting` (the request's position and who
             holds what it waits for), as it is logged at INFO.
@@ -72,12 +82,14 @@ class Lease:
         force_initialize: bool = False,
         save_state: bool = False,
         state_dir: str | None = None,
-        wait: float | None = DEFAULT_WAIT,
+        wait: float | ClientWait | None = CLIENT_WAIT,
         priority: int = 0,
         on_wait: Callable[[Waiting], None] | None = None,
     ) -> None:
         if not requests:
             raise ValueError("a lease needs at least one request")
+        if isinstance(wait, ClientWait):
+            wait = client.wait
         if wait is not None and wait < 0:
             raise ValueError(f"wait is not negative, not {wait:g}")
         self._client = client

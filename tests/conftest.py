@@ -59,6 +59,29 @@ def make_config(tmp_path, database_url: str | None = None, **leases) -> Config:
     )
 
 
+CLIENT_VARIABLES = (
+    "BROKER_TARGET",
+    "BROKER_TOKEN",
+    "BROKER_WAIT",
+    "BROKER_CA_FILE",
+    "BROKER_CERT_FILE",
+    "BROKER_KEY_FILE",
+    "ROTEST_HOST",
+    "ROTEST_SERVER_PORT",
+    "ROTEST_RESOURCE_REQUEST_TIMEOUT",
+)
+
+
+@pytest.fixture(autouse=True)
+def no_inherited_client_configuration(monkeypatch):
+    """Clients made by tests read no client configuration the shell that
+    started the suite had: no `BROKER_*` or `ROTEST_*` variable, and an
+    empty configuration file wherever the suite runs from."""
+    for variable in CLIENT_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("BROKER_CLIENT_CONFIG", os.devnull)
+
+
 @pytest.fixture
 def default_sigint():
     """SIGINT raises KeyboardInterrupt in the test, as at an interactive

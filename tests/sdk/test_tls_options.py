@@ -1,6 +1,6 @@
-"""The SDK's TLS options: what `tls=` accepts, the environment variables,
-files read once when the options are made, and a clear error for a file
-that cannot be read or a certificate without its key."""
+"""The SDK's TLS options: what `tls=` accepts, files read once when the
+options are made, and a clear error for a file that cannot be read or a
+certificate without its key."""
 
 from __future__ import annotations
 
@@ -20,19 +20,6 @@ def files(tmp_path):
 def test_true_trusts_the_systems_roots_false_is_plain_tcp():
     assert tls_options(True) == TlsOptions()
     assert tls_options(False) is None
-
-
-def test_none_reads_the_environment(files, monkeypatch):
-    for variable in ("BROKER_CA_FILE", "BROKER_CERT_FILE", "BROKER_KEY_FILE"):
-        monkeypatch.delenv(variable, raising=False)
-    assert tls_options(None) is None
-    monkeypatch.setenv("BROKER_CA_FILE", str(files / "ca.pem"))
-    assert tls_options(None) == TlsOptions(ca_file=str(files / "ca.pem"))
-    monkeypatch.setenv("BROKER_CERT_FILE", str(files / "client.crt"))
-    monkeypatch.setenv("BROKER_KEY_FILE", str(files / "client.key"))
-    assert tls_options(None) == TlsOptions(
-        *(str(files / n) for n in ("ca.pem", "client.crt", "client.key"))
-    )
 
 
 def test_the_files_are_read_once_when_the_options_are_made(files):
