@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
-from broker.api.field_values import from_field_value
+from broker.field_values import from_field_value
 from broker.v1 import event_pb2, event_service_pb2, lease_pb2, resource_pb2
 from sdk.errors import BrokerError, FailedPreconditionError, InvalidArgumentError, ResourceBusyError
 from sdk.text import NONE, holder_text, local_time, queue_status_text, requirement_text

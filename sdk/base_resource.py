@@ -30,7 +30,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
-from broker.api.field_values import from_field_value
+from broker.field_values import from_field_value
 from broker.models.resource import ResourceData
 from broker.v1 import resource_pb2
 from sdk.requirements import ResourceRequest, request
@@ -162,6 +162,9 @@ class BaseResource:
             setattr(self.data, name, value)
         self.name = resource.name
         self.fencing_token = fencing_token
+        # Set by `mark_dirty()`: a test runner holding resources between
+        # tests releases this one after the test instead of keeping it.
+        self.dirty = False
         self._state = ResourceState.NEW
         self._running: str | None = None
 
@@ -180,6 +183,13 @@ class BaseResource:
     def request(cls, *, count: int = 1, **constraints: Any) -> ResourceRequest:
         """A request for `count` resources of this kind, for `lease_many`."""
         return request(cls, count=count, **constraints)
+
+    def mark_dirty(self) -> None:
+        """Says the test left the device in a state the next test must not
+        inherit: a runner that keeps resources between tests (the pytest
+        plugin, `sdk.mixin`) releases it after this test, so the next one
+        gets a freshly set up resource."""
+        self.dirty = True
 
     def connect(self) -> None:
         """Opens the session to the device; always the first hook to run."""

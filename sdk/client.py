@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import duration_pb2, field_mask_pb2
 
-from broker.api.field_values import Scalar, to_field_value
+from broker.field_values import Scalar, to_field_value
 from broker.v1 import (
     event_pb2,
     event_service_pb2,

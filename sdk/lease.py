@@ -161,7 +161,9 @@ class Lease:
         traceback: TracebackType | None,
     ) -> None:
         if exc is not None and self._save_state:
-            self._store_states()
+            state_dir = self._state_dir or tempfile.mkdtemp(prefix="broker-state-")
+            logger.warning("saving the state of the leased resources under %s", state_dir)
+            self.store_states(state_dir)
         self._close(exc)
 
     def _set_up(self, resource: BaseResource) -> None:
@@ -255,11 +257,16 @@ class Lease:
         if raised is not None:
             raise raised
 
-    def _store_states(self) -> None:
-        """Runs only while the block's exception propagates, so its own
-        failures are logged, never raised."""
-        state_dir = self._state_dir or tempfile.mkdtemp(prefix="broker-state-")
-        logger.warning("saving the state of the leased resources under %s", state_dir)
+    @property
+    def instances(self) -> list[BaseResource]:
+        """Every resource the lease built, in grant order."""
+        return list(self._instances)
+
+    def store_states(self, state_dir: str) -> list[str]:
+        """Calls `store_state()` of each set-up resource with a directory of
+        its own under `state_dir`, and returns those directories. Runs after
+        a failure, so a resource's own failure is logged, never raised."""
+        stored = []
         for resource in self._instances:
             if resource.state not in OPEN:
                 continue
@@ -267,8 +274,10 @@ class Lease:
             try:
                 os.makedirs(directory, exist_ok=True)
                 resource.store_state(directory)
+                stored.append(directory)
             except Exception:
                 logger.exception("storing the state of %s failed", resource.name)
+        return stored
 
 
 class SingleLease(Lease):

@@ -4,7 +4,9 @@ A constraint keyword is a field name and either one value (the field equals
 it) or a collection of values (the field equals any of them), so
 `request(Calculator, name=["calc1", "calc2"], group="bench-3")` reads like a
 query. The SDK's requests and the CLI's `--where` both go through
-`to_constraints`.
+`to_constraints`. Rotest's form names the request first, for tests that
+declare their resources: `request("calc", Calculator, name="calc")` is held
+as `self.calc`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from broker.api.field_values import to_field_value
+from broker.field_values import to_field_value
 from broker.v1 import lease_pb2
 
 if TYPE_CHECKING:
@@ -33,15 +35,37 @@ class ResourceRequest:
         count: how many resources, at least 1; more than 1 makes the lease
             give a list for this request.
         constraints: field name -> a value or a collection of accepted values.
+        label: the name a test holds it under ("" when the caller names it,
+            as `lease_many`'s keys do).
     """
 
     resource_class: type[BaseResource]
     count: int = 1
     constraints: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    label: str = ""
 
     def __post_init__(self) -> None:
-        if self.count < 1:
-            raise ValueError(f"count is at least 1, not {self.count}")
+        if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1:
+            raise ValueError(f"count is a whole number of at least 1, not {self.count!r}")
+        if not (
+            isinstance(self.resource_class, type) and hasattr(self.resource_class, "DATA_CLASS")
+        ):
+            raise TypeError(
+                f"a request is for a BaseResource subclass, not {self.resource_class!r}"
+            )
+        if self.label and not self.label.isidentifier():
+            raise ValueError(
+                f"a request's name is a Python identifier (it becomes an attribute), "
+                f"not {self.label!r}"
+            )
+
+    def with_constraints(self, **constraints: Any) -> ResourceRequest:
+        """This request with `constraints` replacing those of the same fields."""
+        return dataclasses.replace(self, constraints={**self.constraints, **constraints})
+
+    def named(self, label: str) -> ResourceRequest:
+        """This request under the name `label`."""
+        return dataclasses.replace(self, label=label)
 
     @property
     def kind(self) -> str:
@@ -56,11 +80,18 @@ class ResourceRequest:
         )
 
 
-def request(
-    resource_class: type[BaseResource], *, count: int = 1, **constraints: Any
-) -> ResourceRequest:
-    """A `ResourceRequest`, for `BrokerClient.lease_many`."""
-    return ResourceRequest(resource_class, count, constraints)
+def request(*args: Any, count: int = 1, **constraints: Any) -> ResourceRequest:
+    """A `ResourceRequest`: `request(Calculator, name="calc")` for
+    `BrokerClient.lease_many`, or Rotest's `request("calc", Calculator,
+    name="calc")`, naming it for a test that declares it."""
+    if len(args) == 1:
+        return ResourceRequest(args[0], count, constraints)
+    if len(args) == 2 and isinstance(args[0], str):
+        return ResourceRequest(args[1], count, constraints, label=args[0])
+    raise TypeError(
+        "request() takes the resource class, or a name and the resource class: "
+        'request(Calculator, ...) or request("calc", Calculator, ...)'
+    )
 
 
 def to_constraints(constraints: Mapping[str, Any]) -> list[lease_pb2.Constraint]:

@@ -6,9 +6,9 @@ from typing import cast
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from broker.api.field_values import from_field_value, to_field_value
 from broker.domain import values
 from broker.domain.errors import InvalidArgumentError
+from broker.field_values import from_field_value, to_field_value
 from broker.v1 import (
     event_pb2,
     event_service_pb2,

@@ -21,7 +21,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from broker.api.convert import duration
-from broker.api.field_values import to_field_value
+from broker.field_values import to_field_value
 from broker.v1 import (
     inventory_service_pb2,
     lease_pb2,

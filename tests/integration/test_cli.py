@@ -16,7 +16,7 @@ from typing import NamedTuple
 import pytest
 
 from broker import cli
-from broker.api.field_values import from_field_value
+from broker.field_values import from_field_value
 from broker.v1 import lease_pb2
 from sdk import BrokerClient, Waiting
 from sdk.client import default_holder

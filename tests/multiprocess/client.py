@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import grpc
 
 from broker.api.convert import duration
-from broker.api.field_values import to_field_value
+from broker.field_values import to_field_value
 from broker.v1 import lease_pb2, lease_service_pb2, lease_service_pb2_grpc
 
 

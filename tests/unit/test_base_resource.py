@@ -6,7 +6,7 @@ from __future__ import annotations
 import peewee
 import pytest
 
-from broker.api.field_values import to_field_value
+from broker.field_values import to_field_value
 from broker.models.resource import ResourceData
 from broker.v1 import resource_pb2
 from sdk.base_resource import BaseResource, ResourceState, StateError, check_active

@@ -8,7 +8,7 @@ import pytest
 from google.protobuf import duration_pb2, field_mask_pb2
 
 from broker.api import convert
-from broker.api.field_values import from_field_value, to_field_value
+from broker.field_values import from_field_value, to_field_value
 from broker.domain import values
 from broker.v1 import event_pb2, inventory_service_pb2, lease_pb2, lease_service_pb2, resource_pb2
 

@@ -1,4 +1,6 @@
-"""Python values <-> `broker.v1.FieldValue`, shared by the servicers and the SDK."""
+"""Python values <-> `broker.v1.FieldValue`: the contract's field values in
+Python terms, shared by the SDK and the broker's servicers (it imports only
+the generated contract)."""
 
 from __future__ import annotations
 
