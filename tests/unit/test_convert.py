@@ -8,8 +8,8 @@ import pytest
 from google.protobuf import duration_pb2, field_mask_pb2
 
 from broker.api import convert
-from broker.field_values import from_field_value, to_field_value
 from broker.domain import values
+from broker.field_values import from_field_value, to_field_value
 from broker.v1 import event_pb2, inventory_service_pb2, lease_pb2, lease_service_pb2, resource_pb2
 
 NOW = 1_800_000_000.123456

@@ -12,8 +12,8 @@ from google.protobuf import field_mask_pb2
 
 from broker.api import validation
 from broker.api.errors import INLINE_CHECK_BYTES, ErrorInterceptor, guarded, guarded_stream
-from broker.field_values import to_field_value
 from broker.domain.errors import InvalidArgumentError
+from broker.field_values import to_field_value
 from broker.v1 import inventory_service_pb2 as inventory
 from broker.v1 import lease_pb2, resource_pb2
 from broker.v1 import lease_service_pb2 as lease_service

@@ -1,0 +1,186 @@
+"""Holding what tests declare, test after test, as Rotest's runner did.
+
+Each test's requests are leased at once, all or nothing, waiting in the
+broker's queue as the client's configuration allows, and bound to the
+client's session (so a killed run frees them within seconds). Consecutive
+tests that declare the same resources keep one lease between them: the
+resources are set up once and handed to the next test as they are. A
+resource is released after its test, and set up afresh for the next, when
+the test marked it dirty (`BaseResource.mark_dirty()`), when the test
+ended in an error rather than a failed assertion (as Rotest did), or when
+the lease was lost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
+
+from sdk.client import BrokerClient
+from sdk.lease import Held, Lease
+from sdk.overrides import Overrides
+from sdk.requirements import ResourceRequest
+from sdk.waiting import Waiting
+
+logger = logging.getLogger(__name__)
+
+Requests = Mapping[str, ResourceRequest]
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldResource:
+    """One resource a test holds, for its report."""
+
+    label: str
+    name: str
+    kind: str
+    fencing_token: int
+    lease_id: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.name} ({self.kind}, fencing token {self.fencing_token}, lease {self.lease_id})"
+        )
+
+
+@dataclasses.dataclass
+class _Holding:
+    requests: dict[str, ResourceRequest]
+    lease: Lease
+    resources: dict[str, Held]
+
+    def reusable(self) -> bool:
+        return not self.lease.lost.is_set() and not any(r.dirty for r in self.lease.instances)
+
+
+class ResourceKeeper:
+    """Leases each test's requests, keeping them for the next test that
+    declares the same.
+
+    Args:
+        client: makes the client to lease through, on first need.
+        skip_init: run only `connect()` on the resources.
+        save_state: `store_state()` of a failed test's resources.
+        overrides: the run's `--resource` overrides.
+        on_wait: told each change of a waiting lease's place in the queue.
+    """
+
+    def __init__(
+        self,
+        client: Callable[[], BrokerClient],
+        *,
+        skip_init: bool = False,
+        save_state: bool = False,
+        overrides: Overrides | None = None,
+        on_wait: Callable[[str, Waiting], None] | None = None,
+    ) -> None:
+        self._make_client = client
+        self._client: BrokerClient | None = None
+        self.skip_init = skip_init
+        self.save_state = save_state
+        self._overrides = overrides
+        self._on_wait = on_wait
+        self._holding: _Holding | None = None
+        self.leases_taken = 0
+
+    @property
+    def client(self) -> BrokerClient:
+        if self._client is None:
+            self._client = self._make_client()
+        return self._client
+
+    def resolve(self, requests: Requests) -> dict[str, ResourceRequest]:
+        """`requests` as this run asks for them: with the overrides applied."""
+        if self._overrides:
+            return self._overrides.apply(requests)
+        return dict(requests)
+
+    def hold(self, requests: Requests) -> dict[str, Held]:
+        """The resources for one test: those held already when the last
+        test asked for the same and left them clean, else a new lease (the
+        old one released first)."""
+        wanted = self.resolve(requests)
+        if self._holding is not None:
+            if self._holding.requests == wanted and self._holding.reusable():
+                return self._holding.resources
+            self.release()
+        lease = self.client.lease_many(
+            wanted,
+            skip_init=self.skip_init,
+            on_wait=self._waiting(wanted),
+        )
+        resources = lease.__enter__()
+        self.leases_taken += 1
+        self._holding = _Holding(wanted, lease, resources)
+        return resources
+
+    def held(self) -> list[HeldResource]:
+        """What is held now, label by label."""
+        if self._holding is None:
+            return []
+        lease = self._holding.lease
+        labels = {id(r): label for label, r in self._each_resource(self._holding.resources)}
+        return [
+            HeldResource(
+                labels[id(instance)],
+                instance.name,
+                type(instance).DATA_CLASS.kind_name(),
+                instance.fencing_token,
+                lease.lease_id,
+            )
+            for instance in lease.instances
+        ]
+
+    def keeps(self, requests: Requests | None) -> bool:
+        """Whether the resources held now would serve a test declaring
+        `requests` (None: a test that declares none)."""
+        if self._holding is None or requests is None:
+            return False
+        return self._holding.requests == self.resolve(requests) and self._holding.reusable()
+
+    def finish(
+        self, *, failed: bool, errored: bool, state_dir: str | None, keep: bool
+    ) -> list[str]:
+        """After a test: stores the resources' state into `state_dir` if it
+        failed and `save_state` is on (returning the directories written),
+        then releases the lease unless `keep` and every resource is clean."""
+        if self._holding is None:
+            return []
+        stored: list[str] = []
+        if failed and self.save_state and state_dir:
+            stored = self._holding.lease.store_states(state_dir)
+        if errored:
+            for instance in self._holding.lease.instances:
+                instance.mark_dirty()
+        if not keep or not self._holding.reusable():
+            self.release()
+        return stored
+
+    def release(self) -> None:
+        """Finalizes and releases what is held, if anything."""
+        holding, self._holding = self._holding, None
+        if holding is not None:
+            holding.lease.__exit__(None, None, None)
+
+    def close(self) -> None:
+        """Releases what is held and closes the client (ending its session)."""
+        try:
+            self.release()
+        finally:
+            client, self._client = self._client, None
+            if client is not None:
+                client.close()
+
+    def _waiting(self, requests: Requests) -> Callable[[Waiting], None] | None:
+        if self._on_wait is None:
+            return None
+        on_wait = self._on_wait
+        names = ", ".join(requests)
+        return lambda waiting: on_wait(names, waiting)
+
+    @staticmethod
+    def _each_resource(resources: Mapping[str, Held]):
+        for label, held in resources.items():
+            for instance in held if isinstance(held, list) else [held]:
+                yield label, instance
