@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import xml.etree.ElementTree as ElementTree
+from pathlib import Path
 
 import pytest
 
@@ -470,3 +471,19 @@ def test_ctrl_c_under_unittest_releases_too(pytester, broker, client):
     assert "KeyboardInterrupt" in finished.stderr
     (lease,) = leases_of(client)
     assert lease.state == lease_pb2.LEASE_STATE_RELEASED
+
+
+def test_the_readmes_example_runs_with_an_override(pytester, run, client):
+    """examples/pytest, as the README runs it: `--resource calc=name=calc2`."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "pytest" / "test_calculator.py"
+    pytester.makepyfile(test_calculator=example.read_text())
+    junit = pytester.path / "report.xml"
+    result = run("-v", "--resource", "calc=name=calc2", f"--junitxml={junit}")
+    result.assert_outcomes(passed=3)
+    properties = junit_properties(junit)
+    assert {test: values[0][1].split(" ")[0] for test, values in properties.items()} == {
+        "test_add": "calc2",
+        "test_multiply": "calc2",
+        "test_subtract": "calc2",
+    }
+    assert all(lease.state == lease_pb2.LEASE_STATE_RELEASED for lease in leases_of(client))
