@@ -1,5 +1,6 @@
 # The resource broker's build. Every target bootstraps what it needs: a virtual
-# environment in .venv with the package installed in editable mode, and the
+# environment in .venv with the package installed in editable mode (the
+# client, the server extra and the development tools), and the
 # generated gRPC code (committed; `make proto` rebuilds it).
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -28,7 +29,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[server,dev]'
 	touch $@
 
 $(BUF):

@@ -1,5 +1,6 @@
-"""`python -m broker`: the same as the `broker` command."""
+"""`python -m broker`: the server's commands (`serve`, `check-config`,
+`tokens`), as `broker` runs them."""
 
-from broker.cli import main
+from broker.commands import main
 
 raise SystemExit(main())

@@ -22,8 +22,8 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from broker.kind_data import ResourceData
 from broker.models.database import DEFAULT_STALL_TIMEOUT
-from broker.models.resource import ResourceData
 
 DEFAULT_CONFIG_PATH = "rotest.yml"
 # The range of database.stall_timeout, in seconds.

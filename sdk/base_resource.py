@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
 from broker.field_values import from_field_value
-from broker.models.resource import ResourceData
+from broker.kind_data import ResourceData
 from broker.v1 import resource_pb2
 from sdk.requirements import ResourceRequest, request
 

@@ -16,13 +16,29 @@ import logging
 import threading
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from google.protobuf import empty_pb2, wrappers_pb2
 
 from broker.v1 import event_service_pb2_grpc, inventory_service_pb2_grpc, lease_service_pb2_grpc
 from sdk import calls
 from sdk.channel import TlsOptions, addresses_of, open_channel
 
 logger = logging.getLogger(__name__)
+
+# `grpc.health.v1.Health/Check` without the server's grpcio-health-checking
+# package: the request asking about the whole server (`service` empty) is
+# empty on the wire, as `Empty` is, and the answer's one field, its enum
+# `status` (field 1, a varint), reads as `Int32Value.value`.
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+HEALTH_SERVING = 1  # HealthCheckResponse.ServingStatus.SERVING
+
+
+def health_check(channel: grpc.Channel) -> grpc.UnaryUnaryMultiCallable:
+    """The health check of the broker at the end of `channel`."""
+    return channel.unary_unary(
+        HEALTH_CHECK,
+        request_serializer=empty_pb2.Empty.SerializeToString,
+        response_deserializer=wrappers_pb2.Int32Value.FromString,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,21 +50,19 @@ class Broker:
     channel: grpc.Channel
     inventory: inventory_service_pb2_grpc.InventoryServiceStub
     leases: lease_service_pb2_grpc.LeaseServiceStub
-    health: health_pb2_grpc.HealthStub
+    health: grpc.UnaryUnaryMultiCallable
     events: event_service_pb2_grpc.EventServiceStub
 
     def answers(self, timeout: float) -> bool:
         """Whether the broker answers its health check SERVING within
         `timeout` seconds: False if it cannot be reached, does not answer
         (frozen), or has lost its database."""
-        # The grpcio-health-checking stubs declare no methods on `HealthStub`.
-        check = self.health.Check  # type: ignore[attr-defined]
-        future = check.future(health_pb2.HealthCheckRequest(), timeout=timeout)
+        future = self.health.future(empty_pb2.Empty(), timeout=timeout)
         try:
             response = calls.result(future)
         except grpc.RpcError:
             return False
-        return response.status == health_pb2.HealthCheckResponse.SERVING
+        return response.value == HEALTH_SERVING
 
 
 class Brokers:
@@ -82,7 +96,7 @@ class Brokers:
                     channel,
                     inventory_service_pb2_grpc.InventoryServiceStub(channel),
                     lease_service_pb2_grpc.LeaseServiceStub(channel),
-                    health_pb2_grpc.HealthStub(channel),
+                    health_check(channel),
                     event_service_pb2_grpc.EventServiceStub(channel),
                 )
                 self._open[index] = broker

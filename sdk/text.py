@@ -7,9 +7,8 @@ import datetime
 
 from google.protobuf import timestamp_pb2
 
+from broker.command_line import NONE
 from broker.v1 import lease_pb2
-
-NONE = "-"
 
 
 def local_time(timestamp: timestamp_pb2.Timestamp) -> str:

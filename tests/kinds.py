@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import peewee
 
-from broker.models.resource import ResourceData
+from broker.kind_data import ResourceData
 
 
 class PhoneData(ResourceData):

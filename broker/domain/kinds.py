@@ -13,8 +13,7 @@ import peewee
 
 from broker.domain.errors import FieldViolation, InvalidArgumentError, NotFoundError, clip
 from broker.domain.values import FieldSpec, FieldType, KindSpec, Scalar
-from broker.models.fields import IPAddressField
-from broker.models.resource import ResourceData
+from broker.kind_data import IPAddressField, ResourceData
 
 TEXT_FIELD_MAX_LENGTH = 4096
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1

@@ -7,7 +7,8 @@ import json
 
 from broker.domain.kinds import Kind
 from broker.domain.values import ResourceView
-from broker.models.resource import Resource, ResourceData
+from broker.kind_data import ResourceData
+from broker.models.resource import Resource
 
 
 def etag_of(resource: Resource) -> str:

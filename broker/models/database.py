@@ -40,9 +40,8 @@ from urllib.parse import parse_qs, unquote, urlparse
 import peewee
 from playhouse.pool import PooledPostgresqlDatabase
 
+from broker.kind_data import database_proxy
 from broker.models.backend import backend_of
-
-database_proxy = peewee.DatabaseProxy()
 
 SQLITE_PRAGMAS = (
     ("journal_mode", "wal"),

@@ -1,18 +1,18 @@
-"""Storage of resources: the common columns every resource has, and the base of
-each kind's table of typed fields.
+"""Storage of resources: the common columns every resource has, and the queries
+on them and on each kind's table of typed fields.
 
-A kind is a `ResourceData` subclass; its table holds only the kind's own fields
-and a key to the `resource` row, so that ownership is decided on one table
-whatever the kind.
+A kind is a `broker.kind_data.ResourceData` subclass; its table holds only the
+kind's own fields and a key to the `resource` row, so that ownership is
+decided on one table whatever the kind.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import ClassVar
 
 import peewee
 
+from broker.kind_data import ResourceData
 from broker.models import statements
 from broker.models.backend import backend_of
 from broker.models.base import BaseModel
@@ -60,38 +60,6 @@ class Resource(BaseModel):
         # The candidate query: resources of a kind, free ones first, least
         # recently granted first.
         indexes = ((("kind", "lease_id", "last_grant_time", "id"), False),)
-
-
-class ResourceData(BaseModel):
-    """Base of a kind's typed fields, declared as in the Rotest tutorial::
-
-        class CalculatorData(ResourceData):
-            '''A calculator reachable over RPyC.'''
-            ip_address = IPAddressField(help_text="Where its RPyC service listens.")
-
-    The kind's name is the class name without its `Data` suffix (`Calculator`)
-    unless `KIND` says otherwise. `OWNABLE = False` makes a kind whose
-    resources any number of leases may hold at once. `LOCK_DELAY` (seconds)
-    keeps a resource out of reach that long after its holder vanished
-    instead of releasing it, for devices that cannot check fencing numbers. Fields are peewee fields
-    of the types `broker.domain.kinds` knows; `help_text` documents them over
-    the API, `null=True` or a `default` makes them optional.
-    """
-
-    OWNABLE: ClassVar[bool] = True
-    KIND: ClassVar[str | None] = None
-    LOCK_DELAY: ClassVar[float] = 0.0
-
-    resource = peewee.ForeignKeyField(Resource, primary_key=True, on_delete="CASCADE", backref="+")
-    resource_id: int
-
-    @classmethod
-    def kind_name(cls) -> str:
-        """The name clients use for this kind."""
-        if cls.KIND:
-            return cls.KIND
-        name = cls.__name__
-        return name[: -len("Data")] if name.endswith("Data") and len(name) > 4 else name
 
 
 Filter = tuple[str, tuple]
@@ -233,7 +201,7 @@ def kind_data(kind_model: type[ResourceData], resource_ids: list[int]) -> dict[i
     if not resource_ids:
         return {}
     rows = kind_model.select().where(kind_model.resource.in_(resource_ids))
-    return {row.resource_id: row for row in rows}
+    return {row.resource: row for row in rows}
 
 
 def list_resources(

@@ -62,7 +62,7 @@ CORE_MODELS: tuple[type[BaseModel], ...] = (
 )
 
 
-def create_tables(kind_models: Sequence[type[BaseModel]]) -> None:
+def create_tables(kind_models: Sequence[type[peewee.Model]]) -> None:
     """Creates missing tables and indexes, adds missing columns, and records
     the schema version; refuses a database laid out by a newer broker.
 
@@ -82,7 +82,11 @@ def create_tables(kind_models: Sequence[type[BaseModel]]) -> None:
             missing = _missing(database, models)
             # Columns first: creating a table's indexes names its new columns.
             _add_columns(missing.columns)
-            database.create_tables(missing.tables, safe=True)
+            core = [model for model in missing.tables if model in CORE_MODELS]
+            database.create_tables(core, safe=True)
+            # A kind's table refers to the resource table by a constraint,
+            # which peewee does not order tables by: kinds come after.
+            database.create_tables([m for m in missing.tables if m not in core], safe=True)
             if WaiterNeed in missing.tables:
                 # Requests queued by a broker that kept no such keys.
                 index_unindexed(WAITING_STATE)
@@ -99,15 +103,15 @@ class Missing(NamedTuple):
     """What the catalogue lacks: whole tables, columns of existing tables
     (as `(table, field)`), and existing tables short of an index."""
 
-    tables: list[type[BaseModel]]
+    tables: list[type[peewee.Model]]
     columns: list[tuple[str, peewee.Field]]
-    indexed: list[type[BaseModel]]
+    indexed: list[type[peewee.Model]]
 
     def __bool__(self) -> bool:
         return bool(self.tables or self.columns or self.indexed)
 
 
-def _missing(database: peewee.Database, models: Sequence[type[BaseModel]]) -> Missing:
+def _missing(database: peewee.Database, models: Sequence[type[peewee.Model]]) -> Missing:
     """Compares the models with the catalogue (tables, columns, indexes)."""
     schema = getattr(database, "schema", None)
     tables = set(database.get_tables(schema=schema))

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import peewee
 
-from broker.models.fields import IPAddressField
-from broker.models.resource import ResourceData
+from broker.kind_data import IPAddressField, ResourceData
 
 
 class CalculatorData(ResourceData):

@@ -12,7 +12,6 @@ import grpc
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from broker import cli
 from broker.api.server import build_server
 from broker.config import AuthConfig
 from broker.domain.values import EventType
@@ -24,7 +23,7 @@ from broker.v1 import (
     lease_service_pb2,
     lease_service_pb2_grpc,
 )
-from sdk import BrokerClient
+from sdk import BrokerClient, cli
 from sdk.errors import UnauthenticatedError
 from tests.conftest import RPC_TIMEOUT, wait_serving
 from tests.integration.auth_helpers import CACHE_SECONDS, REFUSED, create, metadata_of

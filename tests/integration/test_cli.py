@@ -1,4 +1,4 @@
-"""The admin CLI end to end: `broker.cli.main` against a real broker on
+"""The admin CLI end to end: `sdk.cli.main` against a real broker on
 loopback, its output read through capsys. Assertions look at names, states
 and values, never at the exact padding of tables."""
 
@@ -15,10 +15,9 @@ from typing import NamedTuple
 
 import pytest
 
-from broker import cli
 from broker.field_values import from_field_value
 from broker.v1 import lease_pb2
-from sdk import BrokerClient, Waiting
+from sdk import BrokerClient, Waiting, cli
 from sdk.client import default_holder
 from sdk.requirements import to_constraints
 from tests.integration.helpers import wait_until

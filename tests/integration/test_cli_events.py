@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from broker import cli
 from broker.api.convert import duration
 from broker.v1 import (
     event_service_pb2,
@@ -19,6 +18,7 @@ from broker.v1 import (
     inventory_service_pb2,
     lease_service_pb2,
 )
+from sdk import cli
 from tests.integration.helpers import (
     acquire,
     broker_command,

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker import cli
-from sdk import BrokerClient, TlsOptions
+from sdk import BrokerClient, TlsOptions, cli
 from sdk.errors import PermissionDeniedError, UnavailableError
 from tests.integration.helpers import requirement, write_config
 

@@ -173,7 +173,7 @@ def test_the_repositorys_own_file_configures_the_default_client(tmp_path):
 
 
 def test_the_cli_calls_the_configured_broker(broker, tmp_path, monkeypatch, capsys):
-    from broker import cli
+    from sdk import cli
 
     write(tmp_path, f"client:\n  target: {broker.address}\n")
     monkeypatch.setenv("BROKER_CLIENT_CONFIG", str(tmp_path / "rotest.yml"))
@@ -182,7 +182,7 @@ def test_the_cli_calls_the_configured_broker(broker, tmp_path, monkeypatch, caps
 
 
 def test_the_cli_names_a_bad_client_configuration(tmp_path, monkeypatch, capsys):
-    from broker import cli
+    from sdk import cli
 
     write(tmp_path, "client:\n  port: none\n")
     monkeypatch.setenv("BROKER_CLIENT_CONFIG", str(tmp_path / "rotest.yml"))

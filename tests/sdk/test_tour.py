@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from broker import cli
 from broker.v1 import lease_pb2
 from resources.calculator.resource import Calculator
-from sdk import BrokerClient, FailedPreconditionError, ResourceBusyError
+from sdk import BrokerClient, FailedPreconditionError, ResourceBusyError, cli
 
 
 def test_tour_lease_and_calculate(broker, client, device_port, capsys):

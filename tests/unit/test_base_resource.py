@@ -7,7 +7,7 @@ import peewee
 import pytest
 
 from broker.field_values import to_field_value
-from broker.models.resource import ResourceData
+from broker.kind_data import ResourceData
 from broker.v1 import resource_pb2
 from sdk.base_resource import BaseResource, ResourceState, StateError, check_active
 

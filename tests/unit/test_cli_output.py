@@ -6,8 +6,8 @@ import datetime
 
 from google.protobuf import timestamp_pb2
 
-from broker.cli_output import event_line
 from broker.v1 import event_pb2
+from sdk.cli.output import event_line
 
 UNTIL = datetime.datetime(2026, 12, 2, 10, 0, tzinfo=datetime.UTC)
 

@@ -386,7 +386,7 @@ def test_bad_lifetime_and_quota_settings_are_refused(raw, key):
 LAB_KIND = '''
 import peewee
 
-from broker.models.resource import ResourceData
+from broker.kind_data import ResourceData
 
 
 class BenchPhoneData(ResourceData):

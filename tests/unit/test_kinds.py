@@ -19,8 +19,7 @@ from broker.domain.kinds import (
     describe,
 )
 from broker.domain.values import FieldSpec, FieldType
-from broker.models.fields import IPAddressField
-from broker.models.resource import ResourceData
+from broker.kind_data import IPAddressField, ResourceData
 from resources.calculator.data import CalculatorData
 from tests.kinds import LicenceData, PhoneData
 

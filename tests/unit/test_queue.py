@@ -32,8 +32,9 @@ from broker.domain.values import (
     WaiterState,
     Waiting,
 )
+from broker.kind_data import ResourceData
 from broker.models import queue as queue_model
-from broker.models.resource import Resource, ResourceData
+from broker.models.resource import Resource
 from tests.unit.builders import calc, events_of, field_of, need, phone
 
 MAX_WAIT = 300.0

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 import peewee
 import pytest
 
-from broker.models.resource import Resource, ResourceData
+from broker.kind_data import ResourceData
+from broker.models.resource import Resource
 from broker.models.schema import (
     SCHEMA_VERSION,
     SCHEMA_VERSION_KEY,

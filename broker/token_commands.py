@@ -17,8 +17,8 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from broker import cli_output as output
-from broker.cli_values import UsageError
+from broker import command_line as output
+from broker.command_line import UsageError
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -151,11 +151,9 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(
-    commands: argparse._SubParsersAction,
-    command: Callable[..., argparse.ArgumentParser],
-) -> None:
-    """Adds `tokens create|list|revoke`; `command` registers a local one."""
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Adds `tokens create|list|revoke`."""
+    command = output.local_command
     group = commands.add_parser("tokens", help="make, list and revoke API tokens (offline)")
     tokens = group.add_subparsers(dest="action", required=True, metavar="ACTION")
 

@@ -7,15 +7,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from broker.command_line import UsageError
 from broker.field_values import Scalar
 from broker.v1 import resource_pb2
 from sdk import field_text
 from sdk.client import BrokerClient
 from sdk.field_text import COMMON_FIELDS, FieldTextError, FieldTypes
-
-
-class UsageError(Exception):
-    """The command line is wrong in a way argparse cannot see."""
 
 
 def kind_field_types(client: BrokerClient, kind: str) -> FieldTypes:

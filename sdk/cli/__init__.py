@@ -1,5 +1,9 @@
-"""The `broker` command: run a broker, check its configuration, and administer
-one over gRPC (kinds, resources, leases, events) like any other client.
+"""The `broker` command: run a broker, and administer one over gRPC (kinds,
+resources, leases, events) like any other client.
+
+The commands that run on the broker's own host (`serve`, `check-config`,
+`tokens`) are the server's, `broker.commands`, joined through the entry
+point group `rotest_broker.commands`.
 
 Every remote command goes through `sdk.BrokerClient`, so the command line
 sees exactly what programs see. `--set` and `--where` values are typed from
@@ -11,28 +15,32 @@ unreachable, 130 interrupted (Ctrl-C; a waiting acquire leaves the queue).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
+import importlib.metadata
 import sys
 from collections.abc import Callable
-from typing import Any
 
 from google.protobuf import timestamp_pb2
 
-from broker import cli_output as output
-from broker import cli_tokens
-from broker.cli_values import UsageError, kind_field_types, parse_set, parse_where
+from broker.command_line import (
+    COMMANDS_GROUP,
+    EXIT_BROKER,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    UsageError,
+)
 from broker.v1 import event_pb2, event_service_pb2, lease_pb2
 from sdk import TlsOptions
 from sdk.channel import addresses_of
+from sdk.cli import output
+from sdk.cli.values import kind_field_types, parse_set, parse_where
 from sdk.client import BrokerClient
 from sdk.config import ClientConfigError, load_client_config
 from sdk.errors import BrokerError, UnavailableError
 from sdk.requirements import to_constraints
 from sdk.waiting import Waiting, wait_for_grant
-
-EXIT_OK, EXIT_BROKER, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-EXIT_INTERRUPTED = 130
 
 LEASE_STATES = {
     "active": lease_pb2.LEASE_STATE_ACTIVE,
@@ -48,38 +56,6 @@ EVENT_TYPES = {
 }
 
 # --------------------------------------------------------------- commands
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    from broker.api.server import serve_forever
-
-    return serve_forever(args.config, address=args.address, database_url=args.database)
-
-
-def cmd_check_config(args: argparse.Namespace) -> int:
-    from broker.config import ConfigError, load_config
-
-    try:
-        config = load_config(args.config)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    print(f"{args.config}: OK")
-    print(output.details(_flatten(config)))
-    return EXIT_OK
-
-
-def _flatten(config: Any, prefix: str = "") -> list[tuple[str, str]]:
-    pairs: list[tuple[str, str]] = []
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        if dataclasses.is_dataclass(value):
-            pairs += _flatten(value, f"{prefix}{field.name}.")
-        elif isinstance(value, tuple):
-            pairs.append((f"{prefix}{field.name}", ", ".join(map(str, value))))
-        else:
-            pairs.append((f"{prefix}{field.name}", str(value)))
-    return pairs
 
 
 def cmd_kinds(client: BrokerClient, args: argparse.Namespace) -> int:
@@ -338,15 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the client certificate's key (env BROKER_KEY_FILE)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    serve = _command(commands, "serve", cmd_serve, "run a broker until SIGTERM or SIGINT")
-    serve.add_argument("--config", default="rotest.yml", help="default %(default)s")
-    serve.add_argument("--address", help="HOST:PORT to listen on, overriding the config")
-    serve.add_argument("--database", help="database URL, overriding the config")
-
-    check = _command(commands, "check-config", cmd_check_config, "validate a configuration file")
-    check.add_argument("--config", default="rotest.yml", help="default %(default)s")
-
+    for entry_point in importlib.metadata.entry_points(group=COMMANDS_GROUP):
+        entry_point.load()(commands)
     _remote(commands, "kinds", cmd_kinds, "list the kinds and their fields")
     _add_resource_commands(commands)
     _add_lease_commands(commands)
@@ -363,7 +332,6 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--by-kind", action="store_true", help="one row per kind")
     stats.add_argument("--since", type=time_arg, metavar="TIME", help="from TIME on")
     stats.add_argument("--until", type=time_arg, metavar="TIME", help="before TIME")
-    cli_tokens.add_commands(commands, _command)
     return parser
 
 
@@ -490,17 +458,6 @@ def _add_lease_commands(commands: argparse._SubParsersAction) -> None:
         command = _remote(leases, name, handler, help_text)
         command.add_argument("lease_id", metavar="ID")
         command.add_argument("--secret", required=True, help="as printed by acquire")
-
-
-def _command(
-    commands: argparse._SubParsersAction,
-    name: str,
-    handler: Callable[[argparse.Namespace], int],
-    help_text: str,
-) -> argparse.ArgumentParser:
-    command = commands.add_parser(name, help=help_text, description=help_text)
-    command.set_defaults(local=handler)
-    return command
 
 
 def _remote(

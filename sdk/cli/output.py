@@ -1,38 +1,22 @@
 """How the `broker` command shows the contract's messages to people: aligned
 tables, `key: value` blocks, local ISO times, and errors with their details.
 
-Every function returns text and prints nothing, so `broker.cli` decides where
+Every function returns text and prints nothing, so `sdk.cli` decides where
 it goes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
+from broker.command_line import NONE, details, table
 from broker.field_values import from_field_value
 from broker.v1 import event_pb2, event_service_pb2, lease_pb2, resource_pb2
 from sdk.errors import BrokerError, FailedPreconditionError, InvalidArgumentError, ResourceBusyError
-from sdk.text import NONE, holder_text, local_time, queue_status_text, requirement_text
+from sdk.text import holder_text, local_time, queue_status_text, requirement_text
 from sdk.waiting import Waiting
-
-
-def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """Columns padded to their widest cell, two spaces apart."""
-    lines = [list(headers), *(list(row) for row in rows)]
-    widths = [max(len(line[column]) for line in lines) for column in range(len(headers))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
-        for line in lines
-    )
-
-
-def details(pairs: Iterable[tuple[str, str]]) -> str:
-    """`key: value` lines with the values aligned."""
-    pairs = list(pairs)
-    width = max(len(key) for key, _ in pairs) + 1
-    return "\n".join(f"{key + ':':<{width}} {value}".rstrip() for key, value in pairs)
 
 
 def value_text(value: resource_pb2.FieldValue) -> str:
