@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import types
 from collections.abc import Callable
 from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
@@ -148,20 +149,43 @@ class BaseResource:
     `data` is an unsaved `DATA_CLASS` instance holding the kind's typed fields
     and the common ones (`name`, `kind`, `comment`, `group`, `is_usable`,
     `reserved_for`), so `self.data.ip_address` and `self.data.name` both work.
+
+    A kind with `DATA_CLASS = None` is a *service*, as in Rotest: something a
+    test sets up and tears down like a resource (a browser, a log
+    collector) but that the broker does not hold. It is built here, with no
+    lease, from its request's keywords (`Browser.request(url="...")`), which
+    become `self.data`'s attributes and `self.kwargs`; its name is the
+    request's.
     """
 
-    DATA_CLASS: ClassVar[type[ResourceData]] = ResourceData
+    DATA_CLASS: ClassVar[type[ResourceData] | None] = ResourceData
 
-    def __init__(self, resource: resource_pb2.Resource, fencing_token: int = 0) -> None:
-        self.data = self.DATA_CLASS(
-            **{name: from_field_value(value) for name, value in resource.fields.items()}
-        )
-        common = {name: getattr(resource, name) for name in COMMON_FIELDS}
-        common["is_usable"] = resource.is_usable if resource.HasField("is_usable") else True
-        for name, value in common.items():
-            setattr(self.data, name, value)
-        self.name = resource.name
+    def __init__(
+        self, resource: resource_pb2.Resource | None = None, fencing_token: int = 0, **values: Any
+    ) -> None:
+        self.kwargs = values
+        if resource is None:
+            if self.DATA_CLASS is not None:
+                raise TypeError(
+                    f"{type(self).__name__} is a kind the broker holds: it is built from a "
+                    "granted resource (only a service, DATA_CLASS = None, is built from values)"
+                )
+            self.data: Any = types.SimpleNamespace(**values)
+            self.name = str(values.get("name", ""))
+        else:
+            if self.DATA_CLASS is None:
+                raise TypeError(f"{type(self).__name__} is a service: the broker grants it nothing")
+            self.data = self.DATA_CLASS(
+                **{name: from_field_value(value) for name, value in resource.fields.items()}
+            )
+            common = {name: getattr(resource, name) for name in COMMON_FIELDS}
+            common["is_usable"] = resource.is_usable if resource.HasField("is_usable") else True
+            for name, value in common.items():
+                setattr(self.data, name, value)
+            self.name = resource.name
         self.fencing_token = fencing_token
+        # The lease `lock()` took for this resource alone, until `release()`.
+        self._locked_by: Any = None
         # Set by `mark_dirty()`: a test runner holding resources between
         # tests releases this one after the test instead of keeping it.
         self.dirty = False
@@ -180,9 +204,39 @@ class BaseResource:
         return self._state
 
     @classmethod
+    def kind_name(cls) -> str:
+        """The kind's name, as the broker knows it ("service" for a service)."""
+        return "service" if cls.DATA_CLASS is None else cls.DATA_CLASS.kind_name()
+
+    @classmethod
+    def is_service(cls) -> bool:
+        """Whether this kind is a service (`DATA_CLASS = None`), built here
+        with no lease."""
+        return cls.DATA_CLASS is None
+
+    @classmethod
     def request(cls, *, count: int = 1, **constraints: Any) -> ResourceRequest:
         """A request for `count` resources of this kind, for `lease_many`."""
         return request(cls, count=count, **constraints)
+
+    @classmethod
+    def lock(cls: type[ResourceT], **options: Any) -> ResourceT:
+        """Holds one resource of this kind from a shell or a script, as
+        Rotest's `lock()` did: `calc = Calculator.lock(name="calc",
+        skip_init=True)` returns it set up, its lease kept alive until
+        `calc.release()` or the end of the process. The keywords are
+        constraints and `BrokerClient.lease`'s options; `client=` picks the
+        client (default: one made from the client configuration)."""
+        from sdk.shell import lock
+
+        return lock(cls, **options)
+
+    def release(self) -> None:
+        """Finalizes and releases a resource `lock()` took; a no-op for any
+        other, whose lease ends with its `with` block or test."""
+        from sdk.shell import release
+
+        release(self)
 
     def mark_dirty(self) -> None:
         """Says the test left the device in a state the next test must not

@@ -674,7 +674,7 @@ class BrokerClient:
         `Lease`. The returned object also tells `lease_id`, `expire_time`,
         `fencing_tokens` and `lost`.
         """
-        label = resource_class.DATA_CLASS.kind_name()
+        label = resource_class.kind_name()
         return SingleLease(
             self,
             {label: request(resource_class, **constraints)},

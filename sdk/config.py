@@ -48,9 +48,13 @@ CLIENT_KEYS = frozenset(
         "ca_file",
         "cert_file",
         "key_file",
+        "shell_apps",
+        "shell_startup_commands",
     }
 )
-ROTEST_KEYS = frozenset({"host", "port", "resource_request_timeout"})
+ROTEST_KEYS = frozenset(
+    {"host", "port", "resource_request_timeout", "shell_apps", "shell_startup_commands"}
+)
 PATH_KEYS = ("token_file", "ca_file", "cert_file", "key_file")
 
 # Environment variable -> the file key it stands for, strongest first.
@@ -79,7 +83,10 @@ class ClientConfig:
     `token`: the API token ("" for none). `wait`: seconds a lease may wait in
     the queue (0: not at all). `holder`: the holder's description (""
     for `user@host`). `tls`: call over TLS; `ca_file`, `cert_file` and
-    `key_file` are absolute paths or "". `path`: the file read, or "".
+    `key_file` are absolute paths or "". `shell_apps`: modules (or
+    packages) whose `BaseResource` subclasses `broker shell` imports, and
+    `shell_startup_commands` the lines it runs first, as Rotest's keys.
+    `path`: the file read, or "".
     """
 
     target: str = DEFAULT_TARGET
@@ -90,6 +97,8 @@ class ClientConfig:
     ca_file: str = ""
     cert_file: str = ""
     key_file: str = ""
+    shell_apps: tuple[str, ...] = ()
+    shell_startup_commands: tuple[str, ...] = ()
     path: str = ""
 
 
@@ -129,6 +138,8 @@ def load_client_config(
         ca_file=_string(settings, "ca_file"),
         cert_file=_string(settings, "cert_file"),
         key_file=_string(settings, "key_file"),
+        shell_apps=_strings(settings, "shell_apps"),
+        shell_startup_commands=_strings(settings, "shell_startup_commands"),
         path=path or "",
     )
 
@@ -227,6 +238,15 @@ def _string(settings: Mapping[str, tuple[Any, str]], key: str) -> str:
     if not isinstance(value, str):
         raise ClientConfigError(f"{where}: must be a string, not {value!r}")
     return value
+
+
+def _strings(settings: Mapping[str, tuple[Any, str]], key: str) -> tuple[str, ...]:
+    if key not in settings:
+        return ()
+    value, where = settings[key]
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ClientConfigError(f"{where}: must be a list of strings, not {value!r}")
+    return tuple(value)
 
 
 def _flag(settings: Mapping[str, tuple[Any, str]], key: str) -> bool:

@@ -125,9 +125,9 @@ class ResourceKeeper:
             HeldResource(
                 labels[id(instance)],
                 instance.name,
-                type(instance).DATA_CLASS.kind_name(),
+                instance.kind_name(),
                 instance.fencing_token,
-                lease.lease_id,
+                "" if instance.is_service() else lease.lease_id,
             )
             for instance in lease.instances
         ]

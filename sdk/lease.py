@@ -94,6 +94,9 @@ class Lease:
             raise ValueError(f"wait is not negative, not {wait:g}")
         self._client = client
         self._requests = dict(requests)
+        # What the broker is asked for; services are built here, unleased.
+        self._leased = {label: r for label, r in self._requests.items() if not r.is_service}
+        self._entered = False
         self._ttl = ttl
         self._skip_init = skip_init
         self._force_initialize = force_initialize
@@ -111,6 +114,9 @@ class Lease:
 
     @property
     def lease_id(self) -> str:
+        """The broker's lease ("" when only services were requested)."""
+        if self._entered and not self._leased:
+            return ""
         return self._held().lease_id
 
     @property
@@ -130,25 +136,30 @@ class Lease:
     @property
     def fencing_tokens(self) -> dict[str, int]:
         """Resource name -> the fencing number of its grant."""
+        if self._entered and not self._leased:
+            return {}
         return {grant.resource.name: grant.fencing_token for grant in self._held().grants}
 
     def __enter__(self) -> dict[str, Held]:
-        if self._lease is not None:
+        if self._entered:
             raise RuntimeError("a Lease is entered once")
-        self._lease, self._secret = self._acquire()
+        self._entered = True
+        if self._leased:
+            self._lease, self._secret = self._acquire()
         try:
             self._build()
             for resource in self._instances:
                 self._set_up(resource)
-            self._keepalive = KeepAlive(
-                self._client,
-                self._lease.lease_id,
-                self._secret,
-                interval=self._lease.ttl.ToTimedelta().total_seconds() / 3,
-                lost=self.lost,
-                on_renew=self._renewed,
-            )
-            self._keepalive.start()
+            if self._lease is not None:
+                self._keepalive = KeepAlive(
+                    self._client,
+                    self._lease.lease_id,
+                    self._secret,
+                    interval=self._lease.ttl.ToTimedelta().total_seconds() / 3,
+                    lost=self.lost,
+                    on_renew=self._renewed,
+                )
+                self._keepalive.start()
         except BaseException as error:
             self._close(error)
             raise
@@ -179,7 +190,7 @@ class Lease:
         self._report(resource, True, "")
 
     def _report(self, resource: BaseResource, ok: bool, error: str) -> None:
-        if self._skip_init or not self._secret:
+        if self._skip_init or not self._secret or resource.is_service():
             return
         lease = self._held()
         try:
@@ -190,7 +201,7 @@ class Lease:
     def _acquire(self) -> tuple[lease_pb2.Lease, str]:
         """The lease, bound to the client's session if it has one; waiting
         in the queue through `WatchAcquireLease` if `wait` allows."""
-        requirements = [request.to_requirement(label) for label, request in self._requests.items()]
+        requirements = [request.to_requirement(label) for label, request in self._leased.items()]
         session = self._client.lease_session()
         session_id = session.session_id if session is not None else ""
         if not self._wait:
@@ -208,12 +219,14 @@ class Lease:
         return granted.lease, granted.secret
 
     def _waiting(self, waiting: Waiting) -> None:
-        logger.info("lease of %s is %s", ", ".join(self._requests), waiting)
+        logger.info("lease of %s is %s", ", ".join(self._leased), waiting)
         if self._on_wait is not None:
             self._on_wait(waiting)
 
     def _held(self) -> lease_pb2.Lease:
         if self._lease is None:
+            if self._entered and not self._leased:
+                raise RuntimeError("only services were requested: there is no broker lease")
             raise RuntimeError("the lease is not acquired yet")
         return self._lease
 
@@ -221,15 +234,20 @@ class Lease:
         self._lease = lease
 
     def _build(self) -> None:
-        lease = self._held()
-        labels = list(self._requests)
-        granted: dict[str, list[BaseResource]] = {label: [] for label in labels}
-        for grant in lease.grants:
+        labels = list(self._leased)
+        granted: dict[str, list[BaseResource]] = {label: [] for label in self._requests}
+        for grant in self._lease.grants if self._lease is not None else ():
             label = labels[grant.requirement_index]
             resource_class = self._requests[label].resource_class
             instance = resource_class(grant.resource, grant.fencing_token)
             granted[label].append(instance)
             self._instances.append(instance)
+        for label, request in self._requests.items():
+            if request.is_service:
+                values = {"name": label, **request.constraints}
+                service = request.resource_class(None, **values)
+                granted[label].append(service)
+                self._instances.append(service)
         self.resources = {
             label: instances if self._requests[label].count > 1 else instances[0]
             for label, instances in granted.items()
@@ -246,10 +264,11 @@ class Lease:
                 errors.append((f"finalizing {resource.name}", error))
         if self._keepalive is not None:
             self._keepalive.stop()
-        try:
-            self._client.release(self.lease_id, self._secret)
-        except Exception as error:
-            errors.append((f"releasing lease {self.lease_id}", error))
+        if self._lease is not None:
+            try:
+                self._client.release(self.lease_id, self._secret)
+            except Exception as error:
+                errors.append((f"releasing lease {self.lease_id}", error))
         raised = errors[0][1] if pending is None and errors else None
         for what, failure in errors:
             if failure is not raised:

@@ -108,6 +108,10 @@ class Overrides:
             if label not in result:
                 continue
             request = result[label]
+            if request.is_service:
+                # A service's values are its own: they are taken as text.
+                result[label] = request.with_constraints(**{o.field: o.text for o in overrides})
+                continue
             types = self._types(request.kind)
             values = {}
             for override in overrides:

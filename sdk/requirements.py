@@ -53,6 +53,8 @@ class ResourceRequest:
             raise TypeError(
                 f"a request is for a BaseResource subclass, not {self.resource_class!r}"
             )
+        if self.is_service and self.count != 1:
+            raise ValueError(f"a service is requested one at a time, not {self.count}")
         if self.label and not self.label.isidentifier():
             raise ValueError(
                 f"a request's name is a Python identifier (it becomes an attribute), "
@@ -68,10 +70,19 @@ class ResourceRequest:
         return dataclasses.replace(self, label=label)
 
     @property
+    def is_service(self) -> bool:
+        """A service's request is served here, with no lease: its
+        constraints are the values the service is built from."""
+        return self.resource_class.DATA_CLASS is None
+
+    @property
     def kind(self) -> str:
-        return self.resource_class.DATA_CLASS.kind_name()
+        """The kind's name ("service" for a service)."""
+        return self.resource_class.kind_name()
 
     def to_requirement(self, label: str) -> lease_pb2.Requirement:
+        if self.is_service:
+            raise ValueError(f"{label or self.kind}: a service is not asked of the broker")
         return lease_pb2.Requirement(
             kind=self.kind,
             constraints=to_constraints(self.constraints),

@@ -149,6 +149,14 @@ def cmd_events(client: BrokerClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_shell(client: BrokerClient, args: argparse.Namespace) -> int:
+    from sdk import shell
+
+    shell.shell(client, client.config)
+    shell.release_all()
+    return EXIT_OK
+
+
 def cmd_stats(client: BrokerClient, args: argparse.Namespace) -> int:
     stats = client.usage_stats(
         args.resource,
@@ -320,6 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_resource_commands(commands)
     _add_lease_commands(commands)
     _remote(commands, "queue", cmd_queue, "list the waiting requests in the order they are served")
+    _remote(
+        commands,
+        "shell",
+        cmd_shell,
+        "Python with a client and the kinds imported: Calculator.lock(name=...) holds one",
+    )
     _add_event_command(commands)
     stats = _remote(
         commands,
@@ -525,11 +539,12 @@ def main(argv: list[str] | None = None) -> int:
         except ClientConfigError as error:
             raise UsageError(f"the client configuration: {error}") from error
         try:
-            # No session: a lease acquired from the shell outlives this process.
+            # No session: a lease acquired from the command line outlives
+            # this process; `broker shell` holds its locks for its lifetime.
             client = BrokerClient(
                 args.target,
                 timeout=args.timeout,
-                session=False,
+                session=args.command == "shell",
                 token=args.token,
                 tls=tls,
                 config=config,
