@@ -52,12 +52,17 @@ def parse_value(field: str, text: str, field_type: resource_pb2.FieldType.ValueT
     return text
 
 
+def known_field(field: str, types: FieldTypes) -> str:
+    """`field` if it is a common field or one of the kind's own."""
+    if field not in COMMON_FIELDS and field not in types:
+        fields = ", ".join([*COMMON_FIELDS, *types])
+        raise FieldTextError(f"{field}: no such field (fields: {fields})")
+    return field
+
+
 def constraint_value(field: str, text: str, types: FieldTypes) -> Scalar:
     """The value of a constraint on `field` (a common field or one of the
     kind's own) typed in as `text`."""
-    if field in COMMON_FIELDS:
+    if known_field(field, types) in COMMON_FIELDS:
         return text
-    if field not in types:
-        fields = ", ".join([*COMMON_FIELDS, *types])
-        raise FieldTextError(f"{field}: no such field (fields: {fields})")
     return parse_value(field, text, types[field])

@@ -3,10 +3,11 @@
 A constraint keyword is a field name and either one value (the field equals
 it) or a collection of values (the field equals any of them), so
 `request(Calculator, name=["calc1", "calc2"], group="bench-3")` reads like a
-query. The SDK's requests and the CLI's `--where` both go through
-`to_constraints`. Rotest's form names the request first, for tests that
-declare their resources: `request("calc", Calculator, name="calc")` is held
-as `self.calc`.
+query; Django's lookups compare and search (`port__gte=1024`,
+`name__startswith="calc"`, `group__not="QA"`). The SDK's requests and the
+CLI's `--where` both go through `to_constraints`. Rotest's form names the
+request first, for tests that declare their resources:
+`request("calc", Calculator, name="calc")` is held as `self.calc`.
 """
 
 from __future__ import annotations
@@ -105,16 +106,62 @@ def request(*args: Any, count: int = 1, **constraints: Any) -> ResourceRequest:
     )
 
 
+# Django's lookups, as Rotest's queries spelled them: `port__gte=1000`.
+# `not_` before one (`name__not_startswith="old-"`), or `__not` alone,
+# negates it.
+LOOKUPS = {
+    "exact": "equals",
+    "in": "any_of",
+    "gt": "greater_than",
+    "gte": "at_least",
+    "lt": "less_than",
+    "lte": "at_most",
+    "startswith": "prefix",
+    "contains": "contains",
+}
+TEXT_TESTS = ("prefix", "contains")
+
+
 def to_constraints(constraints: Mapping[str, Any]) -> list[lease_pb2.Constraint]:
-    """One `Constraint` per field: `equals` for a value, `any_of` for a
-    list, tuple, set or frozenset of values."""
-    return [_constraint(field, value) for field, value in constraints.items()]
+    """One `Constraint` per keyword: `field=value` equals (a list, tuple,
+    set or frozenset: any of), and Django's lookups `field__in`, `__gt`,
+    `__gte`, `__lt`, `__lte`, `__startswith`, `__contains`, each negated by
+    `not_` (`__not_in`) or, for equality, `__not`. A bad one is a
+    `ValueError` or `TypeError` naming its keyword."""
+    return [_constraint(keyword, value) for keyword, value in constraints.items()]
 
 
-def _constraint(field: str, value: Any) -> lease_pb2.Constraint:
-    if isinstance(value, COLLECTIONS):
-        return lease_pb2.Constraint(field=field, any_of=_value_list(value))
-    return lease_pb2.Constraint(field=field, equals=to_field_value(value))
+def _lookup(keyword: str) -> tuple[str, str | None, bool]:
+    """`(field, test, negate)` of a keyword; test None: by the value's type."""
+    field, _, lookup = keyword.rpartition("__")
+    if not field:
+        return keyword, None, False
+    negate = lookup == "not" or lookup.startswith("not_")
+    name = lookup.removeprefix("not_") if lookup != "not" else ""
+    if name and name not in LOOKUPS:
+        known = ", ".join(["not", *LOOKUPS, *(f"not_{n}" for n in LOOKUPS)])
+        raise ValueError(f"{keyword}: no lookup {lookup!r} (lookups: {known})")
+    return field.replace("__", "."), LOOKUPS.get(name), negate
+
+
+def _constraint(keyword: str, value: Any) -> lease_pb2.Constraint:
+    field, test, negate = _lookup(keyword)
+    if test is None:
+        test = "any_of" if isinstance(value, COLLECTIONS) else "equals"
+    message = lease_pb2.Constraint(field=field, negate=negate)
+    if test == "any_of":
+        if not isinstance(value, COLLECTIONS):
+            raise TypeError(f"{keyword}: any of takes a list, tuple or set of values")
+        message.any_of.CopyFrom(_value_list(value))
+    elif test in TEXT_TESTS:
+        if not isinstance(value, str):
+            raise TypeError(f"{keyword}: {test} looks for text: give a string, not {value!r}")
+        setattr(message, test, value)
+    else:
+        if isinstance(value, COLLECTIONS):
+            raise TypeError(f"{keyword}: compares one value, not {type(value).__name__}")
+        getattr(message, test).CopyFrom(to_field_value(value))
+    return message
 
 
 def _value_list(values: Iterable[Any]) -> lease_pb2.FieldValueList:

@@ -128,13 +128,33 @@ def resource_patch(request: inventory_service_pb2.UpdateResourceRequest) -> valu
 
 
 def constraint(message: lease_pb2.Constraint) -> values.Constraint:
+    """A constraint as the domain checks it; no test is no values (refused
+    there, naming the field)."""
     test = message.WhichOneof("test")
-    if test == "any_of":
-        found = tuple(from_field_value(value) for value in message.any_of.values)
-        return values.Constraint(message.field, found, any_of=True)
-    if test == "equals":
-        return values.Constraint(message.field, (from_field_value(message.equals),))
-    return values.Constraint(message.field, ())
+    if test is None:
+        return values.Constraint(message.field, (), negate=message.negate)
+    kind = values.Check(test)
+    given: tuple[values.Scalar | None, ...]
+    if kind is values.Check.ANY_OF:
+        given = tuple(from_field_value(value) for value in message.any_of.values)
+    elif kind in values.TEXT_TESTS:
+        given = (getattr(message, test),)
+    else:
+        given = (from_field_value(getattr(message, test)),)
+    return values.Constraint(message.field, given, kind, message.negate)
+
+
+def constraint_to_proto(c: values.Constraint) -> lease_pb2.Constraint:
+    # A stored request's constraints were checked: every value is set.
+    given = cast("tuple[values.Scalar, ...]", c.values)
+    message = lease_pb2.Constraint(field=c.field, negate=c.negate)
+    if c.test is values.Check.ANY_OF:
+        message.any_of.CopyFrom(lease_pb2.FieldValueList(values=[to_field_value(v) for v in given]))
+    elif c.test in values.TEXT_TESTS:
+        setattr(message, c.test.value, given[0])
+    else:
+        getattr(message, c.test.value).CopyFrom(to_field_value(given[0]))
+    return message
 
 
 def requirement(message: lease_pb2.Requirement) -> values.Requirement:
@@ -212,18 +232,9 @@ def queue_status_to_proto(waiting: values.Waiting) -> lease_pb2.QueueStatus:
 
 
 def requirement_to_proto(requirement: values.Requirement) -> lease_pb2.Requirement:
-    constraints = []
-    for c in requirement.constraints:
-        # A stored request's constraints were checked: every value is set.
-        given = cast("tuple[values.Scalar, ...]", c.values)
-        if c.any_of:
-            any_of = lease_pb2.FieldValueList(values=[to_field_value(v) for v in given])
-            constraints.append(lease_pb2.Constraint(field=c.field, any_of=any_of))
-        else:
-            constraints.append(lease_pb2.Constraint(field=c.field, equals=to_field_value(given[0])))
     return lease_pb2.Requirement(
         kind=requirement.kind,
-        constraints=constraints,
+        constraints=[constraint_to_proto(c) for c in requirement.constraints],
         count=requirement.count,
         label=requirement.label,
     )

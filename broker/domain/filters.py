@@ -6,10 +6,20 @@ from collections.abc import Callable, Sequence
 
 from broker.domain.errors import BrokerError, InvalidArgumentError, clip
 from broker.domain.kinds import Kind, check_value
-from broker.domain.values import COMMON_FILTER_FIELDS, Constraint, FieldSpec, FieldType
+from broker.domain.values import (
+    COMMON_FILTER_FIELDS,
+    COMPARISONS,
+    TEXT_TESTS,
+    Constraint,
+    FieldSpec,
+    FieldType,
+    Scalar,
+)
 from broker.models.resource import Filter
 
 MAX_VALUES = 256
+NUMBER_TYPES = frozenset({FieldType.INTEGER, FieldType.FLOAT})
+TEXT_TYPES = frozenset({FieldType.STRING, FieldType.IP_ADDRESS})
 _COMMON_SPECS = {
     name: FieldSpec(name, FieldType.STRING, True, None, "", 4096) for name in COMMON_FILTER_FIELDS
 }
@@ -43,17 +53,59 @@ def resolve(
                 f"{owner} has no field {clip(constraint.field)!r}"
                 + (f" (fields: {', '.join(known)})" if known else " (name a kind)"),
             )
+        _check_test(constraint, spec, where)
         if not 1 <= len(constraint.values) <= MAX_VALUES:
             raise InvalidArgumentError.of(
                 where, f"needs a value to equal, or 1 to {MAX_VALUES} values in any_of"
             )
-        values = []
+        values: list[Scalar | None] = []
         for position, value in enumerate(constraint.values):
-            value_path = (
-                f"{where}.any_of.values[{position}]" if constraint.any_of else (f"{where}.equals")
+            value_path = f"{where}.{constraint.test.value}" + (
+                f".values[{position}]" if constraint.any_of else ""
             )
             if value is None:
                 raise InvalidArgumentError.of(value_path, "a value is required")
-            values.append(check_value(spec, value, value_path))
-        filters.append((constraint.field, tuple(values)))
+            if constraint.test in TEXT_TESTS:
+                values.append(_text(spec, value, value_path))
+            else:
+                values.append(check_value(spec, value, value_path))
+        filters.append(
+            Filter(constraint.field, tuple(values), constraint.test.value, constraint.negate)
+        )
     return filters
+
+
+def _check_test(constraint: Constraint, spec: FieldSpec, where: str) -> None:
+    """A comparison needs a number field, a text test a text field."""
+    test = constraint.test
+    if test in COMPARISONS and spec.type not in NUMBER_TYPES:
+        raise InvalidArgumentError.of(
+            f"{where}.{test.value}",
+            f"{spec.name} is {_article(spec.type)} field: {test.value} compares numbers "
+            "(use equals or any_of)",
+        )
+    if test in TEXT_TESTS and spec.type not in TEXT_TYPES:
+        raise InvalidArgumentError.of(
+            f"{where}.{test.value}",
+            f"{spec.name} is {_article(spec.type)} field: {test.value} looks into text "
+            "(use equals, any_of or a comparison)",
+        )
+
+
+def _text(spec: FieldSpec, value: object, path: str) -> str:
+    """The text a prefix or contains test looks for: a part of a value,
+    so it is not checked as a whole one (an IP address's first bytes)."""
+    if not isinstance(value, str):
+        raise InvalidArgumentError.of(path, f"{spec.name} is text: give a string")
+    if not value:
+        raise InvalidArgumentError.of(path, "needs the text to look for")
+    if spec.max_length and len(value) > spec.max_length:
+        raise InvalidArgumentError.of(
+            path, f"is longer than {spec.name} can be ({spec.max_length} characters)"
+        )
+    return value
+
+
+def _article(field_type: FieldType) -> str:
+    name = field_type.name.lower().replace("_", " ")
+    return f"an {name}" if name[0] in "aeiou" else f"a {name}"

@@ -172,7 +172,14 @@ def when(seconds: float) -> str:
 
 
 def _no_such_text(need: Need) -> str:
-    names = next((values for field, values in need.filters if field == "name"), None)
+    names = next(
+        (
+            f.values
+            for f in need.filters
+            if f.field == "name" and f.test in ("equals", "any_of") and not f.negate
+        ),
+        None,
+    )
     if names:
         named = " or ".join(repr(clip(str(name))) for name in names)
         return f"no {need.kind.name} resource is named {named}"

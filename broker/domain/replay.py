@@ -18,7 +18,7 @@ import hmac
 import json
 
 from broker.domain.errors import InvalidArgumentError
-from broker.domain.values import AcquireRequest
+from broker.domain.values import AcquireRequest, Check, Requirement
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,13 +41,31 @@ class Replay:
         )
 
 
+def _asked(requirement: Requirement) -> dict:
+    """A requirement as its fingerprint reads it: an equality keeps the form
+    it had before constraints had other tests, so a retry across an upgrade
+    is still the same request."""
+    constraints = []
+    for c in requirement.constraints:
+        asked = {"field": c.field, "values": list(c.values), "any_of": c.any_of}
+        if c.test not in (Check.EQUALS, Check.ANY_OF) or c.negate:
+            asked |= {"test": c.test.value, "negate": c.negate}
+        constraints.append(asked)
+    return {
+        "kind": requirement.kind,
+        "constraints": constraints,
+        "count": requirement.count,
+        "label": requirement.label,
+    }
+
+
 def replay_of(secret: bytes, request: AcquireRequest, ttl: float) -> Replay | None:
     """The stored form of a request's `request_id`, None if it has none."""
     if not request.request_id:
         return None
     asked = json.dumps(
         [
-            [dataclasses.asdict(r) for r in request.requirements],
+            [_asked(r) for r in request.requirements],
             request.holder,
             request.who,
             request.session_id,

@@ -15,7 +15,7 @@ from broker.domain.errors import (
     clip,
 )
 from broker.domain.kinds import Kind, KindRegistry
-from broker.domain.values import AcquireRequest, Constraint, Requirement
+from broker.domain.values import AcquireRequest, Check, Constraint, Requirement
 from broker.models.resource import Filter
 
 MAX_REQUIREMENTS = 16
@@ -101,15 +101,50 @@ class Requests:
 
 
 def encode_requirements(requirements: tuple[Requirement, ...]) -> str:
-    return json.dumps([dataclasses.asdict(r) for r in requirements], separators=(",", ":"))
+    return json.dumps(
+        [
+            {
+                "kind": r.kind,
+                "constraints": [
+                    # `any_of` too, for brokers of before tests were named.
+                    {
+                        "field": c.field,
+                        "values": list(c.values),
+                        "any_of": c.any_of,
+                        "test": c.test.value,
+                    }
+                    | ({"negate": True} if c.negate else {})
+                    for c in r.constraints
+                ],
+                "count": r.count,
+                "label": r.label,
+            }
+            for r in requirements
+        ],
+        separators=(",", ":"),
+    )
+
+
+def _stored_check(stored: dict) -> Check:
+    if "test" in stored:
+        return Check(stored["test"])
+    return Check.ANY_OF if stored["any_of"] else Check.EQUALS
 
 
 def decode_requirements(text: str) -> tuple[Requirement, ...]:
+    """Requirements as stored; those a broker stored before constraints had
+    tests of their own name only `any_of` (else they are `EQUALS`)."""
     return tuple(
         Requirement(
             kind=item["kind"],
             constraints=tuple(
-                Constraint(c["field"], tuple(c["values"]), c["any_of"]) for c in item["constraints"]
+                Constraint(
+                    c["field"],
+                    tuple(c["values"]),
+                    _stored_check(c),
+                    c.get("negate", False),
+                )
+                for c in item["constraints"]
             ),
             count=item["count"],
             label=item["label"],

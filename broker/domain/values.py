@@ -134,14 +134,37 @@ class KindSpec:
 COMMON_FILTER_FIELDS = ("name", "group", "comment")
 
 
+class Check(enum.Enum):
+    """How a constraint tests its field (`Constraint` in the contract)."""
+
+    EQUALS = "equals"
+    ANY_OF = "any_of"
+    GREATER_THAN = "greater_than"
+    AT_LEAST = "at_least"
+    LESS_THAN = "less_than"
+    AT_MOST = "at_most"
+    PREFIX = "prefix"
+    CONTAINS = "contains"
+
+
+# Tests of a number field, and of a text field.
+COMPARISONS = frozenset({Check.GREATER_THAN, Check.AT_LEAST, Check.LESS_THAN, Check.AT_MOST})
+TEXT_TESTS = frozenset({Check.PREFIX, Check.CONTAINS})
+
+
 @dataclasses.dataclass(frozen=True)
 class Constraint:
-    """`field` equals one of `values`: `any_of` says the request gave a set
-    (even of one value) rather than a single value to equal."""
+    """`field` passes `test` with `values` (several only for `ANY_OF`, which
+    the request gave as a set, even of one value); `negate` turns it around."""
 
     field: str
     values: tuple[Scalar | None, ...]
-    any_of: bool = False
+    test: Check = Check.EQUALS
+    negate: bool = False
+
+    @property
+    def any_of(self) -> bool:
+        return self.test is Check.ANY_OF
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,6 +38,9 @@ class Backend:
     shared: bool
     # One writer batches concurrent writes into one transaction.
     group_commit: bool
+    # The function finding text in text: 1-based, 0 when absent, and
+    # case-sensitive on both (SQLite's LIKE is not).
+    position_function: str
 
     def for_update(self, clause: str = " FOR UPDATE") -> str:
         """`clause` where rows are locked for change, else nothing."""
@@ -71,10 +74,22 @@ class Backend:
 
 
 SQLITE = Backend(
-    "sqlite", row_locks=False, notifies=False, kind_locks=False, shared=False, group_commit=True
+    "sqlite",
+    row_locks=False,
+    notifies=False,
+    kind_locks=False,
+    shared=False,
+    group_commit=True,
+    position_function="instr",
 )
 POSTGRESQL = Backend(
-    "postgresql", row_locks=True, notifies=True, kind_locks=True, shared=True, group_commit=False
+    "postgresql",
+    row_locks=True,
+    notifies=True,
+    kind_locks=True,
+    shared=True,
+    group_commit=False,
+    position_function="strpos",
 )
 
 

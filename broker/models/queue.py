@@ -105,11 +105,20 @@ def insert_waiter(values: dict) -> int:
 
 def need_keys(requirements: str) -> set[tuple[str, str]]:
     """The keys of a waiting request's requirements (as stored, JSON): each
-    requirement's kind with each name it may take, or with '' if it names none."""
+    requirement's kind with each name it may take, or with '' if it names
+    none (a name tested otherwise than equal to one of some values, or
+    negated, names none)."""
     keys: set[tuple[str, str]] = set()
     for requirement in json.loads(requirements):
         names = next(
-            (c["values"] for c in requirement["constraints"] if c["field"] == "name"), None
+            (
+                c["values"]
+                for c in requirement["constraints"]
+                if c["field"] == "name"
+                and c.get("test", "equals") in ("equals", "any_of")
+                and not c.get("negate", False)
+            ),
+            None,
         )
         for name in names or ("",):
             keys.add((requirement["kind"], str(name)))

@@ -9,6 +9,7 @@ decided on one table whatever the kind.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import peewee
 
@@ -62,20 +63,60 @@ class Resource(BaseModel):
         indexes = ((("kind", "lease_id", "last_grant_time", "id"), False),)
 
 
-Filter = tuple[str, tuple]
-"""A field name and the values it may equal; common fields (`name`, `group`,
-`comment`) are the resource's own, others the kind table's."""
+class Filter(NamedTuple):
+    """A test of one field: common fields (`name`, `group`, `comment`) are
+    the resource's own, others the kind table's. `test` is the contract's
+    name of it (`equals`, `any_of`, `greater_than`, `at_least`,
+    `less_than`, `at_most`, `prefix`, `contains`); `negate` passes the
+    resources it fails, those whose field is unset included."""
+
+    field: str
+    values: tuple
+    test: str = "equals"
+    negate: bool = False
+
 
 _COMMON_COLUMNS = {"name": Resource.name, "group": Resource.group, "comment": Resource.comment}
+_COMPARED = {"greater_than": ">", "at_least": ">=", "less_than": "<", "at_most": "<="}
+
+
+def _test_sql(column: str, test: str, count: int, negate: bool, position: str) -> str:
+    """The SQL of one filter on `column`, taking `count` parameters (a text
+    test takes its text once; `position` is the backend's function finding
+    it, 1-based, 0 when absent)."""
+    if test in _COMPARED:
+        sql = f"{column} {_COMPARED[test]} ?"
+    elif test == "prefix":
+        sql = f"{position}({column}, ?) = 1"
+    elif test == "contains":
+        sql = f"{position}({column}, ?) > 0"
+    else:
+        sql = f"{column} = ?" if count == 1 else f"{column} IN ({statements.marks(count)})"
+    return f"({column} IS NULL OR NOT ({sql}))" if negate else sql
 
 
 def _where_filters(query, kind_model: type[ResourceData] | None, filters: list[Filter]):
-    for field, values in filters:
-        column = _COMMON_COLUMNS.get(field)
-        if column is None:
-            column = getattr(kind_model, field)
-        query = query.where(column == values[0] if len(values) == 1 else column.in_(list(values)))
+    position = backend_of(database_proxy).position_function
+    for test in filters:
+        column = _COMMON_COLUMNS.get(test.field) or getattr(kind_model, test.field)
+        query = query.where(_expression(column, test, position))
     return query
+
+
+def _expression(column: peewee.Field, test: Filter, position: str) -> peewee.Expression:
+    """`_test_sql` as a peewee expression, for queries peewee writes."""
+    first = test.values[0]
+    if test.test in _COMPARED:
+        expression = peewee.Expression(column, _COMPARED[test.test], first)
+    elif test.test == "prefix":
+        expression = peewee.fn.__getattr__(position)(column, first) == 1
+    elif test.test == "contains":
+        expression = peewee.fn.__getattr__(position)(column, first) > 0
+    elif len(test.values) == 1:
+        expression = column == first
+    else:
+        expression = column.in_(list(test.values))
+    return (column.is_null() | ~expression) if test.negate else expression
 
 
 def _with_data(query, kind_model: type[ResourceData]):
@@ -110,13 +151,19 @@ def select_candidates(
     freed: usable, whoever they are held or reserved for (a reservation
     ends, at its end or when an administrator removes it).
     `EVERY` takes all. Each row carries its kind's fields as `.data`."""
-    shape = tuple((field, len(values)) for field, values in filters)
+    shape = tuple((f.field, f.test, len(f.values), f.negate) for f in filters)
     queue = "" if mode != FREE or rank is None else ("waiter" if rank[1] is not None else "new")
     # On PostgreSQL free candidates are locked, and those another grant has
     # locked skipped: two grants of one kind at once pick different ones.
     skip_locked = mode == FREE and backend_of(database_proxy).row_locks
     sql = _candidates_sql(
-        kind_model, shape, mode, queue, None if groups is None else len(groups), skip_locked
+        kind_model,
+        shape,
+        mode,
+        queue,
+        None if groups is None else len(groups),
+        skip_locked,
+        backend_of(database_proxy).position_function,
     )
     params: list = [kind]
     if groups is not None:
@@ -129,9 +176,12 @@ def select_candidates(
             params.append(rank[0])
         elif queue == "waiter" and rank is not None:
             params.extend([rank[1], rank[0], rank[0], rank[1]])
-    for field, values in filters:
-        column = _COMMON_COLUMNS.get(field) or getattr(kind_model, field)
-        params.extend(column.db_value(value) for value in values)
+    for test in filters:
+        column = _COMMON_COLUMNS.get(test.field) or getattr(kind_model, test.field)
+        if test.test in ("prefix", "contains"):
+            params.extend(test.values)
+        else:
+            params.extend(column.db_value(value) for value in test.values)
     params.append(limit)
     width = len(statements.columns_of(Resource))
     rows = []
@@ -145,11 +195,12 @@ def select_candidates(
 @functools.cache
 def _candidates_sql(
     kind_model: type[ResourceData],
-    shape: tuple[tuple[str, int], ...],
+    shape: tuple[tuple[str, str, int, bool], ...],
     mode: str,
     queue: str,
     group_count: int | None,
     skip_locked: bool = False,
+    position: str = "instr",
 ) -> str:
     kind_columns = [f for f in statements.columns_of(kind_model) if f.name != "resource"]
     selected = ", ".join(
@@ -174,14 +225,14 @@ def _candidates_sql(
                 '(r."reserved_by" IS NULL OR r."reserved_by" = ? OR r."reserved_priority" < ?'
                 ' OR (r."reserved_priority" = ? AND r."reserved_by" > ?))'
             )
-    for field, count in shape:
+    for field, test, count, negate in shape:
         common = _COMMON_COLUMNS.get(field)
         column = (
             f'r."{common.column_name}"'
             if common
             else f'k."{getattr(kind_model, field).column_name}"'
         )
-        where.append(f"{column} = ?" if count == 1 else f"{column} IN ({statements.marks(count)})")
+        where.append(_test_sql(column, test, count, negate, position))
     order = 'r."last_grant_time", r."id"' if mode == FREE else 'r."id"'
     return (
         f'SELECT {selected} FROM "resource" AS r'

@@ -28,7 +28,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62roker/v1/lease.proto\x12\tbroker.v1\x1a\x18\x62roker/v1/resource.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n\x0e\x46ieldValueList\x12+\n\x06values\x18\x01 \x03(\x0b\x32\x15.broker.v1.FieldValueB\x04\xe2\x41\x01\x02\"\x7f\n\nConstraint\x12\x13\n\x05\x66ield\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\'\n\x06\x65quals\x18\x02 \x01(\x0b\x32\x15.broker.v1.FieldValueH\x00\x12+\n\x06\x61ny_of\x18\x03 \x01(\x0b\x32\x19.broker.v1.FieldValueListH\x00\x42\x06\n\x04test\"}\n\x0bRequirement\x12\x12\n\x04kind\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x30\n\x0b\x63onstraints\x18\x02 \x03(\x0b\x32\x15.broker.v1.ConstraintB\x04\xe2\x41\x01\x01\x12\x13\n\x05\x63ount\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x13\n\x05label\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"\x87\x01\n\x05Grant\x12\x1f\n\x11requirement_index\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x13\n\x05label\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12+\n\x08resource\x18\x03 \x01(\x0b\x32\x13.broker.v1.ResourceB\x04\xe2\x41\x01\x03\x12\x1b\n\rfencing_token\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03\"\xf3\x03\n\x05Lease\x12\x16\n\x08lease_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x14\n\x06holder\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x15.broker.v1.LeaseStateB\x04\xe2\x41\x01\x03\x12&\n\x06grants\x18\x04 \x03(\x0b\x32\x10.broker.v1.GrantB\x04\xe2\x41\x01\x03\x12,\n\x03ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x18\n\nend_reason\x18\t \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nsession_id\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\x17\n\tprincipal\x18\x0c \x01(\tB\x04\xe2\x41\x01\x03\x12\x39\n\x0fmax_expire_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03J\x04\x08\x0b\x10\x0cR\nrequest_id\"m\n\x06Holder\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x0e\n\x06holder\x18\x03 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x94\x01\n\x0e\x41\x63quireBlocked\x12\x19\n\x11requirement_index\x18\x01 \x01(\x05\x12\r\n\x05label\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\"\n\x07holders\x18\x04 \x03(\x0b\x32\x11.broker.v1.Holder\x12&\n\tobstacles\x18\x05 \x03(\x0b\x32\x13.broker.v1.Obstacle\"\x91\x01\n\x08Obstacle\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\'\n\x05\x63\x61use\x18\x02 \x01(\x0e\x32\x18.broker.v1.ObstacleCause\x12\x0c\n\x04text\x18\x03 \x01(\t\x12)\n\x05until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprincipal\x18\x05 \x01(\t\"\x9b\x01\n\x0bQueueStatus\x12\x11\n\twaiter_id\x18\x01 \x01(\x03\x12\x10\n\x08position\x18\x02 \x01(\x05\x12*\n\x07\x62locked\x18\x03 \x01(\x0b\x32\x19.broker.v1.AcquireBlocked\x12,\n\x08\x64\x65\x61\x64line\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05quota\x18\x05 \x01(\t\"\xa5\x02\n\x06Waiter\x12\x11\n\twaiter_id\x18\x01 \x01(\x03\x12\x0e\n\x06holder\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\x05\x12,\n\x0crequirements\x18\x04 \x03(\x0b\x32\x16.broker.v1.Requirement\x12\x10\n\x08position\x18\x05 \x01(\x05\x12!\n\x19\x62locked_requirement_index\x18\x06 \x01(\x05\x12\x30\n\x0c\x65nqueue_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprincipal\x18\n \x01(\tJ\x04\x08\t\x10\nR\nrequest_id*\x8d\x01\n\nLeaseState\x12\x1b\n\x17LEASE_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12LEASE_STATE_ACTIVE\x10\x01\x12\x18\n\x14LEASE_STATE_RELEASED\x10\x02\x12\x17\n\x13LEASE_STATE_EXPIRED\x10\x03\x12\x17\n\x13LEASE_STATE_REVOKED\x10\x04*\xed\x01\n\rObstacleCause\x12\x1e\n\x1aOBSTACLE_CAUSE_UNSPECIFIED\x10\x00\x12#\n\x1fOBSTACLE_CAUSE_NO_SUCH_RESOURCE\x10\x01\x12!\n\x1dOBSTACLE_CAUSE_OUT_OF_SERVICE\x10\x02\x12\x1b\n\x17OBSTACLE_CAUSE_RESERVED\x10\x03\x12\x17\n\x13OBSTACLE_CAUSE_HELD\x10\x04\x12\x1d\n\x19OBSTACLE_CAUSE_LOCK_DELAY\x10\x05\x12\x1f\n\x1bOBSTACLE_CAUSE_QUEUED_AHEAD\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62roker/v1/lease.proto\x12\tbroker.v1\x1a\x18\x62roker/v1/resource.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n\x0e\x46ieldValueList\x12+\n\x06values\x18\x01 \x03(\x0b\x32\x15.broker.v1.FieldValueB\x04\xe2\x41\x01\x02\"\xeb\x02\n\nConstraint\x12\x13\n\x05\x66ield\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\'\n\x06\x65quals\x18\x02 \x01(\x0b\x32\x15.broker.v1.FieldValueH\x00\x12+\n\x06\x61ny_of\x18\x03 \x01(\x0b\x32\x19.broker.v1.FieldValueListH\x00\x12-\n\x0cgreater_than\x18\x04 \x01(\x0b\x32\x15.broker.v1.FieldValueH\x00\x12)\n\x08\x61t_least\x18\x05 \x01(\x0b\x32\x15.broker.v1.FieldValueH\x00\x12*\n\tless_than\x18\x06 \x01(\x0b\x32\x15.broker.v1.FieldValueH\x00\x12(\n\x07\x61t_most\x18\x07 \x01(\x0b\x32\x15.broker.v1.FieldValueH\x00\x12\x10\n\x06prefix\x18\x08 \x01(\tH\x00\x12\x12\n\x08\x63ontains\x18\t \x01(\tH\x00\x12\x14\n\x06negate\x18\n \x01(\x08\x42\x04\xe2\x41\x01\x01\x42\x06\n\x04test\"}\n\x0bRequirement\x12\x12\n\x04kind\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x30\n\x0b\x63onstraints\x18\x02 \x03(\x0b\x32\x15.broker.v1.ConstraintB\x04\xe2\x41\x01\x01\x12\x13\n\x05\x63ount\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x13\n\x05label\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"\x87\x01\n\x05Grant\x12\x1f\n\x11requirement_index\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x13\n\x05label\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12+\n\x08resource\x18\x03 \x01(\x0b\x32\x13.broker.v1.ResourceB\x04\xe2\x41\x01\x03\x12\x1b\n\rfencing_token\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03\"\xf3\x03\n\x05Lease\x12\x16\n\x08lease_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x14\n\x06holder\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x15.broker.v1.LeaseStateB\x04\xe2\x41\x01\x03\x12&\n\x06grants\x18\x04 \x03(\x0b\x32\x10.broker.v1.GrantB\x04\xe2\x41\x01\x03\x12,\n\x03ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x18\n\nend_reason\x18\t \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nsession_id\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\x17\n\tprincipal\x18\x0c \x01(\tB\x04\xe2\x41\x01\x03\x12\x39\n\x0fmax_expire_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03J\x04\x08\x0b\x10\x0cR\nrequest_id\"m\n\x06Holder\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x0e\n\x06holder\x18\x03 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x94\x01\n\x0e\x41\x63quireBlocked\x12\x19\n\x11requirement_index\x18\x01 \x01(\x05\x12\r\n\x05label\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\"\n\x07holders\x18\x04 \x03(\x0b\x32\x11.broker.v1.Holder\x12&\n\tobstacles\x18\x05 \x03(\x0b\x32\x13.broker.v1.Obstacle\"\x91\x01\n\x08Obstacle\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\'\n\x05\x63\x61use\x18\x02 \x01(\x0e\x32\x18.broker.v1.ObstacleCause\x12\x0c\n\x04text\x18\x03 \x01(\t\x12)\n\x05until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprincipal\x18\x05 \x01(\t\"\x9b\x01\n\x0bQueueStatus\x12\x11\n\twaiter_id\x18\x01 \x01(\x03\x12\x10\n\x08position\x18\x02 \x01(\x05\x12*\n\x07\x62locked\x18\x03 \x01(\x0b\x32\x19.broker.v1.AcquireBlocked\x12,\n\x08\x64\x65\x61\x64line\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05quota\x18\x05 \x01(\t\"\xa5\x02\n\x06Waiter\x12\x11\n\twaiter_id\x18\x01 \x01(\x03\x12\x0e\n\x06holder\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\x05\x12,\n\x0crequirements\x18\x04 \x03(\x0b\x32\x16.broker.v1.Requirement\x12\x10\n\x08position\x18\x05 \x01(\x05\x12!\n\x19\x62locked_requirement_index\x18\x06 \x01(\x05\x12\x30\n\x0c\x65nqueue_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprincipal\x18\n \x01(\tJ\x04\x08\t\x10\nR\nrequest_id*\x8d\x01\n\nLeaseState\x12\x1b\n\x17LEASE_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12LEASE_STATE_ACTIVE\x10\x01\x12\x18\n\x14LEASE_STATE_RELEASED\x10\x02\x12\x17\n\x13LEASE_STATE_EXPIRED\x10\x03\x12\x17\n\x13LEASE_STATE_REVOKED\x10\x04*\xed\x01\n\rObstacleCause\x12\x1e\n\x1aOBSTACLE_CAUSE_UNSPECIFIED\x10\x00\x12#\n\x1fOBSTACLE_CAUSE_NO_SUCH_RESOURCE\x10\x01\x12!\n\x1dOBSTACLE_CAUSE_OUT_OF_SERVICE\x10\x02\x12\x1b\n\x17OBSTACLE_CAUSE_RESERVED\x10\x03\x12\x17\n\x13OBSTACLE_CAUSE_HELD\x10\x04\x12\x1d\n\x19OBSTACLE_CAUSE_LOCK_DELAY\x10\x05\x12\x1f\n\x1bOBSTACLE_CAUSE_QUEUED_AHEAD\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,6 +39,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FIELDVALUELIST'].fields_by_name['values']._serialized_options = b'\342A\001\002'
   _globals['_CONSTRAINT'].fields_by_name['field']._loaded_options = None
   _globals['_CONSTRAINT'].fields_by_name['field']._serialized_options = b'\342A\001\002'
+  _globals['_CONSTRAINT'].fields_by_name['negate']._loaded_options = None
+  _globals['_CONSTRAINT'].fields_by_name['negate']._serialized_options = b'\342A\001\001'
   _globals['_REQUIREMENT'].fields_by_name['kind']._loaded_options = None
   _globals['_REQUIREMENT'].fields_by_name['kind']._serialized_options = b'\342A\001\002'
   _globals['_REQUIREMENT'].fields_by_name['constraints']._loaded_options = None
@@ -79,28 +81,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LEASE'].fields_by_name['principal']._serialized_options = b'\342A\001\003'
   _globals['_LEASE'].fields_by_name['max_expire_time']._loaded_options = None
   _globals['_LEASE'].fields_by_name['max_expire_time']._serialized_options = b'\342A\001\003'
-  _globals['_LEASESTATE']._serialized_start=1984
-  _globals['_LEASESTATE']._serialized_end=2125
-  _globals['_OBSTACLECAUSE']._serialized_start=2128
-  _globals['_OBSTACLECAUSE']._serialized_end=2365
+  _globals['_LEASESTATE']._serialized_start=2221
+  _globals['_LEASESTATE']._serialized_end=2362
+  _globals['_OBSTACLECAUSE']._serialized_start=2365
+  _globals['_OBSTACLECAUSE']._serialized_end=2602
   _globals['_FIELDVALUELIST']._serialized_start=160
   _globals['_FIELDVALUELIST']._serialized_end=221
-  _globals['_CONSTRAINT']._serialized_start=223
-  _globals['_CONSTRAINT']._serialized_end=350
-  _globals['_REQUIREMENT']._serialized_start=352
-  _globals['_REQUIREMENT']._serialized_end=477
-  _globals['_GRANT']._serialized_start=480
-  _globals['_GRANT']._serialized_end=615
-  _globals['_LEASE']._serialized_start=618
-  _globals['_LEASE']._serialized_end=1117
-  _globals['_HOLDER']._serialized_start=1119
-  _globals['_HOLDER']._serialized_end=1228
-  _globals['_ACQUIREBLOCKED']._serialized_start=1231
-  _globals['_ACQUIREBLOCKED']._serialized_end=1379
-  _globals['_OBSTACLE']._serialized_start=1382
-  _globals['_OBSTACLE']._serialized_end=1527
-  _globals['_QUEUESTATUS']._serialized_start=1530
-  _globals['_QUEUESTATUS']._serialized_end=1685
-  _globals['_WAITER']._serialized_start=1688
-  _globals['_WAITER']._serialized_end=1981
+  _globals['_CONSTRAINT']._serialized_start=224
+  _globals['_CONSTRAINT']._serialized_end=587
+  _globals['_REQUIREMENT']._serialized_start=589
+  _globals['_REQUIREMENT']._serialized_end=714
+  _globals['_GRANT']._serialized_start=717
+  _globals['_GRANT']._serialized_end=852
+  _globals['_LEASE']._serialized_start=855
+  _globals['_LEASE']._serialized_end=1354
+  _globals['_HOLDER']._serialized_start=1356
+  _globals['_HOLDER']._serialized_end=1465
+  _globals['_ACQUIREBLOCKED']._serialized_start=1468
+  _globals['_ACQUIREBLOCKED']._serialized_end=1616
+  _globals['_OBSTACLE']._serialized_start=1619
+  _globals['_OBSTACLE']._serialized_end=1764
+  _globals['_QUEUESTATUS']._serialized_start=1767
+  _globals['_QUEUESTATUS']._serialized_end=1922
+  _globals['_WAITER']._serialized_start=1925
+  _globals['_WAITER']._serialized_end=2218
 # @@protoc_insertion_point(module_scope)

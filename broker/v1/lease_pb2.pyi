@@ -128,16 +128,35 @@ Global___FieldValueList: _TypeAlias = FieldValueList  # noqa: Y015
 
 @_typing.final
 class Constraint(_message.Message):
-    """A condition on one field of a resource."""
+    """A condition on one field of a resource. A test of a field that is unset
+    (null) fails, and so passes when negated.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     FIELD_FIELD_NUMBER: _builtins.int
     EQUALS_FIELD_NUMBER: _builtins.int
     ANY_OF_FIELD_NUMBER: _builtins.int
+    GREATER_THAN_FIELD_NUMBER: _builtins.int
+    AT_LEAST_FIELD_NUMBER: _builtins.int
+    LESS_THAN_FIELD_NUMBER: _builtins.int
+    AT_MOST_FIELD_NUMBER: _builtins.int
+    PREFIX_FIELD_NUMBER: _builtins.int
+    CONTAINS_FIELD_NUMBER: _builtins.int
+    NEGATE_FIELD_NUMBER: _builtins.int
     field: _builtins.str
     """Required. The field constrained: one of the kind's typed fields, or a
     common field: `name`, `group`, `comment`.
+    """
+    prefix: _builtins.str
+    """A text field (string or IP address) starts with this text, as it is
+    (letter case counts); not empty.
+    """
+    contains: _builtins.str
+    """A text field contains this text, as it is; not empty."""
+    negate: _builtins.bool
+    """Optional. The resource passes when the test fails instead: not equal,
+    none of, not greater, does not start with, does not contain.
     """
     @_builtins.property
     def equals(self) -> _resource_pb2.FieldValue:
@@ -147,18 +166,41 @@ class Constraint(_message.Message):
     def any_of(self) -> Global___FieldValueList:
         """The field equals one of these values."""
 
+    @_builtins.property
+    def greater_than(self) -> _resource_pb2.FieldValue:
+        """A number field is greater than this value."""
+
+    @_builtins.property
+    def at_least(self) -> _resource_pb2.FieldValue:
+        """A number field is this value or greater."""
+
+    @_builtins.property
+    def less_than(self) -> _resource_pb2.FieldValue:
+        """A number field is less than this value."""
+
+    @_builtins.property
+    def at_most(self) -> _resource_pb2.FieldValue:
+        """A number field is this value or less."""
+
     def __init__(
         self,
         *,
         field: _builtins.str = ...,
         equals: _resource_pb2.FieldValue | None = ...,
         any_of: Global___FieldValueList | None = ...,
+        greater_than: _resource_pb2.FieldValue | None = ...,
+        at_least: _resource_pb2.FieldValue | None = ...,
+        less_than: _resource_pb2.FieldValue | None = ...,
+        at_most: _resource_pb2.FieldValue | None = ...,
+        prefix: _builtins.str = ...,
+        contains: _builtins.str = ...,
+        negate: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["any_of", b"any_of", "equals", b"equals", "test", b"test"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["any_of", b"any_of", "at_least", b"at_least", "at_most", b"at_most", "contains", b"contains", "equals", b"equals", "greater_than", b"greater_than", "less_than", b"less_than", "prefix", b"prefix", "test", b"test"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["any_of", b"any_of", "equals", b"equals", "field", b"field", "test", b"test"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["any_of", b"any_of", "at_least", b"at_least", "at_most", b"at_most", "contains", b"contains", "equals", b"equals", "field", b"field", "greater_than", b"greater_than", "less_than", b"less_than", "negate", b"negate", "prefix", b"prefix", "test", b"test"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_test: _TypeAlias = _typing.Literal["equals", "any_of"]  # noqa: Y015
+    _WhichOneofReturnType_test: _TypeAlias = _typing.Literal["equals", "any_of", "greater_than", "at_least", "less_than", "at_most", "prefix", "contains"]  # noqa: Y015
     _WhichOneofArgType_test: _TypeAlias = _typing.Literal["test", b"test"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_test) -> _WhichOneofReturnType_test | None: ...
 

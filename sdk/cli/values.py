@@ -38,19 +38,54 @@ def split_assignment(option: str, text: str) -> tuple[str, str]:
     return field, value
 
 
+# `--where` operators, longest first: FIELD=VALUE, FIELD!=VALUE, comparisons,
+# and CSS's attribute selectors for text, ^= (starts with) and *= (contains).
+WHERE_OPERATORS = (
+    ("!=", "__not"),
+    (">=", "__gte"),
+    ("<=", "__lte"),
+    ("^=", "__startswith"),
+    ("*=", "__contains"),
+    ("=", ""),
+    (">", "__gt"),
+    ("<", "__lt"),
+)
+
+
 def parse_where(items: Sequence[str], types: FieldTypes) -> dict[str, Any]:
-    """`--where` constraints; a field given several times matches any of its values."""
+    """`--where` constraints as `request()` keywords (`port>=1000` is
+    `port__gte=1000`); a field given several times with `=` matches any of
+    its values."""
     where: dict[str, list[Scalar]] = {}
     for item in items:
-        field, text = split_assignment("--where", item)
+        field, lookup, text = _split_where(item)
         if field not in COMMON_FIELDS and not types:
             raise UsageError(f"--where {field}: a kind's own field needs --kind")
         try:
-            value = field_text.constraint_value(field, text, types)
+            if lookup in ("__startswith", "__contains"):
+                # Text looked for as it is; the broker says if the field is no text.
+                field_text.known_field(field, types)
+                value: Scalar = text
+            else:
+                value = field_text.constraint_value(field, text, types)
         except FieldTextError as error:
             raise UsageError(f"--where {error}") from None
-        where.setdefault(field, []).append(value)
+        keyword = field + lookup
+        if lookup and keyword in where:
+            raise UsageError(f"--where {item!r}: {field} is tested this way twice")
+        where.setdefault(keyword, []).append(value)
     return {field: values[0] if len(values) == 1 else values for field, values in where.items()}
+
+
+def _split_where(item: str) -> tuple[str, str, str]:
+    """`(field, lookup, text)` of one `--where`, at its first operator."""
+    for operator, lookup in WHERE_OPERATORS:
+        field, found, text = item.partition(operator)
+        if found and field and not any(mark in field for mark in "=!<>^*"):
+            return field, lookup, text
+    raise UsageError(
+        f"--where {item!r}: expected FIELD=VALUE (or !=, >, >=, <, <=, ^= starts with, *= contains)"
+    )
 
 
 def parse_set(items: Sequence[str], types: FieldTypes) -> dict[str, Scalar]:

@@ -242,7 +242,7 @@ def test_constraints_equals_any_of_and_unset():
         field="version",
         any_of=lease_pb2.FieldValueList(values=[to_field_value(13), to_field_value(14)]),
     )
-    assert convert.constraint(any_of) == values.Constraint("version", (13, 14), any_of=True)
+    assert convert.constraint(any_of) == values.Constraint("version", (13, 14), values.Check.ANY_OF)
     assert convert.constraint(lease_pb2.Constraint(field="os")) == values.Constraint("os", ())
 
 

@@ -23,7 +23,7 @@ from broker.domain import planning
 from broker.domain.errors import BrokerError, ResourceBusyError
 from broker.domain.inventory import Inventory
 from broker.domain.requests import decode_requirements
-from broker.domain.values import AcquireRequest, Constraint, Granted, Requirement, Waiting
+from broker.domain.values import AcquireRequest, Check, Constraint, Granted, Requirement, Waiting
 from broker.models import queue as queue_model
 from broker.models.queue import WaiterNeed
 from broker.models.resource import Resource
@@ -147,7 +147,7 @@ def _random_request(rng: random.Random) -> tuple[Requirement, ...]:
         return (need("Calculator", name=rng.choice(NAMES)),)
     if shape < 0.5:
         names = tuple(rng.sample(NAMES, rng.randint(2, 3)))
-        return (Requirement("Calculator", (Constraint("name", names, True),), 1),)
+        return (Requirement("Calculator", (Constraint("name", names, Check.ANY_OF),), 1),)
     if shape < 0.7:
         return (need("Calculator", count=rng.randint(1, 3)),)
     if shape < 0.9:
