@@ -483,6 +483,19 @@ class BrokerClient:
         )
         return active(response.lease)
 
+    def release_resources(
+        self, lease_id: str, secret: str, resources: Sequence[str]
+    ) -> lease_pb2.Lease:
+        """Gives back the named resources of a lease and keeps the rest;
+        returns the lease as it is now (released if nothing is left). Sent
+        once: a retry after a lost reply could find a name given back
+        already and fail."""
+        message = lease_service_pb2.ReleaseResourcesRequest(
+            lease_id=lease_id, secret=secret, resources=list(resources)
+        )
+        response = self._call(lambda broker: broker.leases.ReleaseResources, message, kind=ONCE)
+        return response.lease
+
     def release(self, lease_id: str, secret: str) -> lease_pb2.Lease:
         """Ends the lease and returns it. When an earlier try may have
         reached the broker (its reply was lost, or the broker stopped

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from sdk.client import BrokerClient
 from sdk.lease import Held, Lease
@@ -156,6 +156,16 @@ class ResourceKeeper:
         if not keep or not self._holding.reusable():
             self.release()
         return stored
+
+    def release_resources(self, labels: Sequence[str]) -> None:
+        """Gives back, mid-test, what is held under `labels`, keeping the
+        rest (Rotest's `release_resources(['calc'])`); the next test that
+        declares them gets them anew."""
+        if self._holding is None:
+            raise KeyError(f"{', '.join(labels)}: nothing is held")
+        self._holding.lease.release_resources(labels)
+        for label in labels:
+            self._holding.requests.pop(label, None)
 
     def release(self) -> None:
         """Finalizes and releases what is held, if anything."""

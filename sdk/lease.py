@@ -21,7 +21,7 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -135,10 +135,35 @@ class Lease:
 
     @property
     def fencing_tokens(self) -> dict[str, int]:
-        """Resource name -> the fencing number of its grant."""
+        """Resource name -> the fencing number of its grant, for the
+        resources the lease still holds."""
         if self._entered and not self._leased:
             return {}
-        return {grant.resource.name: grant.fencing_token for grant in self._held().grants}
+        return {
+            grant.resource.name: grant.fencing_token
+            for grant in self._held().grants
+            if not grant.HasField("release_time")
+        }
+
+    def release_resources(self, labels: Sequence[str]) -> None:
+        """Finalizes and gives back the resources held under `labels`, as
+        Rotest's `release_resources(['calc'])` did, and keeps the rest of the
+        lease (their fencing numbers unchanged). Giving back everything the
+        broker granted ends the lease."""
+        unknown = [label for label in labels if label not in self.resources]
+        if unknown:
+            raise KeyError(
+                f"{unknown[0]!r} is not held (held: {', '.join(self.resources) or 'nothing'})"
+            )
+        leaving = [instance for label in labels for instance in _each(self.resources.pop(label))]
+        for instance in leaving:
+            self._instances.remove(instance)
+            instance.teardown()
+        names = [instance.name for instance in leaving if not instance.is_service()]
+        if names and self._lease is not None:
+            self._lease = self._client.release_resources(self._lease.lease_id, self._secret, names)
+            if self._lease.state != lease_pb2.LEASE_STATE_ACTIVE and self._keepalive is not None:
+                self._keepalive.stop()
 
     def __enter__(self) -> dict[str, Held]:
         if self._entered:
@@ -264,7 +289,7 @@ class Lease:
                 errors.append((f"finalizing {resource.name}", error))
         if self._keepalive is not None:
             self._keepalive.stop()
-        if self._lease is not None:
+        if self._lease is not None and self._lease.state == lease_pb2.LEASE_STATE_ACTIVE:
             try:
                 self._client.release(self.lease_id, self._secret)
             except Exception as error:
@@ -297,6 +322,10 @@ class Lease:
             except Exception:
                 logger.exception("storing the state of %s failed", resource.name)
         return stored
+
+
+def _each(held: Held) -> list[BaseResource]:
+    return held if isinstance(held, list) else [held]
 
 
 class SingleLease(Lease):

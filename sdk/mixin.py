@@ -93,6 +93,17 @@ class ResourcesMixin:
                 self._broker_holds = True
         super().setUp()  # type: ignore[misc]
 
+    def release_resources(self, labels: Iterable[str]) -> None:
+        """Gives back the resources held under `labels` in the middle of the
+        test and keeps the others, as Rotest's `release_resources` did."""
+        labels = list(labels)
+        if self._broker_held:
+            plugin_release = getattr(self, "_broker_release", None)
+            assert plugin_release is not None
+            plugin_release(labels)
+        else:
+            keeper().release_resources(labels)
+
     def run(self, result: unittest.TestResult | None = None) -> Any:
         if self._broker_held or result is None:
             return super().run(result)  # type: ignore[misc]

@@ -204,6 +204,9 @@ class BrokerResources:
             for label, resource in held.items():
                 setattr(request.instance, label, resource)
             request.instance._broker_held = True
+            request.instance._broker_release = self.keeper.release_resources
+            if not hasattr(request.instance, "release_resources"):
+                request.instance.release_resources = self.keeper.release_resources
         yield held
         failed, errored = item.stash.get(CALL_OUTCOME, (False, False))
         nextitem = item.stash.get(NEXT_ITEM, None)
@@ -216,6 +219,12 @@ class BrokerResources:
         )
         for directory in stored:
             item.user_properties.append(("resource state", directory))
+
+    @pytest.fixture
+    def release_resources(self) -> Any:
+        """Gives back some of what the test holds, by name, mid-test:
+        `release_resources(["calc"])`."""
+        return self.keeper.release_resources
 
     def _keeps(self, following: dict[str, ResourceRequest] | None) -> bool:
         try:

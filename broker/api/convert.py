@@ -273,6 +273,7 @@ def lease_to_proto(view: values.LeaseView) -> lease_pb2.Lease:
                 label=grant.label,
                 resource=resource_to_proto(grant.resource),
                 fencing_token=grant.fencing_token,
+                release_time=None if grant.release_time is None else timestamp(grant.release_time),
             )
             for grant in view.grants
         ],

@@ -163,6 +163,16 @@ class LeaseServicer(lease_service_pb2_grpc.LeaseServiceServicer):
         )
         return pb.ReleaseLeaseResponse(lease=convert.lease_to_proto(view))
 
+    async def ReleaseResources(self, request, context):
+        view = await self.run(
+            self.leases.release_resources,
+            request.lease_id,
+            request.secret,
+            list(request.resources),
+            identity.acting_principal(),
+        )
+        return pb.ReleaseResourcesResponse(lease=convert.lease_to_proto(view))
+
     async def GetLease(self, request, context):
         view = await self.run(self.leases.get, request.lease_id, identity.visible_groups())
         return pb.GetLeaseResponse(lease=convert.lease_to_proto(view))

@@ -33,6 +33,7 @@ METHOD_ROLES: dict[str, Role] = {
     _LEASES + "OpenSession": Role.USER,
     _LEASES + "RenewLease": Role.USER,
     _LEASES + "ReleaseLease": Role.USER,
+    _LEASES + "ReleaseResources": Role.USER,
     # Also needs the lease's secret and its principal.
     _LEASES + "ReportSetup": Role.USER,
     _LEASES + "RevokeLease": Role.ADMIN,

@@ -126,6 +126,8 @@ class Endings:
         for each. Its resources are offered to the queue, whose pass the
         transaction makes."""
         event_type = _END_EVENTS[state]
+        # Resources given back early are another lease's business by now.
+        grants = lease_model.held(grants)
         locks.require(locks.Level.SHARED, kinds_of(grants), "freeing resources")
         freed = lease_model.free_resources_of([lease.id])
         delayed = self._lock_delay(grants, now) if state == LeaseState.EXPIRED else set()
@@ -137,6 +139,42 @@ class Endings:
             *(
                 events.event(
                     event_type,
+                    now,
+                    resource=grant.resource_name,
+                    kind=json.loads(grant.snapshot)["kind"],
+                    lease_id=lease.id,
+                    fencing_token=grant.fencing_token,
+                    actor=actor,
+                    reason=reason,
+                )
+                for grant in grants
+            )
+        )
+
+    def give_back(
+        self,
+        lease: lease_model.Lease,
+        grants: list[lease_model.LeaseGrant],
+        now: float,
+        actor: str,
+    ) -> None:
+        """Frees some of an active lease's resources, which the lease goes on
+        without (`ReleaseResources`): each is offered to the queue and
+        recorded as released, as a released lease's are."""
+        locks.require(locks.Level.SHARED, kinds_of(grants), "freeing resources")
+        freed = lease_model.free_resources(
+            lease.id, [g.resource_id for g in grants if g.resource_id is not None]
+        )
+        self.queue.offer(freed)
+        self.queue.released_by(principal_of(lease))
+        lease_model.release_grants([g.id for g in grants], now)
+        reason = "given back by its holder, who keeps the rest of the lease"
+        for grant in grants:
+            grant.release_time = now
+        events.record(
+            *(
+                events.event(
+                    EventType.LEASE_RELEASED,
                     now,
                     resource=grant.resource_name,
                     kind=json.loads(grant.snapshot)["kind"],

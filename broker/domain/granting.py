@@ -133,6 +133,7 @@ class Granter:
                     "label": need.label,
                     "fencing_token": row.fencing_token,
                     "snapshot": snapshot(view),
+                    "release_time": None,
                 }
             )
             event_rows.append(

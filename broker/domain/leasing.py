@@ -29,7 +29,7 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 
 from broker.domain import events, paging, planning, races, refusals
 from broker.domain.endings import ENDED, Endings, kinds_of
@@ -77,6 +77,8 @@ from broker.models.transactions import after_commit, write_transaction, writes
 
 MAX_REASON = 1024
 MAX_REQUEST_ID = 128
+# The most resources one `ReleaseResources` names: a lease holds at most 64.
+MAX_GIVEN_BACK = 64
 MIN_PRIORITY, MAX_PRIORITY = -100, 100
 
 
@@ -452,6 +454,48 @@ class Leases:
         return self._change(lease_id, secret, end, principal, frees=True)
 
     @writes
+    def release_resources(
+        self, lease_id: str, secret: str, names: Sequence[str], principal: str | None = None
+    ) -> LeaseView:
+        """Gives back some of a lease's resources and keeps the rest
+        (`principal` as for `renew`); naming all it still holds releases it."""
+        if not names:
+            raise InvalidArgumentError.of("resources", "name at least one resource to give back")
+        if len(names) > MAX_GIVEN_BACK:
+            raise InvalidArgumentError.of(
+                "resources", f"at most {MAX_GIVEN_BACK} names, not {len(names)}"
+            )
+        for index, name in enumerate(names):
+            if not name:
+                raise InvalidArgumentError.of(f"resources[{index}]", "is empty")
+            if name in names[:index]:
+                raise InvalidArgumentError.of(
+                    f"resources[{index}]", f"{clip(name)!r} is named twice"
+                )
+
+        def give_back(lease: lease_model.Lease, grants: list, now: float) -> None:
+            held = {grant.resource_name: grant for grant in lease_model.held(grants)}
+            missing = [name for name in names if name not in held]
+            if missing:
+                raise FailedPreconditionError(
+                    PreconditionViolation(
+                        "NOT_IN_LEASE",
+                        f"resources/{clip(missing[0])}",
+                        f"lease {lease.id} does not hold {clip(missing[0])!r}"
+                        + (f" (it holds: {', '.join(held)})" if held else ""),
+                    )
+                )
+            actor = principal_of(lease)
+            if len(names) == len(held):
+                self.endings.end(
+                    lease, grants, LeaseState.RELEASED, now, "released by its holder", actor
+                )
+            else:
+                self.endings.give_back(lease, [held[name] for name in names], now, actor)
+
+        return self._change(lease_id, secret, give_back, principal, frees=True)
+
+    @writes
     def report_setup(
         self,
         lease_id: str,
@@ -472,7 +516,7 @@ class Leases:
         outcome: list[SetupReport] = []
 
         def count(lease: lease_model.Lease, grants: list, now: float) -> None:
-            grant = next((g for g in grants if g.resource_name == resource), None)
+            grant = next((g for g in lease_model.held(grants) if g.resource_name == resource), None)
             if grant is None or grant.resource_id is None:
                 raise FailedPreconditionError(
                     PreconditionViolation(
@@ -543,9 +587,9 @@ class Leases:
     def _change_once(
         self, lease_id: str, secret: str | None, change, principal: str | None, frees: bool
     ) -> LeaseView:
-        # A lease's grants never change: read before the transaction, they
-        # say which kinds it locks, exclusively if its release will serve
-        # a waiting request.
+        # A lease's grants only ever shrink: read before the transaction,
+        # they say which kinds it locks, exclusively if its release will
+        # serve a waiting request.
         kinds: Collection[str] = ()
         wanted = False
         if frees and locks.by_kind(database_proxy.obj):
@@ -670,12 +714,18 @@ class Leases:
                 view = from_snapshot(grant.resource_name, grant.snapshot, grant.fencing_token)
                 if not visible(view.group, groups):
                     continue
-                if lease.state == LeaseState.ACTIVE:
+                if lease.state == LeaseState.ACTIVE and grant.release_time is None:
                     kind = self.kinds.find(view.kind)
                     owner = principal_of(lease) if kind is None or kind.ownable else ""
                     view = dataclasses.replace(view, owner=owner, lease_ids=(lease.id,))
                 grant_views.append(
-                    GrantView(grant.requirement_index, grant.label, view, grant.fencing_token)
+                    GrantView(
+                        grant.requirement_index,
+                        grant.label,
+                        view,
+                        grant.fencing_token,
+                        grant.release_time,
+                    )
                 )
             if grant_views or not grants[lease.id]:
                 views.append(lease_view(lease, grant_views))

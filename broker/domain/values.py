@@ -268,6 +268,8 @@ class GrantView:
     label: str
     resource: ResourceView
     fencing_token: int
+    # When it was given back while the lease went on; None while held.
+    release_time: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -68,7 +68,11 @@ class LeaseGrant(BaseModel):
     label = peewee.CharField(max_length=64, default="")
     fencing_token = peewee.BigIntegerField()
     snapshot = peewee.TextField()
+    # When the holder gave this resource back and kept the rest of the
+    # lease (`ReleaseResources`); None while held.
+    release_time = peewee.DoubleField(null=True)
     # The keys themselves, without loading the rows.
+    id: int
     lease_id: str
     resource_id: int | None
 
@@ -138,6 +142,30 @@ def free_resources_of(lease_ids: Sequence[str]) -> list[Freed]:
         list(lease_ids),
     )
     return [(row[0], row[1], row[2], bool(row[3])) for row in cursor.fetchall()]
+
+
+def free_resources(lease_id: str, resource_ids: Sequence[int]) -> list[Freed]:
+    """Frees those of a lease's ownable resources; returns them."""
+    if not resource_ids:
+        return []
+    cursor = statements.run(
+        'UPDATE "resource" SET "lease_id" = NULL, "owner" = \'\''
+        f' WHERE "lease_id" = ? AND "id" IN ({statements.marks(len(resource_ids))})'
+        f' RETURNING "id", "kind", "name", {WANTED}',
+        [lease_id, *resource_ids],
+    )
+    return [(row[0], row[1], row[2], bool(row[3])) for row in cursor.fetchall()]
+
+
+def release_grants(grant_ids: Sequence[int], now: float) -> None:
+    """Marks grants given back while their lease goes on (with the next
+    statement)."""
+    if grant_ids:
+        statements.run_later(
+            'UPDATE "lease_grant" SET "release_time" = ?'
+            f' WHERE "id" IN ({statements.marks(len(grant_ids))})',
+            [now, *grant_ids],
+        )
 
 
 def end_leases(lease_ids: Sequence[str], state: int, now: float, reason: str) -> None:
@@ -212,7 +240,8 @@ def grants_wanted(lease_id: str) -> tuple[list[LeaseGrant], bool]:
     cursor = statements.run(
         f'SELECT {statements.column_list(LeaseGrant, "g")}, {WANTED} FROM "lease_grant" "g"'
         ' LEFT JOIN "resource" ON "resource"."id" = "g"."resource_id"'
-        ' WHERE "g"."lease_id" = ? ORDER BY "g"."requirement_index", "g"."id"',
+        ' WHERE "g"."lease_id" = ? AND "g"."release_time" IS NULL'
+        ' ORDER BY "g"."requirement_index", "g"."id"',
         [lease_id],
     )
     rows = cursor.fetchall()
@@ -221,7 +250,8 @@ def grants_wanted(lease_id: str) -> tuple[list[LeaseGrant], bool]:
 
 
 def grants_of(lease_ids: Sequence[str]) -> dict[str, list[LeaseGrant]]:
-    """The grants of each lease, in requirement order."""
+    """The grants of each lease, in requirement order (those given back
+    early included: see `held`)."""
     result: dict[str, list[LeaseGrant]] = {lease_id: [] for lease_id in lease_ids}
     if lease_ids:
         cursor = statements.run(
@@ -236,6 +266,11 @@ def grants_of(lease_ids: Sequence[str]) -> dict[str, list[LeaseGrant]]:
     return result
 
 
+def held(grants: Sequence[LeaseGrant]) -> list[LeaseGrant]:
+    """The grants whose resources the lease still holds."""
+    return [grant for grant in grants if grant.release_time is None]
+
+
 def active_holders(resource_ids: Sequence[int], active_state: int) -> dict[int, list[Lease]]:
     """The active leases holding each resource (ownable or not)."""
     result: dict[int, list[Lease]] = {rid: [] for rid in resource_ids}
@@ -243,7 +278,11 @@ def active_holders(resource_ids: Sequence[int], active_state: int) -> dict[int, 
         query = (
             LeaseGrant.select(LeaseGrant.resource, Lease)
             .join(Lease)
-            .where(LeaseGrant.resource.in_(list(resource_ids)) & (Lease.state == active_state))
+            .where(
+                LeaseGrant.resource.in_(list(resource_ids))
+                & (Lease.state == active_state)
+                & LeaseGrant.release_time.is_null()
+            )
             .order_by(Lease.create_time)
         )
         for grant in query:
@@ -288,7 +327,8 @@ def resources_held(principal: str, active_state: int) -> int:
     read through the (principal, state) index and the grants' lease index."""
     cursor = statements.run(
         'SELECT COUNT(*) FROM "lease_grant" JOIN "lease" ON "lease_grant"."lease_id" = "lease"."id"'
-        ' WHERE "lease"."principal" = ? AND "lease"."state" = ?',
+        ' WHERE "lease"."principal" = ? AND "lease"."state" = ?'
+        ' AND "lease_grant"."release_time" IS NULL',
         [principal, active_state],
     )
     return cursor.fetchone()[0]

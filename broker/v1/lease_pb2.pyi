@@ -256,6 +256,7 @@ class Grant(_message.Message):
     LABEL_FIELD_NUMBER: _builtins.int
     RESOURCE_FIELD_NUMBER: _builtins.int
     FENCING_TOKEN_FIELD_NUMBER: _builtins.int
+    RELEASE_TIME_FIELD_NUMBER: _builtins.int
     requirement_index: _builtins.int
     """Output only. The index of the requirement this grant satisfies, in the
     order of `AcquireLeaseRequest.requirements`.
@@ -271,6 +272,13 @@ class Grant(_message.Message):
     def resource(self) -> _resource_pb2.Resource:
         """Output only. The granted resource, as it was when granted."""
 
+    @_builtins.property
+    def release_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only. When the holder gave this resource back with
+        `ReleaseResources` while keeping the rest of the lease; unset while it
+        is held (or, once the lease ended, if it was held to the end).
+        """
+
     def __init__(
         self,
         *,
@@ -278,10 +286,11 @@ class Grant(_message.Message):
         label: _builtins.str = ...,
         resource: _resource_pb2.Resource | None = ...,
         fencing_token: _builtins.int = ...,
+        release_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["resource", b"resource"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["release_time", b"release_time", "resource", b"resource"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fencing_token", b"fencing_token", "label", b"label", "requirement_index", b"requirement_index", "resource", b"resource"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fencing_token", b"fencing_token", "label", b"label", "release_time", b"release_time", "requirement_index", b"requirement_index", "resource", b"resource"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

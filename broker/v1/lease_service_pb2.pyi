@@ -420,6 +420,68 @@ class ReleaseLeaseResponse(_message.Message):
 Global___ReleaseLeaseResponse: _TypeAlias = ReleaseLeaseResponse  # noqa: Y015
 
 @_typing.final
+class ReleaseResourcesRequest(_message.Message):
+    """Request of `ReleaseResources`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
+    lease_id: _builtins.str
+    """Required. The lease's id."""
+    secret: _builtins.str
+    """The secret returned by `AcquireLease`: without it, or with another
+    lease's, the call fails with PERMISSION_DENIED.
+    """
+    @_builtins.property
+    def resources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Required. The names of the resources to give back: 1 to 64, each held
+        by the lease.
+        """
+
+    def __init__(
+        self,
+        *,
+        lease_id: _builtins.str = ...,
+        secret: _builtins.str = ...,
+        resources: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_id", b"lease_id", "resources", b"resources", "secret", b"secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseResourcesRequest: _TypeAlias = ReleaseResourcesRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseResourcesResponse(_message.Message):
+    """Response of `ReleaseResources`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def lease(self) -> _lease_pb2.Lease:
+        """The lease as it is now: active with the rest of its resources, or
+        released if none is left.
+        """
+
+    def __init__(
+        self,
+        *,
+        lease: _lease_pb2.Lease | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseResourcesResponse: _TypeAlias = ReleaseResourcesResponse  # noqa: Y015
+
+@_typing.final
 class GetLeaseRequest(_message.Message):
     """Request of `GetLease`."""
 

@@ -86,6 +86,11 @@ class LeaseServiceStub:
                 request_serializer=broker_dot_v1_dot_lease__service__pb2.ReleaseLeaseRequest.SerializeToString,
                 response_deserializer=broker_dot_v1_dot_lease__service__pb2.ReleaseLeaseResponse.FromString,
                 _registered_method=True)
+        self.ReleaseResources = channel.unary_unary(
+                '/broker.v1.LeaseService/ReleaseResources',
+                request_serializer=broker_dot_v1_dot_lease__service__pb2.ReleaseResourcesRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_lease__service__pb2.ReleaseResourcesResponse.FromString,
+                _registered_method=True)
         self.GetLease = channel.unary_unary(
                 '/broker.v1.LeaseService/GetLease',
                 request_serializer=broker_dot_v1_dot_lease__service__pb2.GetLeaseRequest.SerializeToString,
@@ -199,6 +204,19 @@ class LeaseServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReleaseResources(self, request, context):
+        """Gives back some of a lease's resources, by name, and keeps the rest:
+        the lease stays active, its other grants keep their fencing numbers, and
+        the resources given back go to the queue at once. Naming every resource
+        it still holds ends the lease, as `ReleaseLease` does. Errors:
+        INVALID_ARGUMENT (no names, or one named twice), NOT_FOUND,
+        PERMISSION_DENIED, FAILED_PRECONDITION (the lease ended, or does not
+        hold a named resource, or gave it back already).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetLease(self, request, context):
         """Reads one lease (never its secret). Errors: INVALID_ARGUMENT, NOT_FOUND.
         """
@@ -268,6 +286,11 @@ def add_LeaseServiceServicer_to_server(servicer, server):
                     servicer.ReleaseLease,
                     request_deserializer=broker_dot_v1_dot_lease__service__pb2.ReleaseLeaseRequest.FromString,
                     response_serializer=broker_dot_v1_dot_lease__service__pb2.ReleaseLeaseResponse.SerializeToString,
+            ),
+            'ReleaseResources': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseResources,
+                    request_deserializer=broker_dot_v1_dot_lease__service__pb2.ReleaseResourcesRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_lease__service__pb2.ReleaseResourcesResponse.SerializeToString,
             ),
             'GetLease': grpc.unary_unary_rpc_method_handler(
                     servicer.GetLease,
@@ -474,6 +497,33 @@ class LeaseService:
             '/broker.v1.LeaseService/ReleaseLease',
             broker_dot_v1_dot_lease__service__pb2.ReleaseLeaseRequest.SerializeToString,
             broker_dot_v1_dot_lease__service__pb2.ReleaseLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseResources(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/broker.v1.LeaseService/ReleaseResources',
+            broker_dot_v1_dot_lease__service__pb2.ReleaseResourcesRequest.SerializeToString,
+            broker_dot_v1_dot_lease__service__pb2.ReleaseResourcesResponse.FromString,
             options,
             channel_credentials,
             insecure,

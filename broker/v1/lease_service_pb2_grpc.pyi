@@ -97,6 +97,15 @@ class LeaseServiceStub:
     """Ends a lease and frees its resources. Errors: INVALID_ARGUMENT,
     NOT_FOUND, PERMISSION_DENIED, FAILED_PRECONDITION (already ended).
     """
+    ReleaseResources: _grpc.UnaryUnaryMultiCallable[_lease_service_pb2.ReleaseResourcesRequest, _lease_service_pb2.ReleaseResourcesResponse]
+    """Gives back some of a lease's resources, by name, and keeps the rest:
+    the lease stays active, its other grants keep their fencing numbers, and
+    the resources given back go to the queue at once. Naming every resource
+    it still holds ends the lease, as `ReleaseLease` does. Errors:
+    INVALID_ARGUMENT (no names, or one named twice), NOT_FOUND,
+    PERMISSION_DENIED, FAILED_PRECONDITION (the lease ended, or does not
+    hold a named resource, or gave it back already).
+    """
     GetLease: _grpc.UnaryUnaryMultiCallable[_lease_service_pb2.GetLeaseRequest, _lease_service_pb2.GetLeaseResponse]
     """Reads one lease (never its secret). Errors: INVALID_ARGUMENT, NOT_FOUND."""
     ListLeases: _grpc.UnaryUnaryMultiCallable[_lease_service_pb2.ListLeasesRequest, _lease_service_pb2.ListLeasesResponse]
@@ -186,6 +195,15 @@ class LeaseServiceAsyncStub(LeaseServiceStub):
     ReleaseLease: _aio.UnaryUnaryMultiCallable[_lease_service_pb2.ReleaseLeaseRequest, _lease_service_pb2.ReleaseLeaseResponse]  # type: ignore[assignment]
     """Ends a lease and frees its resources. Errors: INVALID_ARGUMENT,
     NOT_FOUND, PERMISSION_DENIED, FAILED_PRECONDITION (already ended).
+    """
+    ReleaseResources: _aio.UnaryUnaryMultiCallable[_lease_service_pb2.ReleaseResourcesRequest, _lease_service_pb2.ReleaseResourcesResponse]  # type: ignore[assignment]
+    """Gives back some of a lease's resources, by name, and keeps the rest:
+    the lease stays active, its other grants keep their fencing numbers, and
+    the resources given back go to the queue at once. Naming every resource
+    it still holds ends the lease, as `ReleaseLease` does. Errors:
+    INVALID_ARGUMENT (no names, or one named twice), NOT_FOUND,
+    PERMISSION_DENIED, FAILED_PRECONDITION (the lease ended, or does not
+    hold a named resource, or gave it back already).
     """
     GetLease: _aio.UnaryUnaryMultiCallable[_lease_service_pb2.GetLeaseRequest, _lease_service_pb2.GetLeaseResponse]  # type: ignore[assignment]
     """Reads one lease (never its secret). Errors: INVALID_ARGUMENT, NOT_FOUND."""
@@ -309,6 +327,21 @@ class LeaseServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_lease_service_pb2.ReleaseLeaseResponse, _abc.Awaitable[_lease_service_pb2.ReleaseLeaseResponse]]:
         """Ends a lease and frees its resources. Errors: INVALID_ARGUMENT,
         NOT_FOUND, PERMISSION_DENIED, FAILED_PRECONDITION (already ended).
+        """
+
+    @_abc_1.abstractmethod
+    def ReleaseResources(
+        self,
+        request: _lease_service_pb2.ReleaseResourcesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lease_service_pb2.ReleaseResourcesResponse, _abc.Awaitable[_lease_service_pb2.ReleaseResourcesResponse]]:
+        """Gives back some of a lease's resources, by name, and keeps the rest:
+        the lease stays active, its other grants keep their fencing numbers, and
+        the resources given back go to the queue at once. Naming every resource
+        it still holds ends the lease, as `ReleaseLease` does. Errors:
+        INVALID_ARGUMENT (no names, or one named twice), NOT_FOUND,
+        PERMISSION_DENIED, FAILED_PRECONDITION (the lease ended, or does not
+        hold a named resource, or gave it back already).
         """
 
     @_abc_1.abstractmethod
