@@ -145,3 +145,38 @@ def test_a_test_gives_back_one_resource_mid_test(pytester, pair, broker):
     leases = list(reversed(list(pair.list_leases())))
     assert len(leases) == 2
     assert [g.HasField("release_time") for g in leases[0].grants] == [True, False]
+
+
+def test_function_tests_and_plain_classes_give_back_too(pytester, pair, broker):
+    pytester.makepyfile(
+        """
+        import pytest
+
+        from resources.calculator.resource import Calculator
+
+        BOTH = {"calc": Calculator.request(name="calc"), "other": Calculator.request(name="calc2")}
+
+
+        @pytest.mark.resources(**BOTH)
+        def test_fixture(calc, other, release_resources):
+            release_resources(["other"])
+            assert other.state.value == "finalized"
+            assert calc.calculate("3-1") == 2
+
+
+        class TestPlain:
+            calc = BOTH["calc"]
+            other = BOTH["other"]
+
+            def test_method(self):
+                self.release_resources(["calc"])
+                assert self.other.calculate("4/2") == 2
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "--broker", broker.address)
+    result.assert_outcomes(passed=2)
+    given_back = [
+        [g.resource.name for g in lease.grants if g.HasField("release_time")]
+        for lease in reversed(list(pair.list_leases()))
+    ]
+    assert given_back == [["calc2"], ["calc"]]
