@@ -39,3 +39,13 @@ TEST_KINDS = (
     "tests.kinds.PhoneData",
     "tests.kinds.LicenceData",
 )
+
+
+class BoardData(ResourceData):
+    """A development board whose fields take only some values (not among
+    `TEST_KINDS`: tests that use it add it)."""
+
+    soc = peewee.CharField(
+        max_length=16, choices=[("imx8", "i.MX 8"), ("rk3588", "RK3588")], help_text="Its chip."
+    )
+    ram_gb = peewee.IntegerField(choices=[2, 4, 8], default=4, help_text="Memory in GiB.")

@@ -52,6 +52,7 @@ def kind_to_proto(kind: values.KindSpec) -> resource_pb2.Kind:
                 default_value=None if field.default is None else to_field_value(field.default),
                 doc=field.doc,
                 max_length=field.max_length,
+                choices=[to_field_value(choice) for choice in field.choices],
             )
             for field in kind.fields
         ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 from broker.domain.errors import BrokerError, InvalidArgumentError, clip
@@ -67,6 +68,9 @@ def resolve(
                 raise InvalidArgumentError.of(value_path, "a value is required")
             if constraint.test in TEXT_TESTS:
                 values.append(_text(spec, value, value_path))
+            elif constraint.test in COMPARISONS:
+                # A bound need not be one of the field's choices.
+                values.append(check_value(dataclasses.replace(spec, choices=()), value, value_path))
             else:
                 values.append(check_value(spec, value, value_path))
         filters.append(

@@ -83,6 +83,7 @@ def describe(model: type[ResourceData]) -> KindSpec:
         else:
             max_length = 0
         bits = _BITS.get(field.field_type, _DEFAULT_BITS.get(field_type, 0))
+        choices = _choices(model, field)
         fields.append(
             FieldSpec(
                 name=field.name,
@@ -92,12 +93,25 @@ def describe(model: type[ResourceData]) -> KindSpec:
                 doc=field.help_text or "",
                 max_length=max_length,
                 bits=bits,
+                choices=choices,
             )
         )
     doc = " ".join((model.__doc__ or "").split())
     return KindSpec(
         model.kind_name(), bool(model.OWNABLE), tuple(fields), doc, float(model.LOCK_DELAY)
     )
+
+
+def _choices(model: type[ResourceData], field: peewee.Field) -> tuple[Scalar, ...]:
+    """A field's `choices`, as Django and peewee declare them: values, or
+    `(value, label)` pairs."""
+    declared = field.choices or ()
+    choices = tuple(c[0] if isinstance(c, (tuple, list)) else c for c in declared)
+    if any(isinstance(c, (dict, set)) or c is None for c in choices):
+        raise KindDeclarationError(
+            f"{model.__name__}.{field.name}: choices are values or (value, label) pairs"
+        )
+    return choices
 
 
 class KindRegistry:
@@ -132,6 +146,19 @@ class KindRegistry:
 
 
 def check_value(spec: FieldSpec, value: Scalar | None, path: str) -> Scalar | None:
+    """Returns `value` in its stored form, or raises INVALID_ARGUMENT naming
+    `path`: of the field's type, in its range, one of its choices if it
+    has some. None clears an optional field."""
+    stored = _check_type(spec, value, path)
+    if stored is not None and spec.choices and stored not in spec.choices:
+        allowed = ", ".join(repr(choice) for choice in spec.choices)
+        raise InvalidArgumentError.of(
+            path, f"{spec.name} must be one of {allowed}, not {clip(repr(stored))}"
+        )
+    return stored
+
+
+def _check_type(spec: FieldSpec, value: Scalar | None, path: str) -> Scalar | None:
     """Returns `value` in its stored form, or raises INVALID_ARGUMENT naming
     `path`. None clears an optional field."""
     if value is None:

@@ -115,6 +115,8 @@ class FieldSpec:
     # The width in bits of an integer or float field's storage on every
     # database alike, which bounds the values it takes.
     bits: int = 0
+    # The only values it takes (its declaration's `choices`); () for any.
+    choices: tuple[Scalar, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

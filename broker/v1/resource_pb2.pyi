@@ -111,6 +111,7 @@ class FieldSpec(_message.Message):
     DEFAULT_VALUE_FIELD_NUMBER: _builtins.int
     DOC_FIELD_NUMBER: _builtins.int
     MAX_LENGTH_FIELD_NUMBER: _builtins.int
+    CHOICES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Output only. The field's name, e.g. `ip_address`."""
     type: Global___FieldType.ValueType
@@ -129,6 +130,12 @@ class FieldSpec(_message.Message):
         unset when the field has no default.
         """
 
+    @_builtins.property
+    def choices(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldValue]:
+        """Output only. The only values the field takes, from the declaration's
+        `choices`, in their order; empty when any value of its type goes.
+        """
+
     def __init__(
         self,
         *,
@@ -138,10 +145,11 @@ class FieldSpec(_message.Message):
         default_value: Global___FieldValue | None = ...,
         doc: _builtins.str = ...,
         max_length: _builtins.int = ...,
+        choices: _abc.Iterable[Global___FieldValue] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["default_value", b"default_value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_value", b"default_value", "doc", b"doc", "max_length", b"max_length", "name", b"name", "required", b"required", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choices", b"choices", "default_value", b"default_value", "doc", b"doc", "max_length", b"max_length", "name", b"name", "required", b"required", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -116,11 +116,19 @@ def kinds_table(kinds: Iterable[resource_pb2.Kind]) -> str:
             (
                 kind.name,
                 _yes_no(kind.ownable),
-                " ".join(f"{spec.name}:{_field_type(spec.type)}" for spec in kind.fields),
+                " ".join(_field_text(spec) for spec in kind.fields),
             )
             for kind in kinds
         ),
     )
+
+
+def _field_text(spec: resource_pb2.FieldSpec) -> str:
+    """`port:integer`, or `os:string(android|ios)` for a field with choices."""
+    text = f"{spec.name}:{_field_type(spec.type)}"
+    if spec.choices:
+        text += "(" + "|".join(value_text(choice) for choice in spec.choices) + ")"
+    return text
 
 
 def resources_table(resources: Iterable[resource_pb2.Resource]) -> str:
