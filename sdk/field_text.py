@@ -5,6 +5,8 @@ before anything is sent."""
 
 from __future__ import annotations
 
+import datetime
+
 from broker.field_values import INT64_MAX, INT64_MIN, Scalar
 from broker.v1 import resource_pb2
 
@@ -44,6 +46,15 @@ def parse_value(field: str, text: str, field_type: resource_pb2.FieldType.ValueT
             raise
         type_name = resource_pb2.FieldType.Name(field_type).removeprefix("FIELD_TYPE_").lower()
         raise FieldTextError(f"{field}: {text!r} is not a valid {type_name}") from None
+    if field_type == resource_pb2.FIELD_TYPE_DATE_TIME:
+        try:
+            moment = datetime.datetime.fromisoformat(text)
+        except ValueError:
+            raise FieldTextError(
+                f"{field}: {text!r} is not a date-time (ISO 8601, e.g. 2026-12-01T09:30:00Z; "
+                "local time unless it names a zone)"
+            ) from None
+        return moment if moment.tzinfo else moment.astimezone()
     if field_type == resource_pb2.FIELD_TYPE_BOOLEAN:
         word = text.lower()
         if word not in TRUE_WORDS | FALSE_WORDS:

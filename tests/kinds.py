@@ -49,3 +49,4 @@ class BoardData(ResourceData):
         max_length=16, choices=[("imx8", "i.MX 8"), ("rk3588", "RK3588")], help_text="Its chip."
     )
     ram_gb = peewee.IntegerField(choices=[2, 4, 8], default=4, help_text="Memory in GiB.")
+    calibrated = peewee.DateTimeField(null=True, help_text="When it was last calibrated.")

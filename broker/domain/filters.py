@@ -19,7 +19,8 @@ from broker.domain.values import (
 from broker.models.resource import Filter
 
 MAX_VALUES = 256
-NUMBER_TYPES = frozenset({FieldType.INTEGER, FieldType.FLOAT})
+# Fields a comparison orders: numbers, and instants.
+NUMBER_TYPES = frozenset({FieldType.INTEGER, FieldType.FLOAT, FieldType.DATE_TIME})
 TEXT_TYPES = frozenset({FieldType.STRING, FieldType.IP_ADDRESS})
 _COMMON_SPECS = {
     name: FieldSpec(name, FieldType.STRING, True, None, "", 4096) for name in COMMON_FILTER_FIELDS
@@ -86,7 +87,7 @@ def _check_test(constraint: Constraint, spec: FieldSpec, where: str) -> None:
         raise InvalidArgumentError.of(
             f"{where}.{test.value}",
             f"{spec.name} is {_article(spec.type)} field: {test.value} compares numbers "
-            "(use equals or any_of)",
+            "and date-times (use equals or any_of)",
         )
     if test in TEXT_TESTS and spec.type not in TEXT_TYPES:
         raise InvalidArgumentError.of(

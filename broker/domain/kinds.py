@@ -4,6 +4,7 @@ and the checking of values against a kind's typed fields."""
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import ipaddress
 import math
 import struct
@@ -41,6 +42,7 @@ _FIELD_TYPES: tuple[tuple[type[peewee.Field], FieldType], ...] = (
     (peewee.TextField, FieldType.STRING),
     (peewee.IntegerField, FieldType.INTEGER),
     (peewee.FloatField, FieldType.FLOAT),
+    (peewee.DateTimeField, FieldType.DATE_TIME),
 )
 
 
@@ -75,7 +77,12 @@ def describe(model: type[ResourceData]) -> KindSpec:
             raise KindDeclarationError(
                 f"{model.__name__}.{field.name}: {type(field).__name__} is not a supported "
                 "field type (use CharField, TextField, IntegerField, FloatField, "
-                "BooleanField or IPAddressField)"
+                "BooleanField, DateTimeField or IPAddressField)"
+            )
+        if field_type == FieldType.DATE_TIME and field.default is not None:
+            raise KindDeclarationError(
+                f"{model.__name__}.{field.name}: a date-time field has no default (a naive "
+                "`datetime.now` would be the broker's local time): make it null=True"
             )
         default = field.default() if callable(field.default) else field.default
         if field_type in (FieldType.STRING, FieldType.IP_ADDRESS):
@@ -171,10 +178,16 @@ def _check_type(spec: FieldSpec, value: Scalar | None, path: str) -> Scalar | No
         FieldType.INTEGER: "an integer",
         FieldType.FLOAT: "a number",
         FieldType.BOOLEAN: "a boolean",
+        FieldType.DATE_TIME: "a date-time",
     }[spec.type]
     wrong_type = InvalidArgumentError(
         FieldViolation(path, f"{spec.name} must be {expected}, not {type(value).__name__}")
     )
+    if spec.type == FieldType.DATE_TIME:
+        if not isinstance(value, datetime.datetime):
+            raise wrong_type
+        # Stored as UTC without a zone, as both databases read it back.
+        return value.astimezone(datetime.UTC).replace(tzinfo=None)
     if spec.type in (FieldType.STRING, FieldType.IP_ADDRESS):
         if not isinstance(value, str):
             raise wrong_type

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import enum
 from typing import Generic, TypeVar
 
-Scalar = str | int | float | bool
+Scalar = str | int | float | bool | datetime.datetime
 
 
 class FieldType(enum.IntEnum):
@@ -17,6 +18,7 @@ class FieldType(enum.IntEnum):
     FLOAT = 3
     BOOLEAN = 4
     IP_ADDRESS = 5
+    DATE_TIME = 6
 
 
 class WaiterState(enum.IntEnum):

@@ -3,10 +3,11 @@ resource kept with each grant."""
 
 from __future__ import annotations
 
+import datetime
 import json
 
 from broker.domain.kinds import Kind
-from broker.domain.values import ResourceView
+from broker.domain.values import FieldSpec, FieldType, ResourceView, Scalar
 from broker.kind_data import ResourceData
 from broker.models.resource import Resource
 
@@ -25,7 +26,7 @@ def resource_view(
     of an ownable resource; shared kinds pass theirs."""
     fields = {}
     if data is not None and kind is not None:
-        fields = {spec.name: getattr(data, spec.name) for spec in kind.spec.fields}
+        fields = {spec.name: _public(getattr(data, spec.name), spec) for spec in kind.spec.fields}
     if lease_ids is None:
         lease_ids = (resource.lease_id,) if resource.lease_id else ()
     return ResourceView(
@@ -50,6 +51,29 @@ def resource_view(
     )
 
 
+def _public(value: Scalar | None, spec: FieldSpec) -> Scalar | None:
+    """A stored value as callers see it: a date-time in UTC, with its zone."""
+    if spec.type == FieldType.DATE_TIME and isinstance(value, datetime.datetime):
+        return value.replace(tzinfo=datetime.UTC)
+    return value
+
+
+# How a snapshot's JSON keeps a date-time field's value.
+_TIME_KEY = "$time"
+
+
+def _encode(value: object) -> object:
+    if isinstance(value, datetime.datetime):
+        return {_TIME_KEY: value.isoformat()}
+    raise TypeError(f"{type(value).__name__} is not a field value")
+
+
+def _decode(item: dict) -> object:
+    if len(item) == 1 and _TIME_KEY in item:
+        return datetime.datetime.fromisoformat(item[_TIME_KEY])
+    return item
+
+
 def snapshot(view: ResourceView) -> str:
     """The JSON kept with a grant: the resource as it was granted."""
     return json.dumps(
@@ -65,6 +89,7 @@ def snapshot(view: ResourceView) -> str:
             "etag": view.etag,
         },
         separators=(",", ":"),
+        default=_encode,
     )
 
 
@@ -72,5 +97,9 @@ def from_snapshot(name: str, text: str, fencing_token: int) -> ResourceView:
     """The resource of a grant, as it was granted (with no holder: the
     caller knows whether the lease still holds it)."""
     return ResourceView(
-        name=name, owner="", lease_ids=(), fencing_token=fencing_token, **json.loads(text)
+        name=name,
+        owner="",
+        lease_ids=(),
+        fencing_token=fencing_token,
+        **json.loads(text, object_hook=_decode),
     )

@@ -39,6 +39,8 @@ class _FieldTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FieldType.V
     """True or false."""
     FIELD_TYPE_IP_ADDRESS: _FieldType.ValueType  # 5
     """An IPv4 or IPv6 address in its textual form; validated on write."""
+    FIELD_TYPE_DATE_TIME: _FieldType.ValueType  # 6
+    """An instant in time (a `DateTimeField`), kept in UTC to the microsecond."""
 
 class FieldType(_FieldType, metaclass=_FieldTypeEnumTypeWrapper):
     """The storage type of a kind's field."""
@@ -55,6 +57,8 @@ FIELD_TYPE_BOOLEAN: FieldType.ValueType  # 4
 """True or false."""
 FIELD_TYPE_IP_ADDRESS: FieldType.ValueType  # 5
 """An IPv4 or IPv6 address in its textual form; validated on write."""
+FIELD_TYPE_DATE_TIME: FieldType.ValueType  # 6
+"""An instant in time (a `DateTimeField`), kept in UTC to the microsecond."""
 Global___FieldType: _TypeAlias = FieldType  # noqa: Y015
 
 @_typing.final
@@ -71,6 +75,7 @@ class FieldValue(_message.Message):
     INT_VALUE_FIELD_NUMBER: _builtins.int
     FLOAT_VALUE_FIELD_NUMBER: _builtins.int
     BOOL_VALUE_FIELD_NUMBER: _builtins.int
+    TIME_VALUE_FIELD_NUMBER: _builtins.int
     string_value: _builtins.str
     """A text value, for STRING and IP_ADDRESS fields."""
     int_value: _builtins.int
@@ -79,6 +84,10 @@ class FieldValue(_message.Message):
     """A real number, for FLOAT fields."""
     bool_value: _builtins.bool
     """A truth value, for BOOLEAN fields."""
+    @_builtins.property
+    def time_value(self) -> _timestamp_pb2.Timestamp:
+        """An instant, for DATE_TIME fields (to the microsecond)."""
+
     def __init__(
         self,
         *,
@@ -86,12 +95,13 @@ class FieldValue(_message.Message):
         int_value: _builtins.int = ...,
         float_value: _builtins.float = ...,
         bool_value: _builtins.bool = ...,
+        time_value: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bool_value", b"bool_value", "float_value", b"float_value", "int_value", b"int_value", "kind", b"kind", "string_value", b"string_value"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bool_value", b"bool_value", "float_value", b"float_value", "int_value", b"int_value", "kind", b"kind", "string_value", b"string_value", "time_value", b"time_value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bool_value", b"bool_value", "float_value", b"float_value", "int_value", b"int_value", "kind", b"kind", "string_value", b"string_value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bool_value", b"bool_value", "float_value", b"float_value", "int_value", b"int_value", "kind", b"kind", "string_value", b"string_value", "time_value", b"time_value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["string_value", "int_value", "float_value", "bool_value"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["string_value", "int_value", "float_value", "bool_value", "time_value"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 

@@ -25,6 +25,8 @@ def value_text(value: resource_pb2.FieldValue) -> str:
         return NONE
     if isinstance(scalar, bool):
         return "true" if scalar else "false"
+    if value.HasField("time_value"):
+        return local_time(value.time_value)
     return str(scalar)
 
 

@@ -44,7 +44,7 @@ class OtherPhoneData(ResourceData):
 class StampedData(ResourceData):
     """A kind with a field type the broker cannot serve."""
 
-    seen = peewee.DateTimeField(null=True)
+    seen = peewee.DateField(null=True)
 
 
 def spec_of(model, name: str) -> FieldSpec:
@@ -129,7 +129,7 @@ def test_registry_refuses_duplicate_kind_names():
 
 
 def test_unsupported_field_type_is_refused():
-    with pytest.raises(KindDeclarationError, match=r"StampedData\.seen.*DateTimeField"):
+    with pytest.raises(KindDeclarationError, match=r"StampedData\.seen.*DateField"):
         describe(StampedData)
     with pytest.raises(KindDeclarationError):
         KindRegistry([StampedData])
