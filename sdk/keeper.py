@@ -62,6 +62,7 @@ class ResourceKeeper:
         client: makes the client to lease through, on first need.
         skip_init: run only `connect()` on the resources.
         save_state: `store_state()` of a failed test's resources.
+        priority: the requests' place in the broker's queue, -100 to 100.
         overrides: the run's `--resource` overrides.
         on_wait: told each change of a waiting lease's place in the queue.
     """
@@ -72,6 +73,7 @@ class ResourceKeeper:
         *,
         skip_init: bool = False,
         save_state: bool = False,
+        priority: int = 0,
         overrides: Overrides | None = None,
         on_wait: Callable[[str, Waiting], None] | None = None,
     ) -> None:
@@ -79,6 +81,7 @@ class ResourceKeeper:
         self._client: BrokerClient | None = None
         self.skip_init = skip_init
         self.save_state = save_state
+        self.priority = priority
         self._overrides = overrides
         self._on_wait = on_wait
         self._holding: _Holding | None = None
@@ -108,6 +111,7 @@ class ResourceKeeper:
         lease = self.client.lease_many(
             wanted,
             skip_init=self.skip_init,
+            priority=self.priority,
             on_wait=self._waiting(wanted),
         )
         resources = lease.__enter__()

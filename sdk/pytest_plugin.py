@@ -7,7 +7,8 @@ declaration's constraint on a field, as `rotest -r` did; `--skip-init` runs
 only `connect()`; `--save-state` calls `store_state()` of a failed test's
 resources, under `--state-dir` (default: `broker-states` in pytest's
 temporary directory of the run), one directory per test; `--broker` and
-`--token` default to the client configuration (`sdk.config`).
+`--token` default to the client configuration (`sdk.config`);
+`--lease-priority` places the run's requests in the broker's queue.
 
 The report header names the broker and the holder; each test's resources
 (name, kind, fencing token and lease) are shown beside its failure and
@@ -70,6 +71,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "in the run's temporary directory)",
     )
     group.addoption(
+        "--lease-priority",
+        dest="broker_priority",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the tests' place in the broker's queue, -100 to 100: higher is served first",
+    )
+    group.addoption(
         "--broker",
         dest="broker_target",
         metavar="HOST:PORT",
@@ -124,6 +133,7 @@ class BrokerResources:
             self._client,
             skip_init=config.getoption("broker_skip_init"),
             save_state=config.getoption("broker_save_state"),
+            priority=config.getoption("broker_priority"),
             overrides=Overrides(overrides, lambda: self.keeper.client.list_kinds()),
             on_wait=self._waiting,
         )
@@ -132,8 +142,16 @@ class BrokerResources:
         return BrokerClient(self.target, token=self.token, config=self.client_config)
 
     def _waiting(self, names: str, waiting: Waiting) -> None:
+        """Prints a change of a waiting lease's place on the terminal, past
+        the capture of the test's output (as live logging does)."""
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        if reporter is None:
+            return
+        if capture is None:
+            reporter.write_line(f"waiting for {names}: {waiting}")
+            return
+        with capture.global_and_fixture_disabled():
             reporter.write_line(f"waiting for {names}: {waiting}")
 
     # ------------------------------------------------------------- reporting

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from broker.v1 import lease_pb2
+from resources.calculator.resource import Calculator
 
 # Tests of the plugin need one backend: the broker's behaviour on both is
 # covered elsewhere.
@@ -487,3 +488,34 @@ def test_the_readmes_example_runs_with_an_override(pytester, run, client):
         "test_subtract": "calc2",
     }
     assert all(lease.state == lease_pb2.LEASE_STATE_RELEASED for lease in leases_of(client))
+
+
+def test_a_test_waits_in_the_queue_at_its_priority(pytester, broker, client):
+    """While `calc` is held elsewhere, the test's request waits at the
+    run's priority, its place is printed, and it runs once calc is free."""
+    import threading
+
+    pytester.makepyfile(CLASS_TEST)
+    held = client.lease(Calculator, name="calc", wait=0)
+    outcome: dict = {}
+    run_in_background = threading.Thread(
+        target=lambda: outcome.update(
+            result=pytester.runpytest_subprocess(
+                "-p", "no:cacheprovider", "--broker", broker.address, "--lease-priority", "7"
+            )
+        )
+    )
+    with held:
+        run_in_background.start()
+        deadline = 60.0
+        waiters: list = []
+        stop = threading.Event()
+        while not waiters and deadline > 0:
+            waiters = list(client.list_waiters())
+            stop.wait(0.05)
+            deadline -= 0.05
+        assert [w.priority for w in waiters] == [7]
+    run_in_background.join(60)
+    result = outcome["result"]
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["waiting for calc: *"])
