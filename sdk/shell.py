@@ -125,7 +125,7 @@ def shell(client: BrokerClient, config: ClientConfig) -> None:
     example = next(iter(kinds), "Calculator")
     banner = "\n".join(
         [
-            f"resource broker {client.address}, holder {client.holder}",
+            f"resource broker: {client.address}, holder {client.holder}",
             f"kinds: {', '.join(kinds) or 'none (set client.shell_apps)'}",
             f'e.g. res = {example}.lock(name="...", skip_init=True); res.release()',
         ]

@@ -135,6 +135,7 @@ def test_broker_shell_imports_the_kinds_and_releases_at_the_end(broker, client, 
         check=False,
     )
     assert finished.returncode == 0, finished.stderr
+    assert f"resource broker: {broker.address}, holder " in finished.stderr
     assert "kinds: Calculator" in finished.stderr
     assert "got 42 startup ran" in finished.stdout
     (lease,) = list(client.list_leases())
