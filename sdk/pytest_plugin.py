@@ -166,11 +166,19 @@ class BrokerResources:
     def pytest_pycollect_makeitem(self, collector: pytest.Collector, name: str, obj: object):
         """Makes a fixture for each name a marker or class declares, before
         the tests that take it as an argument are made."""
-        marks = [*getattr(obj, "pytestmark", []), *collector.iter_markers(MARKER)]
+        own = getattr(obj, "pytestmark", [])
+        # A class's or module's `pytestmark` may be one mark, or a list.
+        own = own if isinstance(own, list) else [own]
+        marks: list[pytest.Mark] = [
+            found
+            for found in (getattr(m, "mark", m) for m in own)
+            if isinstance(found, pytest.Mark)
+        ]
+        marks += list(collector.iter_markers(MARKER))
         labels: set[str] = set()
         for mark in marks:
-            if getattr(mark, "name", None) == MARKER:
-                labels.update(kw for kw, value in mark.kwargs.items())
+            if mark.name == MARKER:
+                labels.update(mark.kwargs)
                 labels.update(
                     arg.label for arg in mark.args if isinstance(arg, ResourceRequest) and arg.label
                 )

@@ -126,6 +126,24 @@ def test_markers_declare_resources_as_fixtures(pytester, run):
     run().assert_outcomes(passed=2)
 
 
+def test_a_class_marked_once_gives_its_methods_the_fixtures(pytester, run):
+    pytester.makepyfile(
+        """
+        import pytest
+
+        from resources.calculator.resource import Calculator
+
+
+        class TestMarked:
+            pytestmark = pytest.mark.resources(calc=Calculator.request(name="calc2"))
+
+            def test_fixture(self, calc):
+                assert calc.name == "calc2"
+        """
+    )
+    run().assert_outcomes(passed=1)
+
+
 def test_consecutive_tests_keep_one_lease_until_a_resource_is_dirty(pytester, run, client):
     pytester.makepyfile(
         """
