@@ -31,7 +31,7 @@ REFUSED = {
 # Callers with a live token: the role of each. `alice` holds the leases the
 # calls act on; `bob` is another user.
 ROLES = {"viewer": Role.VIEWER, "alice": Role.USER, "bob": Role.USER, "admin": Role.ADMIN}
-OWN_LEASE_METHODS = {"RenewLease", "ReleaseLease", "ReportSetup"}
+OWN_LEASE_METHODS = {"RenewLease", "ReleaseLease", "ReleaseResources", "ReportSetup"}
 
 
 def metadata_of(token: str | None) -> tuple[tuple[str, str], ...]:

@@ -91,7 +91,14 @@ class Calls:
                 ),
             }[method]()
             return self.call(getattr(inventory, method), caller, request)
-        if method in ("GetLease", "RenewLease", "ReleaseLease", "RevokeLease", "ReportSetup"):
+        if method in (
+            "GetLease",
+            "RenewLease",
+            "ReleaseLease",
+            "ReleaseResources",
+            "RevokeLease",
+            "ReportSetup",
+        ):
             held = self.alice_lease()
             lease_id, secret = held.lease.lease_id, held.secret
             request = {
@@ -101,6 +108,9 @@ class Calls:
                 ),
                 "ReleaseLease": lambda: lease_service_pb2.ReleaseLeaseRequest(
                     lease_id=lease_id, secret=secret
+                ),
+                "ReleaseResources": lambda: lease_service_pb2.ReleaseResourcesRequest(
+                    lease_id=lease_id, secret=secret, resources=["lic"]
                 ),
                 "RevokeLease": lambda: lease_service_pb2.RevokeLeaseRequest(
                     lease_id=lease_id, reason="matrix"
