@@ -135,6 +135,9 @@ def shell(client: BrokerClient, config: ClientConfig) -> None:
     try:
         from IPython import start_ipython
     except ImportError:
+        start_ipython = None
+    if start_ipython is None:
+        # Outside the `except`: errors typed in are not chained to it.
         import code
 
         code.interact(banner=banner, local=namespace, exitmsg="releasing what is held")
