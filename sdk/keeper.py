@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from sdk.client import BrokerClient
+from sdk.declarations import DeclarationError, marker_requests
 from sdk.lease import Held, Lease
 from sdk.overrides import Overrides
 from sdk.requirements import ResourceRequest
@@ -85,6 +86,8 @@ class ResourceKeeper:
         self._overrides = overrides
         self._on_wait = on_wait
         self._holding: _Holding | None = None
+        # Leases a test asked for mid-test: released when it ends.
+        self._extra: list[_Holding] = []
         self.leases_taken = 0
 
     @property
@@ -119,22 +122,51 @@ class ResourceKeeper:
         self._holding = _Holding(wanted, lease, resources)
         return resources
 
+    def request_resources(self, requests: Iterable[ResourceRequest]) -> dict[str, Held]:
+        """Leases more in the middle of a test, as Rotest's
+        `request_resources([...])` did: named requests (the run's overrides
+        applied), in a lease of their own, released when the test ends."""
+        named = marker_requests(requests, {})
+        taken = set(self._holding.resources) if self._holding is not None else set()
+        for extra in self._extra:
+            taken |= set(extra.resources)
+        clash = sorted(taken & set(named))
+        if clash:
+            raise DeclarationError(f"{clash[0]!r} is held already: name the new request otherwise")
+        wanted = self.resolve(named)
+        lease = self.client.lease_many(
+            wanted, skip_init=self.skip_init, priority=self.priority, on_wait=self._waiting(wanted)
+        )
+        resources = lease.__enter__()
+        self.leases_taken += 1
+        self._extra.append(_Holding(wanted, lease, resources))
+        return resources
+
     def held(self) -> list[HeldResource]:
         """What is held now, label by label."""
-        if self._holding is None:
-            return []
-        lease = self._holding.lease
-        labels = {id(r): label for label, r in self._each_resource(self._holding.resources)}
-        return [
-            HeldResource(
-                labels[id(instance)],
-                instance.name,
-                instance.kind_name(),
-                instance.fencing_token,
-                "" if instance.is_service() else lease.lease_id,
-            )
-            for instance in lease.instances
-        ]
+        records = []
+        for holding in self._holdings():
+            lease = holding.lease
+            labels = {id(r): label for label, r in self._each_resource(holding.resources)}
+            records += [
+                HeldResource(
+                    labels[id(instance)],
+                    instance.name,
+                    instance.kind_name(),
+                    instance.fencing_token,
+                    "" if instance.is_service() else lease.lease_id,
+                )
+                for instance in lease.instances
+            ]
+        return records
+
+    @property
+    def requested_mid_test(self) -> bool:
+        """Whether the test asked for more than it declared."""
+        return bool(self._extra)
+
+    def _holdings(self) -> list[_Holding]:
+        return ([self._holding] if self._holding is not None else []) + self._extra
 
     def keeps(self, requests: Requests | None) -> bool:
         """Whether the resources held now would serve a test declaring
@@ -149,11 +181,13 @@ class ResourceKeeper:
         """After a test: stores the resources' state into `state_dir` if it
         failed and `save_state` is on (returning the directories written),
         then releases the lease unless `keep` and every resource is clean."""
-        if self._holding is None:
-            return []
         stored: list[str] = []
         if failed and self.save_state and state_dir:
-            stored = self._holding.lease.store_states(state_dir)
+            for holding in self._holdings():
+                stored += holding.lease.store_states(state_dir)
+        self._release_extra()
+        if self._holding is None:
+            return stored
         if errored:
             for instance in self._holding.lease.instances:
                 instance.mark_dirty()
@@ -165,16 +199,29 @@ class ResourceKeeper:
         """Gives back, mid-test, what is held under `labels`, keeping the
         rest (Rotest's `release_resources(['calc'])`); the next test that
         declares them gets them anew."""
-        if self._holding is None:
-            raise KeyError(f"{', '.join(labels)}: nothing is held")
-        self._holding.lease.release_resources(labels)
-        for label in labels:
-            self._holding.requests.pop(label, None)
+        owners = {label: holding for holding in self._holdings() for label in holding.resources}
+        unknown = [label for label in labels if label not in owners]
+        if unknown:
+            raise KeyError(f"{unknown[0]!r} is not held (held: {', '.join(owners) or 'nothing'})")
+        for holding in self._holdings():
+            mine = [label for label in labels if owners[label] is holding]
+            if mine:
+                holding.lease.release_resources(mine)
+                for label in mine:
+                    holding.requests.pop(label, None)
 
     def release(self) -> None:
         """Finalizes and releases what is held, if anything."""
         holding, self._holding = self._holding, None
-        if holding is not None:
+        try:
+            self._release_extra()
+        finally:
+            if holding is not None:
+                holding.lease.__exit__(None, None, None)
+
+    def _release_extra(self) -> None:
+        extra, self._extra = self._extra, []
+        for holding in extra:
             holding.lease.__exit__(None, None, None)
 
     def close(self) -> None:

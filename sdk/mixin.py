@@ -31,6 +31,7 @@ from sdk.client import BrokerClient
 from sdk.declarations import class_requests
 from sdk.keeper import ResourceKeeper
 from sdk.overrides import Overrides, parse_overrides
+from sdk.requirements import ResourceRequest
 
 _lock = threading.Lock()
 _keeper: ResourceKeeper | None = None
@@ -92,6 +93,22 @@ class ResourcesMixin:
                     setattr(self, label, resource)
                 self._broker_holds = True
         super().setUp()  # type: ignore[misc]
+
+    def request_resources(self, requests: Iterable[ResourceRequest]) -> None:
+        """Leases more in the middle of the test, as Rotest's
+        `request_resources` did: each named request's resource becomes an
+        attribute (`request("calc2", Calculator)` -> `self.calc2`), held
+        until the test ends."""
+        requests = list(requests)
+        if self._broker_held:
+            plugin_request = getattr(self, "_broker_request", None)
+            assert plugin_request is not None
+            held = plugin_request(requests)
+        else:
+            held = keeper().request_resources(requests)
+            self._broker_holds = True
+        for label, resource in held.items():
+            setattr(self, label, resource)
 
     def release_resources(self, labels: Iterable[str]) -> None:
         """Gives back the resources held under `labels` in the middle of the

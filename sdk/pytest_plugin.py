@@ -29,6 +29,7 @@ from sdk.client import BrokerClient, default_holder
 from sdk.config import ClientConfig, ClientConfigError, load_client_config
 from sdk.declarations import MARKER, DeclarationError, class_requests, marker_requests
 from sdk.keeper import ResourceKeeper
+from sdk.mixin import ResourcesMixin
 from sdk.overrides import OverrideError, Overrides, parse_overrides, unknown_labels
 from sdk.requirements import ResourceRequest
 from sdk.waiting import Waiting
@@ -217,23 +218,30 @@ class BrokerResources:
         if DECLARATION_ERROR in item.stash:
             raise item.stash[DECLARATION_ERROR]
         requests = item.stash.get(REQUESTS, None)
-        if not requests:
-            yield {}
-            return
-        try:
-            held = self.keeper.hold(requests)
-        except OverrideError as error:
-            pytest.fail(str(error), pytrace=False)
-        for record in self.keeper.held():
-            item.user_properties.append((f"resource:{record.label}", str(record)))
-        if request.instance is not None:
+        held: dict[str, Any] = {}
+        if requests:
+            try:
+                held = self.keeper.hold(requests)
+            except OverrideError as error:
+                pytest.fail(str(error), pytrace=False)
+        self._record(item)
+        instance = request.instance
+        if instance is not None and (requests or isinstance(instance, ResourcesMixin)):
             for label, resource in held.items():
-                setattr(request.instance, label, resource)
-            request.instance._broker_held = True
-            request.instance._broker_release = self.keeper.release_resources
-            if not hasattr(request.instance, "release_resources"):
-                request.instance.release_resources = self.keeper.release_resources
+                setattr(instance, label, resource)
+            instance._broker_held = True
+            instance._broker_release = self.keeper.release_resources
+            instance._broker_request = self.keeper.request_resources
+            if not hasattr(instance, "release_resources"):
+                instance.release_resources = self.keeper.release_resources
+            if not hasattr(instance, "request_resources"):
+                instance.request_resources = _setting_attributes(
+                    instance, self.keeper.request_resources
+                )
         yield held
+        if not requests and not self.keeper.requested_mid_test:
+            return
+        self._record(item)  # what it asked for mid-test
         failed, errored = item.stash.get(CALL_OUTCOME, (False, False))
         nextitem = item.stash.get(NEXT_ITEM, None)
         following = None if nextitem is None else nextitem.stash.get(REQUESTS, None)
@@ -245,6 +253,20 @@ class BrokerResources:
         )
         for directory in stored:
             item.user_properties.append(("resource state", directory))
+
+    def _record(self, item: pytest.Item) -> None:
+        """Adds what the test holds to its report's properties, once each."""
+        recorded = {name for name, _ in item.user_properties}
+        for record in self.keeper.held():
+            name = f"resource:{record.label}"
+            if name not in recorded:
+                item.user_properties.append((name, str(record)))
+
+    @pytest.fixture
+    def request_resources(self) -> Any:
+        """Leases more, mid-test: `request_resources([request("calc2",
+        Calculator)])` returns name -> resource, held until the test ends."""
+        return self.keeper.request_resources
 
     @pytest.fixture
     def release_resources(self) -> Any:
@@ -302,6 +324,19 @@ def _requests_of(item: pytest.Item) -> dict[str, ResourceRequest] | None:
     for mark in reversed(list(item.iter_markers(MARKER))):
         requests.update(marker_requests(mark.args, mark.kwargs))
     return requests or None
+
+
+def _setting_attributes(instance: object, request_resources: Any) -> Any:
+    """`request_resources` that also sets each resource as an attribute of
+    the test's instance, as Rotest's did."""
+
+    def requested(requests: Any) -> dict[str, Any]:
+        held = request_resources(requests)
+        for label, resource in held.items():
+            setattr(instance, label, resource)
+        return held
+
+    return requested
 
 
 def _quietly(function, *args):

@@ -180,3 +180,83 @@ def test_function_tests_and_plain_classes_give_back_too(pytester, pair, broker):
         for lease in reversed(list(pair.list_leases()))
     ]
     assert given_back == [["calc2"], ["calc"]]
+
+
+MORE_MID_TEST = """
+import unittest
+
+import pytest
+
+from resources.calculator.resource import Calculator
+from sdk import request
+from sdk.mixin import ResourcesMixin
+
+
+class MoreTest(ResourcesMixin, unittest.TestCase):
+    resources = [request("calc", Calculator, name="calc")]
+
+    def test_a_asks_for_more(self):
+        self.request_resources([request("spare", Calculator, name="calc2")])
+        self.assertEqual(self.spare.calculate("3*3"), 9)
+
+    def test_b_keeps_calc_only(self):
+        self.assertEqual(self.calc.calculate("1+1"), 2)
+        self.assertFalse(hasattr(self, "spare"))
+"""
+
+
+def test_a_test_asks_for_more_mid_test_and_it_is_released_at_its_end(pytester, pair, broker):
+    pytester.makepyfile(test_more=MORE_MID_TEST)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--broker", broker.address)
+    result.assert_outcomes(passed=2)
+    leases = list(reversed(list(pair.list_leases())))
+    held = [[g.resource.name for g in lease.grants] for lease in leases]
+    assert held == [["calc"], ["calc2"]]  # calc kept for both tests, calc2 for the first
+    assert all(lease.state == lease_pb2.LEASE_STATE_RELEASED for lease in leases)
+    assert leases[1].end_time.ToDatetime() < leases[0].end_time.ToDatetime()
+
+
+def test_the_mixin_asks_for_more_under_python_unittest(pytester, pair, broker):
+    import os
+    import subprocess
+    import sys
+
+    pytester.makepyfile(test_more=MORE_MID_TEST)
+    finished = subprocess.run(
+        [sys.executable, "-m", "unittest", "test_more"],
+        cwd=pytester.path,
+        env={**os.environ, "BROKER_TARGET": broker.address},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert finished.returncode == 0, finished.stderr
+    held = [[g.resource.name for g in lease.grants] for lease in reversed(list(pair.list_leases()))]
+    assert held == [["calc"], ["calc2"]]
+
+
+def test_a_function_test_asks_through_the_fixture(pytester, pair, broker):
+    pytester.makepyfile(
+        """
+        from resources.calculator.resource import Calculator
+        from sdk import request
+
+
+        def test_more(request_resources):
+            held = request_resources([request("calc", Calculator, name="calc")])
+            assert held["calc"].calculate("2+5") == 7
+
+
+        def test_after():
+            pass
+        """
+    )
+    junit = pytester.path / "junit.xml"
+    result = pytester.runpytest(
+        "-p", "no:cacheprovider", "--broker", broker.address, f"--junitxml={junit}"
+    )
+    result.assert_outcomes(passed=2)
+    (lease,) = list(pair.list_leases())
+    assert lease.state == lease_pb2.LEASE_STATE_RELEASED
+    assert 'name="resource:calc"' in junit.read_text()
