@@ -3,6 +3,8 @@ for the `calc` resource, and recording the statuses of a waiting lease."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -48,3 +50,21 @@ class WaitRecorder:
 
     def wait(self, timeout: float = WAIT) -> None:
         assert self.waiting.wait(timeout), "the lease did not start waiting in time"
+
+
+def run_client(
+    arguments: list[str], broker_address: str, cwd=None, **options
+) -> subprocess.CompletedProcess[str]:
+    """A client program in a process of its own, pointed at the broker by
+    `BROKER_TARGET` (as a user's shell would), bounded in time."""
+    environment = {**os.environ, "BROKER_TARGET": broker_address, **options.pop("env", {})}
+    return subprocess.run(
+        arguments,
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        **options,
+    )

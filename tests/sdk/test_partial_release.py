@@ -16,6 +16,7 @@ from sdk import (
     PermissionDeniedError,
     request,
 )
+from tests.sdk.helpers import run_client
 
 
 @pytest.fixture
@@ -217,19 +218,11 @@ def test_a_test_asks_for_more_mid_test_and_it_is_released_at_its_end(pytester, p
 
 
 def test_the_mixin_asks_for_more_under_python_unittest(pytester, pair, broker):
-    import os
-    import subprocess
     import sys
 
     pytester.makepyfile(test_more=MORE_MID_TEST)
-    finished = subprocess.run(
-        [sys.executable, "-m", "unittest", "test_more"],
-        cwd=pytester.path,
-        env={**os.environ, "BROKER_TARGET": broker.address},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    finished = run_client(
+        [sys.executable, "-m", "unittest", "test_more"], broker.address, pytester.path
     )
     assert finished.returncode == 0, finished.stderr
     held = [[g.resource.name for g in lease.grants] for lease in reversed(list(pair.list_leases()))]

@@ -5,8 +5,6 @@ resources, Ctrl-C, the report header and the junit properties."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import textwrap
 import xml.etree.ElementTree as ElementTree
@@ -16,6 +14,7 @@ import pytest
 
 from broker.v1 import lease_pb2
 from resources.calculator.resource import Calculator
+from tests.sdk.helpers import run_client
 
 # Tests of the plugin need one backend: the broker's behaviour on both is
 # covered elsewhere.
@@ -434,15 +433,8 @@ class DirtyTest(ResourcesMixin, unittest.TestCase):
 
 def test_the_mixin_runs_under_python_unittest(pytester, broker, client):
     pytester.makepyfile(test_mixin=MIXIN_TEST)
-    environment = {**os.environ, "BROKER_TARGET": broker.address}
-    finished = subprocess.run(
-        [sys.executable, "-m", "unittest", "-v", "test_mixin"],
-        cwd=pytester.path,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    finished = run_client(
+        [sys.executable, "-m", "unittest", "-v", "test_mixin"], broker.address, pytester.path
     )
     assert finished.returncode == 0, finished.stderr
     assert "Ran 4 tests" in finished.stderr
@@ -477,15 +469,7 @@ def test_ctrl_c_under_unittest_releases_too(pytester, broker, client):
     )
     script = "import signal, unittest; signal.signal(signal.SIGINT, signal.default_int_handler); "
     script += "unittest.main(module='test_interrupted')"
-    finished = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=pytester.path,
-        env={**os.environ, "BROKER_TARGET": broker.address},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    finished = run_client([sys.executable, "-c", script], broker.address, pytester.path)
     assert finished.returncode != 0
     assert "KeyboardInterrupt" in finished.stderr
     (lease,) = leases_of(client)

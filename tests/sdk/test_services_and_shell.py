@@ -5,7 +5,6 @@ shell`."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from typing import ClassVar
 
@@ -15,6 +14,7 @@ from broker.v1 import lease_pb2
 from resources.calculator.resource import Calculator
 from sdk import BaseResource, request
 from sdk.config import ClientConfig
+from tests.sdk.helpers import run_client
 
 
 class Recorder(BaseResource):
@@ -100,14 +100,7 @@ print("holding", calc.name, calc.calculate("40 + 2"), flush=True)
 
 
 def test_what_lock_holds_is_released_when_the_process_ends(broker, client, calc):
-    finished = subprocess.run(
-        [sys.executable, "-c", LOCKING_SCRIPT],
-        env={**os.environ, "BROKER_TARGET": broker.address},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    finished = run_client([sys.executable, "-c", LOCKING_SCRIPT], broker.address)
     assert finished.returncode == 0, finished.stderr
     assert finished.stdout == "holding calc 42\n"
     (lease,) = list(client.list_leases())
@@ -121,18 +114,11 @@ def test_broker_shell_imports_the_kinds_and_releases_at_the_end(broker, client, 
     )
     session = 'calc = Calculator.lock(name="calc", skip_init=True)\n'
     session += 'print("got", calc.calculate("6*7"), greeting, client.holder)\n'
-    finished = subprocess.run(
+    finished = run_client(
         [os.path.join(os.path.dirname(sys.executable), "broker"), "shell"],
+        broker.address,
         input=session,
-        env={
-            **os.environ,
-            "BROKER_TARGET": broker.address,
-            "BROKER_CLIENT_CONFIG": str(tmp_path / "rotest.yml"),
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        env={"BROKER_CLIENT_CONFIG": str(tmp_path / "rotest.yml")},
     )
     assert finished.returncode == 0, finished.stderr
     assert f"resource broker: {broker.address}, holder " in finished.stderr
