@@ -1,10 +1,11 @@
 """Run-time overrides of what tests declare, as Rotest's `rotest -r` gave
 them: `--resource calc=name=calc2` makes every test's `calc` the resource
-named calc2, and `--resource calc.group=QA` (the same, spelled as Rotest's
-nested form) takes any calculator of group QA.
+named calc2, `--resource calc.group=QA` (the same, spelled as Rotest's
+nested form) takes any calculator of group QA, and Django's lookups work as
+in `request()`: `calc=port__gte=1024`, `calc=name__in=calc1,calc2`.
 
-An override replaces the declaration's constraint on that field and keeps
-the others. Its value is text, typed as the kind's field is (`ListKinds`),
+An override replaces the declaration's constraints on that field (whatever
+their lookups) and keeps the others. Its value is text, typed as the kind's field is (`ListKinds`),
 so `--resource calc=port=x` is refused, naming the field, before any lease
 is asked for.
 """
@@ -13,11 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from broker.v1 import resource_pb2
 from sdk import field_text
 from sdk.field_text import FieldTextError
-from sdk.requirements import ResourceRequest
+from sdk.requirements import ResourceRequest, parse_keyword
 
 
 class OverrideError(ValueError):
@@ -60,6 +62,10 @@ def parse_override(given: str) -> Override:
             f"--resource {given!r}: {label} has no sub-resource field "
             f"{field.partition('.')[0]!r} to reach {field!r} through"
         )
+    try:
+        parse_keyword(field)
+    except ValueError as error:
+        raise OverrideError(f"--resource {given!r}: {error}") from None
     return Override(label, field, text, given)
 
 
@@ -85,6 +91,20 @@ def unknown_labels(overrides: Iterable[Override], declared: Iterable[str]) -> li
 
 
 KindsLookup = Callable[[], list[resource_pb2.Kind]]
+
+
+def _typed(override: Override, types: field_text.FieldTypes) -> Any:
+    """An override's value as its field's type: text for a text test, a
+    list for `__in` (comma-separated), else one value."""
+    field, test, _ = parse_keyword(override.field)
+    if test in ("prefix", "contains"):
+        field_text.known_field(field, types)
+        return override.text
+    if test == "any_of":
+        return [
+            field_text.constraint_value(field, part, types) for part in override.text.split(",")
+        ]
+    return field_text.constraint_value(field, override.text, types)
 
 
 class Overrides:
@@ -116,9 +136,7 @@ class Overrides:
             values = {}
             for override in overrides:
                 try:
-                    values[override.field] = field_text.constraint_value(
-                        override.field, override.text, types
-                    )
+                    values[override.field] = _typed(override, types)
                 except FieldTextError as error:
                     raise OverrideError(f"--resource {override.given!r}: {error}") from None
             result[label] = request.with_constraints(**values)

@@ -63,8 +63,16 @@ class ResourceRequest:
             )
 
     def with_constraints(self, **constraints: Any) -> ResourceRequest:
-        """This request with `constraints` replacing those of the same fields."""
-        return dataclasses.replace(self, constraints={**self.constraints, **constraints})
+        """This request with `constraints` replacing every constraint on the
+        same fields, whatever their lookups (`port__gte=1000` replaces
+        `port=1357`)."""
+        fields = {parse_keyword(keyword)[0] for keyword in constraints}
+        kept = {
+            keyword: value
+            for keyword, value in self.constraints.items()
+            if parse_keyword(keyword)[0] not in fields
+        }
+        return dataclasses.replace(self, constraints={**kept, **constraints})
 
     def named(self, label: str) -> ResourceRequest:
         """This request under the name `label`."""
@@ -131,8 +139,10 @@ def to_constraints(constraints: Mapping[str, Any]) -> list[lease_pb2.Constraint]
     return [_constraint(keyword, value) for keyword, value in constraints.items()]
 
 
-def _lookup(keyword: str) -> tuple[str, str | None, bool]:
-    """`(field, test, negate)` of a keyword; test None: by the value's type."""
+def parse_keyword(keyword: str) -> tuple[str, str | None, bool]:
+    """`(field, test, negate)` of a constraint keyword (`port__not_gte` is
+    `("port", "at_least", True)`); test None: by the value's type. An
+    unknown lookup is a `ValueError` naming the known ones."""
     field, _, lookup = keyword.rpartition("__")
     if not field:
         return keyword, None, False
@@ -145,7 +155,7 @@ def _lookup(keyword: str) -> tuple[str, str | None, bool]:
 
 
 def _constraint(keyword: str, value: Any) -> lease_pb2.Constraint:
-    field, test, negate = _lookup(keyword)
+    field, test, negate = parse_keyword(keyword)
     if test is None:
         test = "any_of" if isinstance(value, COLLECTIONS) else "equals"
     message = lease_pb2.Constraint(field=field, negate=negate)

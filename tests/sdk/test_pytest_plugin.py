@@ -101,6 +101,24 @@ def test_the_nested_override_form_replaces_one_constraint(pytester, run, client)
     run("--resource", "calc.group=QA").assert_outcomes(passed=1)
 
 
+def test_an_override_with_a_lookup_selects_by_it(pytester, run):
+    pytester.makepyfile(
+        """
+        from resources.calculator.resource import Calculator
+
+
+        class TestLookup:
+            calc = Calculator.request(name="calc")
+
+            def test_group(self):
+                assert self.calc.name == "calc2"
+        """
+    )
+    run("--resource", "calc=group__in=QA,lab", "--resource", "calc=name__not=calc").assert_outcomes(
+        passed=1
+    )
+
+
 def test_markers_declare_resources_as_fixtures(pytester, run):
     pytester.makepyfile(
         """

@@ -135,3 +135,36 @@ def test_an_override_that_does_not_fit_names_the_field(given, message):
     overrides = Overrides(parse_overrides([given]), calculator_kind)
     with pytest.raises(OverrideError, match=message):
         overrides.apply({"calc": request("calc", Calculator)})
+
+
+def test_an_override_with_a_lookup_replaces_every_constraint_on_its_field():
+    overrides = Overrides(
+        parse_overrides(["calc=port__gte=1024", "calc=name__in=calc1,calc2"]), calculator_kind
+    )
+    declared = request("calc", Calculator, name="calc", port=1357, group="QA")
+    applied = overrides.apply({"calc": declared})["calc"]
+    assert applied.constraints == {
+        "group": "QA",
+        "port__gte": 1024,
+        "name__in": ["calc1", "calc2"],
+    }
+
+
+def test_an_override_with_a_text_lookup_takes_the_text_as_it_is():
+    overrides = Overrides(parse_overrides(["calc.name__startswith=Calc-"]), calculator_kind)
+    applied = overrides.apply({"calc": request("calc", Calculator, name__contains="x")})["calc"]
+    assert applied.constraints == {"name__startswith": "Calc-"}
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ("calc=port__gte=soon", "port: 'soon' is not a valid integer"),
+        ("calc=name__near=x", "no lookup 'near'"),
+        ("calc=colour__startswith=r", "colour: no such field"),
+    ],
+)
+def test_a_bad_override_lookup_is_named(given, message):
+    with pytest.raises(OverrideError, match=message):
+        overrides = Overrides(parse_overrides([given]), calculator_kind)
+        overrides.apply({"calc": request("calc", Calculator)})
