@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from sdk.client import BrokerClient
 from sdk.declarations import DeclarationError, marker_requests
-from sdk.lease import Held, Lease
+from sdk.lease import Held, Lease, each_instance
 from sdk.overrides import Overrides
 from sdk.requirements import ResourceRequest
 from sdk.waiting import Waiting
@@ -147,7 +147,11 @@ class ResourceKeeper:
         records = []
         for holding in self._holdings():
             lease = holding.lease
-            labels = {id(r): label for label, r in self._each_resource(holding.resources)}
+            labels = {
+                id(instance): label
+                for label, held in holding.resources.items()
+                for instance in each_instance(held)
+            }
             records += [
                 HeldResource(
                     labels[id(instance)],
@@ -239,9 +243,3 @@ class ResourceKeeper:
         on_wait = self._on_wait
         names = ", ".join(requests)
         return lambda waiting: on_wait(names, waiting)
-
-    @staticmethod
-    def _each_resource(resources: Mapping[str, Held]):
-        for label, held in resources.items():
-            for instance in held if isinstance(held, list) else [held]:
-                yield label, instance

@@ -155,7 +155,9 @@ class Lease:
             raise KeyError(
                 f"{unknown[0]!r} is not held (held: {', '.join(self.resources) or 'nothing'})"
             )
-        leaving = [instance for label in labels for instance in _each(self.resources.pop(label))]
+        leaving = [
+            instance for label in labels for instance in each_instance(self.resources.pop(label))
+        ]
         for instance in leaving:
             self._instances.remove(instance)
             instance.teardown()
@@ -324,7 +326,8 @@ class Lease:
         return stored
 
 
-def _each(held: Held) -> list[BaseResource]:
+def each_instance(held: Held) -> list[BaseResource]:
+    """The resources held under one label: one, or a request's list."""
     return held if isinstance(held, list) else [held]
 
 

@@ -27,9 +27,6 @@ from sdk.requirements import request
 logger = logging.getLogger(__name__)
 
 ResourceT = TypeVar("ResourceT", bound=BaseResource)
-LEASE_OPTIONS = frozenset(
-    {"ttl", "skip_init", "force_initialize", "save_state", "state_dir", "wait", "priority"}
-)
 
 _lock = threading.Lock()
 _client: BrokerClient | None = None
@@ -52,8 +49,7 @@ def lock(
     """One resource of `resource_class`'s kind, set up and held until
     `release(resource)`; `options` are `BrokerClient.lease`'s keywords and
     the request's constraints."""
-    lease_options = {name: options.pop(name) for name in list(options) if name in LEASE_OPTIONS}
-    lease = (client or default_client()).lease(resource_class, **lease_options, **options)
+    lease = (client or default_client()).lease(resource_class, **options)
     resource = lease.__enter__()
     assert isinstance(resource, resource_class)
     resource._locked_by = lease

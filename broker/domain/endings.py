@@ -38,6 +38,31 @@ def kinds_of(grants: list[lease_model.LeaseGrant]) -> set[str]:
     return {json.loads(grant.snapshot)["kind"] for grant in grants}
 
 
+def grant_events(
+    event_type: EventType,
+    lease: lease_model.Lease,
+    grants: list[lease_model.LeaseGrant],
+    now: float,
+    actor: str,
+    reason: str = "",
+) -> list[dict]:
+    """One event per granted resource of a lease, as a change of the lease
+    records it."""
+    return [
+        events.event(
+            event_type,
+            now,
+            resource=grant.resource_name,
+            kind=json.loads(grant.snapshot)["kind"],
+            lease_id=lease.id,
+            fencing_token=grant.fencing_token,
+            actor=actor,
+            reason=reason,
+        )
+        for grant in grants
+    ]
+
+
 def _session_lost(
     session: session_model.Session, now: float, reason: str, lease_ids: list[str]
 ) -> dict:
@@ -135,21 +160,7 @@ class Endings:
         self.queue.released_by(principal_of(lease))
         lease_model.end_leases([lease.id], state, now, reason)
         lease.state, lease.end_time, lease.end_reason = state, now, reason
-        events.record(
-            *(
-                events.event(
-                    event_type,
-                    now,
-                    resource=grant.resource_name,
-                    kind=json.loads(grant.snapshot)["kind"],
-                    lease_id=lease.id,
-                    fencing_token=grant.fencing_token,
-                    actor=actor,
-                    reason=reason,
-                )
-                for grant in grants
-            )
-        )
+        events.record(*grant_events(event_type, lease, grants, now, actor, reason))
 
     def give_back(
         self,
@@ -171,21 +182,7 @@ class Endings:
         reason = "given back by its holder, who keeps the rest of the lease"
         for grant in grants:
             grant.release_time = now
-        events.record(
-            *(
-                events.event(
-                    EventType.LEASE_RELEASED,
-                    now,
-                    resource=grant.resource_name,
-                    kind=json.loads(grant.snapshot)["kind"],
-                    lease_id=lease.id,
-                    fencing_token=grant.fencing_token,
-                    actor=actor,
-                    reason=reason,
-                )
-                for grant in grants
-            )
-        )
+        events.record(*grant_events(EventType.LEASE_RELEASED, lease, grants, now, actor, reason))
 
     def _lock_delay(self, grants: list[lease_model.LeaseGrant], now: float) -> set[int]:
         """Keeps the resources of lock-delayed kinds out of reach; returns them."""

@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
 
 from broker.domain import events, paging, planning, races, refusals
-from broker.domain.endings import ENDED, Endings, kinds_of
+from broker.domain.endings import ENDED, Endings, grant_events, kinds_of
 from broker.domain.errors import (
     BrokerError,
     DeadlineExceededError,
@@ -424,18 +424,7 @@ class Leases:
             lease.expire_time = capped(now + lease.ttl, cap)
             lease_model.extend_lease(lease.id, lease.expire_time)
             events.record(
-                *(
-                    events.event(
-                        EventType.LEASE_RENEWED,
-                        now,
-                        resource=grant.resource_name,
-                        kind=json.loads(grant.snapshot)["kind"],
-                        lease_id=lease.id,
-                        fencing_token=grant.fencing_token,
-                        actor=principal_of(lease),
-                    )
-                    for grant in grants
-                )
+                *grant_events(EventType.LEASE_RENEWED, lease, grants, now, principal_of(lease))
             )
 
         return self._change(lease_id, secret, extend, principal)

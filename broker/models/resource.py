@@ -109,9 +109,9 @@ def _expression(column: peewee.Field, test: Filter, position: str) -> peewee.Exp
     if test.test in _COMPARED:
         expression = peewee.Expression(column, _COMPARED[test.test], first)
     elif test.test == "prefix":
-        expression = peewee.fn.__getattr__(position)(column, first) == 1
+        expression = getattr(peewee.fn, position)(column, first) == 1
     elif test.test == "contains":
-        expression = peewee.fn.__getattr__(position)(column, first) > 0
+        expression = getattr(peewee.fn, position)(column, first) > 0
     elif len(test.values) == 1:
         expression = column == first
     else:
