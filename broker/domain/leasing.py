@@ -424,7 +424,13 @@ class Leases:
             lease.expire_time = capped(now + lease.ttl, cap)
             lease_model.extend_lease(lease.id, lease.expire_time)
             events.record(
-                *grant_events(EventType.LEASE_RENEWED, lease, grants, now, principal_of(lease))
+                *grant_events(
+                    EventType.LEASE_RENEWED,
+                    lease,
+                    lease_model.held(grants),
+                    now,
+                    principal_of(lease),
+                )
             )
 
         return self._change(lease_id, secret, extend, principal)

@@ -47,6 +47,12 @@ def test_the_rest_stays_held_with_its_fencing_numbers(pair):
         released = {g.resource.name: g.HasField("release_time") for g in stored.grants}
         assert released == {"calc": True, "calc2": False}
         assert pair.renew(lease.lease_id, lease._secret).state == lease_pb2.LEASE_STATE_ACTIVE
+        renewed = [
+            e.resource
+            for e in pair.list_events(event_service_pb2.EventFilter(lease_id=lease.lease_id))
+            if e.type == event_pb2.EVENT_TYPE_LEASE_RENEWED
+        ]
+        assert renewed == ["calc2"]  # not the resource given back
     assert pair.get_lease(lease.lease_id).state == lease_pb2.LEASE_STATE_RELEASED
     events = [
         (e.resource, e.reason)
