@@ -50,3 +50,35 @@ class BoardData(ResourceData):
     )
     ram_gb = peewee.IntegerField(choices=[2, 4, 8], default=4, help_text="Memory in GiB.")
     calibrated = peewee.DateTimeField(null=True, help_text="When it was last calibrated.")
+
+
+class SimData(ResourceData):
+    """A SIM card: a resource of its own, and a sub-resource of the handset
+    it sits in (not among `TEST_KINDS`: see `TREE_KINDS`)."""
+
+    carrier = peewee.CharField(max_length=32, help_text="The network it is on.")
+    slots = peewee.IntegerField(default=1, help_text="Profiles it holds.")
+
+
+class HandsetData(ResourceData):
+    """A handset with a SIM card in it: leasing the handset leases its SIM."""
+
+    model = peewee.CharField(max_length=32, default="", help_text="The maker's model.")
+    sim = peewee.ForeignKeyField(SimData, null=True, help_text="The SIM card in it.")
+
+
+class DualSimHandsetData(ResourceData):
+    """A handset with two SIM cards in it."""
+
+    model = peewee.CharField(max_length=32, default="", help_text="The maker's model.")
+    sim = peewee.ForeignKeyField(SimData, null=True, backref="+", help_text="The first SIM.")
+    sim2 = peewee.ForeignKeyField(SimData, null=True, backref="+", help_text="The second SIM.")
+
+
+# Kinds with sub-resources, besides the usual ones.
+TREE_KINDS = (
+    *TEST_KINDS,
+    "tests.kinds.SimData",
+    "tests.kinds.HandsetData",
+    "tests.kinds.DualSimHandsetData",
+)

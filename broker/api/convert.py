@@ -53,6 +53,7 @@ def kind_to_proto(kind: values.KindSpec) -> resource_pb2.Kind:
                 doc=field.doc,
                 max_length=field.max_length,
                 choices=[to_field_value(choice) for choice in field.choices],
+                kind=field.kind,
             )
             for field in kind.fields
         ],
@@ -84,6 +85,7 @@ def resource_to_proto(view: values.ResourceView) -> resource_pb2.Resource:
         service_reason=view.service_reason,
         setup_failures=view.setup_failures,
         last_grant_time=None if view.last_grant_time is None else timestamp(view.last_grant_time),
+        parent=view.parent,
     )
 
 
@@ -275,6 +277,7 @@ def lease_to_proto(view: values.LeaseView) -> lease_pb2.Lease:
                 resource=resource_to_proto(grant.resource),
                 fencing_token=grant.fencing_token,
                 release_time=None if grant.release_time is None else timestamp(grant.release_time),
+                parent=grant.parent,
             )
             for grant in view.grants
         ],

@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 from broker.domain.errors import BrokerError, InvalidArgumentError, clip
-from broker.domain.kinds import Kind, check_value
+from broker.domain.kinds import Kind, KindRegistry, check_value
 from broker.domain.values import (
     COMMON_FILTER_FIELDS,
     COMPARISONS,
@@ -36,25 +36,17 @@ def resolve(
     constraints: Sequence[Constraint],
     path: str,
     unknown_field: UnknownField,
+    kinds: KindRegistry | None = None,
 ) -> list[Filter]:
     """Checks each constraint against the kind's fields (common fields only
-    when no kind is given) and returns the filters in stored form."""
+    when no kind is given; through sub-resource fields, those of the
+    sub-resource's kind in `kinds`) and returns the filters in stored form."""
     filters = []
     for index, constraint in enumerate(constraints):
         where = f"{path}[{index}]"
         if not constraint.field:
             raise InvalidArgumentError.of(f"{where}.field", "is required")
-        spec = _COMMON_SPECS.get(constraint.field) or (
-            kind.spec.field(constraint.field) if kind else None
-        )
-        if spec is None:
-            known = [*COMMON_FILTER_FIELDS, *(f.name for f in kind.spec.fields)] if kind else []
-            owner = f"kind {kind.name!r}" if kind else "a resource of any kind"
-            raise unknown_field(
-                where,
-                f"{owner} has no field {clip(constraint.field)!r}"
-                + (f" (fields: {', '.join(known)})" if known else " (name a kind)"),
-            )
+        spec = _spec_at(kind, constraint.field, where, unknown_field, kinds)
         _check_test(constraint, spec, where)
         if not 1 <= len(constraint.values) <= MAX_VALUES:
             raise InvalidArgumentError.of(
@@ -78,6 +70,46 @@ def resolve(
             Filter(constraint.field, tuple(values), constraint.test.value, constraint.negate)
         )
     return filters
+
+
+def _spec_at(
+    kind: Kind | None,
+    field: str,
+    where: str,
+    unknown_field: UnknownField,
+    kinds: KindRegistry | None,
+) -> FieldSpec:
+    """The field a constraint's path names: a common field, one of the
+    kind's, or one of a sub-resource's (`sim.carrier`; `sim` and
+    `sim.name` are the sub-resource's name)."""
+    head, dot, rest = field.partition(".")
+    spec = _COMMON_SPECS.get(head) or (kind.spec.field(head) if kind else None)
+    if spec is None or (dot and spec.type != FieldType.REFERENCE):
+        if spec is not None:
+            raise unknown_field(
+                where, f"{clip(field)!r}: {head} is no sub-resource field, so it has no fields"
+            )
+        known = [*COMMON_FILTER_FIELDS, *(f.name for f in kind.spec.fields)] if kind else []
+        owner = f"kind {kind.name!r}" if kind else "a resource of any kind"
+        raise unknown_field(
+            where,
+            f"{owner} has no field {clip(head)!r}"
+            + (f" (fields: {', '.join(known)})" if known else " (name a kind)"),
+        )
+    if spec.type != FieldType.REFERENCE:
+        return spec
+    if not rest:
+        return dataclasses.replace(spec, type=FieldType.STRING, choices=())
+    child = kinds.find(spec.kind) if kinds is not None else None
+    inner = _COMMON_SPECS.get(rest) or (child.spec.field(rest) if child else None)
+    if inner is None or "." in rest:
+        known = [*COMMON_FILTER_FIELDS, *(f.name for f in child.spec.fields)] if child else []
+        raise unknown_field(
+            where,
+            f"{head} is a {spec.kind}, which has no field {clip(rest)!r}"
+            + (f" (fields: {', '.join(known)})" if known else ""),
+        )
+    return dataclasses.replace(inner, name=f"{head}.{inner.name}")
 
 
 def _check_test(constraint: Constraint, spec: FieldSpec, where: str) -> None:

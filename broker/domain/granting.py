@@ -16,8 +16,10 @@ from typing import cast
 
 from broker.domain import events
 from broker.domain.errors import ConflictError
+from broker.domain.kinds import Kind, KindRegistry
 from broker.domain.planning import Plan
 from broker.domain.replay import Replay, replay_of
+from broker.domain.requests import Need
 from broker.domain.values import (
     AcquireRequest,
     EventType,
@@ -28,6 +30,8 @@ from broker.domain.values import (
 )
 from broker.domain.views import resource_view, snapshot
 from broker.models import lease as lease_model
+from broker.models import resource as resource_model
+from broker.models.resource import Resource
 from broker.models.setting import secret_key
 
 
@@ -39,7 +43,8 @@ class Granter:
     """The rules of semantics 1 and 6 at the grant: all of a plan's
     resources claimed at once or none, and a fencing number per grant."""
 
-    def __init__(self, max_lifetime: float = 0.0):
+    def __init__(self, kinds: KindRegistry, max_lifetime: float = 0.0):
+        self.kinds = kinds
         # Seconds a lease may live from its grant, however renewed; 0: no limit.
         self.max_lifetime = max_lifetime
         self._key: bytes | None = None
@@ -108,22 +113,30 @@ class Granter:
         )
         # A complete plan: every slot has a resource.
         assignment = cast("tuple[int, ...]", plan.matching.assignment)
-        chosen = [plan.by_id[rid] for rid in assignment]
-        slot_kinds = [plan.needs[n].kind for n in plan.slot_needs]
-        ownable = [row.id for row, kind in zip(chosen, slot_kinds, strict=True) if kind.ownable]
-        shared = [row.id for row, kind in zip(chosen, slot_kinds, strict=True) if not kind.ownable]
+        chosen = [
+            (plan.needs[n], plan.by_id[rid], plan.needs[n].kind)
+            for n, rid in zip(plan.slot_needs, assignment, strict=True)
+        ]
+        children = self._children(chosen)
+        taken = chosen + [(need, row, kind) for need, row, kind, _ in children]
+        ownable = [row.id for _, row, kind in taken if kind.ownable]
+        shared = [row.id for _, row, kind in taken if not kind.ownable]
         tokens = lease_model.claim_ownable(ownable, lease_id, principal, now, behind_priority)
         if len(tokens) != len(ownable):
             raise ConflictError("another lease took a resource first; retry")
         tokens.update(lease_model.bump_fencing(shared))
+        # The parents of resources granted alone, for their views.
+        parents = resource_model.names_of(row.parent_id for _, row, _ in chosen)
+        given = [(need, row, kind, "") for need, row, kind in chosen] + children
         grants, grant_rows, event_rows = [], [], []
-        for n, row, kind in zip(plan.slot_needs, chosen, slot_kinds, strict=True):
-            need = plan.needs[n]
+        for need, row, kind, parent in given:
             row.fencing_token = tokens[row.id]
             if kind.ownable:
                 row.lease_id, row.owner = lease_id, principal
-            view = resource_view(row, row.data, kind, (lease_id,))
-            grants.append(GrantView(need.index, need.label, view, row.fencing_token))
+            view = resource_view(
+                row, row.data, kind, (lease_id,), parent or parents.get(row.parent_id or 0, "")
+            )
+            grants.append(GrantView(need.index, need.label, view, row.fencing_token, None, parent))
             grant_rows.append(
                 {
                     "lease": lease_id,
@@ -134,6 +147,7 @@ class Granter:
                     "fencing_token": row.fencing_token,
                     "snapshot": snapshot(view),
                     "release_time": None,
+                    "parent": parent,
                 }
             )
             event_rows.append(
@@ -148,9 +162,41 @@ class Granter:
                     detail={"waited": round(waited, 6)} if waited > 0 else None,
                 )
             )
+        # A requirement's grants: its resources, then their sub-resources.
+        order = sorted(range(len(grants)), key=lambda i: grants[i].requirement_index)
+        grants = [grants[i] for i in order]
+        grant_rows = [grant_rows[i] for i in order]
         lease_model.insert_grants(grant_rows)
         events.record(*event_rows)
         return Granted(lease_view(lease, grants), secret)
+
+    def _children(self, chosen: list[tuple[Need, Resource, Kind]]) -> list[tuple]:
+        """The sub-resources of the chosen resources, each as (the need of
+        its parent, its row, its kind, its parent's name), in the order of
+        their parents and fields. The plan saw them free; the claim checks
+        it again."""
+        wanted: list[tuple[Need, Resource, Kind, int]] = []
+        for need, row, kind in chosen:
+            ids = kind.reference_ids(row.data)
+            for spec in kind.references:
+                child_id = ids[spec.name]
+                if child_id is not None:
+                    wanted.append((need, row, self.kinds.get(spec.kind), child_id))
+        by_kind: dict[str, list[int]] = {}
+        for _, _, child_kind, child_id in wanted:
+            by_kind.setdefault(child_kind.name, []).append(child_id)
+        rows = {
+            row.id: row
+            for name, ids in by_kind.items()
+            for row in resource_model.rows_with_data(self.kinds.get(name).model, ids)
+        }
+        children = []
+        for need, parent, child_kind, child_id in wanted:
+            child = rows.get(child_id)
+            if child is None:
+                raise ConflictError(f"a sub-resource of {parent.name!r} was deleted; retry")
+            children.append((need, child, child_kind, parent.name))
+        return children
 
 
 def lease_view(lease: lease_model.Lease, grants: list[GrantView]) -> LeaseView:

@@ -115,7 +115,9 @@ class Inventory:
                 if resource_model.get_resource(new.name) is not None:
                     raise AlreadyExistsError("resource", new.name)
                 values["fencing_token"] = lease_model.highest_fencing_token(new.name)
+                children = self._sub_resources(kind, fields, None)
                 row = resource_model.insert_resource(values, kind.model, fields)
+                resource_model.set_parent([child.id for child in children.values()], row.id)
                 events.record(
                     events.event(
                         EventType.RESOURCE_CREATED,
@@ -153,7 +155,9 @@ class Inventory:
         if position is not None and not isinstance(position["after"], str):
             raise InvalidArgumentError.of("page_token", "not a token returned by this listing")
         kind = self.kinds.get(kind_name) if kind_name else None
-        resolved = filters.resolve(kind, constraints, "constraints", InvalidArgumentError.of)
+        resolved = filters.resolve(
+            kind, constraints, "constraints", InvalidArgumentError.of, self.kinds
+        )
         rows = resource_model.list_resources(
             kind.name if kind else None,
             kind.model if kind else None,
@@ -208,9 +212,12 @@ class Inventory:
             _check_reservation(row.reserved_for, row.reserved_until, row.reservation_reason)
             values["update_time"] = now
             fields = self._patched_fields(kind, patch)
+            self._sub_resources(kind, fields, row)
             if not resource_model.update_resource(row.id, row.version, values):
                 raise ConflictError(f"resource {patch.name!r} changed while it was updated")
             resource_model.update_kind_data(kind.model, row.id, fields)
+            if any(spec.name in fields for spec in kind.references):
+                self._adopt(kind, row.id)
             rows = [
                 events.event(
                     EventType.RESOURCE_UPDATED,
@@ -312,6 +319,14 @@ class Inventory:
                         "release or revoke it first",
                     )
                 )
+            if row.parent_id is not None:
+                parent = resource_model.names_of([row.parent_id]).get(row.parent_id, "")
+                raise _sub_resource_error(
+                    name,
+                    f"resource {name!r} is a sub-resource of {parent!r}: clear that field "
+                    f"of {parent!r} (or delete {parent!r}) first",
+                )
+            resource_model.orphan_children(row.id)
             if not resource_model.delete_free_resource(row.id, row.version):
                 raise ConflictError(f"resource {name!r} changed while it was deleted")
             events.record(
@@ -319,6 +334,58 @@ class Inventory:
                     EventType.RESOURCE_DELETED, now, resource=name, kind=row.kind, actor=actor
                 )
             )
+
+    def _sub_resources(
+        self, kind: Kind, fields: dict, parent: resource_model.Resource | None
+    ) -> dict[str, resource_model.Resource]:
+        """Checks the sub-resources that `fields` name (by name) and turns
+        each name into the resource's id, in place: each must exist, be of
+        the field's kind and be no other resource's sub-resource, and a
+        held resource keeps the sub-resources it was granted with."""
+        named = {spec.name: spec for spec in kind.references if spec.name in fields}
+        if not named:
+            return {}
+        if parent is not None and parent.lease_id is not None:
+            raise FailedPreconditionError(
+                PreconditionViolation(
+                    "RESOURCE_LEASED",
+                    f"resources/{parent.name}",
+                    f"resource {parent.name!r} is held by lease {parent.lease_id}, with its "
+                    "sub-resources: change them once it is released",
+                )
+            )
+        children: dict[str, resource_model.Resource] = {}
+        for field, spec in named.items():
+            path = f"resource.fields.{field}"
+            child_name = fields[field]
+            if child_name is None:
+                continue
+            child = resource_model.get_resource(child_name)
+            if child is None or child.kind != spec.kind:
+                raise InvalidArgumentError.of(
+                    path, f"{field} names a {spec.kind}: there is no {spec.kind} {child_name!r}"
+                )
+            if child.parent_id is not None and (parent is None or child.parent_id != parent.id):
+                owner = resource_model.names_of([child.parent_id]).get(child.parent_id, "")
+                raise _sub_resource_error(
+                    child_name,
+                    f"{child_name!r} is already a sub-resource of {owner!r}: a resource "
+                    "is the sub-resource of one resource at most",
+                )
+            if child.id in {c.id for c in children.values()}:
+                raise InvalidArgumentError.of(
+                    path, f"{child_name!r} is named by another field too: one field each"
+                )
+            children[field] = child
+            fields[field] = child.id
+        return children
+
+    def _adopt(self, kind: Kind, parent_id: int) -> None:
+        """Records the parent of the sub-resources its row names now."""
+        (data,) = resource_model.kind_data(kind.model, [parent_id]).values()
+        ids = [i for i in kind.reference_ids(data).values() if i is not None]
+        resource_model.orphan_children(parent_id, keep=ids)
+        resource_model.set_parent(ids, parent_id)
 
     def _typed_fields(self, kind: Kind, given: dict, complete: bool) -> dict:
         """Checks typed field values; with `complete`, fills defaults and
@@ -357,6 +424,7 @@ class Inventory:
         """Views of rows of any kinds: typed fields fetched per kind, holders
         of shared kinds from their active grants."""
         by_kind: dict[str, builtins.list[resource_model.Resource]] = {}
+        by_id = {row.id: row for row in rows}
         for row in rows:
             by_kind.setdefault(row.kind, []).append(row)
         data = {}
@@ -366,20 +434,31 @@ class Inventory:
             if kind is None:
                 continue
             missing = [row.id for row in kind_rows if not hasattr(row, "data")]
-            data.update(resource_model.kind_data(kind.model, missing))
+            fetched = resource_model.kind_data(kind.model, missing)
+            if kind.references:
+                for row_id, names in resource_model.reference_names(kind.model, fetched).items():
+                    by_id[row_id].references = names
+            data.update(fetched)
             data.update({row.id: row.data for row in kind_rows if hasattr(row, "data")})
             if not kind.ownable:
                 shared_ids.extend(row.id for row in kind_rows)
         holders = lease_model.active_holders(shared_ids, LeaseState.ACTIVE)
+        parents = resource_model.names_of(row.parent_id for row in rows)
         return [
             resource_view(
                 row,
                 data.get(row.id),
                 self.kinds.find(row.kind),
                 tuple(lease.id for lease in holders[row.id]) if row.id in holders else None,
+                parents.get(row.parent_id or 0, ""),
             )
             for row in rows
         ]
+
+
+def _sub_resource_error(name: str, text: str) -> FailedPreconditionError:
+    """A change refused for what `name` is in a tree of sub-resources."""
+    return FailedPreconditionError(PreconditionViolation("SUB_RESOURCE", f"resources/{name}", text))
 
 
 def _check_reservation(reserved_for: str, until: float | None, reason: str) -> None:

@@ -15,6 +15,7 @@ import peewee
 from broker.domain.errors import FieldViolation, InvalidArgumentError, NotFoundError, clip
 from broker.domain.values import FieldSpec, FieldType, KindSpec, Scalar
 from broker.kind_data import IPAddressField, ResourceData
+from broker.models.resource import CHILD, PARENT
 
 TEXT_FIELD_MAX_LENGTH = 4096
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -36,6 +37,7 @@ _DEFAULT_BITS = {FieldType.INTEGER: 32, FieldType.FLOAT: 64}
 
 # Most specific first: IPAddressField is a CharField, BooleanField is not an IntegerField.
 _FIELD_TYPES: tuple[tuple[type[peewee.Field], FieldType], ...] = (
+    (peewee.ForeignKeyField, FieldType.REFERENCE),
     (IPAddressField, FieldType.IP_ADDRESS),
     (peewee.BooleanField, FieldType.BOOLEAN),
     (peewee.CharField, FieldType.STRING),
@@ -56,6 +58,9 @@ class Kind:
 
     spec: KindSpec
     model: type[ResourceData]
+    # Its place in a tree of sub-resources: `PARENT` (it has sub-resource
+    # fields), `CHILD` (it is some kind's sub-resource), or "".
+    tree: str = ""
 
     @property
     def name(self) -> str:
@@ -64,6 +69,16 @@ class Kind:
     @property
     def ownable(self) -> bool:
         return self.spec.ownable
+
+    @property
+    def references(self) -> tuple[FieldSpec, ...]:
+        """Its sub-resource fields, in declaration order."""
+        return tuple(f for f in self.spec.fields if f.type == FieldType.REFERENCE)
+
+    def reference_ids(self, data: ResourceData) -> dict[str, int | None]:
+        """The resource ids a kind row's sub-resource fields hold, read
+        without loading the rows they point to."""
+        return {spec.name: data.__data__.get(spec.name) for spec in self.references}
 
 
 def describe(model: type[ResourceData]) -> KindSpec:
@@ -79,6 +94,8 @@ def describe(model: type[ResourceData]) -> KindSpec:
                 "field type (use CharField, TextField, IntegerField, FloatField, "
                 "BooleanField, DateTimeField or IPAddressField)"
             )
+        if field_type == FieldType.REFERENCE:
+            _check_reference(model, field)
         if field_type == FieldType.DATE_TIME and field.default is not None:
             raise KindDeclarationError(
                 f"{model.__name__}.{field.name}: a date-time field has no default (a naive "
@@ -91,6 +108,8 @@ def describe(model: type[ResourceData]) -> KindSpec:
             max_length = 0
         bits = _BITS.get(field.field_type, _DEFAULT_BITS.get(field_type, 0))
         choices = _choices(model, field)
+        if field_type == FieldType.REFERENCE:
+            max_length, bits = 128, 0
         fields.append(
             FieldSpec(
                 name=field.name,
@@ -101,12 +120,32 @@ def describe(model: type[ResourceData]) -> KindSpec:
                 max_length=max_length,
                 bits=bits,
                 choices=choices,
+                kind=field.rel_model.kind_name() if field_type == FieldType.REFERENCE else "",
             )
         )
     doc = " ".join((model.__doc__ or "").split())
     return KindSpec(
         model.kind_name(), bool(model.OWNABLE), tuple(fields), doc, float(model.LOCK_DELAY)
     )
+
+
+def _check_reference(model: type[ResourceData], field: peewee.ForeignKeyField) -> None:
+    """A sub-resource field points to another kind's data, by its key."""
+    where = f"{model.__name__}.{field.name}"
+    target = field.rel_model
+    if not (isinstance(target, type) and issubclass(target, ResourceData)):
+        raise KindDeclarationError(
+            f"{where}: a ForeignKeyField names a sub-resource, so it must point to another "
+            f"kind's ResourceData, not {getattr(target, '__name__', target)!r}"
+        )
+    if target is model:
+        raise KindDeclarationError(f"{where}: a kind cannot be a sub-resource of itself")
+    if field.rel_field is not target.resource:
+        raise KindDeclarationError(f"{where}: a sub-resource field points to its kind's key")
+    if field.default is not None:
+        raise KindDeclarationError(
+            f"{where}: a sub-resource field has no default (make it null=True, or required)"
+        )
 
 
 def _choices(model: type[ResourceData], field: peewee.Field) -> tuple[Scalar, ...]:
@@ -134,6 +173,50 @@ class KindRegistry:
                     f"({self._kinds[kind.name].model.__module__} and {model.__module__})"
                 )
             self._kinds[kind.name] = kind
+        self._parents: dict[str, set[str]] = {}
+        for kind in self._kinds.values():
+            for spec in kind.references:
+                self._check_tree(kind, spec)
+                self._parents.setdefault(spec.kind, set()).add(kind.name)
+        for name, kind in self._kinds.items():
+            place = PARENT if kind.references else CHILD if name in self._parents else ""
+            self._kinds[name] = dataclasses.replace(kind, tree=place)
+
+    def _check_tree(self, kind: Kind, spec: FieldSpec) -> None:
+        """Sub-resources are resources of a served, ownable kind, one level
+        deep: a kind with sub-resources is no one's sub-resource."""
+        where = f"{kind.model.__name__}.{spec.name}"
+        child = self._kinds.get(spec.kind)
+        if child is None:
+            raise KindDeclarationError(
+                f"{where}: its kind {spec.kind!r} is not served: add its ResourceData to the "
+                "configuration's kinds"
+            )
+        if not (kind.ownable and child.ownable):
+            raise KindDeclarationError(
+                f"{where}: a resource and its sub-resources are held by one lease, so both "
+                "kinds must be ownable"
+            )
+        if child.references:
+            raise KindDeclarationError(
+                f"{where}: {child.name} has sub-resources of its own; sub-resources are one "
+                "level deep"
+            )
+
+    def parents_of(self, kind_name: str) -> frozenset[str]:
+        """The kinds that have sub-resources of this kind."""
+        return frozenset(self._parents.get(kind_name, ()))
+
+    def family(self, kind_names: Iterable[str]) -> set[str]:
+        """The kinds, with the kinds of their sub-resources and of their
+        parents: a grant of one changes what the others may be granted."""
+        result = set(kind_names)
+        for name in list(result):
+            kind = self._kinds.get(name)
+            if kind is not None:
+                result.update(spec.kind for spec in kind.references)
+            result.update(self._parents.get(name, ()))
+        return result
 
     def __iter__(self):
         return iter(sorted(self._kinds.values(), key=lambda k: k.name))
@@ -179,6 +262,7 @@ def _check_type(spec: FieldSpec, value: Scalar | None, path: str) -> Scalar | No
         FieldType.FLOAT: "a number",
         FieldType.BOOLEAN: "a boolean",
         FieldType.DATE_TIME: "a date-time",
+        FieldType.REFERENCE: f"the name of a {spec.kind} resource",
     }[spec.type]
     wrong_type = InvalidArgumentError(
         FieldViolation(path, f"{spec.name} must be {expected}, not {type(value).__name__}")
@@ -188,7 +272,7 @@ def _check_type(spec: FieldSpec, value: Scalar | None, path: str) -> Scalar | No
             raise wrong_type
         # Stored as UTC without a zone, as both databases read it back.
         return value.astimezone(datetime.UTC).replace(tzinfo=None)
-    if spec.type in (FieldType.STRING, FieldType.IP_ADDRESS):
+    if spec.type in (FieldType.STRING, FieldType.IP_ADDRESS, FieldType.REFERENCE):
         if not isinstance(value, str):
             raise wrong_type
         if spec.max_length and len(value) > spec.max_length:

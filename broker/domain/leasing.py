@@ -101,7 +101,10 @@ class Leases:
     ):
         self.kinds = kinds
         self.requests = Requests(kinds, default_ttl, max_ttl)
-        self.granter = Granter(max_lifetime)
+        self.granter = Granter(kinds, max_lifetime)
+        locks.relate(
+            {kind.name: frozenset(kinds.family([kind.name])) for kind in kinds if kind.tree}
+        )
         self.quotas = quotas or Quotas()
         self.queue = WaitQueue(self.requests, self.granter, self.quotas)
         self.endings = Endings(kinds, self.queue)
@@ -480,13 +483,26 @@ class Leases:
                         + (f" (it holds: {', '.join(held)})" if held else ""),
                     )
                 )
+            alone = [name for name in names if held[name].parent]
+            if alone:
+                parent = held[alone[0]].parent
+                raise FailedPreconditionError(
+                    PreconditionViolation(
+                        "SUB_RESOURCE",
+                        f"resources/{clip(alone[0])}",
+                        f"{clip(alone[0])!r} was granted as a sub-resource of {parent!r}: "
+                        f"give back {parent!r}, and it goes with it",
+                    )
+                )
+            # A resource goes back with its sub-resources.
+            given = [g for g in held.values() if g.resource_name in names or g.parent in names]
             actor = principal_of(lease)
-            if len(names) == len(held):
+            if len(given) == len(held):
                 self.endings.end(
                     lease, grants, LeaseState.RELEASED, now, "released by its holder", actor
                 )
             else:
-                self.endings.give_back(lease, [held[name] for name in names], now, actor)
+                self.endings.give_back(lease, given, now, actor)
 
         return self._change(lease_id, secret, give_back, principal, frees=True)
 
@@ -720,6 +736,7 @@ class Leases:
                         view,
                         grant.fencing_token,
                         grant.release_time,
+                        grant.parent,
                     )
                 )
             if grant_views or not grants[lease.id]:

@@ -55,6 +55,11 @@ def plan(
     behind every waiting request of its priority), resources reserved by
     requests ranking ahead of it are left out."""
     total = sum(need.count for need in needs)
+    # A request for resources and for sub-resources of their kinds: each
+    # chosen parent takes its sub-resources, which no slot may take then.
+    parent_slots = sum(
+        need.count * len(need.kind.references) for need in needs if need.kind.references
+    )
     candidates = [
         resource_model.select_candidates(
             need.kind.model,
@@ -64,14 +69,37 @@ def plan(
             mode=(
                 resource_model.FREE if free_only and need.kind.ownable else resource_model.USABLE
             ),
-            limit=total,
+            limit=total + (parent_slots if need.kind.tree == resource_model.CHILD else 0),
             now=now,
             rank=rank,
             groups=groups,
+            tree=need.kind.tree,
         )
         for need in needs
     ]
     slot_needs = expand_slots([need.count for need in needs])
     by_id = {row.id: row for rows in candidates for row in rows}
-    matching = match([[row.id for row in candidates[n]] for n in slot_needs])
+    taken: set[int] = set()
+    while True:
+        matching = match(
+            [[row.id for row in candidates[n] if row.id not in taken] for n in slot_needs]
+        )
+        children = _children_of(matching, slot_needs, needs, by_id) if parent_slots else set()
+        clash = {rid for rid in matching.assignment if rid in children} - taken
+        if not clash:
+            break
+        taken |= clash
     return Plan(needs, slot_needs, matching, by_id, [len(rows) for rows in candidates])
+
+
+def _children_of(
+    matching: Matching[int], slot_needs: list[int], needs: list[Need], by_id: dict[int, Resource]
+) -> set[int]:
+    """The sub-resources of the resources an assignment chose."""
+    children: set[int] = set()
+    for slot, resource_id in enumerate(matching.assignment):
+        kind = needs[slot_needs[slot]].kind
+        if resource_id is not None and kind.references:
+            ids = kind.reference_ids(by_id[resource_id].data).values()
+            children.update(child for child in ids if child is not None)
+    return children

@@ -84,6 +84,8 @@ class WaitQueue:
         self.granter = granter
         self.quotas = quotas
         self._local = threading.local()
+        # The kinds with sub-resources, or that are sub-resources.
+        self._trees = {kind.name for kind in requests.kinds if kind.tree}
 
     @property
     def _pending(self) -> _Pending:
@@ -107,7 +109,12 @@ class WaitQueue:
     def offer(self, freed: list[Freed]) -> None:
         """Resources that came within reach (a lease ended, a lock-delay or a
         reservation passed, a waiting request let them go): the pass offers
-        those a waiting request has a key for."""
+        those a waiting request has a key for. In a tree of sub-resources a
+        change of one resource may serve a request for its parent or its
+        sub-resources: they are offered too."""
+        in_trees = [row[0] for row in freed if row[1] in self._trees]
+        if in_trees:
+            freed = [*freed, *resource_model.relatives(in_trees)]
         self._pending.offer(freed)
 
     def released_by(self, principal: str) -> None:

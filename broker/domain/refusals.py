@@ -5,6 +5,7 @@ Reads only; runs inside the caller's transaction."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from broker.domain.errors import (
@@ -153,11 +154,53 @@ def _obstacles_of(
         return (Obstacle("", ObstacleCause.NO_SUCH_RESOURCE, _no_such_text(need)),)
     held = {h.resource: h for h in holders}
     found = []
+    relatives = _relatives(need, rows) if need.kind.tree else {}
+    if relatives:
+        held.update(_holders([r for group in relatives.values() for r in group]))
     for row in rows:
         obstacle = _obstacle(row, holder, now, held.get(row.name))
+        if obstacle is None:
+            obstacle = next(
+                (
+                    _through(row, obstacle, need)
+                    for relative in relatives.get(row.id, ())
+                    if (obstacle := _obstacle(relative, holder, now, held.get(relative.name)))
+                    is not None
+                ),
+                None,
+            )
         if obstacle is not None:
             found.append(obstacle)
     return tuple(found[:MAX_HOLDERS_REPORTED])
+
+
+def _relatives(need: Need, rows: list[Resource]) -> dict[int, list[Resource]]:
+    """For each resource in a tree, the others whose state it shares: a
+    parent's sub-resources, a sub-resource's parent."""
+    if need.kind.tree == resource_model.PARENT:
+        return resource_model.children_rows([row.id for row in rows])
+    parents = resource_model.parent_rows([row.parent_id for row in rows if row.parent_id])
+    return {row.id: [parents[row.parent_id]] for row in rows if row.parent_id in parents}
+
+
+def _holders(rows: list[Resource]) -> dict[str, HolderView]:
+    """Who holds the held ones of some resources, by resource name."""
+    held = [row for row in rows if row.lease_id]
+    leases = lease_model.leases_by_id(sorted({row.lease_id for row in held if row.lease_id}))
+    return {
+        row.name: HolderView(row.name, row.lease_id, row.owner, leases[row.lease_id].expire_time)
+        for row in held
+        if row.lease_id in leases
+    }
+
+
+def _through(row: Resource, obstacle: Obstacle, need: Need) -> Obstacle:
+    """What keeps a relative keeps `row`, in words naming both."""
+    if need.kind.tree == resource_model.PARENT:
+        text = f"{row.name}: its sub-resource {obstacle.text}"
+    else:
+        text = f"{row.name}: its parent {obstacle.text}"
+    return dataclasses.replace(obstacle, resource=row.name, text=text)
 
 
 # Causes that last until an administrator changes the inventory: a request

@@ -96,6 +96,7 @@ class Requests:
             lambda where, text: FailedPreconditionError(
                 PreconditionViolation("UNKNOWN_FIELD", where, f"{where}: {text}")
             ),
+            self.kinds,
         )
         return Need(index, kind, resolved, requirement.count or 1, requirement.label)
 

@@ -19,6 +19,8 @@ class FieldType(enum.IntEnum):
     BOOLEAN = 4
     IP_ADDRESS = 5
     DATE_TIME = 6
+    # A sub-resource: the name of a resource of `FieldSpec.kind`.
+    REFERENCE = 7
 
 
 class WaiterState(enum.IntEnum):
@@ -119,6 +121,8 @@ class FieldSpec:
     bits: int = 0
     # The only values it takes (its declaration's `choices`); () for any.
     choices: tuple[Scalar, ...] = ()
+    # The kind a REFERENCE field names a resource of; "" for other types.
+    kind: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,6 +234,8 @@ class ResourceView:
     service_reason: str = ""
     setup_failures: int = 0
     last_grant_time: float | None = None
+    # The resource whose REFERENCE field names this one; "" if none.
+    parent: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,6 +280,8 @@ class GrantView:
     fencing_token: int
     # When it was given back while the lease went on; None while held.
     release_time: float | None = None
+    # For a sub-resource granted with its parent, the parent's name.
+    parent: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,12 +21,23 @@ def resource_view(
     data: ResourceData | None,
     kind: Kind | None,
     lease_ids: tuple[str, ...] | None = None,
+    parent: str = "",
 ) -> ResourceView:
     """The view of a stored resource. `lease_ids` defaults to the one lease
-    of an ownable resource; shared kinds pass theirs."""
+    of an ownable resource; shared kinds pass theirs. Sub-resource fields
+    show the names the row's `references` hold; `parent` is the name of the
+    resource it is a sub-resource of."""
     fields = {}
     if data is not None and kind is not None:
-        fields = {spec.name: _public(getattr(data, spec.name), spec) for spec in kind.spec.fields}
+        references = getattr(resource, "references", {})
+        fields = {
+            spec.name: (
+                references.get(spec.name)
+                if spec.type == FieldType.REFERENCE
+                else _public(getattr(data, spec.name), spec)
+            )
+            for spec in kind.spec.fields
+        }
     if lease_ids is None:
         lease_ids = (resource.lease_id,) if resource.lease_id else ()
     return ResourceView(
@@ -48,6 +59,7 @@ def resource_view(
         service_reason=resource.service_reason,
         setup_failures=resource.setup_failures,
         last_grant_time=resource.last_grant_time or None,
+        parent=parent,
     )
 
 
@@ -76,8 +88,10 @@ def _decode(item: dict) -> object:
 
 def snapshot(view: ResourceView) -> str:
     """The JSON kept with a grant: the resource as it was granted."""
+    kept = {"parent": view.parent} if view.parent else {}
     return json.dumps(
         {
+            **kept,
             "kind": view.kind,
             "fields": view.fields,
             "is_usable": view.is_usable,

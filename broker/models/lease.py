@@ -71,6 +71,8 @@ class LeaseGrant(BaseModel):
     # When the holder gave this resource back and kept the rest of the
     # lease (`ReleaseResources`); None while held.
     release_time = peewee.DoubleField(null=True)
+    # For a sub-resource granted with its parent, the parent's name.
+    parent = peewee.CharField(max_length=128, default="")
     # The keys themselves, without loading the rows.
     id: int
     lease_id: str
@@ -323,13 +325,14 @@ def list_leases(
 
 
 def resources_held(principal: str, active_state: int) -> int:
-    """How many resources the principal's active leases were granted: one
-    read through the (principal, state) index and the grants' lease index."""
+    """How many resources the principal's active leases were granted (not
+    counting the sub-resources that came with them): one read through the
+    (principal, state) index and the grants' lease index."""
     cursor = statements.run(
         'SELECT COUNT(*) FROM "lease_grant" JOIN "lease" ON "lease_grant"."lease_id" = "lease"."id"'
         ' WHERE "lease"."principal" = ? AND "lease"."state" = ?'
-        ' AND "lease_grant"."release_time" IS NULL',
-        [principal, active_state],
+        ' AND "lease_grant"."release_time" IS NULL AND "lease_grant"."parent" = ?',
+        [principal, active_state, ""],
     )
     return cursor.fetchone()[0]
 

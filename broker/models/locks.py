@@ -77,6 +77,35 @@ class _Held(threading.local):
 
 _held = _Held()
 
+# Each kind's relatives in trees of sub-resources (`relate`).
+_related: dict[str, frozenset[str]] = {}
+
+
+def relate(families: dict[str, frozenset[str]]) -> None:
+    """Names, for each kind in a tree of sub-resources, the kinds whose
+    grants change what it may be granted (its parents' and sub-resources'):
+    a lock of a kind covers them all, so that a release of a sub-resource
+    and a request waiting for its parent see each other."""
+    closed = {kind: set(related) | {kind} for kind, related in families.items()}
+    changed = True
+    while changed:
+        # Relatives of relatives: one lock set for a whole tree.
+        changed = False
+        for related in closed.values():
+            wider = related.union(*(closed.get(kind, ()) for kind in related))
+            if wider != related:
+                related |= wider
+                changed = True
+    _related.clear()
+    _related.update({kind: frozenset(related) for kind, related in closed.items()})
+
+
+def _covering(kinds: Iterable[str]) -> frozenset[str]:
+    kinds = frozenset(kinds)
+    if not _related:
+        return kinds
+    return kinds.union(*(_related.get(kind, ()) for kind in kinds))
+
 
 def by_kind(database: peewee.Database) -> bool:
     """Whether writes on `database` lock by kind (PostgreSQL), so that a
@@ -113,7 +142,7 @@ def take(
         require(level_of(kinds, queue), kinds or (), "a nested write asks for more")
         return
     level = max(level_of(kinds, queue), _held.floor)
-    _held.level, _held.kinds = level, frozenset(kinds or ()) | _held.floor_kinds
+    _held.level, _held.kinds = level, _covering(kinds or ()) | _held.floor_kinds
     if not backend_of(database).kind_locks:
         _held.level = Level.EVERYTHING
         return
@@ -138,7 +167,7 @@ def released() -> None:
 def holds(level: Level, kinds: Iterable[str] = ()) -> bool:
     """Whether this thread's transaction holds `level` over `kinds`."""
     held = _held.level
-    kinds = set(kinds)
+    kinds = set(_covering(kinds))
     if held is None:
         return False
     if held == Level.EVERYTHING or (level <= Level.SHARED and not kinds):
@@ -148,7 +177,7 @@ def holds(level: Level, kinds: Iterable[str] = ()) -> bool:
 
 def require(level: Level, kinds: Iterable[str] = (), why: str = "") -> None:
     """Raises `Escalate` unless the transaction holds `level` over `kinds`."""
-    kinds = set(kinds)
+    kinds = set(_covering(kinds))
     if holds(level, kinds):
         return
     held = Level.ROWS if _held.level is None else _held.level

@@ -9,6 +9,7 @@ decided on one table whatever the kind.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 import peewee
@@ -54,8 +55,13 @@ class Resource(BaseModel):
     setup_failures = peewee.IntegerField(default=0)
     # When it was last granted (0: never): free ones go least recent first.
     last_grant_time = peewee.DoubleField(default=0.0)
+    # The resource whose sub-resource field names this one: it is granted
+    # with it, and alone only while its parent is free.
+    parent_id = peewee.BigIntegerField(null=True, index=True)
     # The kind's row, when a query joined it (`attr="data"`).
     data: ResourceData
+    # The names its kind row's sub-resource fields hold, when read.
+    references: dict[str, str | None]
 
     class Meta:
         # The candidate query: resources of a kind, free ones first, least
@@ -95,38 +101,61 @@ def _test_sql(column: str, test: str, count: int, negate: bool, position: str) -
     return f"({column} IS NULL OR NOT ({sql}))" if negate else sql
 
 
-def _where_filters(query, kind_model: type[ResourceData] | None, filters: list[Filter]):
-    position = backend_of(database_proxy).position_function
+def _target(kind_model: type[ResourceData] | None, path: str) -> peewee.Field:
+    """The column a filter's field path ends at, whose `db_value` stores
+    its values: a common field, a kind field, or one reached through a
+    sub-resource field (`sim.carrier`, `sim.name`; `sim` alone is the
+    sub-resource's name)."""
+    head, _, rest = path.partition(".")
+    if head in _COMMON_COLUMNS:
+        return _COMMON_COLUMNS[head]
+    field = getattr(kind_model, head)
+    if not isinstance(field, peewee.ForeignKeyField):
+        return field
+    if not rest or rest in _COMMON_COLUMNS:
+        return _COMMON_COLUMNS[rest or "name"]
+    return getattr(field.rel_model, rest)
+
+
+def _column_sql(kind_model: type[ResourceData] | None, path: str) -> str:
+    """The SQL of a filter's field path over `r` (the resource) and `k` (its
+    kind row): through a sub-resource field, a subquery of its row (NULL,
+    so failing every test, when it names none)."""
+    head, _, rest = path.partition(".")
+    if head in _COMMON_COLUMNS:
+        return f'r."{_COMMON_COLUMNS[head].column_name}"'
+    field = getattr(kind_model, head)
+    if not isinstance(field, peewee.ForeignKeyField):
+        return f'k."{field.column_name}"'
+    if not rest or rest in _COMMON_COLUMNS:
+        column = _COMMON_COLUMNS[rest or "name"].column_name
+        return f'(SELECT c."{column}" FROM "resource" AS c WHERE c."id" = k."{field.column_name}")'
+    child = field.rel_model
+    return (
+        f'(SELECT s."{getattr(child, rest).column_name}" FROM "{child._meta.table_name}" AS s'
+        f' WHERE s."resource_id" = k."{field.column_name}")'
+    )
+
+
+def _filter_params(kind_model: type[ResourceData] | None, filters: list[Filter]) -> list:
+    params: list = []
     for test in filters:
-        column = _COMMON_COLUMNS.get(test.field) or getattr(kind_model, test.field)
-        query = query.where(_expression(column, test, position))
-    return query
-
-
-def _expression(column: peewee.Field, test: Filter, position: str) -> peewee.Expression:
-    """`_test_sql` as a peewee expression, for queries peewee writes."""
-    first = test.values[0]
-    if test.test in _COMPARED:
-        expression = peewee.Expression(column, _COMPARED[test.test], first)
-    elif test.test == "prefix":
-        expression = getattr(peewee.fn, position)(column, first) == 1
-    elif test.test == "contains":
-        expression = getattr(peewee.fn, position)(column, first) > 0
-    elif len(test.values) == 1:
-        expression = column == first
-    else:
-        expression = column.in_(list(test.values))
-    return (column.is_null() | ~expression) if test.negate else expression
-
-
-def _with_data(query, kind_model: type[ResourceData]):
-    return query.join(kind_model, on=(kind_model.resource == Resource.id), attr="data")
+        if test.test in ("prefix", "contains"):
+            params.extend(test.values)
+        else:
+            column = _target(kind_model, test.field)
+            params.extend(column.db_value(value) for value in test.values)
+    return params
 
 
 FREE, USABLE, EVERY = "free", "usable", "every"
 """Modes of `select_candidates`: grantable now; grantable in some state of
 the inventory (held or reserved for a while); every resource, whatever its
 state (to say why a request is refused)."""
+
+PARENT, CHILD = "parent", "child"
+"""Places of a kind in a tree of sub-resources (`select_candidates`): a
+kind with sub-resource fields, and a kind that is some kind's sub-resource."""
 
 
 def select_candidates(
@@ -140,6 +169,7 @@ def select_candidates(
     now: float = 0.0,
     rank: tuple[int, int | None] | None = None,
     groups: tuple[str, ...] | None = None,
+    tree: str = "",
 ) -> list[Resource]:
     """Resources of a kind that satisfy the filters and are visible to a
     caller in `groups` (None: every group), at most `limit`. `FREE` ones may
@@ -150,7 +180,11 @@ def select_candidates(
     ranking ahead of it. `USABLE` ones may go to it once
     freed: usable, whoever they are held or reserved for (a reservation
     ends, at its end or when an administrator removes it).
-    `EVERY` takes all. Each row carries its kind's fields as `.data`."""
+    `EVERY` takes all. In a tree of sub-resources the test of `FREE` (or
+    `USABLE`) covers the whole tree: a `PARENT`'s sub-resources pass it too,
+    a `CHILD`'s parent, if it has one, passes it as well (held by nobody
+    else, then). Each row carries its kind's fields as `.data`, and the
+    names its sub-resource fields hold as `.references`."""
     shape = tuple((f.field, f.test, len(f.values), f.negate) for f in filters)
     queue = "" if mode != FREE or rank is None else ("waiter" if rank[1] is not None else "new")
     # On PostgreSQL free candidates are locked, and those another grant has
@@ -164,32 +198,67 @@ def select_candidates(
         None if groups is None else len(groups),
         skip_locked,
         backend_of(database_proxy).position_function,
+        tree if mode != EVERY else "",
     )
     params: list = [kind]
     if groups is not None:
         params.extend(groups)
+    state: list = []
     if mode != EVERY:
-        params.append(True)
+        state.append(True)
     if mode == FREE:
-        params.extend([holder, now, now])
+        state.extend([holder, now, now])
         if queue == "new" and rank is not None:
-            params.append(rank[0])
+            state.append(rank[0])
         elif queue == "waiter" and rank is not None:
-            params.extend([rank[1], rank[0], rank[0], rank[1]])
-    for test in filters:
-        column = _COMMON_COLUMNS.get(test.field) or getattr(kind_model, test.field)
-        if test.test in ("prefix", "contains"):
-            params.extend(test.values)
-        else:
-            params.extend(column.db_value(value) for value in test.values)
+            state.extend([rank[1], rank[0], rank[0], rank[1]])
+    params.extend(state)
+    if tree and mode != EVERY:
+        params.extend(state)
+    params.extend(_filter_params(kind_model, filters))
     params.append(limit)
-    width = len(statements.columns_of(Resource))
-    rows = []
-    for row in statements.run(sql, params).fetchall():
-        resource = statements.instance(Resource, row[:width])
-        resource.data = statements.instance(kind_model, (resource.id, *row[width:]))
-        rows.append(resource)
-    return rows
+    return _rows(statements.run(sql, params).fetchall(), kind_model)
+
+
+def _reference_fields(kind_model: type[ResourceData]) -> list[peewee.ForeignKeyField]:
+    return [f for f in kind_model._meta.sorted_fields if isinstance(f, peewee.ForeignKeyField)]
+
+
+@functools.cache
+def _kind_columns(kind_model: type[ResourceData]) -> str:
+    """The kind row's columns over `k` (its key left out: the resource's
+    id), then the names its sub-resource fields hold."""
+    columns = [
+        f'k."{f.column_name}"' for f in statements.columns_of(kind_model) if f.name != "resource"
+    ]
+    names = [
+        f'(SELECT c."name" FROM "resource" AS c WHERE c."id" = k."{f.column_name}")'
+        for f in _reference_fields(kind_model)
+    ]
+    return ", ".join([*columns, *names])
+
+
+def _state_sql(alias: str, mode: str, queue: str) -> list[str]:
+    """The conditions of `FREE` or `USABLE` on the resource row `alias`, in
+    the order `select_candidates` passes their parameters."""
+    where = [f'{alias}."is_usable" = ?']
+    if mode != FREE:
+        return where
+    where.append(
+        f'({alias}."reserved_for" = \'\' OR {alias}."reserved_for" = ?'
+        f' OR {alias}."reserved_until" <= ?)'
+    )
+    where.append(f'{alias}."lease_id" IS NULL')
+    where.append(f'({alias}."available_time" IS NULL OR {alias}."available_time" <= ?)')
+    if queue == "new":
+        where.append(f'({alias}."reserved_by" IS NULL OR {alias}."reserved_priority" < ?)')
+    elif queue == "waiter":
+        where.append(
+            f'({alias}."reserved_by" IS NULL OR {alias}."reserved_by" = ?'
+            f' OR {alias}."reserved_priority" < ?'
+            f' OR ({alias}."reserved_priority" = ? AND {alias}."reserved_by" > ?))'
+        )
+    return where
 
 
 @functools.cache
@@ -201,11 +270,9 @@ def _candidates_sql(
     group_count: int | None,
     skip_locked: bool = False,
     position: str = "instr",
+    tree: str = "",
 ) -> str:
-    kind_columns = [f for f in statements.columns_of(kind_model) if f.name != "resource"]
-    selected = ", ".join(
-        [statements.column_list(Resource, "r"), *(f'k."{f.column_name}"' for f in kind_columns)]
-    )
+    selected = f"{statements.column_list(Resource, 'r')}, {_kind_columns(kind_model)}"
     where = ['r."kind" = ?']
     if group_count is not None:
         visible = "r.\"group_name\" = ''"
@@ -213,26 +280,22 @@ def _candidates_sql(
             visible += f' OR r."group_name" IN ({statements.marks(group_count)})'
         where.append(f"({visible})")
     if mode != EVERY:
-        where.append('r."is_usable" = ?')
-    if mode == FREE:
-        where.append('(r."reserved_for" = \'\' OR r."reserved_for" = ? OR r."reserved_until" <= ?)')
-        where.append('r."lease_id" IS NULL')
-        where.append('(r."available_time" IS NULL OR r."available_time" <= ?)')
-        if queue == "new":
-            where.append('(r."reserved_by" IS NULL OR r."reserved_priority" < ?)')
-        elif queue == "waiter":
-            where.append(
-                '(r."reserved_by" IS NULL OR r."reserved_by" = ? OR r."reserved_priority" < ?'
-                ' OR (r."reserved_priority" = ? AND r."reserved_by" > ?))'
-            )
-    for field, test, count, negate in shape:
-        common = _COMMON_COLUMNS.get(field)
-        column = (
-            f'r."{common.column_name}"'
-            if common
-            else f'k."{getattr(kind_model, field).column_name}"'
+        where.extend(_state_sql("r", mode, queue))
+    if tree == PARENT:
+        # Every sub-resource passes too (NULL counts as failing).
+        passes = " AND ".join(_state_sql("c", mode, queue))
+        where.append(
+            'NOT EXISTS (SELECT 1 FROM "resource" AS c WHERE c."parent_id" = r."id"'
+            f" AND NOT COALESCE(({passes}), FALSE))"
         )
-        where.append(_test_sql(column, test, count, negate, position))
+    elif tree == CHILD:
+        passes = " AND ".join(_state_sql("p", mode, queue))
+        where.append(
+            '(r."parent_id" IS NULL OR EXISTS (SELECT 1 FROM "resource" AS p'
+            f' WHERE p."id" = r."parent_id" AND {passes}))'
+        )
+    for field, test, count, negate in shape:
+        where.append(_test_sql(_column_sql(kind_model, field), test, count, negate, position))
     order = 'r."last_grant_time", r."id"' if mode == FREE else 'r."id"'
     return (
         f'SELECT {selected} FROM "resource" AS r'
@@ -263,19 +326,78 @@ def list_resources(
     limit: int,
     groups: tuple[str, ...] | None = None,
 ) -> list[Resource]:
-    """Resources by name after `after_name`, optionally of one kind, of no
-    group or of one of `groups` (None: of any)."""
-    query = Resource.select(Resource)
+    """Resources by name after `after_name`, optionally of one kind (then
+    with its fields as `.data` and sub-resource names as `.references`), of
+    no group or of one of `groups` (None: of any)."""
+    position = backend_of(database_proxy).position_function
+    selected = [statements.column_list(Resource, "r")]
+    source = '"resource" AS r'
+    where: list[str] = []
+    params: list = []
     if kind_model is not None:
-        query = _with_data(Resource.select(Resource, kind_model), kind_model).where(
-            Resource.kind == kind
-        )
-    query = _where_filters(query, kind_model, filters)
+        selected.append(_kind_columns(kind_model))
+        source += f' JOIN "{kind_model._meta.table_name}" AS k ON k."resource_id" = r."id"'
+        where.append('r."kind" = ?')
+        params.append(kind)
+    for test in filters:
+        column = _column_sql(kind_model, test.field)
+        where.append(_test_sql(column, test.test, len(test.values), test.negate, position))
+    params.extend(_filter_params(kind_model, filters))
     if groups is not None:
-        query = query.where((Resource.group == "") | Resource.group.in_(list(groups)))
+        where.append(
+            "(r.\"group_name\" = ''"
+            + (f' OR r."group_name" IN ({statements.marks(len(groups))}))' if groups else ")")
+        )
+        params.extend(groups)
     if after_name:
-        query = query.where(Resource.name > after_name)
-    return list(query.order_by(Resource.name).limit(limit))
+        where.append('r."name" > ?')
+        params.append(after_name)
+    sql = f"SELECT {', '.join(selected)} FROM {source}"
+    if where:
+        sql += f" WHERE {' AND '.join(where)}"
+    sql += ' ORDER BY r."name" LIMIT ?'
+    params.append(limit)
+    return _rows(statements.run(sql, params).fetchall(), kind_model)
+
+
+def _rows(rows: list, kind_model: type[ResourceData] | None) -> list[Resource]:
+    """Resources from rows of the resource's columns, then, given its kind,
+    those of `_kind_columns`."""
+    width = len(statements.columns_of(Resource))
+    result = []
+    for row in rows:
+        resource = statements.instance(Resource, row[:width])
+        if kind_model is not None:
+            data_width = len(statements.columns_of(kind_model)) - 1
+            resource.data = statements.instance(
+                kind_model, (resource.id, *row[width : width + data_width])
+            )
+            references = [f.name for f in _reference_fields(kind_model)]
+            resource.references = dict(zip(references, row[width + data_width :], strict=True))
+        result.append(resource)
+    return result
+
+
+def reference_names(
+    kind_model: type[ResourceData], rows: dict[int, ResourceData]
+) -> dict[int, dict[str, str | None]]:
+    """The names the sub-resource fields of some kind rows hold, by
+    resource id: one statement, none for a kind without such fields."""
+    fields = _reference_fields(kind_model)
+    if not fields:
+        return {resource_id: {} for resource_id in rows}
+    ids = {row.__data__.get(f.name) for row in rows.values() for f in fields} - {None}
+    names = {}
+    if ids:
+        cursor = statements.run(
+            f'SELECT "id", "name" FROM "resource" WHERE "id" IN ({statements.marks(len(ids))})',
+            sorted(ids),
+        )
+        names = dict(cursor.fetchall())
+    return {
+        resource_id: {f.name: names.get(row.__data__.get(f.name)) for f in fields}
+        for resource_id, row in rows.items()
+    }
 
 
 def insert_resource(values: dict, kind_model: type[ResourceData], fields: dict) -> Resource:
@@ -393,3 +515,79 @@ def take_out_of_service(resource_id: int, reason: str, now: float) -> None:
     Resource.update(
         is_usable=False, service_reason=reason, update_time=now, version=Resource.version + 1
     ).where(Resource.id == resource_id).execute()
+
+
+def names_of(resource_ids: Iterable[int | None]) -> dict[int, str]:
+    """The names of some resources, by id: one statement, none for no ids."""
+    ids = sorted({resource_id for resource_id in resource_ids if resource_id is not None})
+    if not ids:
+        return {}
+    cursor = statements.run(
+        f'SELECT "id", "name" FROM "resource" WHERE "id" IN ({statements.marks(len(ids))})', ids
+    )
+    return dict(cursor.fetchall())
+
+
+def rows_with_data(kind_model: type[ResourceData], resource_ids: Sequence[int]) -> list[Resource]:
+    """Resources of one kind by id, with their kind rows, in id order."""
+    if not resource_ids:
+        return []
+    cursor = statements.run(
+        f"SELECT {statements.column_list(Resource, 'r')}, {_kind_columns(kind_model)}"
+        f' FROM "resource" AS r JOIN "{kind_model._meta.table_name}" AS k'
+        f' ON k."resource_id" = r."id" WHERE r."id" IN ({statements.marks(len(resource_ids))})'
+        ' ORDER BY r."id"',
+        list(resource_ids),
+    )
+    return _rows(cursor.fetchall(), kind_model)
+
+
+def set_parent(child_ids: Sequence[int], parent_id: int | None) -> None:
+    """Records whose sub-resources these resources are (None: nobody's)."""
+    if child_ids:
+        marks = statements.marks(len(child_ids))
+        statements.run(
+            f'UPDATE "resource" SET "parent_id" = ? WHERE "id" IN ({marks})',
+            [parent_id, *child_ids],
+        )
+
+
+def orphan_children(parent_id: int, keep: Sequence[int] = ()) -> None:
+    """The parent no longer names these sub-resources: all but `keep`."""
+    sql = 'UPDATE "resource" SET "parent_id" = NULL WHERE "parent_id" = ?'
+    if keep:
+        sql += f' AND "id" NOT IN ({statements.marks(len(keep))})'
+    statements.run(sql, [parent_id, *keep])
+
+
+def relatives(resource_ids: Sequence[int]) -> list[Freed]:
+    """The parents and sub-resources of some resources, as the queue sees
+    them: a change of one may serve a request waiting for the other."""
+    if not resource_ids:
+        return []
+    marks = statements.marks(len(resource_ids))
+    cursor = statements.run(
+        f'SELECT "id", "kind", "name", {WANTED} FROM "resource"'
+        f' WHERE "id" IN (SELECT "parent_id" FROM "resource" WHERE "id" IN ({marks}))'
+        f' OR "parent_id" IN ({marks})',
+        [*resource_ids, *resource_ids],
+    )
+    return [(row[0], row[1], row[2], bool(row[3])) for row in cursor.fetchall()]
+
+
+def children_rows(parent_ids: Sequence[int]) -> dict[int, list[Resource]]:
+    """The sub-resources of some resources (without their kinds' fields),
+    by parent id."""
+    result: dict[int, list[Resource]] = {}
+    if parent_ids:
+        query = Resource.select().where(Resource.parent_id.in_(list(parent_ids)))
+        for row in query.order_by(Resource.id):
+            result.setdefault(row.parent_id or 0, []).append(row)
+    return result
+
+
+def parent_rows(parent_ids: Sequence[int]) -> dict[int, Resource]:
+    """Some resources by id, without their kinds' fields."""
+    if not parent_ids:
+        return {}
+    return {row.id: row for row in Resource.select().where(Resource.id.in_(list(parent_ids)))}

@@ -37,9 +37,10 @@ from broker.models.token import Token
 # active leases by principal (for quotas), and keeps resources' reservation
 # ends and reasons, service reasons, failed setups and last grant times, and
 # waiters' groups, 7 indexes waiting requests by the kinds and names they
-# could use, 8 records when a grant was given back before its lease ended.
+# could use, 8 records when a grant was given back before its lease ended,
+# 9 keeps each sub-resource's parent and marks the grants of sub-resources.
 # Bump it with every change of the layout.
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 # The `state` of a waiting request (`broker.domain.values.WaiterState`).
 WAITING_STATE = 1
 SCHEMA_VERSION_KEY = "schema_version"

@@ -146,7 +146,10 @@ class Constraint(_message.Message):
     NEGATE_FIELD_NUMBER: _builtins.int
     field: _builtins.str
     """Required. The field constrained: one of the kind's typed fields, or a
-    common field: `name`, `group`, `comment`.
+    common field: `name`, `group`, `comment`. A path through a REFERENCE
+    field reaches its sub-resource's fields, e.g. `sim.carrier` or
+    `sim.name`; the REFERENCE field itself compares as the sub-resource's
+    name.
     """
     prefix: _builtins.str
     """A text field (string or IP address) starts with this text, as it is
@@ -257,6 +260,7 @@ class Grant(_message.Message):
     RESOURCE_FIELD_NUMBER: _builtins.int
     FENCING_TOKEN_FIELD_NUMBER: _builtins.int
     RELEASE_TIME_FIELD_NUMBER: _builtins.int
+    PARENT_FIELD_NUMBER: _builtins.int
     requirement_index: _builtins.int
     """Output only. The index of the requirement this grant satisfies, in the
     order of `AcquireLeaseRequest.requirements`.
@@ -267,6 +271,13 @@ class Grant(_message.Message):
     """Output only. The fencing number of this grant: greater than that of every
     earlier grant of the same resource. Pass it to the device so that it can
     refuse a stale holder.
+    """
+    parent: _builtins.str
+    """Output only. For a sub-resource granted with the resource whose
+    REFERENCE field names it, that resource's name; empty for a resource the
+    request asked for. A sub-resource's grant carries its parent's
+    `requirement_index` and `label`; a requirement's grants list the
+    resources it asked for first, then their sub-resources.
     """
     @_builtins.property
     def resource(self) -> _resource_pb2.Resource:
@@ -287,10 +298,11 @@ class Grant(_message.Message):
         resource: _resource_pb2.Resource | None = ...,
         fencing_token: _builtins.int = ...,
         release_time: _timestamp_pb2.Timestamp | None = ...,
+        parent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["release_time", b"release_time", "resource", b"resource"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fencing_token", b"fencing_token", "label", b"label", "release_time", b"release_time", "requirement_index", b"requirement_index", "resource", b"resource"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fencing_token", b"fencing_token", "label", b"label", "parent", b"parent", "release_time", b"release_time", "requirement_index", b"requirement_index", "resource", b"resource"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -335,7 +347,9 @@ class Lease(_message.Message):
     """
     @_builtins.property
     def grants(self) -> _containers.RepeatedCompositeFieldContainer[Global___Grant]:
-        """Output only. The resources granted, one per required resource."""
+        """Output only. The resources granted: one per required resource, and the
+        sub-resources each one holds (with `Grant.parent` set).
+        """
 
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:

@@ -41,6 +41,11 @@ class _FieldTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FieldType.V
     """An IPv4 or IPv6 address in its textual form; validated on write."""
     FIELD_TYPE_DATE_TIME: _FieldType.ValueType  # 6
     """An instant in time (a `DateTimeField`), kept in UTC to the microsecond."""
+    FIELD_TYPE_REFERENCE: _FieldType.ValueType  # 7
+    """A sub-resource (a `ForeignKeyField` to another kind's data): the name of
+    a resource of the kind in `FieldSpec.kind`. A lease of the resource
+    holds its sub-resources too, granted in the same step.
+    """
 
 class FieldType(_FieldType, metaclass=_FieldTypeEnumTypeWrapper):
     """The storage type of a kind's field."""
@@ -59,6 +64,11 @@ FIELD_TYPE_IP_ADDRESS: FieldType.ValueType  # 5
 """An IPv4 or IPv6 address in its textual form; validated on write."""
 FIELD_TYPE_DATE_TIME: FieldType.ValueType  # 6
 """An instant in time (a `DateTimeField`), kept in UTC to the microsecond."""
+FIELD_TYPE_REFERENCE: FieldType.ValueType  # 7
+"""A sub-resource (a `ForeignKeyField` to another kind's data): the name of
+a resource of the kind in `FieldSpec.kind`. A lease of the resource
+holds its sub-resources too, granted in the same step.
+"""
 Global___FieldType: _TypeAlias = FieldType  # noqa: Y015
 
 @_typing.final
@@ -66,7 +76,8 @@ class FieldValue(_message.Message):
     """A typed value of one field of a resource kind.
 
     Exactly one member is set; which one must match the field's `FieldType`
-    (an `ip_address` field travels as `string_value`).
+    (an `ip_address` field travels as `string_value`, and so does a
+    `reference` field: the name of the resource it points to).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -122,6 +133,7 @@ class FieldSpec(_message.Message):
     DOC_FIELD_NUMBER: _builtins.int
     MAX_LENGTH_FIELD_NUMBER: _builtins.int
     CHOICES_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Output only. The field's name, e.g. `ip_address`."""
     type: Global___FieldType.ValueType
@@ -133,6 +145,10 @@ class FieldSpec(_message.Message):
     max_length: _builtins.int
     """Output only. For STRING and IP_ADDRESS fields, the longest value
     accepted; 0 otherwise.
+    """
+    kind: _builtins.str
+    """Output only. For a REFERENCE field, the kind of the sub-resource it
+    names; empty otherwise.
     """
     @_builtins.property
     def default_value(self) -> Global___FieldValue:
@@ -156,10 +172,11 @@ class FieldSpec(_message.Message):
         doc: _builtins.str = ...,
         max_length: _builtins.int = ...,
         choices: _abc.Iterable[Global___FieldValue] | None = ...,
+        kind: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["default_value", b"default_value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["choices", b"choices", "default_value", b"default_value", "doc", b"doc", "max_length", b"max_length", "name", b"name", "required", b"required", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choices", b"choices", "default_value", b"default_value", "doc", b"doc", "kind", b"kind", "max_length", b"max_length", "name", b"name", "required", b"required", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -260,6 +277,7 @@ class Resource(_message.Message):
     SERVICE_REASON_FIELD_NUMBER: _builtins.int
     SETUP_FAILURES_FIELD_NUMBER: _builtins.int
     LAST_GRANT_TIME_FIELD_NUMBER: _builtins.int
+    PARENT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. The resource's name, unique across all kinds: 1 to 128
     characters of letters, digits, `.`, `_` and `-`. Immutable.
@@ -309,6 +327,13 @@ class Resource(_message.Message):
     setup_failures: _builtins.int
     """Output only. How many setups of the resource (`validate()` or
     `initialize()` in the SDK) failed in a row, as reported by holders.
+    """
+    parent: _builtins.str
+    """Output only. The resource this one is a sub-resource of (whose
+    REFERENCE field names it), or empty. It is granted with its parent, and
+    granted alone only while its parent is free, in service and not
+    reserved for someone else; while it is held alone its parent is not
+    granted.
     """
     @_builtins.property
     def fields(self) -> _containers.MessageMap[_builtins.str, Global___FieldValue]:
@@ -365,10 +390,11 @@ class Resource(_message.Message):
         service_reason: _builtins.str = ...,
         setup_failures: _builtins.int = ...,
         last_grant_time: _timestamp_pb2.Timestamp | None = ...,
+        parent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_is_usable", b"_is_usable", "create_time", b"create_time", "is_usable", b"is_usable", "last_grant_time", b"last_grant_time", "reserved_until", b"reserved_until", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_is_usable", b"_is_usable", "comment", b"comment", "create_time", b"create_time", "etag", b"etag", "fencing_token", b"fencing_token", "fields", b"fields", "group", b"group", "is_usable", b"is_usable", "kind", b"kind", "last_grant_time", b"last_grant_time", "lease_ids", b"lease_ids", "name", b"name", "owner", b"owner", "reservation_reason", b"reservation_reason", "reserved_for", b"reserved_for", "reserved_until", b"reserved_until", "service_reason", b"service_reason", "setup_failures", b"setup_failures", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_is_usable", b"_is_usable", "comment", b"comment", "create_time", b"create_time", "etag", b"etag", "fencing_token", b"fencing_token", "fields", b"fields", "group", b"group", "is_usable", b"is_usable", "kind", b"kind", "last_grant_time", b"last_grant_time", "lease_ids", b"lease_ids", "name", b"name", "owner", b"owner", "parent", b"parent", "reservation_reason", b"reservation_reason", "reserved_for", b"reserved_for", "reserved_until", b"reserved_until", "service_reason", b"service_reason", "setup_failures", b"setup_failures", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__is_usable: _TypeAlias = _typing.Literal["is_usable"]  # noqa: Y015
     _WhichOneofArgType__is_usable: _TypeAlias = _typing.Literal["_is_usable", b"_is_usable"]  # noqa: Y015
