@@ -267,9 +267,11 @@ class BrokerClient:
         self, kind: str = "", where: Mapping[str, Any] | None = None
     ) -> Iterator[resource_pb2.Resource]:
         """Every matching resource, fetching page after page as it is iterated;
-        `where` values are as in `request()`."""
+        `where` values are as in `request()` (`sim__carrier` reaches through
+        the sub-resource field `sim` of an imported kind's data; `sim.carrier`
+        of any)."""
         message = inventory_service_pb2.ListResourcesRequest(
-            kind=kind, constraints=to_constraints(where or {})
+            kind=kind, constraints=to_constraints(where or {}, kind or None)
         )
         return self._paged(
             lambda broker: broker.inventory.ListResources, message, lambda page: page.resources

@@ -1,7 +1,13 @@
 """Field values typed in as text (`broker --set port=1357`, pytest's
 `--resource calc=port=1357`), read as the kind's field types that
 `ListKinds` describes, so that a bad value is refused, naming its field,
-before anything is sent."""
+before anything is sent.
+
+A sub-resource field (`FIELD_TYPE_REFERENCE`) takes the name of the
+resource it holds (`--set sim=sim1`); a constraint may also name a path
+through it to the sub-resource's fields (`sim.carrier`, `sim.name`),
+typed as that kind declares them.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +21,9 @@ COMMON_FIELDS = ("name", "group", "comment")
 TRUE_WORDS = frozenset({"true", "yes", "1"})
 FALSE_WORDS = frozenset({"false", "no", "0"})
 
-# A kind's own field name -> its `resource_pb2.FieldType`.
+# A kind's own field name -> its `resource_pb2.FieldType`; for a kind with
+# sub-resource fields, also each path through them (`sim.carrier`,
+# `sim.name`), which only constraints name.
 FieldTypes = dict[str, resource_pb2.FieldType.ValueType]
 
 
@@ -24,15 +32,42 @@ class FieldTextError(ValueError):
 
 
 def field_types(kinds: list[resource_pb2.Kind], kind: str) -> FieldTypes:
-    """The kind's own fields and their types, from `ListKinds`' answer."""
+    """The kind's own fields and their types, from `ListKinds`' answer, then
+    the paths through its sub-resource fields."""
     known = {described.name: described for described in kinds}
     if kind not in known:
         raise FieldTextError(f"no kind {kind!r} (known: {', '.join(sorted(known)) or 'none'})")
-    return {spec.name: spec.type for spec in known[kind].fields}
+    types = {spec.name: spec.type for spec in known[kind].fields}
+    types.update(_paths(known, kind, "", {kind}))
+    return types
+
+
+def _paths(
+    known: dict[str, resource_pb2.Kind], kind: str, prefix: str, seen: set[str]
+) -> FieldTypes:
+    """The paths through `kind`'s sub-resource fields, below `prefix`."""
+    paths: FieldTypes = {}
+    for spec in known[kind].fields:
+        if spec.type != resource_pb2.FIELD_TYPE_REFERENCE or spec.kind not in known:
+            continue
+        below = f"{prefix}{spec.name}."
+        for common in COMMON_FIELDS:
+            paths[below + common] = resource_pb2.FIELD_TYPE_STRING
+        for sub in known[spec.kind].fields:
+            paths[below + sub.name] = sub.type
+        if spec.kind not in seen:
+            paths.update(_paths(known, spec.kind, below, seen | {spec.kind}))
+    return paths
+
+
+def own_fields(types: FieldTypes) -> list[str]:
+    """The kind's own fields among `types`, without the paths through them."""
+    return [field for field in types if "." not in field]
 
 
 def parse_value(field: str, text: str, field_type: resource_pb2.FieldType.ValueType) -> Scalar:
-    """`text` as the type of `field`; a bad value names the field."""
+    """`text` as the type of `field`; a bad value names the field. A
+    sub-resource field's value is the name of the resource it holds."""
     try:
         if field_type == resource_pb2.FIELD_TYPE_INTEGER:
             number = int(text)
@@ -64,16 +99,22 @@ def parse_value(field: str, text: str, field_type: resource_pb2.FieldType.ValueT
 
 
 def known_field(field: str, types: FieldTypes) -> str:
-    """`field` if it is a common field or one of the kind's own."""
+    """`field` if it is a common field, one of the kind's own, or a path
+    through a sub-resource field to one of the sub-resource's."""
     if field not in COMMON_FIELDS and field not in types:
-        fields = ", ".join([*COMMON_FIELDS, *types])
+        head = field.partition(".")[0]
+        if "." in field and types.get(head) != resource_pb2.FIELD_TYPE_REFERENCE:
+            raise FieldTextError(
+                f"{field}: {head!r} is no sub-resource field to reach {field!r} through"
+            )
+        fields = ", ".join([*COMMON_FIELDS, *own_fields(types)])
         raise FieldTextError(f"{field}: no such field (fields: {fields})")
     return field
 
 
 def constraint_value(field: str, text: str, types: FieldTypes) -> Scalar:
-    """The value of a constraint on `field` (a common field or one of the
-    kind's own) typed in as `text`."""
+    """The value of a constraint on `field` (a common field, one of the
+    kind's own, or a path through a sub-resource field) typed in as `text`."""
     if known_field(field, types) in COMMON_FIELDS:
         return text
     return parse_value(field, text, types[field])

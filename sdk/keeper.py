@@ -8,7 +8,9 @@ resources are set up once and handed to the next test as they are. A
 resource is released after its test, and set up afresh for the next, when
 the test marked it dirty (`BaseResource.mark_dirty()`), when the test
 ended in an error rather than a failed assertion (as Rotest did), or when
-the lease was lost.
+the lease was lost. A sub-resource goes with its parent: marking it dirty
+releases the parent, and what is held is reported as `phone` and
+`phone.sim`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from sdk.base_resource import BaseResource
 from sdk.client import BrokerClient
 from sdk.declarations import DeclarationError, marker_requests
 from sdk.lease import Held, Lease, each_instance
@@ -31,7 +34,8 @@ Requests = Mapping[str, ResourceRequest]
 
 @dataclasses.dataclass(frozen=True)
 class HeldResource:
-    """One resource a test holds, for its report."""
+    """One resource a test holds, for its report; a sub-resource's label is
+    its parent's and its field's, `phone.sim`."""
 
     label: str
     name: str
@@ -143,8 +147,9 @@ class ResourceKeeper:
         return resources
 
     def held(self) -> list[HeldResource]:
-        """What is held now, label by label."""
-        records = []
+        """What is held now, label by label, each resource followed by its
+        sub-resources."""
+        records: list[HeldResource] = []
         for holding in self._holdings():
             lease = holding.lease
             labels = {
@@ -152,16 +157,9 @@ class ResourceKeeper:
                 for label, held in holding.resources.items()
                 for instance in each_instance(held)
             }
-            records += [
-                HeldResource(
-                    labels[id(instance)],
-                    instance.name,
-                    instance.kind_name(),
-                    instance.fencing_token,
-                    "" if instance.is_service() else lease.lease_id,
-                )
-                for instance in lease.instances
-            ]
+            for instance in lease.instances:
+                lease_id = "" if instance.is_service() else lease.lease_id
+                records += _records(labels[id(instance)], instance, lease_id)
         return records
 
     @property
@@ -243,3 +241,12 @@ class ResourceKeeper:
         on_wait = self._on_wait
         names = ", ".join(requests)
         return lambda waiting: on_wait(names, waiting)
+
+
+def _records(label: str, resource: BaseResource, lease_id: str) -> list[HeldResource]:
+    records = [
+        HeldResource(label, resource.name, resource.kind_name(), resource.fencing_token, lease_id)
+    ]
+    for field, child in resource.sub_resources.items():
+        records += _records(f"{label}.{field}", child, lease_id)
+    return records

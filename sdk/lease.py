@@ -6,11 +6,14 @@ to `wait` seconds if they are held now (each change of its place is logged
 and handed to `on_wait`; Ctrl-C while waiting takes the request out of the
 queue), binds the lease to the client's session, builds one `BaseResource`
 per grant and runs its lifecycle (`BaseResource.setup`), then renews the
-lease in the background. Leaving, whatever ended the block (an exception,
-Ctrl-C), stores the resources' state if the block failed and `save_state` is
-on, finalizes them, stops renewing and releases the lease. A failure during
-setup tears down what was set up and releases before it propagates. Errors
-while tearing down are logged and never hide the block's own exception.
+lease in the background. A resource's sub-resources, granted with it, hang
+from it (`BaseResource.children`) rather than standing under a label of
+their own, and are set up, torn down and given back with it. Leaving,
+whatever ended the block (an exception, Ctrl-C), stores the resources' state
+if the block failed and `save_state` is on, finalizes them, stops renewing
+and releases the lease. A failure during setup tears down what was set up
+and releases before it propagates. Errors while tearing down are logged and
+never hide the block's own exception.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from broker.v1 import lease_pb2
-from sdk.base_resource import OPEN, BaseResource
+from sdk.base_resource import OPEN, BaseResource, attach_sub_resources, each_in_tree
 from sdk.errors import BrokerError
 from sdk.keepalive import KeepAlive
 from sdk.requirements import ResourceRequest
@@ -136,7 +139,7 @@ class Lease:
     @property
     def fencing_tokens(self) -> dict[str, int]:
         """Resource name -> the fencing number of its grant, for the
-        resources the lease still holds."""
+        resources the lease still holds, sub-resources included."""
         if self._entered and not self._leased:
             return {}
         return {
@@ -148,7 +151,8 @@ class Lease:
     def release_resources(self, labels: Sequence[str]) -> None:
         """Finalizes and gives back the resources held under `labels`, as
         Rotest's `release_resources(['calc'])` did, and keeps the rest of the
-        lease (their fencing numbers unchanged). Giving back everything the
+        lease (their fencing numbers unchanged). A resource's sub-resources
+        are finalized and given back with it. Giving back everything the
         broker granted ends the lease."""
         unknown = [label for label in labels if label not in self.resources]
         if unknown:
@@ -205,16 +209,27 @@ class Lease:
         self._close(exc)
 
     def _set_up(self, resource: BaseResource) -> None:
-        """Runs a resource's setup and, unless `skip_init`, tells the broker
-        how it went: failures in a row quarantine the resource, so a broken
-        board stops being handed out. A report that fails is only logged:
+        """Runs a resource's setup (its sub-resources' first) and, unless
+        `skip_init`, tells the broker how it went for each of them that ran:
+        failures in a row quarantine a resource, so a broken board stops
+        being handed out. A parent whose sub-resource failed ran nothing of
+        its own, and is not reported. A report that fails is only logged:
         the setup's own outcome is what the caller sees."""
+        tree = each_in_tree(resource)
         try:
             resource.setup(skip_init=self._skip_init, force_initialize=self._force_initialize)
         except Exception as error:
-            self._report(resource, False, f"{type(error).__name__}: {error}")
+            outcomes = [(node, node._setup_outcome) for node in tree]
+            if not any(outcome for _, outcome in outcomes):
+                # A `setup()` of a kind's own that recorded nothing.
+                outcomes = [(resource, f"{type(error).__name__}: {error}")]
+            for node, outcome in outcomes:
+                if outcome is not None:
+                    self._report(node, not outcome, outcome)
             raise
-        self._report(resource, True, "")
+        for node in tree:
+            if node is resource or node._setup_outcome == "":
+                self._report(node, True, "")
 
     def _report(self, resource: BaseResource, ok: bool, error: str) -> None:
         if self._skip_init or not self._secret or resource.is_service():
@@ -263,12 +278,18 @@ class Lease:
     def _build(self) -> None:
         labels = list(self._leased)
         granted: dict[str, list[BaseResource]] = {label: [] for label in self._requests}
-        for grant in self._lease.grants if self._lease is not None else ():
+        grants = list(self._lease.grants) if self._lease is not None else []
+        built: dict[str, BaseResource] = {}
+        for grant in grants:
+            if grant.parent:
+                continue  # a sub-resource: it hangs from its parent
             label = labels[grant.requirement_index]
             resource_class = self._requests[label].resource_class
             instance = resource_class(grant.resource, grant.fencing_token)
+            built[grant.resource.name] = instance
             granted[label].append(instance)
             self._instances.append(instance)
+        attach_sub_resources(built, grants)
         for label, request in self._requests.items():
             if request.is_service:
                 values = {"name": label, **request.constraints}
@@ -305,25 +326,32 @@ class Lease:
 
     @property
     def instances(self) -> list[BaseResource]:
-        """Every resource the lease built, in grant order."""
+        """Every resource the lease built for its requests, in grant order;
+        their sub-resources hang from them (`BaseResource.children`)."""
         return list(self._instances)
 
     def store_states(self, state_dir: str) -> list[str]:
         """Calls `store_state()` of each set-up resource with a directory of
-        its own under `state_dir`, and returns those directories. Runs after
-        a failure, so a resource's own failure is logged, never raised."""
-        stored = []
+        its own under `state_dir` (named after the resource; a sub-resource's
+        is inside its parent's, named after its field: `h1/sim`), and
+        returns those directories. Runs after a failure, so a resource's own
+        failure is logged, never raised."""
+        stored: list[str] = []
         for resource in self._instances:
-            if resource.state not in OPEN:
-                continue
-            directory = os.path.join(state_dir, resource.name)
-            try:
-                os.makedirs(directory, exist_ok=True)
-                resource.store_state(directory)
-                stored.append(directory)
-            except Exception:
-                logger.exception("storing the state of %s failed", resource.name)
+            _store_state(resource, os.path.join(state_dir, resource.name), stored)
         return stored
+
+
+def _store_state(resource: BaseResource, directory: str, stored: list[str]) -> None:
+    if resource.state in OPEN:
+        try:
+            os.makedirs(directory, exist_ok=True)
+            resource.store_state(directory)
+            stored.append(directory)
+        except Exception:
+            logger.exception("storing the state of %s failed", resource.name)
+    for field, child in resource.sub_resources.items():
+        _store_state(child, os.path.join(directory, field), stored)
 
 
 def each_instance(held: Held) -> list[BaseResource]:

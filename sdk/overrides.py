@@ -2,7 +2,8 @@
 them: `--resource calc=name=calc2` makes every test's `calc` the resource
 named calc2, `--resource calc.group=QA` (the same, spelled as Rotest's
 nested form) takes any calculator of group QA, and Django's lookups work as
-in `request()`: `calc=port__gte=1024`, `calc=name__in=calc1,calc2`.
+in `request()`: `calc=port__gte=1024`, `calc=name__in=calc1,calc2`, and
+through a sub-resource field, `phone=sim__carrier=att`.
 
 An override replaces the declaration's constraints on that field (whatever
 their lookups) and keeps the others. Its value is text, typed as the kind's field is (`ListKinds`),
@@ -62,10 +63,8 @@ def parse_override(given: str) -> Override:
             f"--resource {given!r}: {label} has no sub-resource field "
             f"{field.partition('.')[0]!r} to reach {field!r} through"
         )
-    try:
-        parse_keyword(field)
-    except ValueError as error:
-        raise OverrideError(f"--resource {given!r}: {error}") from None
+    # Its lookup is checked once the kind's fields are known: `sim__carrier`
+    # may be a path through a sub-resource field rather than a lookup.
     return Override(label, field, text, given)
 
 
@@ -96,7 +95,7 @@ KindsLookup = Callable[[], list[resource_pb2.Kind]]
 def _typed(override: Override, types: field_text.FieldTypes) -> Any:
     """An override's value as its field's type: text for a text test, a
     list for `__in` (comma-separated), else one value."""
-    field, test, _ = parse_keyword(override.field)
+    field, test, _ = parse_keyword(override.field, [path for path in types if "." in path])
     if test in ("prefix", "contains"):
         field_text.known_field(field, types)
         return override.text
@@ -130,16 +129,19 @@ class Overrides:
             request = result[label]
             if request.is_service:
                 # A service's values are its own: they are taken as text.
-                result[label] = request.with_constraints(**{o.field: o.text for o in overrides})
-                continue
-            types = self._types(request.kind)
-            values = {}
-            for override in overrides:
-                try:
-                    values[override.field] = _typed(override, types)
-                except FieldTextError as error:
-                    raise OverrideError(f"--resource {override.given!r}: {error}") from None
-            result[label] = request.with_constraints(**values)
+                values: dict[str, Any] = {o.field: o.text for o in overrides}
+            else:
+                types = self._types(request.kind)
+                values = {}
+                for override in overrides:
+                    try:
+                        values[override.field] = _typed(override, types)
+                    except ValueError as error:  # FieldTextError, or an unknown lookup
+                        raise OverrideError(f"--resource {override.given!r}: {error}") from None
+            try:
+                result[label] = request.with_constraints(**values)
+            except ValueError as error:
+                raise OverrideError(f"--resource: {error}") from None
         return result
 
     def _types(self, kind: str) -> field_text.FieldTypes:

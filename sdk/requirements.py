@@ -4,19 +4,25 @@ A constraint keyword is a field name and either one value (the field equals
 it) or a collection of values (the field equals any of them), so
 `request(Calculator, name=["calc1", "calc2"], group="bench-3")` reads like a
 query; Django's lookups compare and search (`port__gte=1024`,
-`name__startswith="calc"`, `group__not="QA"`). The SDK's requests and the
-CLI's `--where` both go through `to_constraints`. Rotest's form names the
-request first, for tests that declare their resources:
+`name__startswith="calc"`, `group__not="QA"`). A keyword may reach through
+a sub-resource field to the sub-resource's fields, as Django's lookups span
+relationships: `sim__carrier="att"`, `sim__slots__gte=2` (the field paths
+`sim.carrier`, `sim.slots`); `sim="sim1"` names the sub-resource. The SDK's
+requests and the CLI's `--where` both go through `to_constraints`. Rotest's
+form names the request first, for tests that declare their resources:
 `request("calc", Calculator, name="calc")` is held as `self.calc`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import peewee
+
 from broker.field_values import to_field_value
+from broker.kind_data import ResourceData
 from broker.v1 import lease_pb2
 
 if TYPE_CHECKING:
@@ -66,11 +72,12 @@ class ResourceRequest:
         """This request with `constraints` replacing every constraint on the
         same fields, whatever their lookups (`port__gte=1000` replaces
         `port=1357`)."""
-        fields = {parse_keyword(keyword)[0] for keyword in constraints}
+        paths = field_paths(self.resource_class.DATA_CLASS)
+        fields = {parse_keyword(keyword, paths)[0] for keyword in constraints}
         kept = {
             keyword: value
             for keyword, value in self.constraints.items()
-            if parse_keyword(keyword)[0] not in fields
+            if parse_keyword(keyword, paths)[0] not in fields
         }
         return dataclasses.replace(self, constraints={**kept, **constraints})
 
@@ -94,7 +101,7 @@ class ResourceRequest:
             raise ValueError(f"{label or self.kind}: a service is not asked of the broker")
         return lease_pb2.Requirement(
             kind=self.kind,
-            constraints=to_constraints(self.constraints),
+            constraints=to_constraints(self.constraints, self.resource_class.DATA_CLASS),
             count=self.count,
             label=label,
         )
@@ -130,19 +137,35 @@ LOOKUPS = {
 TEXT_TESTS = ("prefix", "contains")
 
 
-def to_constraints(constraints: Mapping[str, Any]) -> list[lease_pb2.Constraint]:
+def to_constraints(
+    constraints: Mapping[str, Any],
+    data_class: type[ResourceData] | str | None = None,
+) -> list[lease_pb2.Constraint]:
     """One `Constraint` per keyword: `field=value` equals (a list, tuple,
     set or frozenset: any of), and Django's lookups `field__in`, `__gt`,
     `__gte`, `__lt`, `__lte`, `__startswith`, `__contains`, each negated by
     `not_` (`__not_in`) or, for equality, `__not`. A bad one is a
-    `ValueError` or `TypeError` naming its keyword."""
-    return [_constraint(keyword, value) for keyword, value in constraints.items()]
+    `ValueError` or `TypeError` naming its keyword.
+
+    `data_class` (the kind's data, or its name, looked for among the
+    `ResourceData` models imported) tells `sim__carrier`, a path through
+    the sub-resource field `sim`, from an unknown lookup `carrier`; a
+    path followed by a lookup (`sim__slots__gte`) or spelled with dots
+    (`{"sim.carrier": ...}`) needs none."""
+    if isinstance(data_class, str):
+        data_class = data_class_named(data_class)
+    paths = field_paths(data_class)
+    return [_constraint(keyword, value, paths) for keyword, value in constraints.items()]
 
 
-def parse_keyword(keyword: str) -> tuple[str, str | None, bool]:
+def parse_keyword(keyword: str, paths: Collection[str] = ()) -> tuple[str, str | None, bool]:
     """`(field, test, negate)` of a constraint keyword (`port__not_gte` is
-    `("port", "at_least", True)`); test None: by the value's type. An
-    unknown lookup is a `ValueError` naming the known ones."""
+    `("port", "at_least", True)`); test None: by the value's type. A
+    keyword that spells one of `paths` (`sim__carrier` for `sim.carrier`)
+    is that field. An unknown lookup is a `ValueError` naming the known
+    ones."""
+    if keyword.replace("__", ".") in paths:
+        return keyword.replace("__", "."), None, False
     field, _, lookup = keyword.rpartition("__")
     if not field:
         return keyword, None, False
@@ -154,8 +177,55 @@ def parse_keyword(keyword: str) -> tuple[str, str | None, bool]:
     return field.replace("__", "."), LOOKUPS.get(name), negate
 
 
-def _constraint(keyword: str, value: Any) -> lease_pb2.Constraint:
-    field, test, negate = parse_keyword(keyword)
+def reference_fields(data_class: type[ResourceData] | None) -> dict[str, type[ResourceData]]:
+    """The sub-resource fields of a kind's data (its `ForeignKeyField`s to
+    another kind's data), in declaration order: field name -> that data
+    class."""
+    if data_class is None:
+        return {}
+    return {
+        field.name: field.rel_model
+        for field in data_class._meta.sorted_fields
+        if isinstance(field, peewee.ForeignKeyField)
+    }
+
+
+# What a path through a sub-resource field reaches beside its own fields.
+PATH_COMMON_FIELDS = ("name", "group", "comment")
+
+
+def field_paths(data_class: type[ResourceData] | None) -> frozenset[str]:
+    """The dotted paths through a kind's sub-resource fields to their
+    kinds' fields (`sim.carrier`, `sim.name`), and through theirs."""
+    return frozenset(_paths(data_class, "", set()))
+
+
+def _paths(data_class: type[ResourceData] | None, prefix: str, seen: set[type]) -> list[str]:
+    paths: list[str] = []
+    for name, target in reference_fields(data_class).items():
+        below = f"{prefix}{name}."
+        own = [field.name for field in target._meta.sorted_fields if not field.primary_key]
+        paths += [below + field for field in (*PATH_COMMON_FIELDS, *own)]
+        if target not in seen:
+            paths += _paths(target, below, seen | {target})
+    return paths
+
+
+def data_class_named(kind: str) -> type[ResourceData] | None:
+    """The one imported `ResourceData` model of the kind named `kind`, if
+    there is exactly one."""
+    found: list[type[ResourceData]] = []
+    pending = list(ResourceData.__subclasses__())
+    while pending:
+        model = pending.pop()
+        pending += model.__subclasses__()
+        if model.kind_name() == kind and model not in found:
+            found.append(model)
+    return found[0] if len(found) == 1 else None
+
+
+def _constraint(keyword: str, value: Any, paths: Collection[str] = ()) -> lease_pb2.Constraint:
+    field, test, negate = parse_keyword(keyword, paths)
     if test is None:
         test = "any_of" if isinstance(value, COLLECTIONS) else "equals"
     message = lease_pb2.Constraint(field=field, negate=negate)

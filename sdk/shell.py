@@ -47,8 +47,9 @@ def lock(
     resource_class: type[ResourceT], *, client: BrokerClient | None = None, **options: Any
 ) -> ResourceT:
     """One resource of `resource_class`'s kind, set up and held until
-    `release(resource)`; `options` are `BrokerClient.lease`'s keywords and
-    the request's constraints."""
+    `release(resource)`, its sub-resources with it (`resource.children`);
+    `options` are `BrokerClient.lease`'s keywords and the request's
+    constraints."""
     lease = (client or default_client()).lease(resource_class, **options)
     resource = lease.__enter__()
     assert isinstance(resource, resource_class)

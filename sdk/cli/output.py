@@ -126,16 +126,23 @@ def kinds_table(kinds: Iterable[resource_pb2.Kind]) -> str:
 
 
 def _field_text(spec: resource_pb2.FieldSpec) -> str:
-    """`port:integer`, or `os:string(android|ios)` for a field with choices."""
+    """`port:integer`, `os:string(android|ios)` for a field with choices,
+    `sim:reference(Sim)` for a sub-resource field of kind Sim."""
     text = f"{spec.name}:{_field_type(spec.type)}"
-    if spec.choices:
+    if spec.type == resource_pb2.FIELD_TYPE_REFERENCE:
+        text += f"({spec.kind})"
+    elif spec.choices:
         text += "(" + "|".join(value_text(choice) for choice in spec.choices) + ")"
     return text
 
 
 def resources_table(resources: Iterable[resource_pb2.Resource]) -> str:
+    """One row per resource; a PARENT column when one of them is a
+    sub-resource."""
+    resources = list(resources)
+    parents = any(resource.parent for resource in resources)
     return table(
-        ("NAME", "KIND", "USABLE", "OWNER", "GROUP", "FIELDS"),
+        ("NAME", "KIND", "USABLE", "OWNER", "GROUP", *(("PARENT",) if parents else ()), "FIELDS"),
         (
             (
                 resource.name,
@@ -143,6 +150,7 @@ def resources_table(resources: Iterable[resource_pb2.Resource]) -> str:
                 _yes_no(_usable(resource)),
                 resource.owner or NONE,
                 resource.group or NONE,
+                *((resource.parent or NONE,) if parents else ()),
                 _fields_text(resource),
             )
             for resource in resources
@@ -155,6 +163,7 @@ def resource_details(resource: resource_pb2.Resource) -> str:
         [
             ("name", resource.name),
             ("kind", resource.kind),
+            *((("parent", resource.parent),) if resource.parent else ()),
             ("usable", _yes_no(_usable(resource))),
             ("out of service", resource.service_reason or NONE),
             ("failed setups", str(resource.setup_failures)),
@@ -212,13 +221,15 @@ def lease_details(lease: lease_pb2.Lease, secret: str = "") -> str:
     ]
     if lease.end_reason:
         pairs.append(("reason", lease.end_reason))
+    parents = any(grant.parent for grant in lease.grants)
     grants = table(
-        ("RESOURCE", "KIND", "LABEL", "FENCING TOKEN"),
+        ("RESOURCE", "KIND", "LABEL", *(("PARENT",) if parents else ()), "FENCING TOKEN"),
         (
             (
                 grant.resource.name,
                 grant.resource.kind,
                 grant.label or NONE,
+                *((grant.parent or NONE,) if parents else ()),
                 str(grant.fencing_token),
             )
             for grant in lease.grants

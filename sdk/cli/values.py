@@ -1,6 +1,8 @@
 """The values of `broker`'s `--set` and `--where` options, typed from the
 kind's fields as `ListKinds` describes them, so that `--set port=1357` sends
-an integer and `--set port=x` is refused before anything is sent."""
+an integer and `--set port=x` is refused before anything is sent. A
+sub-resource field is set to the name of the resource it holds (`--set
+sim=sim1`); `--where` may reach through it (`--where sim.carrier=att`)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from broker.field_values import Scalar
 from broker.v1 import resource_pb2
 from sdk import field_text
 from sdk.client import BrokerClient
-from sdk.field_text import COMMON_FIELDS, FieldTextError, FieldTypes
+from sdk.field_text import COMMON_FIELDS, FieldTextError, FieldTypes, own_fields
 
 
 def kind_field_types(client: BrokerClient, kind: str) -> FieldTypes:
@@ -93,7 +95,7 @@ def parse_set(items: Sequence[str], types: FieldTypes) -> dict[str, Scalar]:
     fields: dict[str, Scalar] = {}
     for item in items:
         field, text = split_assignment("--set", item)
-        if field not in types:
+        if field not in own_fields(types):
             raise UsageError(f"--set {field}: no such field (fields: {_names(types)})")
         if field in fields:
             raise UsageError(f"--set {field}: given twice")
@@ -102,4 +104,4 @@ def parse_set(items: Sequence[str], types: FieldTypes) -> dict[str, Scalar]:
 
 
 def _names(types: FieldTypes) -> str:
-    return ", ".join(types) or "none"
+    return ", ".join(own_fields(types)) or "none"

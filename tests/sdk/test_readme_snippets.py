@@ -58,6 +58,17 @@ def environment(broker):
     return {**os.environ, "BROKER_TARGET": broker.address}
 
 
+def assert_lints_clean(path) -> None:
+    """A pasted file passes the project's own lint."""
+    linted = subprocess.run(
+        [str(BIN / "ruff"), "check", "--config", str(ROOT / "ruff.toml"), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert linted.returncode == 0, linted.stdout
+
+
 def run_console(command: str, device_port: int, environment) -> None:
     """One `$` line, as bash runs it from the clone's root."""
     command = command.replace(
@@ -164,10 +175,4 @@ def test_your_own_kind_is_served_from_beside_its_configuration(tmp_path):
     )
     assert checked.returncode == 0, checked.stderr
     assert "mylab.phone.PhoneData" in checked.stdout
-    linted = subprocess.run(
-        [str(BIN / "ruff"), "check", "--config", str(ROOT / "ruff.toml"), str(tmp_path / path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert linted.returncode == 0, linted.stdout
+    assert_lints_clean(tmp_path / path)
