@@ -192,6 +192,14 @@ class AuthConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class WebConfig:
+    """The broker's HTTP address, for people and monitoring: `/metrics`
+    (Prometheus), `/healthz` and `/readyz`. Empty: none."""
+
+    address: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """The whole configuration. `base_dir` is where relative paths (the SQLite
     file) are taken from: the configuration file's directory."""
@@ -208,6 +216,7 @@ class Config:
     auth: AuthConfig = AuthConfig()
     quotas: QuotaConfig = QuotaConfig()
     quarantine: QuarantineConfig = QuarantineConfig()
+    web: WebConfig = WebConfig()
 
     def kind_models(self) -> tuple[type[ResourceData], ...]:
         """Imports the `ResourceData` models named by `kinds`."""
@@ -323,6 +332,7 @@ def parse_config(raw: Any, base_dir: str = ".") -> Config:
             "auth",
             "quotas",
             "quarantine",
+            "web",
             # The clients' sections (`sdk.config`), which the broker ignores.
             "client",
             "rotest",
@@ -374,6 +384,9 @@ def parse_config(raw: Any, base_dir: str = ".") -> Config:
     quotas = _quotas(top.get("quotas"))
     quarantine = _section("quarantine", top.get("quarantine"), QuarantineConfig)
     _check_positive("quarantine.after_failures", quarantine.after_failures, allow_zero=True)
+    web = _section("web", top.get("web"), WebConfig)
+    if web.address and ":" not in web.address:
+        raise ConfigError("web.address", f"{web.address!r} is not HOST:PORT (empty: no web)")
     kinds = top.get("kinds", Config.kinds)
     if not isinstance(kinds, list | tuple) or not all(isinstance(k, str) for k in kinds):
         raise ConfigError("kinds", "must be a list of dotted paths to ResourceData models")
@@ -390,6 +403,7 @@ def parse_config(raw: Any, base_dir: str = ".") -> Config:
         auth=auth,
         quotas=quotas,
         quarantine=quarantine,
+        web=web,
     )
 
 

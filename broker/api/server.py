@@ -35,14 +35,17 @@ from broker.api.event_servicer import EventServicer
 from broker.api.exposure import check_exposure
 from broker.api.inventory_servicer import InventoryServicer
 from broker.api.lease_servicer import LeaseServicer
+from broker.api.metrics import Metrics, MetricsInterceptor
 from broker.api.oidc import OidcVerifier
 from broker.api.runner import GroupCommitRunner, Runner, ThreadRunner, renew_connections
 from broker.api.waits import WaitBoard
+from broker.api.web import WebEndpoints
 from broker.config import Config, ConfigError, TlsConfig, load_config, with_database_url
 from broker.domain.events import EventLog
 from broker.domain.inventory import Inventory
 from broker.domain.kinds import KindDeclarationError, KindRegistry
 from broker.domain.leasing import Leases
+from broker.domain.occupancy import occupancy
 from broker.domain.quotas import Quotas
 from broker.domain.retention import Ages, Retention
 from broker.domain.sessions import Sessions
@@ -110,6 +113,8 @@ class BrokerServer:
         self._trimmer: asyncio.Task | None = None
         self._pruner: asyncio.Task | None = None
         self._stop_feed: Callable[[], None] = lambda: None
+        self._stop_counting: Callable[[], None] = lambda: None
+        self.web: WebEndpoints | None = None
         # The health probe's own thread: never queued behind domain calls.
         self._probe_thread = ThreadPoolExecutor(1, thread_name_prefix="db-probe")
         try:
@@ -122,6 +127,13 @@ class BrokerServer:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def web_address(self) -> str:
+        """HOST:PORT of the HTTP endpoints once started; empty without."""
+        if self.web is None or not self.web.port:
+            return ""
+        return f"{self.config.web.address.rpartition(':')[0]}:{self.web.port}"
 
     def start(self) -> None:
         self._call(self._start())
@@ -204,12 +216,28 @@ class BrokerServer:
             max_keepalive_timeout=config.sessions.max_keepalive_timeout,
         )
         self.authenticator = authenticator_for(config)
+        self.metrics = Metrics(
+            [kind.name for kind in kinds],
+            [
+                f"/{service.full_name}/{method.name}"
+                for module in (inventory_service_pb2, lease_service_pb2, event_service_pb2)
+                for service in module.DESCRIPTOR.services_by_name.values()
+                for method in service.methods
+            ],
+        )
+        if config.web.address:
+            self.web = WebEndpoints(
+                self.metrics,
+                lambda: self.run(occupancy, kinds),
+                self.feed.watching,
+                self._ready,
+            )
         self.interceptor = ErrorInterceptor(
             max_calls=config.server.max_concurrent_rpcs,
             gate=None if self.authenticator is None else self.authenticator.admit,
         )
         self.server = grpc.aio.server(
-            interceptors=[self.interceptor],
+            interceptors=[MetricsInterceptor(self.metrics), self.interceptor],
             options=(*SERVER_OPTIONS, *backlog_options(config.server.max_concurrent_rpcs)),
             # A backstop above the broker's own limit, which health and
             # reflection calls do not count against.
@@ -241,6 +269,9 @@ class BrokerServer:
         return port
 
     async def _start(self) -> None:
+        if self.web is not None:
+            await self.web.start(self.config.web.address)
+        self._stop_counting = event_model.on_commit_types(self.metrics.count_events)
         self._stop_feed = event_model.on_commit(self.feed.wake)
         self.feed.start()
         if self.listener is not None:
@@ -260,6 +291,9 @@ class BrokerServer:
         await self.lease_servicer.drain(DRAIN_SECONDS)
         await self.board.drain(DRAIN_SECONDS)
         self._stop_feed()
+        self._stop_counting()
+        if self.web is not None:
+            await self.web.stop()
         await self.feed.close()
         for task in (self._sweeper, self._watcher, self._trimmer, self._pruner):
             if task is not None:
@@ -353,6 +387,15 @@ class BrokerServer:
                         probe.timeout,
                     )
                 await self._set_health(serving)
+
+    async def _ready(self) -> bool:
+        """Whether the database answers the probe now, within its bound."""
+        loop = asyncio.get_running_loop()
+        check = loop.run_in_executor(self._probe_thread, self.probe.check)
+        try:
+            return bool(await asyncio.wait_for(check, self.probe.timeout))
+        except Exception:
+            return False
 
     async def _set_health(self, serving: bool) -> None:
         status = (
@@ -468,8 +511,15 @@ def serve_forever(
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
-    broker.start()
+    try:
+        broker.start()
+    except OSError as error:
+        broker.stop(0)
+        print(f"broker: {error}", file=sys.stderr)
+        return 1
     print(f"broker listening on {broker.address}", flush=True)
+    if broker.web_address:
+        print(f"metrics and health on http://{broker.web_address}/metrics", flush=True)
     stopping.wait()
     log.info("stopping: finishing calls in flight (up to %.1f s)", config.server.grace_seconds)
     broker.stop(config.server.grace_seconds)

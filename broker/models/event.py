@@ -73,23 +73,44 @@ def on_commit(callback: Callable[[int], None]) -> Callable[[], None]:
     """Calls `callback` with the newest id (on the committing thread) after
     every commit of this process that recorded events; returns what stops
     it."""
+    return _listen(_listeners, callback)
+
+
+# What `on_commit_types` hands over of each event: its type, kind and
+# detail (JSON text, or "").
+Recorded = tuple[str, str, str]
+_type_listeners: list[Callable[[list[Recorded]], None]] = []
+
+
+def on_commit_types(callback: Callable[[list[Recorded]], None]) -> Callable[[], None]:
+    """Calls `callback` with the type, kind and detail of each event, on
+    the committing thread, after every commit of this process that recorded
+    events; returns what stops it."""
+    return _listen(_type_listeners, callback)
+
+
+def _listen(listeners: list, callback: Callable) -> Callable[[], None]:
     with _listeners_lock:
-        _listeners.append(callback)
+        listeners.append(callback)
 
     def stop() -> None:
         with _listeners_lock:
-            if callback in _listeners:
-                _listeners.remove(callback)
+            if callback in listeners:
+                listeners.remove(callback)
 
     return stop
 
 
 def _committed() -> None:
     newest, _newest.id = _newest.id, 0
+    types, _newest.types = getattr(_newest, "types", []), []
     with _listeners_lock:
         listeners = list(_listeners)
+        type_listeners = list(_type_listeners)
     for callback in listeners:
         callback(newest)
+    for counted in type_listeners:
+        counted(types)
 
 
 def record(rows: Iterable[dict]) -> None:
@@ -101,7 +122,8 @@ def record(rows: Iterable[dict]) -> None:
     database = database_proxy.obj
     first = after_commit(CHANNEL, _committed)
     if first:
-        _newest.id = 0
+        _newest.id, _newest.types = 0, []
+    _newest.types.extend((row["type"], row.get("kind", ""), row.get("detail", "")) for row in rows)
     if not backend_of(database).notifies:
         newest = statements.insert_rows(Event, rows).lastrowid
     else:

@@ -382,3 +382,12 @@ def delete_ended_waiters(ended_states: Sequence[int], cutoff: float, limit: int)
         WaiterNeed.delete().where(WaiterNeed.waiter.in_(ids)).execute()
         Waiter.delete().where(Waiter.id.in_(ids)).execute()
     return len(ids)
+
+
+def waiting_by_kind() -> dict[str, int]:
+    """How many waiting requests could use each kind (only waiting
+    requests have keys)."""
+    cursor = statements.run(
+        'SELECT "kind", COUNT(DISTINCT "waiter_id") FROM "waiter_need" GROUP BY "kind"', []
+    )
+    return dict(cursor.fetchall())

@@ -591,3 +591,13 @@ def parent_rows(parent_ids: Sequence[int]) -> dict[int, Resource]:
     if not parent_ids:
         return {}
     return {row.id: row for row in Resource.select().where(Resource.id.in_(list(parent_ids)))}
+
+
+def counts_by_kind() -> dict[str, tuple[int, int, int]]:
+    """For each kind: its resources, those held, those out of service."""
+    cursor = statements.run(
+        'SELECT "kind", COUNT(*), COUNT("lease_id"), SUM(CASE WHEN "is_usable" THEN 0 ELSE 1 END)'
+        ' FROM "resource" GROUP BY "kind"',
+        [],
+    )
+    return {row[0]: (row[1], row[2], int(row[3] or 0)) for row in cursor.fetchall()}

@@ -102,3 +102,8 @@ def delete_ended_sessions(ended_states: Sequence[int], cutoff: float, limit: int
     if ids:
         Session.delete().where(Session.id.in_(ids)).execute()
     return len(ids)
+
+
+def count_in_state(state: int) -> int:
+    """How many sessions are in `state`."""
+    return Session.select().where(Session.state == state).count()

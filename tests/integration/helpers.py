@@ -330,6 +330,10 @@ class BrokerProcess:
                 self.address = found.group(1)
                 return self.address
 
+    def next_line(self, timeout: float = STARTUP_TIMEOUT) -> str | None:
+        """The next line it printed (None once its output ended)."""
+        return self._stdout.get(timeout=timeout)
+
     def signal(self, signum: int) -> None:
         if self.process.poll() is None:
             os.kill(self.pid, signum)
