@@ -27,7 +27,11 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
+from broker.api.runner import GroupStats
+from broker.domain import races
 from broker.domain.occupancy import Occupancy
 from broker.domain.values import EventType
 
@@ -95,9 +99,25 @@ class Metrics:
         self._watchers = Gauge(
             "broker_event_watchers", "Event watches this broker serves.", registry=self.registry
         )
+        self.call_seconds = Histogram(
+            "broker_database_call_seconds",
+            "Time a domain call took on the database, from its submission to its "
+            "answer (waiting for a worker or the writer included), by access (read, write).",
+            ["access"],
+            registry=self.registry,
+        )
+        self._groups: Callable[[], GroupStats | None] = lambda: None
+        self.registry.register(_Retries(lambda: self._groups()))
         for counter in self._counters.values():
             for kind in self._kinds:
                 counter.labels(kind)
+
+    def watch_groups(self, stats: Callable[[], GroupStats | None]) -> None:
+        """Reports the writer's group commits (SQLite) from `stats`."""
+        self._groups = stats
+
+    def observe_call(self, write: bool, seconds: float) -> None:
+        self.call_seconds.labels("write" if write else "read").observe(seconds)
 
     def kind(self, name: str) -> str:
         return name if name in self._kinds else OTHER
@@ -131,6 +151,40 @@ class Metrics:
         self._sessions.set(occupancy.open_sessions)
         self._watchers.set(watchers)
         return generate_latest(self.registry)
+
+
+class _Retries(Collector):
+    """Counters kept by the domain and the writer, read at each scrape:
+    retried transactions by cause, and group commits and their writes."""
+
+    def __init__(self, groups: Callable[[], GroupStats | None]):
+        self._groups = groups
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        retried = CounterMetricFamily(
+            "broker_transaction_retries",
+            "Write transactions run again after losing a race, by cause.",
+            labels=["cause"],
+        )
+        counts = dict(races.retries)
+        for cause in ("conflict", "escalation", "serialization"):
+            retried.add_metric([cause], counts.get(cause, 0))
+        yield retried
+        stats = self._groups()
+        if stats is not None:
+            yield CounterMetricFamily(
+                "broker_group_commits",
+                "Transactions the SQLite writer committed, each holding a group of writes.",
+                value=stats.groups,
+            )
+            yield CounterMetricFamily(
+                "broker_group_commit_writes",
+                "Writes committed in groups (over broker_group_commits_total: the mean group).",
+                value=stats.writes,
+            )
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):

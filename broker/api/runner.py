@@ -20,6 +20,7 @@ import functools
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -90,6 +91,26 @@ class ThreadRunner:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+
+class TimedRunner:
+    """A runner that hands the seconds each call took, from its submission
+    to its answer (queueing and the commit included), and whether it was a
+    write, to `observe`."""
+
+    def __init__(self, runner: Runner, observe: Callable[[bool, float], None]):
+        self.runner = runner
+        self._observe = observe
+
+    async def __call__(self, function: Callable[..., Any], *args: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await self.runner(function, *args)
+        finally:
+            self._observe(is_write(function), time.perf_counter() - started)
+
+    def close(self) -> None:
+        self.runner.close()
 
 
 @dataclasses.dataclass

@@ -37,7 +37,13 @@ from broker.api.inventory_servicer import InventoryServicer
 from broker.api.lease_servicer import LeaseServicer
 from broker.api.metrics import Metrics, MetricsInterceptor
 from broker.api.oidc import OidcVerifier
-from broker.api.runner import GroupCommitRunner, Runner, ThreadRunner, renew_connections
+from broker.api.runner import (
+    GroupCommitRunner,
+    Runner,
+    ThreadRunner,
+    TimedRunner,
+    renew_connections,
+)
 from broker.api.waits import WaitBoard
 from broker.api.web import WebEndpoints
 from broker.config import Config, ConfigError, TlsConfig, load_config, with_database_url
@@ -172,7 +178,19 @@ class BrokerServer:
         self.probe = probe_for(self.database, config.database.stall_timeout)
         bind(self.database)
         create_tables(kinds.models)
-        self.run = runner_for(self.database)
+        self.metrics = Metrics(
+            [kind.name for kind in kinds],
+            [
+                f"/{service.full_name}/{method.name}"
+                for module in (inventory_service_pb2, lease_service_pb2, event_service_pb2)
+                for service in module.DESCRIPTOR.services_by_name.values()
+                for method in service.methods
+            ],
+        )
+        runner = runner_for(self.database)
+        if isinstance(runner, GroupCommitRunner):
+            self.metrics.watch_groups(lambda: runner.stats)
+        self.run = TimedRunner(runner, self.metrics.observe_call)
         self.events = EventLog()
         retention = config.retention
         self.retention = Retention(
@@ -216,15 +234,6 @@ class BrokerServer:
             max_keepalive_timeout=config.sessions.max_keepalive_timeout,
         )
         self.authenticator = authenticator_for(config)
-        self.metrics = Metrics(
-            [kind.name for kind in kinds],
-            [
-                f"/{service.full_name}/{method.name}"
-                for module in (inventory_service_pb2, lease_service_pb2, event_service_pb2)
-                for service in module.DESCRIPTOR.services_by_name.values()
-                for method in service.methods
-            ],
-        )
         if config.web.address:
             self.web = WebEndpoints(
                 self.metrics,

@@ -12,8 +12,10 @@ of times. On SQLite none of them happens (one writer at a time).
 
 from __future__ import annotations
 
+import collections
 import functools
 import random
+import threading
 import time
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
@@ -45,6 +47,19 @@ def lost_race(error: BaseException) -> bool:
     return getattr(error, "pgcode", None) in RETRIED_CODES
 
 
+# Retries made by this process, by what was lost: `conflict` (a claim or a
+# version taken first), `escalation` (more locks needed), `serialization`
+# (PostgreSQL's serialization failure or deadlock). Read by monitoring.
+retries: collections.Counter[str] = collections.Counter()
+_counting = threading.Lock()
+
+
+def _cause(error: BaseException) -> str:
+    if isinstance(error, locks.Escalate):
+        return "escalation"
+    return "conflict" if isinstance(error, ConflictError) else "serialization"
+
+
 def retried(operation: Callable[P, R]) -> Callable[P, R]:
     """Runs `operation` (one write transaction) again when it lost a race;
     an escalation makes the next attempt take the locks it asked for.
@@ -61,6 +76,8 @@ def retried(operation: Callable[P, R]) -> Callable[P, R]:
                 except Exception as error:
                     if tries == ATTEMPTS or not lost_race(error):
                         raise
+                    with _counting:
+                        retries[_cause(error)] += 1
                     if isinstance(error, locks.Escalate):
                         locks.raise_floor(error)
                     else:
