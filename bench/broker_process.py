@@ -46,6 +46,8 @@ database:
   url: {database_url}
 auth:
   enabled: {auth}
+web:
+  address: ""
 kinds:
   - {kind_model}
 """

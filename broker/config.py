@@ -2,8 +2,9 @@
 
 Every key is optional and has a working default; an unknown key, a wrong type
 or an out-of-range value stops start-up with a `ConfigError` that names the
-key. Two environment variables override the file, for containers and tests:
-`BROKER_ADDRESS` (server.address) and `BROKER_DATABASE_URL` (database.url).
+key. Environment variables override the file, for containers and tests:
+`BROKER_ADDRESS` (server.address), `BROKER_DATABASE_URL` (database.url) and
+`BROKER_WEB_ADDRESS` (web.address; empty: none).
 """
 
 from __future__ import annotations
@@ -196,7 +197,7 @@ class WebConfig:
     """The broker's HTTP address, for people and monitoring: `/metrics`
     (Prometheus), `/healthz` and `/readyz`. Empty: none."""
 
-    address: str = ""
+    address: str = "127.0.0.1:8080"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,6 +292,7 @@ def load_config(path: str | None = None, environ: Mapping[str, str] | None = Non
 ENVIRONMENT_OVERRIDES = {
     "BROKER_ADDRESS": ("server", "address"),
     "BROKER_DATABASE_URL": ("database", "url"),
+    "BROKER_WEB_ADDRESS": ("web", "address"),
 }
 
 
@@ -300,6 +302,10 @@ def with_database_url(config: Config, url: str) -> Config:
     return dataclasses.replace(config, database=dataclasses.replace(config.database, url=url))
 
 
+# Overrides whose empty value means something: no web address.
+EMPTY_OVERRIDES = frozenset({"BROKER_WEB_ADDRESS"})
+
+
 def _with_overrides(raw: Any, environ: Mapping[str, str]) -> Any:
     """The document with the environment's overrides in place, so that they
     are checked exactly as the file's values are."""
@@ -307,7 +313,8 @@ def _with_overrides(raw: Any, environ: Mapping[str, str]) -> Any:
         return raw
     result = dict(raw)
     for variable, (section, key) in ENVIRONMENT_OVERRIDES.items():
-        if environ.get(variable):
+        # Empty is no override, but for the web address: none.
+        if environ.get(variable) or (variable in EMPTY_OVERRIDES and variable in environ):
             current = result.get(section)
             merged = dict(current) if isinstance(current, Mapping) else {}
             merged[key] = environ[variable]

@@ -21,7 +21,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from broker.api.server import BrokerServer, build_server
-from broker.config import Config, DatabaseConfig, LeaseConfig
+from broker.config import Config, DatabaseConfig, LeaseConfig, WebConfig
 from broker.domain.inventory import Inventory
 from broker.domain.kinds import KindRegistry
 from broker.domain.leasing import Leases
@@ -56,6 +56,8 @@ def make_config(tmp_path, database_url: str | None = None, **leases) -> Config:
         database=DatabaseConfig(database_url or f"sqlite:///{tmp_path / 'broker.sqlite3'}"),
         leases=LeaseConfig(**{"default_ttl": 30.0, "max_ttl": 600.0, **leases}),
         kinds=TEST_KINDS,
+        # No HTTP endpoints: tests that want them ask for port 0.
+        web=WebConfig(""),
     )
 
 
@@ -76,10 +78,14 @@ CLIENT_VARIABLES = (
 def no_inherited_client_configuration(monkeypatch):
     """Clients made by tests read no client configuration the shell that
     started the suite had: no `BROKER_*` or `ROTEST_*` variable, and an
-    empty configuration file wherever the suite runs from."""
+    empty configuration file wherever the suite runs from; and brokers
+    started as processes bind no web address of their own."""
     for variable in CLIENT_VARIABLES:
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("BROKER_CLIENT_CONFIG", os.devnull)
+    # Brokers the tests start as processes serve no HTTP unless told to
+    # (several at once cannot share the default port).
+    monkeypatch.setenv("BROKER_WEB_ADDRESS", "")
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker.api.server import build_server
-from broker.config import ConfigError, WebConfig, parse_config
+from broker.config import ConfigError, WebConfig, load_config, parse_config
 from broker.domain import races
 from broker.domain.errors import ConflictError
 from broker.field_values import to_field_value
@@ -187,7 +187,8 @@ def test_label_values_are_bounded_by_the_configuration(web_broker):
     assert "holder-" not in text and "calc-" not in text
 
 
-def test_serve_prints_where_metrics_are(start_broker, tmp_path):
+def test_serve_prints_where_metrics_are(start_broker, tmp_path, monkeypatch):
+    monkeypatch.delenv("BROKER_WEB_ADDRESS")
     config = write_config(
         tmp_path / "web.yml",
         {
@@ -206,7 +207,8 @@ def test_serve_prints_where_metrics_are(start_broker, tmp_path):
         assert answer.read() == b"ok\n"
 
 
-def test_a_web_address_in_use_stops_the_broker_with_the_key(tmp_path):
+def test_a_web_address_in_use_stops_the_broker_with_the_key(tmp_path, monkeypatch):
+    monkeypatch.delenv("BROKER_WEB_ADDRESS")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -260,3 +262,10 @@ def test_a_refused_call_is_timed_under_its_code(web_broker):
         (("code", "NOT_FOUND"), ("method", "/broker.v1.InventoryService/GetResource")),
     )
     assert found[refused] == 1
+
+
+def test_the_web_address_defaults_to_port_8080_and_an_empty_override_turns_it_off():
+    assert load_config(None, environ={}).web.address == "127.0.0.1:8080"
+    assert load_config(None, environ={"BROKER_WEB_ADDRESS": ""}).web.address == ""
+    moved = load_config(None, environ={"BROKER_WEB_ADDRESS": "127.0.0.1:9100"})
+    assert moved.web.address == "127.0.0.1:9100"
