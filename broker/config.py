@@ -198,6 +198,9 @@ class WebConfig:
     (Prometheus), `/healthz` and `/readyz`. Empty: none."""
 
     address: str = "127.0.0.1:8080"
+    # Where `/metrics` is served instead, on a site of its own; empty: at
+    # `address`.
+    metrics_address: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -392,8 +395,10 @@ def parse_config(raw: Any, base_dir: str = ".") -> Config:
     quarantine = _section("quarantine", top.get("quarantine"), QuarantineConfig)
     _check_positive("quarantine.after_failures", quarantine.after_failures, allow_zero=True)
     web = _section("web", top.get("web"), WebConfig)
-    if web.address and ":" not in web.address:
-        raise ConfigError("web.address", f"{web.address!r} is not HOST:PORT (empty: no web)")
+    for key in ("address", "metrics_address"):
+        given = getattr(web, key)
+        if given and ":" not in given:
+            raise ConfigError(f"web.{key}", f"{given!r} is not HOST:PORT (empty: none)")
     kinds = top.get("kinds", Config.kinds)
     if not isinstance(kinds, list | tuple) or not all(isinstance(k, str) for k in kinds):
         raise ConfigError("kinds", "must be a list of dotted paths to ResourceData models")

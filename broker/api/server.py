@@ -136,10 +136,14 @@ class BrokerServer:
 
     @property
     def web_address(self) -> str:
-        """HOST:PORT of the HTTP endpoints once started; empty without."""
-        if self.web is None or not self.web.port:
-            return ""
-        return f"{self.config.web.address.rpartition(':')[0]}:{self.web.port}"
+        """HOST:PORT of `/healthz` and `/readyz` once started; empty without."""
+        return _bound(self.config.web.address, self.web.port if self.web else 0)
+
+    @property
+    def metrics_address(self) -> str:
+        """HOST:PORT of `/metrics` once started; empty without."""
+        address = self.config.web.metrics_address or self.config.web.address
+        return _bound(address, self.web.metrics_port if self.web else 0)
 
     def start(self) -> None:
         self._call(self._start())
@@ -234,7 +238,7 @@ class BrokerServer:
             max_keepalive_timeout=config.sessions.max_keepalive_timeout,
         )
         self.authenticator = authenticator_for(config)
-        if config.web.address:
+        if config.web.address or config.web.metrics_address:
             self.web = WebEndpoints(
                 self.metrics,
                 lambda: self.run(occupancy, kinds),
@@ -279,7 +283,7 @@ class BrokerServer:
 
     async def _start(self) -> None:
         if self.web is not None:
-            await self.web.start(self.config.web.address)
+            await self.web.start(self.config.web.address, self.config.web.metrics_address)
         self._stop_counting = event_model.on_commit_types(self.metrics.count_events)
         self._stop_feed = event_model.on_commit(self.feed.wake)
         self.feed.start()
@@ -427,6 +431,11 @@ DRAIN_SECONDS = 5.0
 PROBE_CALLS = 64
 
 
+def _bound(address: str, port: int) -> str:
+    """`address` with the port it was bound to; empty if it was not."""
+    return f"{address.rpartition(':')[0]}:{port}" if address and port else ""
+
+
 def backlog_options(max_calls: int) -> tuple[tuple[str, int], ...]:
     """gRPC's own backlog of calls that arrived before the server picked
     them up: by default it cancels calls at random past 1,000 of them, so a
@@ -527,8 +536,13 @@ def serve_forever(
         print(f"broker: {error}", file=sys.stderr)
         return 1
     print(f"broker listening on {broker.address}", flush=True)
-    if broker.web_address:
+    if broker.web_address and broker.web_address == broker.metrics_address:
         print(f"metrics and health on http://{broker.web_address}/metrics", flush=True)
+    else:
+        if broker.web_address:
+            print(f"health on http://{broker.web_address}/healthz", flush=True)
+        if broker.metrics_address:
+            print(f"metrics on http://{broker.metrics_address}/metrics", flush=True)
     stopping.wait()
     log.info("stopping: finishing calls in flight (up to %.1f s)", config.server.grace_seconds)
     broker.stop(config.server.grace_seconds)

@@ -19,7 +19,9 @@ from broker.domain.occupancy import Occupancy
 
 
 class WebEndpoints:
-    """The HTTP site: `start(address)` binds it (port 0 picks a free port)."""
+    """The HTTP sites: `start(address, metrics_address)` binds them (port 0
+    picks a free port). Metrics are served at `address` unless
+    `metrics_address` names a site of their own; either may be empty."""
 
     def __init__(
         self,
@@ -32,36 +34,45 @@ class WebEndpoints:
         self._read_occupancy = read_occupancy
         self._watchers = watchers
         self._ready = ready
-        self._runner: web.AppRunner | None = None
+        self._runners: list[web.AppRunner] = []
+        # The ports bound, 0 for a site not served.
         self.port = 0
+        self.metrics_port = 0
 
-    def _app(self) -> web.Application:
+    async def start(self, address: str, metrics_address: str = "") -> None:
+        """Binds the sites; on failure none is left bound."""
+        health = [web.get("/healthz", self._healthz), web.get("/readyz", self._readyz)]
+        scrape = [web.get("/metrics", self._scrape)]
+        try:
+            if address:
+                self.port = await self._site(
+                    address, "web.address", health if metrics_address else health + scrape
+                )
+                self.metrics_port = 0 if metrics_address else self.port
+            if metrics_address:
+                self.metrics_port = await self._site(metrics_address, "web.metrics_address", scrape)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _site(self, address: str, key: str, routes: list) -> int:
         app = web.Application()
-        app.add_routes(
-            [
-                web.get("/metrics", self._scrape),
-                web.get("/healthz", self._healthz),
-                web.get("/readyz", self._readyz),
-            ]
-        )
-        return app
-
-    async def start(self, address: str) -> int:
+        app.add_routes(routes)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        self._runners.append(runner)
         host, _, port = address.rpartition(":")
-        self._runner = web.AppRunner(self._app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host or "127.0.0.1", int(port), reuse_port=False)
+        site = web.TCPSite(runner, host or "127.0.0.1", int(port), reuse_port=False)
         try:
             await site.start()
         except OSError as error:
-            await self._runner.cleanup()
-            raise OSError(f"cannot listen on {address} (web.address): {error.strerror}") from error
-        self.port = self._runner.addresses[0][1]
-        return self.port
+            raise OSError(f"cannot listen on {address} ({key}): {error.strerror}") from error
+        return runner.addresses[0][1]
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        runners, self._runners = self._runners, []
+        for runner in runners:
+            await runner.cleanup()
 
     async def _scrape(self, request: web.Request) -> web.Response:
         try:

@@ -51,9 +51,10 @@ def calculator(name: str) -> lease_pb2.Requirement:
     )
 
 
-def get(broker, path: str) -> tuple[int, str]:
+def get(broker, path: str, address: str = "") -> tuple[int, str]:
+    address = address or (broker.metrics_address if path == "/metrics" else broker.web_address)
     try:
-        with urllib.request.urlopen(f"http://{broker.web_address}{path}", timeout=10) as answer:
+        with urllib.request.urlopen(f"http://{address}{path}", timeout=10) as answer:
             return answer.status, answer.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
@@ -187,16 +188,21 @@ def test_label_values_are_bounded_by_the_configuration(web_broker):
     assert "holder-" not in text and "calc-" not in text
 
 
-def test_serve_prints_where_metrics_are(start_broker, tmp_path, monkeypatch):
-    monkeypatch.delenv("BROKER_WEB_ADDRESS")
-    config = write_config(
+def serve_config(tmp_path, web: dict):
+    """A configuration file for `broker serve` with this `web` section."""
+    return write_config(
         tmp_path / "web.yml",
         {
             "database": {"url": f"sqlite:///{tmp_path / 'web.sqlite3'}"},
             "server": {"address": "127.0.0.1:0"},
-            "web": {"address": "127.0.0.1:0"},
+            "web": web,
         },
     )
+
+
+def test_serve_prints_where_metrics_are(start_broker, tmp_path, monkeypatch):
+    monkeypatch.delenv("BROKER_WEB_ADDRESS")
+    config = serve_config(tmp_path, {"address": "127.0.0.1:0"})
     process = start_broker("--config", str(config))
     process.wait_listening()
     line = process.next_line()
@@ -207,20 +213,23 @@ def test_serve_prints_where_metrics_are(start_broker, tmp_path, monkeypatch):
         assert answer.read() == b"ok\n"
 
 
+def test_serve_prints_both_sites_when_metrics_have_their_own(start_broker, tmp_path, monkeypatch):
+    monkeypatch.delenv("BROKER_WEB_ADDRESS")
+    config = serve_config(tmp_path, {"address": "127.0.0.1:0", "metrics_address": "127.0.0.1:0"})
+    process = start_broker("--config", str(config))
+    process.wait_listening()
+    lines = [process.next_line(), process.next_line()]
+    assert re.fullmatch(r"health on http://127\.0\.0\.1:\d+/healthz", lines[0] or ""), lines
+    assert re.fullmatch(r"metrics on http://127\.0\.0\.1:\d+/metrics", lines[1] or ""), lines
+
+
 def test_a_web_address_in_use_stops_the_broker_with_the_key(tmp_path, monkeypatch):
     monkeypatch.delenv("BROKER_WEB_ADDRESS")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         address = f"127.0.0.1:{taken.getsockname()[1]}"
-        config = write_config(
-            tmp_path / "web.yml",
-            {
-                "database": {"url": f"sqlite:///{tmp_path / 'web.sqlite3'}"},
-                "server": {"address": "127.0.0.1:0"},
-                "web": {"address": address},
-            },
-        )
+        config = serve_config(tmp_path, {"address": address})
         result = run_serve("--config", str(config), cwd=tmp_path)
     assert result.returncode == 1, result.stderr
     assert f"cannot listen on {address} (web.address)" in result.stderr
@@ -269,3 +278,28 @@ def test_the_web_address_defaults_to_port_8080_and_an_empty_override_turns_it_of
     assert load_config(None, environ={"BROKER_WEB_ADDRESS": ""}).web.address == ""
     moved = load_config(None, environ={"BROKER_WEB_ADDRESS": "127.0.0.1:9100"})
     assert moved.web.address == "127.0.0.1:9100"
+
+
+def test_metrics_on_an_address_of_their_own(config):
+    web = WebConfig("127.0.0.1:0", metrics_address="127.0.0.1:0")
+    server = build_server(dataclasses.replace(config, base_dir=".", web=web), "127.0.0.1:0")
+    server.start()
+    try:
+        assert server.metrics_address != server.web_address
+        assert get(server, "/metrics")[0] == 200
+        assert get(server, "/metrics", server.web_address)[0] == 404
+        assert get(server, "/healthz")[0] == 200
+        assert get(server, "/healthz", server.metrics_address)[0] == 404
+    finally:
+        server.stop(0)
+
+
+def test_metrics_alone(config):
+    web = WebConfig("", metrics_address="127.0.0.1:0")
+    server = build_server(dataclasses.replace(config, base_dir=".", web=web), "127.0.0.1:0")
+    server.start()
+    try:
+        assert server.web_address == ""
+        assert get(server, "/metrics")[0] == 200
+    finally:
+        server.stop(0)
