@@ -23,12 +23,13 @@ _sym_db = _symbol_database.Default()
 
 
 from broker.v1 import event_pb2 as broker_dot_v1_dot_event__pb2
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x62roker/v1/event_service.proto\x12\tbroker.v1\x1a\x15\x62roker/v1/event.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xde\x01\n\x14GetUsageStatsRequest\x12\x16\n\x08resource\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x12\n\x04kind\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x34\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x32\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x30\n\x08group_by\x18\x05 \x01(\x0e\x32\x18.broker.v1.UsageGroupingB\x04\xe2\x41\x01\x01\"\xab\x02\n\nUsageStats\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06grants\x18\x03 \x01(\x04\x12-\n\ntotal_held\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tmean_held\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08wait_p50\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08wait_p95\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08\x65xpiries\x18\x08 \x01(\x04\x12\x0f\n\x07revokes\x18\t \x01(\x04\x12\x13\n\x0bquarantines\x18\n \x01(\x04\"=\n\x15GetUsageStatsResponse\x12$\n\x05stats\x18\x01 \x03(\x0b\x32\x15.broker.v1.UsageStats\"\xfb\x01\n\x0b\x45ventFilter\x12\x16\n\x08resource\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x12\n\x04kind\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08lease_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x13\n\x05\x61\x63tor\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12)\n\x05types\x18\x05 \x03(\x0e\x32\x14.broker.v1.EventTypeB\x04\xe2\x41\x01\x01\x12\x34\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x32\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\"\x92\x01\n\x11ListEventsRequest\x12,\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x16.broker.v1.EventFilterB\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1c\n\x0e\x61\x66ter_sequence\x18\x04 \x01(\x04\x42\x04\xe2\x41\x01\x01\"O\n\x12ListEventsResponse\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.broker.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"`\n\x12WatchEventsRequest\x12,\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x16.broker.v1.EventFilterB\x04\xe2\x41\x01\x01\x12\x1c\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\x42\x04\xe2\x41\x01\x01\"6\n\x13WatchEventsResponse\x12\x1f\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.broker.v1.Event*e\n\rUsageGrouping\x12\x1e\n\x1aUSAGE_GROUPING_UNSPECIFIED\x10\x00\x12\x1b\n\x17USAGE_GROUPING_RESOURCE\x10\x01\x12\x17\n\x13USAGE_GROUPING_KIND\x10\x02\x32\xfd\x01\n\x0c\x45ventService\x12I\n\nListEvents\x12\x1c.broker.v1.ListEventsRequest\x1a\x1d.broker.v1.ListEventsResponse\x12N\n\x0bWatchEvents\x12\x1d.broker.v1.WatchEventsRequest\x1a\x1e.broker.v1.WatchEventsResponse0\x01\x12R\n\rGetUsageStats\x12\x1f.broker.v1.GetUsageStatsRequest\x1a .broker.v1.GetUsageStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x62roker/v1/event_service.proto\x12\tbroker.v1\x1a\x15\x62roker/v1/event.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xde\x01\n\x14GetUsageStatsRequest\x12\x16\n\x08resource\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x12\n\x04kind\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x34\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x32\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x30\n\x08group_by\x18\x05 \x01(\x0e\x32\x18.broker.v1.UsageGroupingB\x04\xe2\x41\x01\x01\"\xab\x02\n\nUsageStats\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06grants\x18\x03 \x01(\x04\x12-\n\ntotal_held\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tmean_held\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08wait_p50\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08wait_p95\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08\x65xpiries\x18\x08 \x01(\x04\x12\x0f\n\x07revokes\x18\t \x01(\x04\x12\x13\n\x0bquarantines\x18\n \x01(\x04\"=\n\x15GetUsageStatsResponse\x12$\n\x05stats\x18\x01 \x03(\x0b\x32\x15.broker.v1.UsageStats\"\xfb\x01\n\x0b\x45ventFilter\x12\x16\n\x08resource\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x12\n\x04kind\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08lease_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x13\n\x05\x61\x63tor\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12)\n\x05types\x18\x05 \x03(\x0e\x32\x14.broker.v1.EventTypeB\x04\xe2\x41\x01\x01\x12\x34\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x32\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\"\x92\x01\n\x11ListEventsRequest\x12,\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x16.broker.v1.EventFilterB\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1c\n\x0e\x61\x66ter_sequence\x18\x04 \x01(\x04\x42\x04\xe2\x41\x01\x01\"O\n\x12ListEventsResponse\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.broker.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"`\n\x12WatchEventsRequest\x12,\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x16.broker.v1.EventFilterB\x04\xe2\x41\x01\x01\x12\x1c\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\x42\x04\xe2\x41\x01\x01\"6\n\x13WatchEventsResponse\x12\x1f\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.broker.v1.Event*e\n\rUsageGrouping\x12\x1e\n\x1aUSAGE_GROUPING_UNSPECIFIED\x10\x00\x12\x1b\n\x17USAGE_GROUPING_RESOURCE\x10\x01\x12\x17\n\x13USAGE_GROUPING_KIND\x10\x02\x32\xbe\x02\n\x0c\x45ventService\x12]\n\nListEvents\x12\x1c.broker.v1.ListEventsRequest\x1a\x1d.broker.v1.ListEventsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/events\x12h\n\x0bWatchEvents\x12\x1d.broker.v1.WatchEventsRequest\x1a\x1e.broker.v1.WatchEventsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/events:watch0\x01\x12\x65\n\rGetUsageStats\x12\x1f.broker.v1.GetUsageStatsRequest\x1a .broker.v1.GetUsageStatsResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/usageb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -71,24 +72,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHEVENTSREQUEST'].fields_by_name['filter']._serialized_options = b'\342A\001\001'
   _globals['_WATCHEVENTSREQUEST'].fields_by_name['after_sequence']._loaded_options = None
   _globals['_WATCHEVENTSREQUEST'].fields_by_name['after_sequence']._serialized_options = b'\342A\001\001'
-  _globals['_USAGEGROUPING']._serialized_start=1393
-  _globals['_USAGEGROUPING']._serialized_end=1494
-  _globals['_GETUSAGESTATSREQUEST']._serialized_start=166
-  _globals['_GETUSAGESTATSREQUEST']._serialized_end=388
-  _globals['_USAGESTATS']._serialized_start=391
-  _globals['_USAGESTATS']._serialized_end=690
-  _globals['_GETUSAGESTATSRESPONSE']._serialized_start=692
-  _globals['_GETUSAGESTATSRESPONSE']._serialized_end=753
-  _globals['_EVENTFILTER']._serialized_start=756
-  _globals['_EVENTFILTER']._serialized_end=1007
-  _globals['_LISTEVENTSREQUEST']._serialized_start=1010
-  _globals['_LISTEVENTSREQUEST']._serialized_end=1156
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=1158
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=1237
-  _globals['_WATCHEVENTSREQUEST']._serialized_start=1239
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=1335
-  _globals['_WATCHEVENTSRESPONSE']._serialized_start=1337
-  _globals['_WATCHEVENTSRESPONSE']._serialized_end=1391
-  _globals['_EVENTSERVICE']._serialized_start=1497
-  _globals['_EVENTSERVICE']._serialized_end=1750
+  _globals['_EVENTSERVICE'].methods_by_name['ListEvents']._loaded_options = None
+  _globals['_EVENTSERVICE'].methods_by_name['ListEvents']._serialized_options = b'\202\323\344\223\002\014\022\n/v1/events'
+  _globals['_EVENTSERVICE'].methods_by_name['WatchEvents']._loaded_options = None
+  _globals['_EVENTSERVICE'].methods_by_name['WatchEvents']._serialized_options = b'\202\323\344\223\002\022\022\020/v1/events:watch'
+  _globals['_EVENTSERVICE'].methods_by_name['GetUsageStats']._loaded_options = None
+  _globals['_EVENTSERVICE'].methods_by_name['GetUsageStats']._serialized_options = b'\202\323\344\223\002\013\022\t/v1/usage'
+  _globals['_USAGEGROUPING']._serialized_start=1423
+  _globals['_USAGEGROUPING']._serialized_end=1524
+  _globals['_GETUSAGESTATSREQUEST']._serialized_start=196
+  _globals['_GETUSAGESTATSREQUEST']._serialized_end=418
+  _globals['_USAGESTATS']._serialized_start=421
+  _globals['_USAGESTATS']._serialized_end=720
+  _globals['_GETUSAGESTATSRESPONSE']._serialized_start=722
+  _globals['_GETUSAGESTATSRESPONSE']._serialized_end=783
+  _globals['_EVENTFILTER']._serialized_start=786
+  _globals['_EVENTFILTER']._serialized_end=1037
+  _globals['_LISTEVENTSREQUEST']._serialized_start=1040
+  _globals['_LISTEVENTSREQUEST']._serialized_end=1186
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=1188
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=1267
+  _globals['_WATCHEVENTSREQUEST']._serialized_start=1269
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=1365
+  _globals['_WATCHEVENTSRESPONSE']._serialized_start=1367
+  _globals['_WATCHEVENTSRESPONSE']._serialized_end=1421
+  _globals['_EVENTSERVICE']._serialized_start=1527
+  _globals['_EVENTSERVICE']._serialized_end=1845
 # @@protoc_insertion_point(module_scope)

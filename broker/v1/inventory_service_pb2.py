@@ -24,11 +24,12 @@ _sym_db = _symbol_database.Default()
 
 from broker.v1 import lease_pb2 as broker_dot_v1_dot_lease__pb2
 from broker.v1 import resource_pb2 as broker_dot_v1_dot_resource__pb2
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!broker/v1/inventory_service.proto\x12\tbroker.v1\x1a\x15\x62roker/v1/lease.proto\x1a\x18\x62roker/v1/resource.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\"\x12\n\x10ListKindsRequest\"3\n\x11ListKindsResponse\x12\x1e\n\x05kinds\x18\x01 \x03(\x0b\x32\x0f.broker.v1.Kind\"D\n\x15\x43reateResourceRequest\x12+\n\x08resource\x18\x01 \x01(\x0b\x32\x13.broker.v1.ResourceB\x04\xe2\x41\x01\x02\"?\n\x16\x43reateResourceResponse\x12%\n\x08resource\x18\x01 \x01(\x0b\x32\x13.broker.v1.Resource\"(\n\x12GetResourceRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"<\n\x13GetResourceResponse\x12%\n\x08resource\x18\x01 \x01(\x0b\x32\x13.broker.v1.Resource\"\x8f\x01\n\x14ListResourcesRequest\x12\x12\n\x04kind\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x30\n\x0b\x63onstraints\x18\x02 \x03(\x0b\x32\x15.broker.v1.ConstraintB\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"X\n\x15ListResourcesResponse\x12&\n\tresources\x18\x01 \x03(\x0b\x32\x13.broker.v1.Resource\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8f\x01\n\x15UpdateResourceRequest\x12+\n\x08resource\x18\x01 \x01(\x0b\x32\x13.broker.v1.ResourceB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x02\x12\x12\n\x04\x65tag\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"?\n\x16UpdateResourceResponse\x12%\n\x08resource\x18\x01 \x01(\x0b\x32\x13.broker.v1.Resource\"?\n\x15\x44\x65leteResourceRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04\x65tag\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"\x18\n\x16\x44\x65leteResourceResponse\"B\n\x16SetOutOfServiceRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"@\n\x17SetOutOfServiceResponse\x12%\n\x08resource\x18\x01 \x01(\x0b\x32\x13.broker.v1.Resource\",\n\x16ReturnToServiceRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"@\n\x17ReturnToServiceResponse\x12%\n\x08resource\x18\x01 \x01(\x0b\x32\x13.broker.v1.Resource2\xb5\x05\n\x10InventoryService\x12\x46\n\tListKinds\x12\x1b.broker.v1.ListKindsRequest\x1a\x1c.broker.v1.ListKindsResponse\x12U\n\x0e\x43reateResource\x12 .broker.v1.CreateResourceRequest\x1a!.broker.v1.CreateResourceResponse\x12L\n\x0bGetResource\x12\x1d.broker.v1.GetResourceRequest\x1a\x1e.broker.v1.GetResourceResponse\x12R\n\rListResources\x12\x1f.broker.v1.ListResourcesRequest\x1a .broker.v1.ListResourcesResponse\x12U\n\x0eUpdateResource\x12 .broker.v1.UpdateResourceRequest\x1a!.broker.v1.UpdateResourceResponse\x12U\n\x0e\x44\x65leteResource\x12 .broker.v1.DeleteResourceRequest\x1a!.broker.v1.DeleteResourceResponse\x12X\n\x0fSetOutOfService\x12!.broker.v1.SetOutOfServiceRequest\x1a\".broker.v1.SetOutOfServiceResponse\x12X\n\x0fReturnToService\x12!.broker.v1.ReturnToServiceRequest\x1a\".broker.v1.ReturnToServiceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!broker/v1/inventory_service.proto\x12\tbroker.v1\x1a\x15\x62roker/v1/lease.proto\x1a\x18\x62roker/v1/resource.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\"\x12\n\x10ListKindsRequest\"3\n\x11ListKindsResponse\x12\x1e\n\x05kinds\x18\x01 \x03(\x0b\x32\x0f.broker.v1.Kind\"D\n\x15\x43reateResourceRequest\x12+\n\x08resource\x18\x01 \x01(\x0b\x32\x13.broker.v1.ResourceB\x04\xe2\x41\x01\x02\"?\n\x16\x43reateResourceResponse\x12%\n\x08resource\x18\x01 \x01(\x0b\x32\x13.broker.v1.Resource\"(\n\x12GetResourceRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"<\n\x13GetResourceResponse\x12%\n\x08resource\x18\x01 \x01(\x0b\x32\x13.broker.v1.Resource\"\x8f\x01\n\x14ListResourcesRequest\x12\x12\n\x04kind\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x30\n\x0b\x63onstraints\x18\x02 \x03(\x0b\x32\x15.broker.v1.ConstraintB\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"X\n\x15ListResourcesResponse\x12&\n\tresources\x18\x01 \x03(\x0b\x32\x13.broker.v1.Resource\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8f\x01\n\x15UpdateResourceRequest\x12+\n\x08resource\x18\x01 \x01(\x0b\x32\x13.broker.v1.ResourceB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x02\x12\x12\n\x04\x65tag\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"?\n\x16UpdateResourceResponse\x12%\n\x08resource\x18\x01 \x01(\x0b\x32\x13.broker.v1.Resource\"?\n\x15\x44\x65leteResourceRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04\x65tag\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"\x18\n\x16\x44\x65leteResourceResponse\"B\n\x16SetOutOfServiceRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"@\n\x17SetOutOfServiceResponse\x12%\n\x08resource\x18\x01 \x01(\x0b\x32\x13.broker.v1.Resource\",\n\x16ReturnToServiceRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"@\n\x17ReturnToServiceResponse\x12%\n\x08resource\x18\x01 \x01(\x0b\x32\x13.broker.v1.Resource2\xca\x07\n\x10InventoryService\x12Y\n\tListKinds\x12\x1b.broker.v1.ListKindsRequest\x1a\x1c.broker.v1.ListKindsResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/kinds\x12v\n\x0e\x43reateResource\x12 .broker.v1.CreateResourceRequest\x1a!.broker.v1.CreateResourceResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\"\r/v1/resources:\x08resource\x12j\n\x0bGetResource\x12\x1d.broker.v1.GetResourceRequest\x1a\x1e.broker.v1.GetResourceResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/resources/{name}\x12i\n\rListResources\x12\x1f.broker.v1.ListResourcesRequest\x1a .broker.v1.ListResourcesResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/resources\x12\x7f\n\x0eUpdateResource\x12 .broker.v1.UpdateResourceRequest\x1a!.broker.v1.UpdateResourceResponse\"(\x82\xd3\xe4\x93\x02\"2\x1d/v1/resources/{resource.name}:\x01*\x12s\n\x0e\x44\x65leteResource\x12 .broker.v1.DeleteResourceRequest\x1a!.broker.v1.DeleteResourceResponse\"\x1c\x82\xd3\xe4\x93\x02\x16*\x14/v1/resources/{name}\x12\x89\x01\n\x0fSetOutOfService\x12!.broker.v1.SetOutOfServiceRequest\x1a\".broker.v1.SetOutOfServiceResponse\"/\x82\xd3\xe4\x93\x02)\"$/v1/resources/{name}:setOutOfService:\x01*\x12\x89\x01\n\x0fReturnToService\x12!.broker.v1.ReturnToServiceRequest\x1a\".broker.v1.ReturnToServiceResponse\"/\x82\xd3\xe4\x93\x02)\"$/v1/resources/{name}:returnToService:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -63,38 +64,54 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SETOUTOFSERVICEREQUEST'].fields_by_name['reason']._serialized_options = b'\342A\001\002'
   _globals['_RETURNTOSERVICEREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_RETURNTOSERVICEREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
-  _globals['_LISTKINDSREQUEST']._serialized_start=164
-  _globals['_LISTKINDSREQUEST']._serialized_end=182
-  _globals['_LISTKINDSRESPONSE']._serialized_start=184
-  _globals['_LISTKINDSRESPONSE']._serialized_end=235
-  _globals['_CREATERESOURCEREQUEST']._serialized_start=237
-  _globals['_CREATERESOURCEREQUEST']._serialized_end=305
-  _globals['_CREATERESOURCERESPONSE']._serialized_start=307
-  _globals['_CREATERESOURCERESPONSE']._serialized_end=370
-  _globals['_GETRESOURCEREQUEST']._serialized_start=372
-  _globals['_GETRESOURCEREQUEST']._serialized_end=412
-  _globals['_GETRESOURCERESPONSE']._serialized_start=414
-  _globals['_GETRESOURCERESPONSE']._serialized_end=474
-  _globals['_LISTRESOURCESREQUEST']._serialized_start=477
-  _globals['_LISTRESOURCESREQUEST']._serialized_end=620
-  _globals['_LISTRESOURCESRESPONSE']._serialized_start=622
-  _globals['_LISTRESOURCESRESPONSE']._serialized_end=710
-  _globals['_UPDATERESOURCEREQUEST']._serialized_start=713
-  _globals['_UPDATERESOURCEREQUEST']._serialized_end=856
-  _globals['_UPDATERESOURCERESPONSE']._serialized_start=858
-  _globals['_UPDATERESOURCERESPONSE']._serialized_end=921
-  _globals['_DELETERESOURCEREQUEST']._serialized_start=923
-  _globals['_DELETERESOURCEREQUEST']._serialized_end=986
-  _globals['_DELETERESOURCERESPONSE']._serialized_start=988
-  _globals['_DELETERESOURCERESPONSE']._serialized_end=1012
-  _globals['_SETOUTOFSERVICEREQUEST']._serialized_start=1014
-  _globals['_SETOUTOFSERVICEREQUEST']._serialized_end=1080
-  _globals['_SETOUTOFSERVICERESPONSE']._serialized_start=1082
-  _globals['_SETOUTOFSERVICERESPONSE']._serialized_end=1146
-  _globals['_RETURNTOSERVICEREQUEST']._serialized_start=1148
-  _globals['_RETURNTOSERVICEREQUEST']._serialized_end=1192
-  _globals['_RETURNTOSERVICERESPONSE']._serialized_start=1194
-  _globals['_RETURNTOSERVICERESPONSE']._serialized_end=1258
-  _globals['_INVENTORYSERVICE']._serialized_start=1261
-  _globals['_INVENTORYSERVICE']._serialized_end=1954
+  _globals['_INVENTORYSERVICE'].methods_by_name['ListKinds']._loaded_options = None
+  _globals['_INVENTORYSERVICE'].methods_by_name['ListKinds']._serialized_options = b'\202\323\344\223\002\013\022\t/v1/kinds'
+  _globals['_INVENTORYSERVICE'].methods_by_name['CreateResource']._loaded_options = None
+  _globals['_INVENTORYSERVICE'].methods_by_name['CreateResource']._serialized_options = b'\202\323\344\223\002\031\"\r/v1/resources:\010resource'
+  _globals['_INVENTORYSERVICE'].methods_by_name['GetResource']._loaded_options = None
+  _globals['_INVENTORYSERVICE'].methods_by_name['GetResource']._serialized_options = b'\202\323\344\223\002\026\022\024/v1/resources/{name}'
+  _globals['_INVENTORYSERVICE'].methods_by_name['ListResources']._loaded_options = None
+  _globals['_INVENTORYSERVICE'].methods_by_name['ListResources']._serialized_options = b'\202\323\344\223\002\017\022\r/v1/resources'
+  _globals['_INVENTORYSERVICE'].methods_by_name['UpdateResource']._loaded_options = None
+  _globals['_INVENTORYSERVICE'].methods_by_name['UpdateResource']._serialized_options = b'\202\323\344\223\002\"2\035/v1/resources/{resource.name}:\001*'
+  _globals['_INVENTORYSERVICE'].methods_by_name['DeleteResource']._loaded_options = None
+  _globals['_INVENTORYSERVICE'].methods_by_name['DeleteResource']._serialized_options = b'\202\323\344\223\002\026*\024/v1/resources/{name}'
+  _globals['_INVENTORYSERVICE'].methods_by_name['SetOutOfService']._loaded_options = None
+  _globals['_INVENTORYSERVICE'].methods_by_name['SetOutOfService']._serialized_options = b'\202\323\344\223\002)\"$/v1/resources/{name}:setOutOfService:\001*'
+  _globals['_INVENTORYSERVICE'].methods_by_name['ReturnToService']._loaded_options = None
+  _globals['_INVENTORYSERVICE'].methods_by_name['ReturnToService']._serialized_options = b'\202\323\344\223\002)\"$/v1/resources/{name}:returnToService:\001*'
+  _globals['_LISTKINDSREQUEST']._serialized_start=194
+  _globals['_LISTKINDSREQUEST']._serialized_end=212
+  _globals['_LISTKINDSRESPONSE']._serialized_start=214
+  _globals['_LISTKINDSRESPONSE']._serialized_end=265
+  _globals['_CREATERESOURCEREQUEST']._serialized_start=267
+  _globals['_CREATERESOURCEREQUEST']._serialized_end=335
+  _globals['_CREATERESOURCERESPONSE']._serialized_start=337
+  _globals['_CREATERESOURCERESPONSE']._serialized_end=400
+  _globals['_GETRESOURCEREQUEST']._serialized_start=402
+  _globals['_GETRESOURCEREQUEST']._serialized_end=442
+  _globals['_GETRESOURCERESPONSE']._serialized_start=444
+  _globals['_GETRESOURCERESPONSE']._serialized_end=504
+  _globals['_LISTRESOURCESREQUEST']._serialized_start=507
+  _globals['_LISTRESOURCESREQUEST']._serialized_end=650
+  _globals['_LISTRESOURCESRESPONSE']._serialized_start=652
+  _globals['_LISTRESOURCESRESPONSE']._serialized_end=740
+  _globals['_UPDATERESOURCEREQUEST']._serialized_start=743
+  _globals['_UPDATERESOURCEREQUEST']._serialized_end=886
+  _globals['_UPDATERESOURCERESPONSE']._serialized_start=888
+  _globals['_UPDATERESOURCERESPONSE']._serialized_end=951
+  _globals['_DELETERESOURCEREQUEST']._serialized_start=953
+  _globals['_DELETERESOURCEREQUEST']._serialized_end=1016
+  _globals['_DELETERESOURCERESPONSE']._serialized_start=1018
+  _globals['_DELETERESOURCERESPONSE']._serialized_end=1042
+  _globals['_SETOUTOFSERVICEREQUEST']._serialized_start=1044
+  _globals['_SETOUTOFSERVICEREQUEST']._serialized_end=1110
+  _globals['_SETOUTOFSERVICERESPONSE']._serialized_start=1112
+  _globals['_SETOUTOFSERVICERESPONSE']._serialized_end=1176
+  _globals['_RETURNTOSERVICEREQUEST']._serialized_start=1178
+  _globals['_RETURNTOSERVICEREQUEST']._serialized_end=1222
+  _globals['_RETURNTOSERVICERESPONSE']._serialized_start=1224
+  _globals['_RETURNTOSERVICERESPONSE']._serialized_end=1288
+  _globals['_INVENTORYSERVICE']._serialized_start=1291
+  _globals['_INVENTORYSERVICE']._serialized_end=2261
 # @@protoc_insertion_point(module_scope)

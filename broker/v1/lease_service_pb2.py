@@ -23,12 +23,13 @@ _sym_db = _symbol_database.Default()
 
 
 from broker.v1 import lease_pb2 as broker_dot_v1_dot_lease__pb2
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x62roker/v1/lease_service.proto\x12\tbroker.v1\x1a\x15\x62roker/v1/lease.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8c\x02\n\x13\x41\x63quireLeaseRequest\x12\x32\n\x0crequirements\x18\x01 \x03(\x0b\x32\x16.broker.v1.RequirementB\x04\xe2\x41\x01\x02\x12,\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x14\n\x06holder\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x31\n\x08max_wait\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x16\n\x08priority\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nsession_id\x18\x07 \x01(\tB\x04\xe2\x41\x01\x01\"Q\n\x18WatchAcquireLeaseRequest\x12\x35\n\x07request\x18\x01 \x01(\x0b\x32\x1e.broker.v1.AcquireLeaseRequestB\x04\xe2\x41\x01\x02\"\x83\x01\n\x19WatchAcquireLeaseResponse\x12)\n\x07waiting\x18\x01 \x01(\x0b\x32\x16.broker.v1.QueueStatusH\x00\x12\x32\n\x07granted\x18\x02 \x01(\x0b\x32\x1f.broker.v1.AcquireLeaseResponseH\x00\x42\x07\n\x05\x65vent\"G\n\x12ListWaitersRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"R\n\x13ListWaitersResponse\x12\"\n\x07waiters\x18\x01 \x03(\x0b\x32\x11.broker.v1.Waiter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"{\n\x12OpenSessionRequest\x12:\n\x11keepalive_timeout\x18\x01 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x14\n\x06holder\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x13\n\x05\x63lose\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x01\"\x90\x01\n\x13OpenSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x11keepalive_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"G\n\x14\x41\x63quireLeaseResponse\x12\x1f\n\x05lease\x18\x01 \x01(\x0b\x32\x10.broker.v1.Lease\x12\x0e\n\x06secret\x18\x02 \x01(\t\";\n\x11RenewLeaseRequest\x12\x16\n\x08lease_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06secret\x18\x02 \x01(\t\"5\n\x12RenewLeaseResponse\x12\x1f\n\x05lease\x18\x01 \x01(\x0b\x32\x10.broker.v1.Lease\"=\n\x13ReleaseLeaseRequest\x12\x16\n\x08lease_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06secret\x18\x02 \x01(\t\"7\n\x14ReleaseLeaseResponse\x12\x1f\n\x05lease\x18\x01 \x01(\x0b\x32\x10.broker.v1.Lease\"Z\n\x17ReleaseResourcesRequest\x12\x16\n\x08lease_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06secret\x18\x02 \x01(\t\x12\x17\n\tresources\x18\x03 \x03(\tB\x04\xe2\x41\x01\x02\";\n\x18ReleaseResourcesResponse\x12\x1f\n\x05lease\x18\x01 \x01(\x0b\x32\x10.broker.v1.Lease\")\n\x0fGetLeaseRequest\x12\x16\n\x08lease_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"3\n\x10GetLeaseResponse\x12\x1f\n\x05lease\x18\x01 \x01(\x0b\x32\x10.broker.v1.Lease\"\xb9\x01\n\x11ListLeasesRequest\x12*\n\x05state\x18\x01 \x01(\x0e\x32\x15.broker.v1.LeaseStateB\x04\xe2\x41\x01\x01\x12\x14\n\x06holder\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08resource\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\tprincipal\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01\"O\n\x12ListLeasesResponse\x12 \n\x06leases\x18\x01 \x03(\x0b\x32\x10.broker.v1.Lease\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"B\n\x12RevokeLeaseRequest\x12\x16\n\x08lease_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"6\n\x13RevokeLeaseResponse\x12\x1f\n\x05lease\x18\x01 \x01(\x0b\x32\x10.broker.v1.Lease\"\x81\x01\n\x12ReportSetupRequest\x12\x16\n\x08lease_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06secret\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08resource\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x10\n\x02ok\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x13\n\x05\x65rror\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\"B\n\x13ReportSetupResponse\x12\x16\n\x0esetup_failures\x18\x01 \x01(\x05\x12\x13\n\x0bquarantined\x18\x02 \x01(\x08\x32\x86\x07\n\x0cLeaseService\x12O\n\x0c\x41\x63quireLease\x12\x1e.broker.v1.AcquireLeaseRequest\x1a\x1f.broker.v1.AcquireLeaseResponse\x12`\n\x11WatchAcquireLease\x12#.broker.v1.WatchAcquireLeaseRequest\x1a$.broker.v1.WatchAcquireLeaseResponse0\x01\x12L\n\x0bListWaiters\x12\x1d.broker.v1.ListWaitersRequest\x1a\x1e.broker.v1.ListWaitersResponse\x12P\n\x0bOpenSession\x12\x1d.broker.v1.OpenSessionRequest\x1a\x1e.broker.v1.OpenSessionResponse(\x01\x30\x01\x12I\n\nRenewLease\x12\x1c.broker.v1.RenewLeaseRequest\x1a\x1d.broker.v1.RenewLeaseResponse\x12O\n\x0cReleaseLease\x12\x1e.broker.v1.ReleaseLeaseRequest\x1a\x1f.broker.v1.ReleaseLeaseResponse\x12[\n\x10ReleaseResources\x12\".broker.v1.ReleaseResourcesRequest\x1a#.broker.v1.ReleaseResourcesResponse\x12\x43\n\x08GetLease\x12\x1a.broker.v1.GetLeaseRequest\x1a\x1b.broker.v1.GetLeaseResponse\x12I\n\nListLeases\x12\x1c.broker.v1.ListLeasesRequest\x1a\x1d.broker.v1.ListLeasesResponse\x12L\n\x0bRevokeLease\x12\x1d.broker.v1.RevokeLeaseRequest\x1a\x1e.broker.v1.RevokeLeaseResponse\x12L\n\x0bReportSetup\x12\x1d.broker.v1.ReportSetupRequest\x1a\x1e.broker.v1.ReportSetupResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x62roker/v1/lease_service.proto\x12\tbroker.v1\x1a\x15\x62roker/v1/lease.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8c\x02\n\x13\x41\x63quireLeaseRequest\x12\x32\n\x0crequirements\x18\x01 \x03(\x0b\x32\x16.broker.v1.RequirementB\x04\xe2\x41\x01\x02\x12,\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x14\n\x06holder\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x31\n\x08max_wait\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x16\n\x08priority\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nsession_id\x18\x07 \x01(\tB\x04\xe2\x41\x01\x01\"Q\n\x18WatchAcquireLeaseRequest\x12\x35\n\x07request\x18\x01 \x01(\x0b\x32\x1e.broker.v1.AcquireLeaseRequestB\x04\xe2\x41\x01\x02\"\x83\x01\n\x19WatchAcquireLeaseResponse\x12)\n\x07waiting\x18\x01 \x01(\x0b\x32\x16.broker.v1.QueueStatusH\x00\x12\x32\n\x07granted\x18\x02 \x01(\x0b\x32\x1f.broker.v1.AcquireLeaseResponseH\x00\x42\x07\n\x05\x65vent\"G\n\x12ListWaitersRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"R\n\x13ListWaitersResponse\x12\"\n\x07waiters\x18\x01 \x03(\x0b\x32\x11.broker.v1.Waiter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"{\n\x12OpenSessionRequest\x12:\n\x11keepalive_timeout\x18\x01 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x14\n\x06holder\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x13\n\x05\x63lose\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x01\"\x90\x01\n\x13OpenSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x11keepalive_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"G\n\x14\x41\x63quireLeaseResponse\x12\x1f\n\x05lease\x18\x01 \x01(\x0b\x32\x10.broker.v1.Lease\x12\x0e\n\x06secret\x18\x02 \x01(\t\";\n\x11RenewLeaseRequest\x12\x16\n\x08lease_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06secret\x18\x02 \x01(\t\"5\n\x12RenewLeaseResponse\x12\x1f\n\x05lease\x18\x01 \x01(\x0b\x32\x10.broker.v1.Lease\"=\n\x13ReleaseLeaseRequest\x12\x16\n\x08lease_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06secret\x18\x02 \x01(\t\"7\n\x14ReleaseLeaseResponse\x12\x1f\n\x05lease\x18\x01 \x01(\x0b\x32\x10.broker.v1.Lease\"Z\n\x17ReleaseResourcesRequest\x12\x16\n\x08lease_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06secret\x18\x02 \x01(\t\x12\x17\n\tresources\x18\x03 \x03(\tB\x04\xe2\x41\x01\x02\";\n\x18ReleaseResourcesResponse\x12\x1f\n\x05lease\x18\x01 \x01(\x0b\x32\x10.broker.v1.Lease\")\n\x0fGetLeaseRequest\x12\x16\n\x08lease_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"3\n\x10GetLeaseResponse\x12\x1f\n\x05lease\x18\x01 \x01(\x0b\x32\x10.broker.v1.Lease\"\xb9\x01\n\x11ListLeasesRequest\x12*\n\x05state\x18\x01 \x01(\x0e\x32\x15.broker.v1.LeaseStateB\x04\xe2\x41\x01\x01\x12\x14\n\x06holder\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08resource\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\tprincipal\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01\"O\n\x12ListLeasesResponse\x12 \n\x06leases\x18\x01 \x03(\x0b\x32\x10.broker.v1.Lease\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"B\n\x12RevokeLeaseRequest\x12\x16\n\x08lease_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"6\n\x13RevokeLeaseResponse\x12\x1f\n\x05lease\x18\x01 \x01(\x0b\x32\x10.broker.v1.Lease\"\x81\x01\n\x12ReportSetupRequest\x12\x16\n\x08lease_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06secret\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08resource\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x10\n\x02ok\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x13\n\x05\x65rror\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\"B\n\x13ReportSetupResponse\x12\x16\n\x0esetup_failures\x18\x01 \x01(\x05\x12\x13\n\x0bquarantined\x18\x02 \x01(\x08\x32\xc2\t\n\x0cLeaseService\x12\x66\n\x0c\x41\x63quireLease\x12\x1e.broker.v1.AcquireLeaseRequest\x1a\x1f.broker.v1.AcquireLeaseResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\"\n/v1/leases:\x01*\x12`\n\x11WatchAcquireLease\x12#.broker.v1.WatchAcquireLeaseRequest\x1a$.broker.v1.WatchAcquireLeaseResponse0\x01\x12\x61\n\x0bListWaiters\x12\x1d.broker.v1.ListWaitersRequest\x1a\x1e.broker.v1.ListWaitersResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/v1/waiters\x12P\n\x0bOpenSession\x12\x1d.broker.v1.OpenSessionRequest\x1a\x1e.broker.v1.OpenSessionResponse(\x01\x30\x01\x12q\n\nRenewLease\x12\x1c.broker.v1.RenewLeaseRequest\x1a\x1d.broker.v1.RenewLeaseResponse\"&\x82\xd3\xe4\x93\x02 \"\x1b/v1/leases/{lease_id}:renew:\x01*\x12y\n\x0cReleaseLease\x12\x1e.broker.v1.ReleaseLeaseRequest\x1a\x1f.broker.v1.ReleaseLeaseResponse\"(\x82\xd3\xe4\x93\x02\"\"\x1d/v1/leases/{lease_id}:release:\x01*\x12\x8e\x01\n\x10ReleaseResources\x12\".broker.v1.ReleaseResourcesRequest\x1a#.broker.v1.ReleaseResourcesResponse\"1\x82\xd3\xe4\x93\x02+\"&/v1/leases/{lease_id}:releaseResources:\x01*\x12\x62\n\x08GetLease\x12\x1a.broker.v1.GetLeaseRequest\x1a\x1b.broker.v1.GetLeaseResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/leases/{lease_id}\x12]\n\nListLeases\x12\x1c.broker.v1.ListLeasesRequest\x1a\x1d.broker.v1.ListLeasesResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/leases\x12u\n\x0bRevokeLease\x12\x1d.broker.v1.RevokeLeaseRequest\x1a\x1e.broker.v1.RevokeLeaseResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/v1/leases/{lease_id}:revoke:\x01*\x12z\n\x0bReportSetup\x12\x1d.broker.v1.ReportSetupRequest\x1a\x1e.broker.v1.ReportSetupResponse\",\x82\xd3\xe4\x93\x02&\"!/v1/leases/{lease_id}:reportSetup:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -97,50 +98,68 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPORTSETUPREQUEST'].fields_by_name['ok']._serialized_options = b'\342A\001\001'
   _globals['_REPORTSETUPREQUEST'].fields_by_name['error']._loaded_options = None
   _globals['_REPORTSETUPREQUEST'].fields_by_name['error']._serialized_options = b'\342A\001\001'
-  _globals['_ACQUIRELEASEREQUEST']._serialized_start=166
-  _globals['_ACQUIRELEASEREQUEST']._serialized_end=434
-  _globals['_WATCHACQUIRELEASEREQUEST']._serialized_start=436
-  _globals['_WATCHACQUIRELEASEREQUEST']._serialized_end=517
-  _globals['_WATCHACQUIRELEASERESPONSE']._serialized_start=520
-  _globals['_WATCHACQUIRELEASERESPONSE']._serialized_end=651
-  _globals['_LISTWAITERSREQUEST']._serialized_start=653
-  _globals['_LISTWAITERSREQUEST']._serialized_end=724
-  _globals['_LISTWAITERSRESPONSE']._serialized_start=726
-  _globals['_LISTWAITERSRESPONSE']._serialized_end=808
-  _globals['_OPENSESSIONREQUEST']._serialized_start=810
-  _globals['_OPENSESSIONREQUEST']._serialized_end=933
-  _globals['_OPENSESSIONRESPONSE']._serialized_start=936
-  _globals['_OPENSESSIONRESPONSE']._serialized_end=1080
-  _globals['_ACQUIRELEASERESPONSE']._serialized_start=1082
-  _globals['_ACQUIRELEASERESPONSE']._serialized_end=1153
-  _globals['_RENEWLEASEREQUEST']._serialized_start=1155
-  _globals['_RENEWLEASEREQUEST']._serialized_end=1214
-  _globals['_RENEWLEASERESPONSE']._serialized_start=1216
-  _globals['_RENEWLEASERESPONSE']._serialized_end=1269
-  _globals['_RELEASELEASEREQUEST']._serialized_start=1271
-  _globals['_RELEASELEASEREQUEST']._serialized_end=1332
-  _globals['_RELEASELEASERESPONSE']._serialized_start=1334
-  _globals['_RELEASELEASERESPONSE']._serialized_end=1389
-  _globals['_RELEASERESOURCESREQUEST']._serialized_start=1391
-  _globals['_RELEASERESOURCESREQUEST']._serialized_end=1481
-  _globals['_RELEASERESOURCESRESPONSE']._serialized_start=1483
-  _globals['_RELEASERESOURCESRESPONSE']._serialized_end=1542
-  _globals['_GETLEASEREQUEST']._serialized_start=1544
-  _globals['_GETLEASEREQUEST']._serialized_end=1585
-  _globals['_GETLEASERESPONSE']._serialized_start=1587
-  _globals['_GETLEASERESPONSE']._serialized_end=1638
-  _globals['_LISTLEASESREQUEST']._serialized_start=1641
-  _globals['_LISTLEASESREQUEST']._serialized_end=1826
-  _globals['_LISTLEASESRESPONSE']._serialized_start=1828
-  _globals['_LISTLEASESRESPONSE']._serialized_end=1907
-  _globals['_REVOKELEASEREQUEST']._serialized_start=1909
-  _globals['_REVOKELEASEREQUEST']._serialized_end=1975
-  _globals['_REVOKELEASERESPONSE']._serialized_start=1977
-  _globals['_REVOKELEASERESPONSE']._serialized_end=2031
-  _globals['_REPORTSETUPREQUEST']._serialized_start=2034
-  _globals['_REPORTSETUPREQUEST']._serialized_end=2163
-  _globals['_REPORTSETUPRESPONSE']._serialized_start=2165
-  _globals['_REPORTSETUPRESPONSE']._serialized_end=2231
-  _globals['_LEASESERVICE']._serialized_start=2234
-  _globals['_LEASESERVICE']._serialized_end=3136
+  _globals['_LEASESERVICE'].methods_by_name['AcquireLease']._loaded_options = None
+  _globals['_LEASESERVICE'].methods_by_name['AcquireLease']._serialized_options = b'\202\323\344\223\002\017\"\n/v1/leases:\001*'
+  _globals['_LEASESERVICE'].methods_by_name['ListWaiters']._loaded_options = None
+  _globals['_LEASESERVICE'].methods_by_name['ListWaiters']._serialized_options = b'\202\323\344\223\002\r\022\013/v1/waiters'
+  _globals['_LEASESERVICE'].methods_by_name['RenewLease']._loaded_options = None
+  _globals['_LEASESERVICE'].methods_by_name['RenewLease']._serialized_options = b'\202\323\344\223\002 \"\033/v1/leases/{lease_id}:renew:\001*'
+  _globals['_LEASESERVICE'].methods_by_name['ReleaseLease']._loaded_options = None
+  _globals['_LEASESERVICE'].methods_by_name['ReleaseLease']._serialized_options = b'\202\323\344\223\002\"\"\035/v1/leases/{lease_id}:release:\001*'
+  _globals['_LEASESERVICE'].methods_by_name['ReleaseResources']._loaded_options = None
+  _globals['_LEASESERVICE'].methods_by_name['ReleaseResources']._serialized_options = b'\202\323\344\223\002+\"&/v1/leases/{lease_id}:releaseResources:\001*'
+  _globals['_LEASESERVICE'].methods_by_name['GetLease']._loaded_options = None
+  _globals['_LEASESERVICE'].methods_by_name['GetLease']._serialized_options = b'\202\323\344\223\002\027\022\025/v1/leases/{lease_id}'
+  _globals['_LEASESERVICE'].methods_by_name['ListLeases']._loaded_options = None
+  _globals['_LEASESERVICE'].methods_by_name['ListLeases']._serialized_options = b'\202\323\344\223\002\014\022\n/v1/leases'
+  _globals['_LEASESERVICE'].methods_by_name['RevokeLease']._loaded_options = None
+  _globals['_LEASESERVICE'].methods_by_name['RevokeLease']._serialized_options = b'\202\323\344\223\002!\"\034/v1/leases/{lease_id}:revoke:\001*'
+  _globals['_LEASESERVICE'].methods_by_name['ReportSetup']._loaded_options = None
+  _globals['_LEASESERVICE'].methods_by_name['ReportSetup']._serialized_options = b'\202\323\344\223\002&\"!/v1/leases/{lease_id}:reportSetup:\001*'
+  _globals['_ACQUIRELEASEREQUEST']._serialized_start=196
+  _globals['_ACQUIRELEASEREQUEST']._serialized_end=464
+  _globals['_WATCHACQUIRELEASEREQUEST']._serialized_start=466
+  _globals['_WATCHACQUIRELEASEREQUEST']._serialized_end=547
+  _globals['_WATCHACQUIRELEASERESPONSE']._serialized_start=550
+  _globals['_WATCHACQUIRELEASERESPONSE']._serialized_end=681
+  _globals['_LISTWAITERSREQUEST']._serialized_start=683
+  _globals['_LISTWAITERSREQUEST']._serialized_end=754
+  _globals['_LISTWAITERSRESPONSE']._serialized_start=756
+  _globals['_LISTWAITERSRESPONSE']._serialized_end=838
+  _globals['_OPENSESSIONREQUEST']._serialized_start=840
+  _globals['_OPENSESSIONREQUEST']._serialized_end=963
+  _globals['_OPENSESSIONRESPONSE']._serialized_start=966
+  _globals['_OPENSESSIONRESPONSE']._serialized_end=1110
+  _globals['_ACQUIRELEASERESPONSE']._serialized_start=1112
+  _globals['_ACQUIRELEASERESPONSE']._serialized_end=1183
+  _globals['_RENEWLEASEREQUEST']._serialized_start=1185
+  _globals['_RENEWLEASEREQUEST']._serialized_end=1244
+  _globals['_RENEWLEASERESPONSE']._serialized_start=1246
+  _globals['_RENEWLEASERESPONSE']._serialized_end=1299
+  _globals['_RELEASELEASEREQUEST']._serialized_start=1301
+  _globals['_RELEASELEASEREQUEST']._serialized_end=1362
+  _globals['_RELEASELEASERESPONSE']._serialized_start=1364
+  _globals['_RELEASELEASERESPONSE']._serialized_end=1419
+  _globals['_RELEASERESOURCESREQUEST']._serialized_start=1421
+  _globals['_RELEASERESOURCESREQUEST']._serialized_end=1511
+  _globals['_RELEASERESOURCESRESPONSE']._serialized_start=1513
+  _globals['_RELEASERESOURCESRESPONSE']._serialized_end=1572
+  _globals['_GETLEASEREQUEST']._serialized_start=1574
+  _globals['_GETLEASEREQUEST']._serialized_end=1615
+  _globals['_GETLEASERESPONSE']._serialized_start=1617
+  _globals['_GETLEASERESPONSE']._serialized_end=1668
+  _globals['_LISTLEASESREQUEST']._serialized_start=1671
+  _globals['_LISTLEASESREQUEST']._serialized_end=1856
+  _globals['_LISTLEASESRESPONSE']._serialized_start=1858
+  _globals['_LISTLEASESRESPONSE']._serialized_end=1937
+  _globals['_REVOKELEASEREQUEST']._serialized_start=1939
+  _globals['_REVOKELEASEREQUEST']._serialized_end=2005
+  _globals['_REVOKELEASERESPONSE']._serialized_start=2007
+  _globals['_REVOKELEASERESPONSE']._serialized_end=2061
+  _globals['_REPORTSETUPREQUEST']._serialized_start=2064
+  _globals['_REPORTSETUPREQUEST']._serialized_end=2193
+  _globals['_REPORTSETUPRESPONSE']._serialized_start=2195
+  _globals['_REPORTSETUPRESPONSE']._serialized_end=2261
+  _globals['_LEASESERVICE']._serialized_start=2264
+  _globals['_LEASESERVICE']._serialized_end=3482
 # @@protoc_insertion_point(module_scope)
