@@ -14,8 +14,11 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import typing
 from collections.abc import Callable, Coroutine
@@ -45,7 +48,6 @@ from broker.api.runner import (
     renew_connections,
 )
 from broker.api.waits import WaitBoard
-from broker.api.web import WebEndpoints
 from broker.config import Config, ConfigError, TlsConfig, load_config, with_database_url
 from broker.domain.events import EventLog
 from broker.domain.inventory import Inventory
@@ -70,6 +72,8 @@ from broker.v1 import (
     lease_service_pb2,
     lease_service_pb2_grpc,
 )
+from broker.web.gateway import Gateway
+from broker.web.site import WebEndpoints
 
 log = logging.getLogger("broker")
 
@@ -104,6 +108,10 @@ SERVER_OPTIONS = (
 )
 
 
+# The channel HTTP callers' calls take: answers as large as any page.
+CHANNEL_OPTIONS = (("grpc.max_receive_message_length", 16 << 20),)
+
+
 class BrokerServer:
     """A wired broker on its own event loop thread: `start()`, then `stop()`."""
 
@@ -121,6 +129,8 @@ class BrokerServer:
         self._stop_feed: Callable[[], None] = lambda: None
         self._stop_counting: Callable[[], None] = lambda: None
         self.web: WebEndpoints | None = None
+        self._own: grpc.aio.Channel | None = None
+        self._socket_dir = ""
         # The health probe's own thread: never queued behind domain calls.
         self._probe_thread = ThreadPoolExecutor(1, thread_name_prefix="db-probe")
         try:
@@ -238,13 +248,6 @@ class BrokerServer:
             max_keepalive_timeout=config.sessions.max_keepalive_timeout,
         )
         self.authenticator = authenticator_for(config)
-        if config.web.address or config.web.metrics_address:
-            self.web = WebEndpoints(
-                self.metrics,
-                lambda: self.run(occupancy, kinds),
-                self.feed.watching,
-                self._ready,
-            )
         self.interceptor = ErrorInterceptor(
             max_calls=config.server.max_concurrent_rpcs,
             gate=None if self.authenticator is None else self.authenticator.admit,
@@ -279,7 +282,28 @@ class BrokerServer:
             raise OSError(f"cannot listen on {address}: {error}") from error
         if port == 0:
             raise OSError(f"cannot listen on {address}")
+        if config.web.address or config.web.metrics_address:
+            self.web = WebEndpoints(
+                self.metrics,
+                lambda: self.run(occupancy, kinds),
+                self.feed.watching,
+                self._ready,
+                Gateway(self._own_channel(), loopback_only=not config.auth.enabled)
+                if config.web.address
+                else None,
+            )
         return port
+
+    def _own_channel(self) -> grpc.aio.Channel:
+        """A channel to this broker through a Unix socket in a directory
+        only this process's user may enter: what HTTP callers send reaches
+        the servicers through the same interceptors as any gRPC call."""
+        self._socket_dir = tempfile.mkdtemp(prefix="broker-")
+        target = f"unix:{os.path.join(self._socket_dir, 'grpc.sock')}"
+        if self.server.add_insecure_port(target) == 0:
+            raise OSError(f"cannot listen on {target}")
+        self._own = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        return self._own
 
     async def _start(self) -> None:
         if self.web is not None:
@@ -307,6 +331,10 @@ class BrokerServer:
         self._stop_counting()
         if self.web is not None:
             await self.web.stop()
+        if self._own is not None:
+            await self._own.close()
+        if self._socket_dir:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
         await self.feed.close()
         for task in (self._sweeper, self._watcher, self._trimmer, self._pruner):
             if task is not None:

@@ -1,6 +1,7 @@
-"""The broker's HTTP endpoints (aiohttp), on the gRPC server's event loop:
+"""The broker's HTTP site (aiohttp), on the gRPC server's event loop:
 `/metrics` for Prometheus, `/healthz` (the process serves) and `/readyz`
-(its database answers), for load balancers and orchestrators.
+(its database answers), for load balancers and orchestrators, and the
+contract over HTTP/JSON under `/v1/` (`broker.web.gateway`).
 
 Handlers only wait: the scrape's database reads go through the domain
 runner and the readiness probe through the probe's own thread, as every
@@ -9,13 +10,23 @@ database call does, never on the loop."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from google.rpc import code_pb2
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from broker.api.metrics import Metrics
 from broker.domain.occupancy import Occupancy
+from broker.web.gateway import Gateway, error_response
+
+log = logging.getLogger(__name__)
+
+API_PREFIX = "/v1/"
+# The largest body taken, as gRPC's largest request.
+MAX_BODY_BYTES = 1 << 20
 
 
 class WebEndpoints:
@@ -29,11 +40,13 @@ class WebEndpoints:
         read_occupancy: Callable[[], Awaitable[Occupancy]],
         watchers: Callable[[], int],
         ready: Callable[[], Awaitable[bool]],
+        gateway: Gateway | None = None,
     ):
         self._metrics = metrics
         self._read_occupancy = read_occupancy
         self._watchers = watchers
         self._ready = ready
+        self._gateway = gateway
         self._runners: list[web.AppRunner] = []
         # The ports bound, 0 for a site not served.
         self.port = 0
@@ -46,7 +59,10 @@ class WebEndpoints:
         try:
             if address:
                 self.port = await self._site(
-                    address, "web.address", health if metrics_address else health + scrape
+                    address,
+                    "web.address",
+                    health if metrics_address else health + scrape,
+                    self._gateway,
                 )
                 self.metrics_port = 0 if metrics_address else self.port
             if metrics_address:
@@ -55,10 +71,16 @@ class WebEndpoints:
             await self.stop()
             raise
 
-    async def _site(self, address: str, key: str, routes: list) -> int:
-        app = web.Application()
+    async def _site(
+        self, address: str, key: str, routes: list, gateway: Gateway | None = None
+    ) -> int:
+        app = web.Application(middlewares=[api_errors], client_max_size=MAX_BODY_BYTES)
         app.add_routes(routes)
-        runner = web.AppRunner(app, access_log=None)
+        if gateway is not None:
+            gateway.add_to(app)
+        # A caller that goes away cancels its handler, and so its call: an
+        # abandoned acquire leaves the queue.
+        runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await runner.setup()
         self._runners.append(runner)
         host, _, port = address.rpartition(":")
@@ -91,3 +113,41 @@ class WebEndpoints:
         if await self._ready():
             return web.Response(text="ready\n")
         return web.Response(status=503, text="the database does not answer\n")
+
+
+@web.middleware
+async def api_errors(request: web.Request, handler) -> web.StreamResponse:
+    """Under `/v1/`, what aiohttp itself refuses (no such route, a wrong
+    verb, a body too big) and anything unexpected answer a
+    `google.rpc.Status`, as the methods' own errors do."""
+    if not request.path.startswith(API_PREFIX):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        return error_response(
+            code_pb2.NOT_FOUND,
+            f"no such route: {request.method} {request.path} "
+            "(the routes are the google.api.http rules of the contract)",
+        )
+    except web.HTTPMethodNotAllowed as error:
+        allowed = ", ".join(sorted(error.allowed_methods))
+        return error_response(
+            code_pb2.UNIMPLEMENTED,
+            f"{request.path} does not take {request.method}: it takes {allowed}",
+            405,
+        )
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(
+            code_pb2.RESOURCE_EXHAUSTED,
+            f"the body is larger than the limit of {MAX_BODY_BYTES} bytes",
+            413,
+        )
+    except web.HTTPException:
+        raise
+    except Exception:
+        error_id = uuid.uuid4().hex[:12]
+        log.exception("HTTP %s %s failed (error id %s)", request.method, request.path, error_id)
+        return error_response(
+            code_pb2.INTERNAL, f"internal error (error id {error_id}; the broker logged it)"
+        )

@@ -10,7 +10,7 @@ import logging
 import pytest
 
 from broker.api.exposure import check_exposure, is_loopback
-from broker.config import AuthConfig, Config, ConfigError, ServerConfig, TlsConfig
+from broker.config import AuthConfig, Config, ConfigError, ServerConfig, TlsConfig, WebConfig
 
 # A documentation address (RFC 5737): never bound by these tests.
 EXPOSED = "192.0.2.1:50051"
@@ -82,3 +82,25 @@ def test_allow_insecure_is_warned_about_at_every_start(caplog):
         check_exposure(dataclasses.replace(config), EXPOSED)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2 and "clear text" in warnings[0].getMessage()
+
+
+def test_the_http_site_keeps_to_loopback_without_auth_and_needs_allow_insecure_with_it(caplog):
+    """It carries the whole contract, with no TLS of its own."""
+    exposed_web = WebConfig(address="192.0.2.1:8080")
+    with pytest.raises(ConfigError) as raised:
+        check_exposure(dataclasses.replace(config_with(), web=exposed_web), "127.0.0.1:50051")
+    assert raised.value.key == "web.address" and "authentication is off" in str(raised.value)
+    with pytest.raises(ConfigError) as raised:
+        check_exposure(
+            dataclasses.replace(config_with(auth=True, tls=True), web=exposed_web), EXPOSED
+        )
+    assert raised.value.key == "web.address" and "server.allow_insecure" in str(raised.value)
+    insecure = dataclasses.replace(config_with(auth=True, allow_insecure=True), web=exposed_web)
+    with caplog.at_level(logging.WARNING, logger="broker"):
+        check_exposure(insecure, "127.0.0.1:50051")
+    assert "web.address" in caplog.records[-1].getMessage()
+
+
+def test_a_site_of_metrics_alone_may_be_anywhere():
+    metrics_only = WebConfig(address="", metrics_address="0.0.0.0:9100")
+    check_exposure(dataclasses.replace(config_with(), web=metrics_only), "127.0.0.1:50051")
