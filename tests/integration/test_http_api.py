@@ -8,7 +8,6 @@ import dataclasses
 import http.client
 import json
 import socket
-import time
 
 import grpc
 import pytest
@@ -22,6 +21,7 @@ from broker.v1 import inventory_service_pb2, lease_service_pb2
 from broker.web.gateway import HTTP_STATUS, routes
 from tests.conftest import wait_serving
 from tests.integration.auth_helpers import CACHE_SECONDS, make_tokens
+from tests.integration.helpers import wait_until
 
 CALC = {
     "name": "calc1",
@@ -322,7 +322,7 @@ def test_an_acquire_waits_its_turn_and_is_granted_on_release(site):
         json.dumps({**ACQUIRE, "maxWait": "20s"}),
         {"Content-Type": "application/json"},
     )
-    wait_until(lambda: len(web.call("GET", "/v1/waiters")[1]["waiters"]) == 1)
+    wait_until(lambda: len(web.call("GET", "/v1/waiters")[1]["waiters"]) == 1, 20, "a waiter")
     lease = first["lease"]["leaseId"]
     web.call("POST", f"/v1/leases/{lease}:release", {"secret": first["secret"]})
     answer = waiting.getresponse()
@@ -342,9 +342,9 @@ def test_a_caller_that_hangs_up_leaves_the_queue(site):
         + f"Content-Length: {len(body)}\r\n\r\n".encode()
         + body
     )
-    wait_until(lambda: len(web.call("GET", "/v1/waiters")[1]["waiters"]) == 1)
+    wait_until(lambda: len(web.call("GET", "/v1/waiters")[1]["waiters"]) == 1, 20, "a waiter")
     waiting.close()
-    wait_until(lambda: web.call("GET", "/v1/waiters")[1]["waiters"] == [])
+    wait_until(lambda: web.call("GET", "/v1/waiters")[1]["waiters"] == [], 20, "no waiter")
 
 
 def test_watch_events_streams_newline_delimited_json(site):
@@ -363,11 +363,3 @@ def test_watch_events_streams_newline_delimited_json(site):
     connection.close()
     status, answer, _ = web.call("GET", "/v1/events:watch?filter.types=NOPE")
     assert status == 400 and "NOPE" in answer["message"]
-
-
-def wait_until(condition, timeout: float = 20.0) -> None:
-    """Waits for a condition the broker makes true (never for time alone)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never held"
-        time.sleep(0.02)
