@@ -10,6 +10,7 @@ from broker.domain.values import Principal, Role
 _INVENTORY = "/broker.v1.InventoryService/"
 _LEASES = "/broker.v1.LeaseService/"
 _EVENTS = "/broker.v1.EventService/"
+_ACCESS = "/broker.v1.AccessService/"
 
 METHOD_ROLES: dict[str, Role] = {
     _INVENTORY + "ListKinds": Role.VIEWER,
@@ -26,6 +27,7 @@ METHOD_ROLES: dict[str, Role] = {
     _EVENTS + "ListEvents": Role.VIEWER,
     _EVENTS + "WatchEvents": Role.VIEWER,
     _EVENTS + "GetUsageStats": Role.VIEWER,
+    _ACCESS + "GetCaller": Role.VIEWER,
     # A user's own leases: renew and release also need the lease's secret
     # and its principal (`broker.domain.leasing`).
     _LEASES + "AcquireLease": Role.USER,

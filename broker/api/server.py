@@ -31,7 +31,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from broker.api import memory
+from broker.api.access_servicer import AccessServicer
 from broker.api.auth import Authenticator
+from broker.api.contract import METHOD_PATHS, SERVICE_NAMES
 from broker.api.errors import ErrorInterceptor
 from broker.api.event_feed import EventFeed
 from broker.api.event_servicer import EventServicer
@@ -65,23 +67,15 @@ from broker.models.notify import QUEUE_CHANNEL, GrantListener
 from broker.models.probe import probe_for
 from broker.models.schema import SchemaVersionError, create_tables
 from broker.v1 import (
-    event_service_pb2,
+    access_service_pb2_grpc,
     event_service_pb2_grpc,
-    inventory_service_pb2,
     inventory_service_pb2_grpc,
-    lease_service_pb2,
     lease_service_pb2_grpc,
 )
 from broker.web.gateway import Gateway
 from broker.web.site import WebEndpoints
 
 log = logging.getLogger("broker")
-
-SERVICE_NAMES = (
-    inventory_service_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name,
-    lease_service_pb2.DESCRIPTOR.services_by_name["LeaseService"].full_name,
-    event_service_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
-)
 
 # Worker threads for domain calls on a networked database (one pooled
 # connection each).
@@ -194,12 +188,7 @@ class BrokerServer:
         create_tables(kinds.models)
         self.metrics = Metrics(
             [kind.name for kind in kinds],
-            [
-                f"/{service.full_name}/{method.name}"
-                for module in (inventory_service_pb2, lease_service_pb2, event_service_pb2)
-                for service in module.DESCRIPTOR.services_by_name.values()
-                for method in service.methods
-            ],
+            list(METHOD_PATHS),
         )
         runner = runner_for(self.database)
         if isinstance(runner, GroupCommitRunner):
@@ -267,6 +256,9 @@ class BrokerServer:
         lease_service_pb2_grpc.add_LeaseServiceServicer_to_server(self.lease_servicer, self.server)
         self.event_servicer = EventServicer(self.events, self.feed, self.run)
         event_service_pb2_grpc.add_EventServiceServicer_to_server(self.event_servicer, self.server)
+        access_service_pb2_grpc.add_AccessServiceServicer_to_server(
+            AccessServicer(config.auth.enabled), self.server
+        )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -31,11 +31,10 @@ from google.protobuf import descriptor, json_format, message_factory
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from broker.api.contract import SERVICE_MODULES
 from broker.api.exposure import is_loopback
 from broker.api.identity import HOLDER_METADATA
-from broker.v1 import event_service_pb2, inventory_service_pb2, lease_service_pb2
 
-SERVICE_MODULES = (inventory_service_pb2, lease_service_pb2, event_service_pb2)
 STATUS_DETAILS_METADATA = "grpc-status-details-bin"
 JSON = "application/json"
 NDJSON = "application/x-ndjson"

@@ -10,6 +10,8 @@ from google.protobuf import field_mask_pb2
 
 from broker.api.permissions import METHOD_ROLES, required_role
 from broker.v1 import (
+    access_service_pb2,
+    access_service_pb2_grpc,
     event_service_pb2,
     event_service_pb2_grpc,
     inventory_service_pb2,
@@ -35,6 +37,7 @@ class Calls:
         self.inventory = inventory_service_pb2_grpc.InventoryServiceStub(channel)
         self.leases = lease_service_pb2_grpc.LeaseServiceStub(channel)
         self.events = event_service_pb2_grpc.EventServiceStub(channel)
+        self.access = access_service_pb2_grpc.AccessServiceStub(channel)
         self.tokens = tokens
         self.count = 0
         self.call(self.inventory.CreateResource, "admin", create("lic", "Licence", product="x"))
@@ -146,6 +149,9 @@ class Calls:
             return self.call(self.events.GetUsageStats, caller, request)
         if method == "WatchEvents":
             return self.watch_events(metadata)
+        if method == "GetCaller":
+            request = access_service_pb2.GetCallerRequest()
+            return self.call(self.access.GetCaller, caller, request)
         raise AssertionError(f"no call of {method} in this test: add one")
 
     def watch_events(self, metadata) -> grpc.StatusCode:

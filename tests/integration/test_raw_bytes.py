@@ -17,8 +17,8 @@ import pytest
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
+from broker.api.contract import SERVICE_NAMES
 from broker.api.errors import Throttled
-from broker.api.server import SERVICE_NAMES
 from broker.v1 import inventory_service_pb2 as inv
 from broker.v1 import lease_service_pb2
 from tests.conftest import RPC_TIMEOUT
