@@ -12,7 +12,7 @@ BUF := $(CURDIR)/.tools/node_modules/.bin/buf
 
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help venv proto proto-check serve test lint bench clean
+.PHONY: help venv proto proto-check serve test lint bench screenshots clean
 
 help:
 	@echo "make serve   start the broker ($(CONFIG), SQLite by default)"
@@ -78,6 +78,11 @@ lint: venv $(BUF)
 # PLOT=dir also writes PNG plots there (matplotlib, in the dev extra).
 bench: venv
 	$(BIN)/python -m bench $(if $(PLOT),--plot $(PLOT))
+
+# Retakes the README's screenshots into docs/screenshots, with the browser
+# tests (needs Debian's chromium and chromium-driver).
+screenshots: venv
+	BROKER_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/browser
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .ruff_cache .mypy_cache *.egg-info

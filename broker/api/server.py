@@ -40,6 +40,7 @@ from broker.api.event_servicer import EventServicer
 from broker.api.exposure import check_exposure
 from broker.api.inventory_servicer import InventoryServicer
 from broker.api.lease_servicer import LeaseServicer
+from broker.api.live_source import LiveSource
 from broker.api.metrics import Metrics, MetricsInterceptor
 from broker.api.oidc import OidcVerifier
 from broker.api.runner import (
@@ -72,6 +73,7 @@ from broker.v1 import (
     inventory_service_pb2_grpc,
     lease_service_pb2_grpc,
 )
+from broker.web.console.app import Console
 from broker.web.gateway import Gateway
 from broker.web.site import WebEndpoints
 
@@ -123,6 +125,7 @@ class BrokerServer:
         self._stop_feed: Callable[[], None] = lambda: None
         self._stop_counting: Callable[[], None] = lambda: None
         self.web: WebEndpoints | None = None
+        self.console: Console | None = None
         self._own: grpc.aio.Channel | None = None
         self._socket_dir = ""
         # The health probe's own thread: never queued behind domain calls.
@@ -248,9 +251,9 @@ class BrokerServer:
             # reflection calls do not count against.
             maximum_concurrent_rpcs=config.server.max_concurrent_rpcs + PROBE_CALLS,
         )
+        inventory = Inventory(kinds, on_change=self.leases.dispatch)
         inventory_service_pb2_grpc.add_InventoryServiceServicer_to_server(
-            InventoryServicer(Inventory(kinds, on_change=self.leases.dispatch), self.run),
-            self.server,
+            InventoryServicer(inventory, self.run), self.server
         )
         self.lease_servicer = LeaseServicer(self.leases, sessions, self.board, self.run)
         lease_service_pb2_grpc.add_LeaseServiceServicer_to_server(self.lease_servicer, self.server)
@@ -275,14 +278,19 @@ class BrokerServer:
         if port == 0:
             raise OSError(f"cannot listen on {address}")
         if config.web.address or config.web.metrics_address:
+            own = self._own_channel() if config.web.address else None
+            if own is not None:
+                source = LiveSource(
+                    self.feed, self.events, inventory, self.leases, self.board, self.run
+                )
+                self.console = Console(own, source, authentication_enabled=config.auth.enabled)
             self.web = WebEndpoints(
                 self.metrics,
                 lambda: self.run(occupancy, kinds),
                 self.feed.watching,
                 self._ready,
-                Gateway(self._own_channel(), loopback_only=not config.auth.enabled)
-                if config.web.address
-                else None,
+                None if own is None else Gateway(own, loopback_only=not config.auth.enabled),
+                self.console,
             )
         return port
 
@@ -556,6 +564,8 @@ def serve_forever(
         print(f"broker: {error}", file=sys.stderr)
         return 1
     print(f"broker listening on {broker.address}", flush=True)
+    if broker.web_address:
+        print(f"console on http://{broker.web_address}/", flush=True)
     if broker.web_address and broker.web_address == broker.metrics_address:
         print(f"metrics and health on http://{broker.web_address}/metrics", flush=True)
     else:

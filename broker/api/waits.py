@@ -36,7 +36,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 import peewee
 
@@ -110,6 +110,8 @@ class WaitBoard:
         self._changed_since = False
         self._full = False
         self._safety: asyncio.TimerHandle | None = None
+        # Told on the loop when the queue changed (the console's live pages).
+        self._listeners: list[Callable[[], None]] = []
 
     def waiting_calls(self) -> int:
         """How many waiting requests have a call waiting on this broker."""
@@ -127,6 +129,12 @@ class WaitBoard:
         """Waiting requests came or left, on this broker or another (the
         payloads of the queue channel's notes say nothing more)."""
         self._call(self._changed, False)
+
+    def listen(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Calls `listener` on the loop whenever the queue changed, until the
+        function returned is called."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
 
     def _call(self, function, argument) -> None:
         try:
@@ -243,6 +251,9 @@ class WaitBoard:
         after it began."""
         self._changed_since = True
         self._full = self._full or full
+        if not full:
+            for listener in list(self._listeners):
+                listener()
         if self._refreshing is not None or self._refresh_timer is not None:
             return
         delay = self._last_refresh + REFRESH_SECONDS - self._loop.time()

@@ -1,7 +1,8 @@
 """The broker's HTTP site (aiohttp), on the gRPC server's event loop:
 `/metrics` for Prometheus, `/healthz` (the process serves) and `/readyz`
 (its database answers), for load balancers and orchestrators, and the
-contract over HTTP/JSON under `/v1/` (`broker.web.gateway`).
+contract over HTTP/JSON under `/v1/` (`broker.web.gateway`), and the web
+console for people at `/` (`broker.web.console`).
 
 Handlers only wait: the scrape's database reads go through the domain
 runner and the readiness probe through the probe's own thread, as every
@@ -20,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from broker.api.metrics import Metrics
 from broker.domain.occupancy import Occupancy
+from broker.web.console.app import Console
 from broker.web.gateway import Gateway, error_response
 
 log = logging.getLogger(__name__)
@@ -41,12 +43,14 @@ class WebEndpoints:
         watchers: Callable[[], int],
         ready: Callable[[], Awaitable[bool]],
         gateway: Gateway | None = None,
+        console: Console | None = None,
     ):
         self._metrics = metrics
         self._read_occupancy = read_occupancy
         self._watchers = watchers
         self._ready = ready
         self._gateway = gateway
+        self._console = console
         self._runners: list[web.AppRunner] = []
         # The ports bound, 0 for a site not served.
         self.port = 0
@@ -63,6 +67,7 @@ class WebEndpoints:
                     "web.address",
                     health if metrics_address else health + scrape,
                     self._gateway,
+                    self._console,
                 )
                 self.metrics_port = 0 if metrics_address else self.port
             if metrics_address:
@@ -72,12 +77,19 @@ class WebEndpoints:
             raise
 
     async def _site(
-        self, address: str, key: str, routes: list, gateway: Gateway | None = None
+        self,
+        address: str,
+        key: str,
+        routes: list,
+        gateway: Gateway | None = None,
+        console: Console | None = None,
     ) -> int:
         app = web.Application(middlewares=[api_errors], client_max_size=MAX_BODY_BYTES)
         app.add_routes(routes)
         if gateway is not None:
             gateway.add_to(app)
+        if console is not None:
+            console.add_to(app)
         # A caller that goes away cancels its handler, and so its call: an
         # abandoned acquire leaves the queue.
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
@@ -92,6 +104,8 @@ class WebEndpoints:
         return runner.addresses[0][1]
 
     async def stop(self) -> None:
+        if self._console is not None:
+            await self._console.hub.stop()
         runners, self._runners = self._runners, []
         for runner in runners:
             await runner.cleanup()

@@ -9,9 +9,11 @@ import pytest
 
 from broker.api.server import BrokerServer, build_server
 from broker.config import AuthConfig, MtlsConfig, ServerConfig, TlsConfig
+from sdk import BrokerClient
 from tests.conftest import make_config, wait_serving
 from tests.integration.auth_helpers import CACHE_SECONDS, make_tokens
 from tests.integration.certs import Issued, Pki
+from tests.integration.console_helpers import start_console
 from tests.integration.helpers import BrokerProcess, create_calculators
 
 
@@ -49,6 +51,21 @@ def auth_broker(config):
     wait_serving(server.address)
     yield server, make_tokens()
     server.stop(0)
+
+
+@pytest.fixture
+def console(config) -> BrokerServer:
+    """A broker with its web console on a free port."""
+    server = start_console(config)
+    yield server
+    server.stop(0)
+
+
+@pytest.fixture
+def client(console):
+    """An SDK client of the `console` broker, holder `alice@bench-3`."""
+    with BrokerClient(console.address, holder="alice@bench-3") as client:
+        yield client
 
 
 @pytest.fixture

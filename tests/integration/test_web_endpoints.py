@@ -205,12 +205,14 @@ def test_serve_prints_where_metrics_are(start_broker, tmp_path, monkeypatch):
     config = serve_config(tmp_path, {"address": "127.0.0.1:0"})
     process = start_broker("--config", str(config))
     process.wait_listening()
-    line = process.next_line()
-    assert line is not None
+    console, line = process.next_line() or "", process.next_line() or ""
     found = re.fullmatch(r"metrics and health on http://(127\.0\.0\.1:\d+)/metrics", line)
     assert found, line
+    assert console == f"console on http://{found.group(1)}/"
     with urllib.request.urlopen(f"http://{found.group(1)}/healthz", timeout=10) as answer:
         assert answer.read() == b"ok\n"
+    with urllib.request.urlopen(f"http://{found.group(1)}/", timeout=10) as answer:
+        assert b"<title>Inventory" in answer.read()
 
 
 def test_serve_prints_both_sites_when_metrics_have_their_own(start_broker, tmp_path, monkeypatch):
@@ -218,9 +220,10 @@ def test_serve_prints_both_sites_when_metrics_have_their_own(start_broker, tmp_p
     config = serve_config(tmp_path, {"address": "127.0.0.1:0", "metrics_address": "127.0.0.1:0"})
     process = start_broker("--config", str(config))
     process.wait_listening()
-    lines = [process.next_line(), process.next_line()]
-    assert re.fullmatch(r"health on http://127\.0\.0\.1:\d+/healthz", lines[0] or ""), lines
-    assert re.fullmatch(r"metrics on http://127\.0\.0\.1:\d+/metrics", lines[1] or ""), lines
+    lines = [process.next_line(), process.next_line(), process.next_line()]
+    assert re.fullmatch(r"console on http://127\.0\.0\.1:\d+/", lines[0] or ""), lines
+    assert re.fullmatch(r"health on http://127\.0\.0\.1:\d+/healthz", lines[1] or ""), lines
+    assert re.fullmatch(r"metrics on http://127\.0\.0\.1:\d+/metrics", lines[2] or ""), lines
 
 
 def test_a_web_address_in_use_stops_the_broker_with_the_key(tmp_path, monkeypatch):
