@@ -25,18 +25,21 @@ On SQLite, one broker:
 6. fan-out (`bench.fanout`): 100 `WatchEvents` streams on one broker (of
    its own) while a client runs cycles: events/s produced and delivered,
    lags, the broker's CPU.
+7. console (`bench.console`): 100 live console pages on one broker (of its
+   own) while a client runs cycles: the broker's CPU with and without them,
+   idle and busy, and the messages the pages were sent.
 
 On PostgreSQL (`--postgres`, env BENCH_POSTGRES, default the local server's
 `test` database), each broker layout in a fresh schema `bench_<random>`,
 dropped at the end whatever happens:
 
-7. throughput as in 1 on one broker, and on two brokers sharing the
+8. throughput as in 1 on one broker, and on two brokers sharing the
    database (clients dealt round robin over them);
-8. hand-off as in 2 with the waiting processes split over two brokers, so
+9. hand-off as in 2 with the waiting processes split over two brokers, so
    a release on one hands off to waiters on the other (LISTEN/NOTIFY);
-9. freeze (`bench.freeze`): grants/s of three brokers before, during and
-   after one of them is SIGSTOPped while it holds the write lock;
-10. events and fan-out as in 5 and 6, each on one broker of its own.
+10. freeze (`bench.freeze`): grants/s of three brokers before, during and
+    after one of them is SIGSTOPped while it holds the write lock;
+11. events and fan-out as in 5 and 6, each on one broker of its own.
 
 Then on SQLite, each on a broker of its own (`bench.scale`): scale, a
 cycle's cost as the inventory grows (10 to 10,000) and a release's as
@@ -62,6 +65,7 @@ status 1 if any point had errors (missed targets are printed, not failed).
     .venv/bin/python -m bench --only freeze --freeze-seconds 16
     .venv/bin/python -m bench --only auth
     .venv/bin/python -m bench --only fanout --databases sqlite --watchers 100
+    .venv/bin/python -m bench --only console --pages 100
     .venv/bin/python -m bench --only ceiling,etcd,throughput,handoff --databases sqlite
     .venv/bin/python -m bench --only scale,memory --plot /tmp/plots
 """
@@ -97,6 +101,7 @@ SUITES = (
     "auth",
     "events",
     "fanout",
+    "console",
     "scale",
     "memory",
 )
@@ -172,6 +177,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--events-cycles", type=int, default=2000, help="cycles' events written again in process"
     )
     option("--watchers", type=int, default=100, help="WatchEvents streams of the fan-out")
+    option("--pages", type=int, default=100, help="live console pages of the console point")
     option("--scale-seconds", type=positive, default=1.5, help="seconds of cycles per scale point")
     option(
         "--json",
@@ -198,7 +204,12 @@ def write_points(points: list[dict], json_path: str) -> None:
 
 @contextlib.contextmanager
 def brokers(
-    workdir: str, database_url: str | None, count: int, names: Sequence[str], auth: bool = False
+    workdir: str,
+    database_url: str | None,
+    count: int,
+    names: Sequence[str],
+    auth: bool = False,
+    console: bool = False,
 ) -> Iterator[Broker]:
     """`count` brokers on `database_url` (None: SQLite in `workdir`) with
     `names` seeded, described in one line; stopped at the end. With `auth`,
@@ -206,7 +217,7 @@ def brokers(
     import grpc
 
     os.makedirs(workdir, exist_ok=True)
-    broker = start_broker(workdir, database_url, count, auth=auth)
+    broker = start_broker(workdir, database_url, count, auth=auth, console=console)
     try:
         seed(broker.address, names, broker.token)
         where = database_url.split("?", 1)[-1] if database_url else "SQLite"
@@ -241,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so the brokers and the clients are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    from bench import auth, events, fanout, freeze, handoff, regrant, scale, throughput
+    from bench import auth, console, events, fanout, freeze, handoff, regrant, scale, throughput
 
     points: list[dict] = []
     errors = 0
@@ -419,6 +430,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             events_point(os.path.join(workdir, "events"), None, "sqlite")
         if "fanout" in args.only:
             fanout_point(os.path.join(workdir, "fanout"), None)
+        if "console" in args.only:
+            print(console.header(args.pages, args.duration, args.warmup), flush=True)
+            with brokers(os.path.join(workdir, "console"), None, 1, names[:1], console=True) as b:
+                record(
+                    console.run_console(
+                        b, names, args.pages, duration=args.duration, warmup=args.warmup
+                    )
+                )
 
     def on_postgres(workdir: str) -> None:
         layouts = {

@@ -32,6 +32,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KIND = "Calculator"
 KIND_MODEL = "resources.calculator.data.CalculatorData"
 READY_PREFIX = "broker listening on "
+CONSOLE_PREFIX = "console on "
 START_TIMEOUT = 30.0  # seconds for the broker, or the clients, to be ready
 RPC_TIMEOUT = 10.0
 LEASE_TTL = 60  # seconds; every lease in the bench is released long before
@@ -47,7 +48,7 @@ database:
 auth:
   enabled: {auth}
 web:
-  address: ""
+  address: "{web_address}"
 kinds:
   - {kind_model}
 """
@@ -65,6 +66,8 @@ class Broker:
     log_paths: list[str]
     database_url: str = ""
     token: str = ""  # an admin's token if authentication is on, else ""
+    # Each broker's web address (HOST:PORT), when started with its console.
+    web_addresses: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def address(self) -> str:
@@ -101,7 +104,12 @@ def broker_command() -> list[str]:
 
 
 def start_broker(
-    workdir: str, database_url: str | None = None, count: int = 1, *, auth: bool = False
+    workdir: str,
+    database_url: str | None = None,
+    count: int = 1,
+    *,
+    auth: bool = False,
+    console: bool = False,
 ) -> Broker:
     """Starts `count` brokers (`broker serve` on 127.0.0.1:0) on `database_url`,
     by default a fresh SQLite file in `workdir`, one after the other (each
@@ -109,13 +117,17 @@ def start_broker(
     printed the address it listens on. Several brokers need a database they
     can share (PostgreSQL). With `auth`, authentication is on and an admin's
     token is made first, offline (`broker tokens create`), as an operator
-    would; it is the broker's `token`."""
+    would; it is the broker's `token`. With `console`, each broker also
+    serves its web site on a free port (`web_addresses`)."""
     config_path = os.path.join(workdir, "rotest.yml")
     database_url = database_url or "sqlite:///" + os.path.join(workdir, "broker.sqlite3")
     with open(config_path, "w", encoding="utf-8") as stream:
         stream.write(
             CONFIG_YAML.format(
-                kind_model=KIND_MODEL, database_url=database_url, auth=str(auth).lower()
+                kind_model=KIND_MODEL,
+                database_url=database_url,
+                auth=str(auth).lower(),
+                web_address="127.0.0.1:0" if console else "",
             )
         )
     env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
@@ -139,7 +151,11 @@ def start_broker(
                         command, stdout=subprocess.PIPE, stderr=log, cwd=workdir, env=env, text=True
                     )
                 )
-            broker.addresses.append(wait_listening(broker.processes[-1], log_path))
+            lines = read_lines(broker.processes[-1])
+            broker.addresses.append(wait_listening(broker.processes[-1], log_path, lines))
+            if console:
+                web = wait_listening(broker.processes[-1], log_path, lines, CONSOLE_PREFIX)
+                broker.web_addresses.append(web.removeprefix("http://").rstrip("/"))
     except BaseException:
         broker.stop()
         raise
@@ -174,17 +190,30 @@ def open_channel(address: str, token: str = "", options=CHANNEL_OPTIONS):
     return grpc.intercept_channel(channel, BearerToken(token))
 
 
-def wait_listening(process: subprocess.Popen, log_path: str) -> str:
-    """The address a starting broker listens on, once it prints it; a
-    RuntimeError with its log's end if it exits or is not ready in time."""
+def read_lines(process: subprocess.Popen) -> queue.Queue[str | None]:
+    """The process's stdout, line by line, read to its end on a thread of
+    its own so the pipe never fills; None after the last line."""
     lines: queue.Queue[str | None] = queue.Queue()
 
-    def drain() -> None:  # reads stdout to the end so the pipe never fills
+    def drain() -> None:
         for line in process.stdout:
             lines.put(line)
         lines.put(None)
 
     threading.Thread(target=drain, daemon=True).start()
+    return lines
+
+
+def wait_listening(
+    process: subprocess.Popen,
+    log_path: str,
+    lines: queue.Queue[str | None] | None = None,
+    prefix: str = READY_PREFIX,
+) -> str:
+    """What a starting broker prints after `prefix` (by default the address
+    it listens on), once it prints it; a RuntimeError with its log's end if
+    it exits or is not ready in time."""
+    lines = read_lines(process) if lines is None else lines
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         try:
@@ -195,8 +224,8 @@ def wait_listening(process: subprocess.Popen, log_path: str) -> str:
         if line is None:
             problem = f"the broker (pid {process.pid}) exited with status {process.wait()}"
             break
-        if line.startswith(READY_PREFIX):
-            return line[len(READY_PREFIX) :].strip()
+        if line.startswith(prefix):
+            return line[len(prefix) :].strip()
     with open(log_path, encoding="utf-8", errors="replace") as log:
         raise RuntimeError(f"{problem}; its log ends:\n{log.read()[-2000:]}")
 

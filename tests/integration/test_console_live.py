@@ -86,18 +86,41 @@ def test_a_page_that_reconnects_gets_what_it_missed_or_is_told_to_reload(console
         client.create_resource("Calculator", "calc-1", {"ip_address": "10.0.0.1"})
         last, _ = page.next("resource")
     client.create_resource("Calculator", "calc-2", {"ip_address": "10.0.0.2"})
-    wait_until(lambda: console.console.hub.newest > int(last), WAIT, "the hub to see calc-2")
+    seen = int(last.rsplit(".", 1)[1])
+    wait_until(lambda: console.console.hub.newest > seen, WAIT, "the hub to see calc-2")
     again = LiveReader(visitor, "/live?topics=resources", last_id=last)
     try:
         _, missed = again.next("resource")
         assert missed["name"] == "calc-2"
     finally:
         again.close()
-    stale = LiveReader(visitor, "/live?topics=resources", last_id="-5")
-    try:
-        stale.next("reload")
-    finally:
-        stale.close()
+    # An id of another broker's pages, or of this one before a restart.
+    for foreign in ("0123abcd.1", "-5"):
+        stale = LiveReader(visitor, "/live?topics=resources", last_id=foreign)
+        try:
+            stale.next("reload")
+        finally:
+            stale.close()
+
+
+def test_the_subscription_ends_once_no_page_is_left(console, client):
+    hub = console.console.hub
+    hub.linger_seconds = 0.2
+    watchers_before = console.feed.watching()
+    with live_pages(console, "/live?topics=resources") as (page,):
+        client.create_resource("Calculator", "calc-1", {"ip_address": "10.0.0.1"})
+        page.next("resource")
+        assert console.feed.watching() == watchers_before + 1
+    wait_until(lambda: not hub.following, WAIT, "the hub to stop following")
+    assert console.feed.watching() == watchers_before
+    reads = hub.reads
+    client.create_resource("Calculator", "calc-2", {"ip_address": "10.0.0.2"})
+    client.delete_resource("calc-2")
+    with live_pages(console, "/live?topics=resources") as (page,):
+        client.create_resource("Calculator", "calc-3", {"ip_address": "10.0.0.3"})
+        assert page.next("resource")[1]["name"] == "calc-3"
+    # calc-2's changes, made with nobody watching, were never read.
+    assert hub.reads == reads + 1
 
 
 def test_the_queue_page_is_sent_the_waiters_when_the_queue_moves(console, client):

@@ -23,7 +23,8 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections import deque
+import secrets
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Collection
 from typing import Protocol
 
@@ -49,8 +50,13 @@ PAGE_BUFFER = 256
 RECONNECT_SECONDS = 300.0
 # Seconds between keep-alive comments on an idle connection.
 KEEPALIVE_SECONDS = 25.0
+# Seconds a page's changes gather after each write before the next one.
+COALESCE_SECONDS = 0.1
 # What a page's browser waits before reconnecting, in milliseconds.
 RETRY_MS = 2000
+# Seconds the subscription outlives the last page (a page reloading, or
+# the next one opened, finds it still there).
+LINGER_SECONDS = 60.0
 
 TOPICS = frozenset({"resources", "leases", "queue", "events"})
 _LEASE_EVENTS = {
@@ -89,9 +95,12 @@ class Message:
     # group get it (a resource already gone).
     group: str | None
     resource: str = ""
-
-    def wire(self) -> bytes:
-        return f"id: {self.number}\nevent: {self.kind}\ndata: {self.data}\n\n".encode()
+    # What it is the newest state of (a resource, a lease, the queue): a
+    # page not yet sent an earlier message of the same key is sent only
+    # this one. Empty for a message every page must get (an event).
+    key: str = ""
+    # As sent: made once, whatever the number of pages.
+    wire: bytes = b""
 
 
 class Page:
@@ -102,7 +111,8 @@ class Page:
         self.topics = topics
         self.groups = groups
         self.resource = resource
-        self.pending: deque[Message] = deque()
+        # Unsent messages in order, by key (an event's own number).
+        self.pending: OrderedDict[str, Message] = OrderedDict()
         self.ready = asyncio.Event()
         self.cut_off = False
 
@@ -118,10 +128,11 @@ class Page:
     def offer(self, message: Message) -> None:
         if self.cut_off or not self.wants(message):
             return
-        if len(self.pending) >= PAGE_BUFFER:
+        key = message.key or str(message.number)
+        if self.pending.pop(key, None) is None and len(self.pending) >= PAGE_BUFFER:
             self.cut_off = True
         else:
-            self.pending.append(message)
+            self.pending[key] = message
         self.ready.set()
 
 
@@ -131,6 +142,13 @@ class LiveHub:
 
     def __init__(self, source: Source):
         self._source = source
+        # Names this hub in the messages' ids: a page that reconnects with
+        # another hub's id (another broker's, or before a restart) reloads.
+        self.id = secrets.token_hex(4)
+        self.linger_seconds = LINGER_SECONDS
+        self._linger: asyncio.TimerHandle | None = None
+        # Set once the subscription follows the events from the newest on.
+        self._started = asyncio.Event()
         self._pages: set[Page] = set()
         self._kept: deque[Message] = deque(maxlen=REPLAY_KEPT)
         self._number = 0
@@ -148,12 +166,36 @@ class LiveHub:
 
     @property
     def newest(self) -> int:
-        """The number of the newest message, for a page just rendered."""
         return self._number
+
+    @property
+    def cursor(self) -> str:
+        """The id of the newest message, for a page just rendered."""
+        return f"{self.id}.{self._number}"
+
+    @property
+    def following(self) -> bool:
+        return self._follower is not None
+
+    async def started(self) -> None:
+        await self._started.wait()
+
+    def after(self, cursor: str) -> int | None:
+        """The message number a page's cursor names; -1 for one of another
+        hub (the page must reload); None for none."""
+        if not cursor:
+            return None
+        hub, _, number = cursor.rpartition(".")
+        if hub != self.id or not number.isdigit():
+            return -1
+        return int(number)
 
     def open(self, page: Page, after: int | None) -> bool:
         """Adds a page, first handing it the kept messages after `after`;
         False when it missed more than is kept (it should reload)."""
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         if after is not None and after < self._number:
             oldest = self._kept[0].number if self._kept else self._number + 1
             if after + 1 < oldest:
@@ -173,6 +215,19 @@ class LiveHub:
         if self._unlisten is not None and not any("queue" in p.topics for p in self._pages):
             self._unlisten()
             self._unlisten = None
+        if not self._pages and self._follower is not None and self._linger is None:
+            self._linger = asyncio.get_running_loop().call_later(self.linger_seconds, self._idle)
+
+    def _idle(self) -> None:
+        """No page came back: the subscription ends, and what was kept for
+        reconnecting pages goes (they reload)."""
+        self._linger = None
+        if self._pages or self._follower is None:
+            return
+        self._follower.cancel()
+        self._follower = None
+        self._started.clear()
+        self._kept.clear()
 
     async def stop(self) -> None:
         """Ends every live connection (their browsers reconnect to another
@@ -180,23 +235,33 @@ class LiveHub:
         for page in list(self._pages):
             page.cut_off = True
             page.ready.set()
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         for task in (self._follower, self._queue_reader):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         self._follower = self._queue_reader = None
+        self._started.clear()
         if self._unlisten is not None:
             self._unlisten()
             self._unlisten = None
 
     def _publish(
-        self, topic: str, kind: str, data: dict, group: str | None, resource: str = ""
+        self,
+        topic: str,
+        kind: str,
+        data: dict,
+        group: str | None,
+        resource: str = "",
+        key: str = "",
     ) -> None:
         self._number += 1
-        message = Message(
-            self._number, topic, kind, json.dumps(data, ensure_ascii=False), group, resource
-        )
+        text = json.dumps(data, ensure_ascii=False)
+        wire = f"id: {self.id}.{self._number}\nevent: {kind}\ndata: {text}\n\n".encode()
+        message = Message(self._number, topic, kind, text, group, resource, key, wire)
         self._kept.append(message)
         for page in self._pages:
             page.offer(message)
@@ -208,6 +273,7 @@ class LiveHub:
         while True:
             try:
                 after = await self._source.newest()
+                self._started.set()
                 arrived: asyncio.Queue[event_pb2.Event] = asyncio.Queue()
                 reader = asyncio.get_running_loop().create_task(self._take(after, arrived))
                 try:
@@ -256,19 +322,20 @@ class LiveHub:
             self._publish("events", "event", row, groups.get(event.resource), event.resource)
         for name, resource in resources.items():
             if resource is None:
-                self._publish("resources", "resource-gone", {"name": name}, None, name)
+                gone = {"name": name}
+                self._publish("resources", "resource-gone", gone, None, name, "r:" + name)
                 continue
             row = resource_row(resource)
             if resource.lease_ids and resource.lease_ids[0] in holding:
                 row["lease"] = holding[resource.lease_ids[0]]
-            self._publish("resources", "resource", row, resource.group, name)
+            self._publish("resources", "resource", row, resource.group, name, "r:" + name)
         for event in batch:
             if event.type == event_pb2.EVENT_TYPE_RESOURCE_DELETED:
-                gone = {"name": event.resource}
-                self._publish("resources", "resource-gone", gone, None, event.resource)
+                gone, name = {"name": event.resource}, event.resource
+                self._publish("resources", "resource-gone", gone, None, name, "r:" + name)
         for lease in leases:
             group = lease.grants[0].resource.group if lease.grants else ""
-            self._publish("leases", "lease", lease_row(lease), group)
+            self._publish("leases", "lease", lease_row(lease), group, key="l:" + lease.lease_id)
 
     def _queue_changed(self) -> None:
         self._queue_dirty = True
@@ -286,7 +353,8 @@ class LiveHub:
             except Exception as error:
                 log.warning("the console could not read the queue: %s", error)
                 return
-            self._publish("queue", "queue", {"waiters": [waiter_row(w) for w in waiters]}, "")
+            rows = {"waiters": [waiter_row(w) for w in waiters]}
+            self._publish("queue", "queue", rows, "", key="queue")
 
 
 def waiter_row(waiter: lease_pb2.Waiter) -> dict:
@@ -323,11 +391,18 @@ async def stream(
             "X-Accel-Buffering": "no",
         }
     )
-    await response.prepare(request)
-    await response.write(f"retry: {RETRY_MS}\n\n".encode())
     if not hub.open(page, after):
-        await response.write(f"id: {hub.newest}\nevent: reload\ndata: {{}}\n\n".encode())
+        await response.prepare(request)
+        await response.write(f"id: {hub.cursor}\nevent: reload\ndata: {{}}\n\n".encode())
         return response
+    try:
+        # The page is told it is live only once its changes will reach it.
+        await hub.started()
+        await response.prepare(request)
+        await response.write(f"retry: {RETRY_MS}\n\n".encode())
+    except BaseException:
+        hub.close(page)
+        raise
     loop = asyncio.get_running_loop()
     ends = loop.time() + RECONNECT_SECONDS
     try:
@@ -342,8 +417,14 @@ async def stream(
                 await response.write(b": keep-alive\n\n")
                 continue
             page.ready.clear()
-            while page.pending:
-                await response.write(page.pending.popleft().wire())
+            # What piled up since the last write, in one write.
+            batch = b"".join(message.wire for message in page.pending.values())
+            page.pending.clear()
+            if batch:
+                await response.write(batch)
+                # The next changes gather for a moment, and what changed
+                # twice in it is sent once.
+                await asyncio.sleep(COALESCE_SECONDS)
     except ConnectionResetError:
         pass
     finally:

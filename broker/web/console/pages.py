@@ -242,7 +242,7 @@ async def events(console: Console, request: web.Request, visitor: Visitor) -> we
 
 
 def live_url(console: Console, topic: str, resource: str = "") -> str:
-    url = f"/live?topics={topic}&after={console.hub.newest}"
+    url = f"/live?topics={topic}&after={console.hub.cursor}"
     if resource:
         url += f"&resource={quote(resource, safe='')}"
     return url
@@ -252,11 +252,9 @@ async def live(console: Console, request: web.Request, visitor: Visitor) -> web.
     topics = frozenset(t for t in request.query.get("topics", "").split(",") if t)
     if not topics or not topics <= TOPICS:
         raise Refused(400, f"topics must be some of {', '.join(sorted(TOPICS))}")
-    last = request.headers.get("Last-Event-ID") or request.query.get("after")
-    try:
-        after = int(last) if last else None
-    except ValueError:
-        raise Refused(400, f"the last event id {last!r} is not a number") from None
+    after = console.hub.after(
+        request.headers.get("Last-Event-ID") or request.query.get("after", "")
+    )
     groups = (
         None
         if visitor.is_admin or not visitor.caller.authentication_enabled

@@ -4,6 +4,12 @@
 "use strict";
 
 (function () {
+  // Forms that undo much ask first.
+  for (const form of document.querySelectorAll("form[data-confirm]")) {
+    form.addEventListener("submit", (event) => {
+      if (!window.confirm(form.dataset.confirm)) event.preventDefault();
+    });
+  }
   const live = document.body.dataset.live;
   if (!live || !window.EventSource) return;
   const status = document.getElementById("live-status");
