@@ -10,7 +10,9 @@ import subprocess
 import threading
 
 import pytest
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -257,3 +259,26 @@ def test_the_pages_fit_a_phone(browser, lab):
             "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
         )
         assert overflow <= 0, f"{path} is wider than a phone by {overflow} px"
+
+
+def test_the_console_works_from_the_keyboard(browser, lab):
+    browser.get(lab.url + "/login")
+    token = browser.switch_to.active_element
+    assert token.get_attribute("id") == "token"  # focused on arrival
+    token.send_keys(lab.admin + Keys.ENTER)
+    wait_for(browser, expected_conditions.title_is("Inventory · Rotest broker"), "the inventory")
+    ActionChains(browser).send_keys(Keys.TAB).perform()
+    assert browser.switch_to.active_element.text == "Skip to content"
+    for _ in range(30):
+        ActionChains(browser).send_keys(Keys.TAB).perform()
+        if browser.switch_to.active_element.get_attribute("id") == "add-resource":
+            break
+    else:
+        raise AssertionError("Tab never reached 'Add a resource'")
+    browser.switch_to.active_element.send_keys(Keys.ENTER)
+    wait_for(browser, expected_conditions.title_is("Add a resource · Rotest broker"), "the kinds")
+    browser.find_element(By.LINK_TEXT, "Calculator").send_keys(Keys.ENTER)
+    name = browser.find_element(By.ID, "input-name")
+    name.send_keys("calc-keys", Keys.TAB)
+    browser.switch_to.active_element.send_keys("10.0.0.5", Keys.ENTER)
+    wait_for(browser, expected_conditions.title_is("calc-keys · Rotest broker"), "the resource")
