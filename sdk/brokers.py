@@ -18,7 +18,12 @@ import threading
 import grpc
 from google.protobuf import empty_pb2, wrappers_pb2
 
-from broker.v1 import event_service_pb2_grpc, inventory_service_pb2_grpc, lease_service_pb2_grpc
+from broker.v1 import (
+    access_service_pb2_grpc,
+    event_service_pb2_grpc,
+    inventory_service_pb2_grpc,
+    lease_service_pb2_grpc,
+)
 from sdk import calls
 from sdk.channel import TlsOptions, addresses_of, open_channel
 
@@ -52,6 +57,7 @@ class Broker:
     leases: lease_service_pb2_grpc.LeaseServiceStub
     health: grpc.UnaryUnaryMultiCallable
     events: event_service_pb2_grpc.EventServiceStub
+    access: access_service_pb2_grpc.AccessServiceStub
 
     def answers(self, timeout: float) -> bool:
         """Whether the broker answers its health check SERVING within
@@ -98,6 +104,7 @@ class Brokers:
                     lease_service_pb2_grpc.LeaseServiceStub(channel),
                     health_check(channel),
                     event_service_pb2_grpc.EventServiceStub(channel),
+                    access_service_pb2_grpc.AccessServiceStub(channel),
                 )
                 self._open[index] = broker
             return broker

@@ -31,6 +31,7 @@ from google.protobuf import duration_pb2, field_mask_pb2
 
 from broker.field_values import Scalar, to_field_value
 from broker.v1 import (
+    access_service_pb2,
     event_pb2,
     event_service_pb2,
     inventory_service_pb2,
@@ -222,6 +223,13 @@ class BrokerClient:
             message.page_token = response.next_page_token
 
     # ------------------------------------------------------------- inventory
+
+    def whoami(self) -> access_service_pb2.GetCallerResponse:
+        """Who the broker takes this client to be: its principal's name,
+        role and groups (`AccessService.GetCaller`)."""
+        return self._call(
+            lambda broker: broker.access.GetCaller, access_service_pb2.GetCallerRequest()
+        )
 
     def list_kinds(self) -> list[resource_pb2.Kind]:
         response = self._call(

@@ -99,6 +99,11 @@ class Metrics:
         self._watchers = Gauge(
             "broker_event_watchers", "Event watches this broker serves.", registry=self.registry
         )
+        self._live_pages = Gauge(
+            "broker_console_live_pages",
+            "Web console pages following this broker live.",
+            registry=self.registry,
+        )
         self.call_seconds = Histogram(
             "broker_database_call_seconds",
             "Time a domain call took on the database, from its submission to its "
@@ -138,7 +143,7 @@ class Metrics:
                 waited = json.loads(detail).get("waited", 0.0) if detail else 0.0
                 self.wait_seconds.labels(label).observe(waited)
 
-    def scrape(self, occupancy: Occupancy, watchers: int) -> bytes:
+    def scrape(self, occupancy: Occupancy, watchers: int, live_pages: int = 0) -> bytes:
         """The exposition text, with what the database holds now."""
         for kind, counts in occupancy.kinds.items():
             label = self.kind(kind)
@@ -150,6 +155,7 @@ class Metrics:
             self._queue_depth.labels(label).set(counts.waiting)
         self._sessions.set(occupancy.open_sessions)
         self._watchers.set(watchers)
+        self._live_pages.set(live_pages)
         return generate_latest(self.registry)
 
 

@@ -117,7 +117,8 @@ class WebEndpoints:
             return web.Response(
                 status=503, text=f"the database did not answer: {error}\n", charset="utf-8"
             )
-        body = await asyncio.to_thread(self._metrics.scrape, occupancy, self._watchers())
+        pages = self._console.hub.pages if self._console is not None else 0
+        body = await asyncio.to_thread(self._metrics.scrape, occupancy, self._watchers(), pages)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, request: web.Request) -> web.Response:

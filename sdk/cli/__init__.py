@@ -58,6 +58,11 @@ EVENT_TYPES = {
 # --------------------------------------------------------------- commands
 
 
+def cmd_whoami(client: BrokerClient, args: argparse.Namespace) -> int:
+    print(output.caller_text(client.whoami()))
+    return 0
+
+
 def cmd_kinds(client: BrokerClient, args: argparse.Namespace) -> int:
     print(output.kinds_table(client.list_kinds()))
     return EXIT_OK
@@ -325,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     for entry_point in importlib.metadata.entry_points(group=COMMANDS_GROUP):
         entry_point.load()(commands)
     _remote(commands, "kinds", cmd_kinds, "list the kinds and their fields")
+    _remote(commands, "whoami", cmd_whoami, "who the broker takes you to be: name, role, groups")
     _add_resource_commands(commands)
     _add_lease_commands(commands)
     _remote(commands, "queue", cmd_queue, "list the waiting requests in the order they are served")

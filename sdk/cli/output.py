@@ -13,7 +13,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 
 from broker.command_line import NONE, details, table
 from broker.field_values import from_field_value
-from broker.v1 import event_pb2, event_service_pb2, lease_pb2, resource_pb2
+from broker.v1 import access_service_pb2, event_pb2, event_service_pb2, lease_pb2, resource_pb2
 from sdk.errors import BrokerError, FailedPreconditionError, InvalidArgumentError, ResourceBusyError
 from sdk.text import holder_text, local_time, queue_status_text, requirement_text
 from sdk.waiting import Waiting
@@ -33,6 +33,18 @@ def value_text(value: resource_pb2.FieldValue) -> str:
 def enum_text(name: str, prefix: str) -> str:
     """`LEASE_STATE_ACTIVE` -> `active`."""
     return name.removeprefix(prefix).lower()
+
+
+def caller_text(caller: access_service_pb2.GetCallerResponse) -> str:
+    """Who the broker takes the caller to be."""
+    return details(
+        (
+            ("name", caller.name or NONE),
+            ("role", enum_text(access_service_pb2.Role.Name(caller.role), "ROLE_")),
+            ("groups", ", ".join(caller.groups) or NONE),
+            ("authentication", "on" if caller.authentication_enabled else "off"),
+        )
+    )
 
 
 def event_line(event: event_pb2.Event) -> str:

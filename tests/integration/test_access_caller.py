@@ -8,6 +8,7 @@ import pytest
 
 from broker.domain.tokens import Tokens
 from broker.v1 import access_service_pb2, access_service_pb2_grpc
+from sdk import BrokerClient, cli
 from tests.conftest import RPC_TIMEOUT
 from tests.integration.auth_helpers import metadata_of
 
@@ -45,3 +46,19 @@ def test_with_authentication_on_the_token_names_the_caller(auth_broker):
     )
     assert (admin.name, admin.role) == ("admin", access_service_pb2.ROLE_ADMIN)
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_the_sdk_and_the_cli_say_who_the_broker_takes_you_to_be(auth_broker, capsys):
+    server, tokens = auth_broker
+    with BrokerClient(server.address, token=tokens["viewer"]) as client:
+        me = client.whoami()
+    assert (me.name, me.role) == ("viewer", access_service_pb2.ROLE_VIEWER)
+    status = cli.main(["--target", server.address, "--token", tokens["alice"], "whoami"])
+    out = capsys.readouterr().out
+    assert status == cli.EXIT_OK
+    assert out.splitlines() == [
+        "name:           alice",
+        "role:           user",
+        "groups:         -",
+        "authentication: on",
+    ]

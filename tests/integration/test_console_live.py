@@ -75,6 +75,8 @@ def test_a_hundred_pages_cost_one_watcher_and_the_reads_of_one(console, client):
     with live_pages(console, "/live?topics=resources,events", count=100) as hundred:
         reads_for_hundred = changes(hundred, 6)
         assert console.feed.watching() == watchers_before + 1
+        scraped = Visitor(console.web_address).get("/metrics").text
+        assert "broker_console_live_pages 100.0" in scraped
     # At most one read per event, and no more for a hundred pages than for one.
     assert 1 <= reads_for_hundred <= 5
     assert 1 <= reads_for_one <= 5
