@@ -62,6 +62,11 @@ class Refused(Exception):
         self.status = status
 
 
+def see_other(path: str) -> web.Response:
+    """Sends the browser to `path` (after a form: post, redirect, get)."""
+    return web.Response(status=303, headers={"Location": path})
+
+
 def session_token(request: web.Request) -> str:
     return request.cookies.get(SESSION_COOKIE, "")
 

@@ -6,7 +6,6 @@ page, and a form's field violations beside their inputs."""
 
 from __future__ import annotations
 
-import datetime
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -17,16 +16,11 @@ from broker.v1 import inventory_service_pb2, lease_service_pb2, resource_pb2
 from broker.web.console import access, forms, pages
 from broker.web.console.access import Refused, Visitor
 from broker.web.console.calls import CallFailed
-from broker.web.gateway import HTTP_STATUS
 
 if TYPE_CHECKING:
     from broker.web.console.app import Console
 
 RESOURCE_ACTIONS = ("out-of-service", "return-to-service", "reserve", "unreserve", "delete")
-
-
-def _back(path: str) -> web.Response:
-    return web.Response(status=303, headers={"Location": path})
 
 
 def resource_path(name: str) -> str:
@@ -95,13 +89,9 @@ async def _save(console, request, visitor, kind, form, name, *, creating: bool):
             creating=creating,
             message=unplaced
             or ("The broker refused some values: see below." if errors else failed.status.message),
-            status=400 if errors else _status(failed),
+            status=400 if errors else failed.http_status,
         )
-    return _back(resource_path(name))
-
-
-def _status(failed: CallFailed) -> int:
-    return HTTP_STATUS.get(failed.code, 500)
+    return access.see_other(resource_path(name))
 
 
 async def on_resource(console: Console, request: web.Request, visitor: Visitor):
@@ -128,10 +118,10 @@ async def on_resource(console: Console, request: web.Request, visitor: Visitor):
             await calls(
                 inventory.DeleteResource, inventory_service_pb2.DeleteResourceRequest(name=name)
             )
-            return _back("/")
+            return access.see_other("/")
     except CallFailed as failed:
         return await _resource_page_with(console, request, visitor, name, failed)
-    return _back(resource_path(name))
+    return access.see_other(resource_path(name))
 
 
 def _reservation(name: str, form: dict[str, str], reserving: bool):
@@ -142,14 +132,9 @@ def _reservation(name: str, form: dict[str, str], reserving: bool):
         until = form.get("reserved_until", "").strip()
         if until:
             try:
-                moment = datetime.datetime.fromisoformat(until)
-            except ValueError:
-                raise Refused(
-                    400, f"reserved until {until!r} is not a date and time (YYYY-MM-DDTHH:MM)"
-                ) from None
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=datetime.UTC)
-            resource.reserved_until.FromDatetime(moment.astimezone(datetime.UTC))
+                resource.reserved_until.FromDatetime(forms.parse_moment(until))
+            except ValueError as error:
+                raise Refused(400, f"reserved until: {error}") from None
     return inventory_service_pb2.UpdateResourceRequest(
         resource=resource,
         update_mask=field_mask_pb2.FieldMask(
@@ -175,11 +160,11 @@ async def revoke(console: Console, request: web.Request, visitor: Visitor):
         if name:
             return await _resource_page_with(console, request, visitor, name, failed)
         raise
-    return _back(resource_path(name) if name else "/leases")
+    return access.see_other(resource_path(name) if name else "/leases")
 
 
 async def _resource_page_with(console, request, visitor, name: str, failed: CallFailed):
     """The resource's page again, with the broker's refusal at its top."""
     context = await pages.resource_context(console, request, visitor, name)
     context["error"] = failed.status.message
-    return console.render(request, "resource.html", visitor, status=_status(failed), **context)
+    return console.render(request, "resource.html", visitor, status=failed.http_status, **context)

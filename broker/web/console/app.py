@@ -12,14 +12,12 @@ from urllib.parse import quote, urlencode
 import grpc
 import jinja2
 from aiohttp import web
-from google.rpc import code_pb2
 
 from broker.v1 import event_pb2
 from broker.web.console import access, actions, display, pages
 from broker.web.console.access import Refused, Visitor
 from broker.web.console.calls import CallFailed, Calls
 from broker.web.console.live import LiveHub, Source
-from broker.web.gateway import HTTP_STATUS
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +158,7 @@ class Console:
             except Refused as refused:
                 return self.refusal(request, visitor, refused.status, str(refused))
             except CallFailed as failed:
-                return self.refusal(
-                    request, visitor, http_status(failed.code), failed.status.message
-                )
+                return self.refusal(request, visitor, failed.http_status, failed.status.message)
             except web.HTTPException:
                 raise
             except Exception:
@@ -185,12 +181,7 @@ def _to_login(request: web.Request, reason: str, end: bool = False) -> web.Strea
     if request.path == "/live":
         response = web.Response(status=401, text=reason or "sign in first")
     else:
-        target = "/login?ended=1" if end else "/login"
-        response = web.Response(status=303, headers={"Location": target})
+        response = access.see_other("/login?ended=1" if end else "/login")
     if end:
         access.end_session(response)
     return response
-
-
-def http_status(code: int) -> int:
-    return HTTP_STATUS.get(code, 500) if code != code_pb2.OK else 200

@@ -13,7 +13,7 @@ from broker.v1 import (
     inventory_service_pb2_grpc,
     lease_service_pb2_grpc,
 )
-from broker.web.gateway import status_of_error
+from broker.web.gateway import HTTP_STATUS, status_of_error
 
 # Seconds a page waits for the broker before it says so.
 CALL_TIMEOUT = 10.0
@@ -40,6 +40,11 @@ class CallFailed(Exception):
                 for violation in request.field_violations:
                     found.setdefault(violation.field, violation.description)
         return found
+
+    @property
+    def http_status(self) -> int:
+        """The HTTP status of its code, as the HTTP/JSON API answers it."""
+        return HTTP_STATUS.get(self.code, 500)
 
     @property
     def unauthenticated(self) -> bool:

@@ -7,20 +7,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from google.protobuf import json_format
-from google.protobuf.message import Message
-
 from broker.v1 import event_pb2, lease_pb2, resource_pb2
-
-FIELD_TYPES = {
-    resource_pb2.FIELD_TYPE_STRING: "string",
-    resource_pb2.FIELD_TYPE_INTEGER: "integer",
-    resource_pb2.FIELD_TYPE_FLOAT: "float",
-    resource_pb2.FIELD_TYPE_BOOLEAN: "boolean",
-    resource_pb2.FIELD_TYPE_IP_ADDRESS: "IP address",
-    resource_pb2.FIELD_TYPE_DATE_TIME: "date and time",
-    resource_pb2.FIELD_TYPE_REFERENCE: "resource",
-}
 
 
 def value_text(value: resource_pb2.FieldValue | None) -> str:
@@ -174,7 +161,3 @@ def constraint_text(constraint: lease_pb2.Constraint) -> str:
     if test in _TESTS:
         return f"{constraint.field} {_TESTS[test]} {value_text(getattr(constraint, test))}"
     return constraint.field
-
-
-def as_dict(message: Message) -> dict:
-    return json_format.MessageToDict(message)

@@ -90,6 +90,18 @@ class FormErrors(Exception):
         self.errors = errors
 
 
+def parse_moment(text: str) -> datetime.datetime:
+    """A date and time as a `datetime-local` input sends it, UTC unless it
+    names a zone; ValueError saying what it should look like."""
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a date and time (YYYY-MM-DDTHH:MM)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.astimezone(datetime.UTC)
+
+
 def parse_value(spec: resource_pb2.FieldSpec, text: str) -> resource_pb2.FieldValue:
     """The value typed into a field's input, as the contract's FieldValue;
     ValueError naming what is wrong when it is not one."""
@@ -113,14 +125,8 @@ def parse_value(spec: resource_pb2.FieldSpec, text: str) -> resource_pb2.FieldVa
             raise ValueError(f"{text!r} is not yes or no")
         return resource_pb2.FieldValue(bool_value=lowered in ("yes", "true"))
     if kind == resource_pb2.FIELD_TYPE_DATE_TIME:
-        try:
-            moment = datetime.datetime.fromisoformat(text)
-        except ValueError:
-            raise ValueError(f"{text!r} is not a date and time (YYYY-MM-DDTHH:MM)") from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=datetime.UTC)
         value = resource_pb2.FieldValue()
-        value.time_value.FromDatetime(moment.astimezone(datetime.UTC))
+        value.time_value.FromDatetime(parse_moment(text))
         return value
     return resource_pb2.FieldValue(string_value=text)
 

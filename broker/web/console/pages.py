@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from aiohttp import web
-from google.protobuf import timestamp_pb2
 
+from broker.api.convert import timestamp
 from broker.v1 import (
     event_pb2,
     event_service_pb2,
@@ -131,7 +131,7 @@ async def resource_context(
     if span_key not in USAGE_RANGES:
         raise Refused(400, f"range must be one of {', '.join(USAGE_RANGES)}, not {span_key!r}")
     now = time.time()
-    start = _stamp(now - USAGE_RANGES[span_key])
+    start = timestamp(now - USAGE_RANGES[span_key])
     usage = await calls(
         calls.events.GetUsageStats,
         event_service_pb2.GetUsageStatsRequest(
@@ -160,12 +160,6 @@ async def resource_context(
         live=live_url(console, "resources,events", resource=name),
         error=None,
     )
-
-
-def _stamp(seconds: float) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
-    return stamp
 
 
 async def leases(console: Console, request: web.Request, visitor: Visitor) -> web.Response:
@@ -217,7 +211,7 @@ async def events(console: Console, request: web.Request, visitor: Visitor) -> we
     span_key = query.get("range", "24h")
     if span_key not in USAGE_RANGES:
         raise Refused(400, f"range must be one of {', '.join(USAGE_RANGES)}, not {span_key!r}")
-    wanted.start_time.CopyFrom(_stamp(time.time() - USAGE_RANGES[span_key]))
+    wanted.start_time.CopyFrom(timestamp(time.time() - USAGE_RANGES[span_key]))
     calls = visitor.calls
     answer = await calls(
         calls.events.ListEvents,
@@ -314,7 +308,7 @@ def render_form(
 
 async def login_form(console: Console, request: web.Request) -> web.Response:
     if not console.authentication_enabled:
-        return web.Response(status=303, headers={"Location": "/"})
+        return access.see_other("/")
     ended = "ended" in request.query
     return console.render(
         request,
@@ -330,7 +324,7 @@ async def login(console: Console, request: web.Request) -> web.StreamResponse:
     form = await request.post()
     token = str(form.get("token", "")).strip()
     if not console.authentication_enabled:
-        return web.Response(status=303, headers={"Location": "/"})
+        return access.see_other("/")
     error = ""
     if not token:
         error = "Paste a token: `broker tokens create NAME --role ROLE` makes one."
@@ -343,12 +337,12 @@ async def login(console: Console, request: web.Request) -> web.StreamResponse:
             error = f"The broker refused this token: {failed.status.message}"
     if error:
         return console.render(request, "login.html", None, status=401, error=error)
-    response = web.Response(status=303, headers={"Location": "/"})
+    response = access.see_other("/")
     access.start_session(request, response, token)
     return response
 
 
 async def logout(console: Console, request: web.Request) -> web.StreamResponse:
-    response = web.Response(status=303, headers={"Location": "/login"})
+    response = access.see_other("/login")
     access.end_session(response)
     return response
